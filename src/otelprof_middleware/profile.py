@@ -1,0 +1,168 @@
+"""The profile model: what one finished unit of work (a request, a job) looked like.
+
+A :class:`Profile` holds interned functions, locations (function + line) and
+stacks (leaf first), and per (stack, thread) sample values: ``count``,
+``cpu_ns`` and ``wall_ns``.  It knows nothing of frameworks or wire formats:
+integrations fill its attributes, encoders (``otelprof_middleware.encoding``)
+turn it into pprof or OTLP.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Union
+
+__all__ = ["SpanLink", "Function", "Location", "Sample", "Profile", "ProfileBuilder", "AttributeValue"]
+
+AttributeValue = Union[str, int, float, bool]
+
+
+@dataclass(frozen=True)
+class SpanLink:
+    """The span a profile belongs to.  ``source`` is ``"span"`` (a live OpenTelemetry
+    span) or ``"traceparent"`` (only the incoming W3C header was available)."""
+
+    trace_id: int
+    span_id: int
+    sampled: bool = True
+    source: str = "span"
+    span_name: str = ""
+
+    @property
+    def trace_id_hex(self) -> str:
+        return format(self.trace_id, "032x")
+
+    @property
+    def span_id_hex(self) -> str:
+        return format(self.span_id, "016x")
+
+    @property
+    def trace_id_bytes(self) -> bytes:
+        return self.trace_id.to_bytes(16, "big")
+
+    @property
+    def span_id_bytes(self) -> bytes:
+        return self.span_id.to_bytes(8, "big")
+
+    @property
+    def is_valid(self) -> bool:
+        return 0 < self.trace_id < 1 << 128 and 0 < self.span_id < 1 << 64
+
+
+@dataclass(frozen=True)
+class Function:
+    name: str
+    filename: str = ""
+    start_line: int = 0
+
+
+@dataclass(frozen=True)
+class Location:
+    function_index: int  # into Profile.functions
+    line: int = 0
+
+
+@dataclass
+class Sample:
+    stack_index: int  # into Profile.stacks
+    thread_name: str = ""
+    count: int = 0
+    cpu_ns: int = 0
+    wall_ns: int = 0
+
+
+@dataclass
+class Profile:
+    """One finished profile.  Lists are 0-based and hold no "zero element":
+    encoders add whatever their format reserves."""
+
+    name: str
+    start_time_ns: int  # unix epoch, ns
+    duration_ns: int
+    period_ns: int  # sampling interval
+    functions: list[Function] = field(default_factory=list)
+    locations: list[Location] = field(default_factory=list)
+    stacks: list[tuple[int, ...]] = field(default_factory=list)  # location indices, leaf first
+    samples: list[Sample] = field(default_factory=list)
+    link: SpanLink | None = None
+    attributes: dict[str, AttributeValue] = field(default_factory=dict)
+    triggers: tuple[str, ...] = ()
+    profile_id: bytes = field(default_factory=lambda: os.urandom(16))
+    truncated: str = ""  # why sampling stopped early ("max_duration", "max_samples"), if it did
+
+    @property
+    def profile_id_hex(self) -> str:
+        return self.profile_id.hex()
+
+    @property
+    def sample_count(self) -> int:
+        return sum(s.count for s in self.samples)
+
+    @property
+    def cpu_ns(self) -> int:
+        return sum(s.cpu_ns for s in self.samples)
+
+    @property
+    def wall_ns(self) -> int:
+        return sum(s.wall_ns for s in self.samples)
+
+    def top_self(self, n: int = 3, value: str = "cpu_ns") -> list[tuple[str, int]]:
+        """The ``n`` functions with the most self (leaf) value, most first.
+        Falls back to sample counts when the chosen value is zero everywhere."""
+        totals: dict[str, int] = {}
+        for s in self.samples:
+            stack = self.stacks[s.stack_index]
+            if not stack:
+                continue
+            fn = self.functions[self.locations[stack[0]].function_index]
+            totals[fn.name] = totals.get(fn.name, 0) + getattr(s, value)
+        if not any(totals.values()) and value != "count":
+            return self.top_self(n, "count")
+        ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+        return [kv for kv in ranked[:n] if kv[1] > 0]
+
+
+class ProfileBuilder:
+    """Interns functions, locations and stacks while samples are added."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self._functions: dict[Function, int] = {}
+        self._locations: dict[Location, int] = {}
+        self._stacks: dict[tuple[int, ...], int] = {}
+        self._samples: dict[tuple[int, str], Sample] = {}
+
+    def function(self, name: str, filename: str = "", start_line: int = 0) -> int:
+        key = Function(name, filename, start_line)
+        idx = self._functions.get(key)
+        if idx is None:
+            idx = self._functions[key] = len(self.profile.functions)
+            self.profile.functions.append(key)
+        return idx
+
+    def location(self, function_index: int, line: int = 0) -> int:
+        key = Location(function_index, line)
+        idx = self._locations.get(key)
+        if idx is None:
+            idx = self._locations[key] = len(self.profile.locations)
+            self.profile.locations.append(key)
+        return idx
+
+    def stack(self, location_indices: Iterable[int]) -> int:
+        key = tuple(location_indices)
+        idx = self._stacks.get(key)
+        if idx is None:
+            idx = self._stacks[key] = len(self.profile.stacks)
+            self.profile.stacks.append(key)
+        return idx
+
+    def add(self, stack_index: int, thread_name: str = "", count: int = 1, cpu_ns: int = 0, wall_ns: int = 0) -> None:
+        key = (stack_index, thread_name)
+        s = self._samples.get(key)
+        if s is None:
+            s = self._samples[key] = Sample(stack_index, thread_name)
+            self.profile.samples.append(s)
+        s.count += count
+        s.cpu_ns += cpu_ns
+        s.wall_ns += wall_ns

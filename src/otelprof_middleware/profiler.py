@@ -1,0 +1,300 @@
+"""The public engine: :class:`Profiler` profiles units of work and ships the
+results off the hot path.
+
+    profiler = Profiler(exporter="file", output_dir="profiles", sample_hz=100)
+    with profiler.profile("nightly-import", tenant="a"):   # also a decorator
+        run_import()
+    profiler.force_flush(timeout=5); profiler.shutdown(timeout=5)
+
+Integrations use the lower-level :meth:`Profiler.start_session` /
+:meth:`Profiler.finish_session`.  Nothing here raises into the caller: a
+failure skips the profile, is counted in :meth:`Profiler.stats` and logged once.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import functools
+import inspect
+import logging
+import threading
+import time
+import weakref
+from typing import Any, Callable, Optional, TypeVar, Union
+
+from .config import Config
+from .export.base import create_exporters
+from .export.pipeline import ExportPipeline
+from .profile import AttributeValue, SpanLink
+from .sampler import get_sampler
+from .session import Session
+from .stats import Stats
+from .tracecontext import current_link
+
+__all__ = ["Profiler", "get_profiler", "current_session"]
+
+log = logging.getLogger("otelprof_middleware")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_CURRENT: contextvars.ContextVar[Optional[Session]] = contextvars.ContextVar("otelprof_session", default=None)
+_USE_CURRENT_SPAN: Any = object()
+
+
+def current_session() -> Optional[Session]:
+    """The session of the work running in this context (inherited by child tasks
+    and by thread-pool work that copies the context), if any."""
+    s = _CURRENT.get()
+    return s if s is not None and not s.finished else None
+
+
+class Profiler:
+    """Profiles units of work; one per application is typical (``get_profiler()``)."""
+
+    def __init__(self, config: Optional[Config] = None, *, settings: Optional[dict[str, Any]] = None,
+                 **options: Any) -> None:
+        self.config = config if config is not None else Config.load(options, settings=settings)
+        if config is not None and options:
+            self.config = config.replace(**options)
+        self._stats = Stats()
+        self._pipeline: Optional[ExportPipeline] = None
+        self._lock = threading.Lock()
+        self._active: set[Session] = set()
+        self._shut_down = False
+        self._logged: set[str] = set()
+        _live_profilers.add(self)
+
+    # ------------------------------------------------------------------ engine API
+    @property
+    def enabled(self) -> bool:
+        return self.config.enabled and not self._shut_down
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._active)
+
+    def profile(self, name: Optional[str] = None, *, trigger: str = "manual",
+                attributes: Optional[dict[str, AttributeValue]] = None,
+                **attrs: AttributeValue) -> "ProfileBlock":
+        """Profile a block (``with``) or every call of a function (decorator)."""
+        merged = dict(attributes or {})
+        merged.update(attrs)
+        return ProfileBlock(self, name, trigger, merged)
+
+    def start_session(
+        self,
+        name: str,
+        *,
+        link: Union[SpanLink, None, Any] = _USE_CURRENT_SPAN,
+        attributes: Optional[dict[str, AttributeValue]] = None,
+        triggers: tuple[str, ...] = (),
+        attach: bool = True,
+        hz: Optional[int] = None,
+    ) -> Optional[Session]:
+        """Start sampling a unit of work; None when disabled or on any internal failure.
+        ``attach`` attaches the calling asyncio task, or else the calling thread."""
+        if not self.enabled:
+            return None
+        try:
+            if link is _USE_CURRENT_SPAN:
+                link = current_link()
+            cfg = self.config
+            session = Session(
+                name,
+                hz=hz or cfg.sample_hz,
+                max_depth=cfg.max_stack_depth,
+                max_duration=cfg.max_profile_duration,
+                max_samples=cfg.max_samples,
+                link=link,
+                attributes=attributes,
+                triggers=triggers,
+            )
+            if attach:
+                session.attach_current()
+            with self._lock:
+                self._active.add(session)
+            get_sampler().register(session)
+            self._stats.incr("profiles_started")
+            return session
+        except Exception:
+            self._fail_once("start", "otelprof: could not start a profile; the work runs unprofiled")
+            return None
+
+    def finish_session(self, session: Optional[Session], *, error: Optional[BaseException] = None) -> bool:
+        """Stop sampling ``session`` and queue it for export.  True if queued."""
+        if session is None or session.finished:
+            return False
+        try:
+            get_sampler().unregister(session)
+            session.end_mono_ns = time.monotonic_ns()
+            session.finished = True
+            session.detach_all()
+            with self._lock:
+                self._active.discard(session)
+            if error is not None and session.error is None:
+                session.error = type(error).__name__
+            return self._get_pipeline().submit(session)
+        except Exception:
+            self._fail_once("finish", "otelprof: could not finish a profile; it is skipped")
+            return False
+
+    def discard_session(self, session: Optional[Session]) -> None:
+        """Stop sampling ``session`` and throw its samples away (e.g. the request was
+        not worth keeping after all)."""
+        if session is None or session.finished:
+            return
+        try:
+            get_sampler().unregister(session)
+            session.finished = True
+            session.detach_all()
+            with self._lock:
+                self._active.discard(session)
+            self._stats.incr("profiles_discarded")
+        except Exception:
+            self._fail_once("discard", "otelprof: could not discard a profile")
+
+    # ------------------------------------------------------------------ lifecycle
+    def _get_pipeline(self) -> ExportPipeline:
+        p = self._pipeline
+        if p is None:
+            with self._lock:
+                if self._pipeline is None:
+                    self._pipeline = ExportPipeline(
+                        create_exporters(self.config, self._stats),
+                        self._stats,
+                        queue_size=self.config.queue_size,
+                        build=lambda s: s.to_profile(),
+                        min_samples=self.config.min_samples,
+                    )
+                p = self._pipeline
+        return p
+
+    def force_flush(self, timeout: Optional[float] = None) -> bool:
+        """Export everything finished so far; True if done within ``timeout`` seconds."""
+        p = self._pipeline
+        return True if p is None else p.force_flush(timeout)
+
+    def shutdown(self, timeout: Optional[float] = None) -> bool:
+        """Finish running profiles, flush within ``timeout`` (default ``shutdown_timeout``), stop."""
+        if self._shut_down:
+            return True
+        if timeout is None:
+            timeout = self.config.shutdown_timeout
+        for session in list(self._active):
+            self.finish_session(session)
+        self._shut_down = True
+        p = self._pipeline
+        ok = True if p is None else p.shutdown(timeout)
+        _live_profilers.discard(self)
+        return ok
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: profiles started/collected/exported, drops by reason, queue depth."""
+        snap = self._stats.snapshot()
+        snap["active_sessions"] = len(self._active)
+        snap["queue_pending"] = self._pipeline.pending if self._pipeline else 0
+        return snap
+
+    @property
+    def counters(self) -> Stats:
+        return self._stats
+
+    def _fail_once(self, key: str, msg: str) -> None:
+        self._stats.dropped("error")
+        if key not in self._logged:
+            self._logged.add(key)
+            log.exception(msg)
+
+
+class ProfileBlock:
+    """What :meth:`Profiler.profile` returns: a context manager and a decorator.
+
+    Nested use (a block inside a profiled block, also in child tasks or thread-pool
+    work that inherit the context) does not start a second profile: it attaches
+    the current task or thread to the outer one for the block's duration."""
+
+    def __init__(self, profiler: Profiler, name: Optional[str], trigger: str,
+                 attributes: dict[str, AttributeValue]) -> None:
+        self._profiler = profiler
+        self._name = name
+        self._trigger = trigger
+        self._attributes = attributes
+        self._stack: list[tuple[Optional[Session], Any, str]] = []
+        self.session: Optional[Session] = None
+
+    def __enter__(self) -> Optional[Session]:
+        outer = current_session()
+        if outer is not None:
+            kind = outer.attach_current()
+            self._stack.append((outer, None, "nested-" + kind))
+            return outer
+        session = self._profiler.start_session(self._name or "profile", attributes=self._attributes,
+                                               triggers=(self._trigger,) if self._trigger else ())
+        token = _CURRENT.set(session) if session is not None else None
+        self._stack.append((session, token, "own"))
+        self.session = session
+        return session
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        session, token, kind = self._stack.pop()
+        if session is None:
+            return
+        if kind == "own":
+            if token is not None:
+                try:
+                    _CURRENT.reset(token)
+                except ValueError:  # exited in another context; nothing to restore
+                    pass
+            self._profiler.finish_session(session, error=exc)
+        elif kind == "nested-thread":
+            session.detach_thread()
+
+    def __call__(self, func: F) -> F:
+        name = self._name or getattr(func, "__qualname__", getattr(func, "__name__", "profile"))
+        block = lambda: ProfileBlock(self._profiler, name, self._trigger, self._attributes)  # noqa: E731
+        if inspect.iscoroutinefunction(func):
+            @functools.wraps(func)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with block():
+                    return await func(*args, **kwargs)
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with block():
+                return func(*args, **kwargs)
+        return wrapper  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------- defaults
+
+_live_profilers: "weakref.WeakSet[Profiler]" = weakref.WeakSet()
+_default: Optional[Profiler] = None
+_default_lock = threading.Lock()
+
+
+def get_profiler() -> Profiler:
+    """The process-wide default profiler, configured from the environment."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Profiler()
+    return _default
+
+
+def set_profiler(profiler: Optional[Profiler]) -> None:
+    """Replace the process-wide default (tests, custom set-ups)."""
+    global _default
+    with _default_lock:
+        _default = profiler
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for p in list(_live_profilers):
+        try:
+            p.shutdown()
+        except Exception:  # pragma: no cover
+            pass
