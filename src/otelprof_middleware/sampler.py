@@ -246,6 +246,8 @@ class Sampler:
             table = session.stacks
             table.ticks += 1
             max_depth = session.max_depth
+            waiting: list[Any] = []  # suspended tasks, sampled unless a helper thread works for them
+            busy_thread = False
             for target in session.targets:
                 tid = target.thread_id
                 task = target.task
@@ -254,19 +256,14 @@ class Sampler:
                         continue
                     running = _current_task(target.loop) is task
                     if not running:
-                        codes, lines = _walk_coroutine(task.get_coro(), max_depth)
-                        if tid not in cpu_now:
-                            cpu_now[tid] = thread_cpu_ns(tid)
-                        # move the CPU mark on: what other tasks burn meanwhile is not ours
-                        target.cpu_mark = cpu_now[tid]
-                        if codes:
-                            table.add(target.thread_name, codes, lines, 0, wall)
+                        waiting.append(target)
                         continue
                     frame = frames.get(tid)
                     stop = getattr(task.get_coro(), "cr_frame", None)
                 else:
                     frame = frames.get(tid)
                     stop = None
+                    busy_thread = True
                 if frame is None:
                     continue
                 codes, lines = _walk_thread(frame, stop, max_depth)
@@ -279,6 +276,17 @@ class Sampler:
                         cpu = max(0, now_cpu - target.cpu_mark)
                     target.cpu_mark = now_cpu
                 table.add(target.thread_name or _thread_name(tid), codes, lines, cpu, wall)
+            for target in waiting:
+                tid = target.thread_id
+                if tid not in cpu_now:
+                    cpu_now[tid] = thread_cpu_ns(tid)
+                # move the CPU mark on: what other tasks burn meanwhile is not ours
+                target.cpu_mark = cpu_now[tid]
+                if busy_thread:
+                    continue  # the task awaits work we sample in its thread; don't count wall twice
+                codes, lines = _walk_coroutine(target.task.get_coro(), max_depth)
+                if codes:
+                    table.add(target.thread_name, codes, lines, 0, wall)
 
 
 def _current_task(loop: Any) -> Any:

@@ -184,3 +184,20 @@ class Session:
             truncated=self.truncated,
         )
         return self.stacks.fill(profile)
+
+
+def session_summary(session: Session) -> dict[str, object]:
+    """Cheap facts for span attributes at the end of a request: sample count, CPU ms,
+    the hottest self-time function.  Call only after sampling stopped."""
+    cpu = 0
+    count = 0
+    by_leaf: dict[str, int] = {}
+    for (_thread, _ids, _lines), (n, c, _w, codes) in list(session.stacks.entries.items()):
+        count += n
+        cpu += c
+        if codes:
+            leaf = codes[0]
+            name = getattr(leaf, "co_qualname", None) or getattr(leaf, "co_name", None) or "<frames omitted>"
+            by_leaf[name] = by_leaf.get(name, 0) + (c or n)
+    top = max(by_leaf.items(), key=lambda kv: kv[1])[0] if by_leaf else ""
+    return {"samples": count, "cpu_ms": round(cpu / 1e6, 3), "top_frame": top}

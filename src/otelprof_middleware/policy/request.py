@@ -1,0 +1,48 @@
+"""What integrations tell the policy about a request, and what it answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from ..profile import SpanLink
+
+__all__ = ["RequestInfo", "Decision"]
+
+
+def _no_headers(name: str) -> Optional[str]:
+    return None
+
+
+@dataclass
+class RequestInfo:
+    """A framework-neutral description of one request.
+
+    ``header`` is a case-insensitive accessor (``info.header("x-enable-profiling")``)
+    so integrations need not copy all headers.  ``url`` is the full URL used for
+    exclusions (matched with ``re.search``, like the OpenTelemetry instrumentations).
+    """
+
+    method: str = "GET"
+    path: str = "/"
+    url: str = ""
+    route: Optional[str] = None
+    header: Callable[[str], Optional[str]] = _no_headers
+    link: Optional[SpanLink] = None
+
+
+@dataclass
+class Decision:
+    """Whether to profile a request, and why (``triggers``) or why not (``declined``)."""
+
+    profile: bool
+    triggers: tuple[str, ...] = ()
+    declined: str = ""
+    header_requested: bool = False
+    expose_profile_id: bool = False
+    hz: Optional[int] = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def no(cls, reason: str) -> "Decision":
+        return cls(False, declined=reason)
