@@ -1,0 +1,257 @@
+"""Encode profiles as an OTLP ``ExportProfilesServiceRequest`` (opentelemetry-proto 1.45.2,
+``v1development``, proto v1.10.0).
+
+* One :class:`ProfilesDictionary` shared by every profile of the request; each table
+  starts with its zero element and holds no duplicates.
+* One ResourceProfiles (resource attributes as plain ``key`` + value, which is what
+  Pyroscope reads) with one ScopeProfiles.
+* Two OTLP Profiles per :class:`~otelprof_middleware.profile.Profile` (``sample_type``
+  is singular in OTLP): CPU = ``samples/count`` with period ``cpu/nanoseconds``, and wall
+  = ``wall/nanoseconds``.  Both carry the same ``profile_id``, time window and attributes.
+* Samples link to the profile's span through ``link_index``; ``thread.name`` is a sample
+  attribute; every Location carries ``profile.frame.type=cpython``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence, Union
+
+from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import ExportProfilesServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.profiles.v1development import profiles_pb2 as pb
+
+from ..profile import Profile
+from ._protowire import LEN, VARINT, Memo, VarintCache, packed, tag
+
+__all__ = ["encode_otlp_request", "DEFAULT_SCOPE_NAME", "FRAME_TYPE"]
+
+DEFAULT_SCOPE_NAME = "otelprof_middleware"
+FRAME_TYPE = "cpython"
+PlainValue = Union[str, int, float, bool]
+RepeatedProfiles = Any  # RepeatedCompositeFieldContainer[pb.Profile]
+
+_ZERO_TRACE_ID = bytes(16)
+_ZERO_SPAN_ID = bytes(8)
+
+# (sample_type, period_type) of the two Profiles emitted per input profile, in order.
+CPU_TYPES = (("samples", "count"), ("cpu", "nanoseconds"))
+WALL_TYPES = (("wall", "nanoseconds"), ("wall", "nanoseconds"))
+
+# Wire tags (profiles.proto v1.10.0 field numbers) for the hand-written parts.
+_D_MAPPING, _D_LOCATION, _D_FUNCTION, _D_STACK = tag(1, LEN), tag(2, LEN), tag(3, LEN), tag(7, LEN)
+_LOC_LINES, _LOC_ATTRS = tag(3, LEN), tag(4, LEN)
+_LINE_FUNCTION, _LINE_LINE = tag(1, VARINT), tag(2, VARINT)
+_FN_NAME, _FN_FILENAME, _FN_START_LINE = tag(1, VARINT), tag(3, VARINT), tag(4, VARINT)
+_STACK_LOCATIONS = tag(1, LEN)
+_PROFILE_SAMPLE = tag(2, LEN)
+_SAMPLE_STACK, _SAMPLE_ATTRS, _SAMPLE_LINK, _SAMPLE_VALUES = tag(1, VARINT), tag(2, LEN), tag(3, VARINT), tag(4, LEN)
+
+
+def _any_value(value: object) -> AnyValue:
+    # bool first: it is a subclass of int
+    if isinstance(value, bool):
+        return AnyValue(bool_value=value)
+    if isinstance(value, int):
+        return AnyValue(int_value=value)
+    if isinstance(value, float):
+        return AnyValue(double_value=value)
+    return AnyValue(string_value=str(value))
+
+
+def _clean(s: str) -> str:
+    """Protobuf strings must be valid UTF-8: replace lone surrogates."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "replace").decode("utf-8")
+    return s
+
+
+class _Dictionary:
+    """Deduplicating builder of the shared ``ProfilesDictionary`` tables (index 0 = zero element)."""
+
+    def __init__(self) -> None:
+        self.strings: list[str] = [""]
+        self._strings: dict[str, int] = {"": 0}
+        self.functions: list[tuple[int, int, int]] = [(0, 0, 0)]  # name, filename, start_line
+        self._functions: dict[tuple[int, int, int], int] = {}
+        self.locations: list[tuple[int, int]] = [(0, 0)]  # function_index, line
+        self._locations: dict[tuple[int, int], int] = {}
+        self.stacks: list[tuple[int, ...]] = [()]
+        self._stacks: dict[tuple[int, ...], int] = {(): 0}
+        self.links: list[tuple[bytes, bytes]] = [(_ZERO_TRACE_ID, _ZERO_SPAN_ID)]
+        self._links: dict[tuple[bytes, bytes], int] = {}
+        self.attributes: list[tuple[int, PlainValue]] = [(0, "")]  # key strindex, value
+        self._attributes: dict[tuple[str, type, PlainValue], int] = {}
+        self._frame_type_attr = 0
+
+    def string(self, s: str) -> int:
+        idx = self._strings.get(s)
+        if idx is None:
+            idx = self._strings[s] = len(self.strings)
+            self.strings.append(_clean(s))
+        return idx
+
+    def function(self, name: str, filename: str, start_line: int) -> int:
+        key = (self.string(name), self.string(filename), start_line)
+        idx = self._functions.get(key)
+        if idx is None:
+            idx = self._functions[key] = len(self.functions)
+            self.functions.append(key)
+        return idx
+
+    def location(self, function_index: int, line: int) -> int:
+        key = (function_index, line)
+        idx = self._locations.get(key)
+        if idx is None:
+            if not self._frame_type_attr:
+                self._frame_type_attr = self.attribute("profile.frame.type", FRAME_TYPE)
+            idx = self._locations[key] = len(self.locations)
+            self.locations.append(key)
+        return idx
+
+    def stack(self, location_indices: tuple[int, ...]) -> int:
+        idx = self._stacks.get(location_indices)
+        if idx is None:
+            idx = self._stacks[location_indices] = len(self.stacks)
+            self.stacks.append(location_indices)
+        return idx
+
+    def link(self, trace_id: bytes, span_id: bytes) -> int:
+        key = (trace_id, span_id)
+        idx = self._links.get(key)
+        if idx is None:
+            idx = self._links[key] = len(self.links)
+            self.links.append(key)
+        return idx
+
+    def attribute(self, key: str, value: PlainValue) -> int:
+        ident = (key, type(value), value)  # type keeps True/1/1.0 apart
+        idx = self._attributes.get(ident)
+        if idx is None:
+            idx = self._attributes[ident] = len(self.attributes)
+            self.attributes.append((self.string(key), value))
+        return idx
+
+    def build_into(self, d: pb.ProfilesDictionary) -> None:
+        """Fill ``d``.  The bulky tables (locations, functions, stacks) are written as
+        wire bytes and parsed by the protobuf runtime: constructing one Python message
+        per entry costs ~10x more."""
+        d.string_table.extend(self.strings)
+        d.link_table.extend(pb.Link(trace_id=t, span_id=s) for t, s in self.links)
+        d.attribute_table.add()
+        d.attribute_table.extend(
+            pb.KeyValueAndUnit(key_strindex=k, value=_any_value(v)) for k, v in self.attributes[1:]
+        )
+        vc = VarintCache()
+        parts: list[bytes] = [_D_MAPPING, b"\x00", _D_LOCATION, b"\x00", _D_FUNCTION, b"\x00", _D_STACK, b"\x00"]
+        frame_attr = _LOC_ATTRS + vc[len(vc[self._frame_type_attr])] + vc[self._frame_type_attr]
+        for f, line in self.locations[1:]:
+            body = _LINE_FUNCTION + vc[f] + (_LINE_LINE + vc[line] if line else b"")
+            body = _LOC_LINES + vc[len(body)] + body + frame_attr
+            parts += (_D_LOCATION, vc[len(body)], body)
+        for name, filename, start_line in self.functions[1:]:
+            body = b"".join(
+                (
+                    _FN_NAME + vc[name] if name else b"",
+                    _FN_FILENAME + vc[filename] if filename else b"",
+                    _FN_START_LINE + vc[start_line] if start_line else b"",
+                )
+            )
+            parts += (_D_FUNCTION, vc[len(body)], body)
+        for st in self.stacks[1:]:
+            ids = packed(st)
+            parts += (_D_STACK, vc[len(ids) + 1 + len(vc[len(ids)])], _STACK_LOCATIONS, vc[len(ids)], ids)
+        d.MergeFromString(b"".join(parts))
+
+
+def _profile_attribute_indices(d: _Dictionary, profile: Profile) -> list[int]:
+    attrs: dict[str, PlainValue] = dict(profile.attributes)
+    if profile.triggers:
+        attrs["otelprof.trigger"] = ",".join(profile.triggers)
+    attrs["otelprof.name"] = profile.name
+    if profile.link is not None and profile.link.is_valid:
+        attrs["otelprof.link.source"] = profile.link.source
+    return [d.attribute(k, v) for k, v in attrs.items()]  # dict keys: unique
+
+
+def _add_profiles(d: _Dictionary, profile: Profile, out: RepeatedProfiles) -> None:
+    """Append the CPU and the wall Profile for ``profile`` to ``out``."""
+    link = profile.link
+    link_index = d.link(link.trace_id_bytes, link.span_id_bytes) if link is not None and link.is_valid else 0
+
+    # Profile-local tables -> dictionary indices (stacks and threads lazily: only used ones).
+    fn_index = [d.function(f.name, f.filename, f.start_line) for f in profile.functions]
+    loc_index = [d.location(fn_index[loc.function_index], loc.line) for loc in profile.locations]
+    stacks = profile.stacks
+    stack_map = Memo(lambda i: d.stack(tuple([loc_index[j] for j in stacks[i]])))
+
+    # Merge by OTLP sample identity (stack, attributes, link); the link is per profile
+    # and the only sample attribute is thread.name.
+    merged: dict[tuple[int, str], list[int]] = {}
+    for sample in profile.samples:
+        key = (stack_map[sample.stack_index], sample.thread_name)
+        acc = merged.get(key)
+        if acc is None:
+            merged[key] = [sample.count, sample.wall_ns]
+        else:
+            acc[0] += sample.count
+            acc[1] += sample.wall_ns
+
+    # Encode both Profiles' samples in one pass; per sample the fields are
+    # stack_index, attribute_indices, link_index (the shared prefix) and values.
+    vc = VarintCache()
+    link_field = _SAMPLE_LINK + vc[link_index] if link_index else b""
+
+    def attr_field(thread_name: str) -> bytes:
+        attr = d.attribute("thread.name", thread_name) if thread_name else 0
+        return (_SAMPLE_ATTRS + vc[len(vc[attr])] + vc[attr] if attr else b"") + link_field + _SAMPLE_VALUES
+
+    attr_fields = Memo(attr_field)
+    stack_fields = Memo(lambda st: _SAMPLE_STACK + vc[st] if st else b"")
+    cpu: list[bytes] = []
+    wall: list[bytes] = []
+    for (st, thread_name), (count, wall_ns) in merged.items():
+        prefix = stack_fields[st] + attr_fields[thread_name]
+        n = len(prefix) + 1  # + the values' length byte (one varint is < 128 bytes)
+        if count:
+            v = vc[count]
+            cpu += (_PROFILE_SAMPLE, vc[n + len(v)], prefix, vc[len(v)], v)
+        if wall_ns:
+            v = vc[wall_ns]
+            wall += (_PROFILE_SAMPLE, vc[n + len(v)], prefix, vc[len(v)], v)
+
+    attribute_indices = _profile_attribute_indices(d, profile)
+    for (sample_type, period_type), samples in ((CPU_TYPES, cpu), (WALL_TYPES, wall)):
+        prof = out.add(
+            sample_type=pb.ValueType(type_strindex=d.string(sample_type[0]), unit_strindex=d.string(sample_type[1])),
+            period_type=pb.ValueType(type_strindex=d.string(period_type[0]), unit_strindex=d.string(period_type[1])),
+            period=profile.period_ns,
+            time_unix_nano=profile.start_time_ns,
+            duration_nano=profile.duration_ns,
+            profile_id=profile.profile_id,
+            attribute_indices=attribute_indices,
+        )
+        prof.MergeFromString(b"".join(samples))
+
+
+def encode_otlp_request(
+    profiles: Sequence[Profile],
+    *,
+    resource_attributes: Mapping[str, PlainValue],
+    scope_name: str = DEFAULT_SCOPE_NAME,
+    scope_version: str,
+) -> ExportProfilesServiceRequest:
+    """Build one request holding two OTLP Profiles (CPU, wall) per input profile."""
+    req = ExportProfilesServiceRequest()
+    rp = req.resource_profiles.add()
+    rp.resource.attributes.extend(KeyValue(key=k, value=_any_value(v)) for k, v in resource_attributes.items())
+    sp = rp.scope_profiles.add()
+    sp.scope.name = scope_name
+    sp.scope.version = scope_version
+
+    d = _Dictionary()
+    for profile in profiles:
+        _add_profiles(d, profile, sp.profiles)
+    d.build_into(req.dictionary)
+    return req

@@ -1,0 +1,178 @@
+"""Encode a :class:`~otelprof_middleware.profile.Profile` as a Go-style pprof profile.
+
+Shape (google/pprof ``proto/profile.proto``, Go ``runtime/pprof`` CPU profiles):
+
+* ``sample_type = [samples/count, cpu/nanoseconds, wall/nanoseconds]``,
+  ``default_sample_type = "cpu"`` (consumers would otherwise pick the last type),
+  ``period_type = cpu/nanoseconds``, ``period = profile.period_ns``;
+* one Location per :class:`Location` (id = index + 1, ``mapping_id`` 0, one Line),
+  one Function per :class:`Function` (id = index + 1, ``system_name`` left 0 so
+  ``go tool pprof`` does not run names such as ``<module>`` through its demangler);
+* per-sample string labels ``span_id``/``trace_id`` (valid link), ``span_name``,
+  ``thread_name`` and ``extra_labels``; a key is never repeated on a sample and the
+  built-in labels win over ``extra_labels``;
+* ``comment`` holds ``otelprof.profile_id=<hex>``.
+
+The protobuf is written by hand (:mod:`._protowire`); per-stack location ids and
+per-thread label sets are encoded once and reused by every sample.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Mapping
+
+from ..profile import Profile
+from ._protowire import LEN, VARINT, Memo, VarintCache, field_bytes, field_packed, field_varint, packed, tag, varint
+
+__all__ = ["encode_pprof", "SAMPLE_TYPES", "DEFAULT_SAMPLE_TYPE", "GZIP_LEVEL"]
+
+SAMPLE_TYPES: tuple[tuple[str, str], ...] = (("samples", "count"), ("cpu", "nanoseconds"), ("wall", "nanoseconds"))
+PERIOD_TYPE: tuple[str, str] = ("cpu", "nanoseconds")
+DEFAULT_SAMPLE_TYPE = "cpu"
+GZIP_LEVEL = 1  # gzip.BestSpeed, as Go's runtime/pprof writes CPU profiles
+_RESERVED_LABEL_PREFIX = "pprof::"
+
+# Field numbers of perftools.profiles.Profile
+_P_SAMPLE_TYPE, _P_SAMPLE, _P_LOCATION, _P_FUNCTION, _P_STRING_TABLE = 1, 2, 4, 5, 6
+_P_TIME, _P_DURATION, _P_PERIOD_TYPE, _P_PERIOD, _P_COMMENT, _P_DEFAULT_TYPE = 9, 10, 11, 12, 13, 14
+
+_TAG_SAMPLE = tag(_P_SAMPLE, LEN)
+_TAG_LOCATION = tag(_P_LOCATION, LEN)
+_TAG_FUNCTION = tag(_P_FUNCTION, LEN)
+_TAG_STRING = tag(_P_STRING_TABLE, LEN)
+_ID = tag(1, VARINT)  # Location.id, Function.id
+_LOCATION_LINE = tag(4, LEN)
+_LINE_FUNCTION_ID = tag(1, VARINT)
+_LINE_LINE = tag(2, VARINT)
+_FUNCTION_NAME = tag(2, VARINT)
+_FUNCTION_FILENAME = tag(4, VARINT)
+_FUNCTION_START_LINE = tag(5, VARINT)
+_TAG_LOCATION_IDS = tag(1, LEN)  # Sample.location_id (packed)
+_TAG_VALUES = tag(2, LEN)  # Sample.value (packed)
+_TAG_LABEL = tag(3, LEN)  # Sample.label
+
+
+class _StringTable:
+    """Interns strings; index 0 is always ``""``."""
+
+    def __init__(self) -> None:
+        self.strings: list[str] = [""]
+        self._index: dict[str, int] = {"": 0}
+
+    def __call__(self, s: str) -> int:
+        idx = self._index.get(s)
+        if idx is None:
+            idx = self._index[s] = len(self.strings)
+            self.strings.append(s)
+        return idx
+
+    def encode(self) -> bytes:
+        parts: list[bytes] = []
+        for s in self.strings:
+            b = s.encode("utf-8", "replace")
+            parts += (_TAG_STRING, varint(len(b)), b)
+        return b"".join(parts)
+
+
+def _value_type(type_index: int, unit_index: int) -> bytes:
+    return field_varint(1, type_index) + field_varint(2, unit_index)
+
+
+def _label(key_index: int, str_index: int) -> bytes:
+    body = field_varint(1, key_index) + field_varint(2, str_index)
+    return _TAG_LABEL + varint(len(body)) + body
+
+
+def _profile_labels(profile: Profile) -> list[tuple[str, str]]:
+    link = profile.link
+    labels: list[tuple[str, str]] = []
+    if link is not None and link.is_valid:
+        labels.append(("span_id", link.span_id_hex))
+        labels.append(("trace_id", link.trace_id_hex))
+        if link.span_name:
+            labels.append(("span_name", link.span_name))
+    return labels
+
+
+def _gzip(data: bytes) -> bytes:
+    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: gzip container, mtime 0
+    return c.compress(data) + c.flush()
+
+
+def encode_pprof(profile: Profile, *, compress: bool = True, extra_labels: Mapping[str, str] | None = None) -> bytes:
+    """Serialize ``profile`` as a pprof ``Profile`` (gzip-compressed unless ``compress=False``)."""
+    strings = _StringTable()
+    s = strings
+
+    sample_types = [field_bytes(_P_SAMPLE_TYPE, _value_type(s(t), s(u))) for t, u in SAMPLE_TYPES]
+
+    base_labels = _profile_labels(profile)
+    extras = [
+        (k, str(v)) for k, v in (extra_labels or {}).items() if k and v != "" and not k.startswith(_RESERVED_LABEL_PREFIX)
+    ]
+
+    def labels_for(thread_name: str) -> bytes:
+        pairs = list(base_labels)
+        if thread_name:
+            pairs.append(("thread_name", thread_name))
+        seen = {k for k, _ in pairs}
+        pairs.extend((k, v) for k, v in extras if k not in seen)
+        return b"".join(_label(s(k), s(v)) for k, v in pairs)
+
+    def stack_prefix_for(stack_index: int) -> bytes:
+        payload = packed([i + 1 for i in profile.stacks[stack_index]])
+        ids = (_TAG_LOCATION_IDS + varint(len(payload)) + payload) if payload else b""
+        return ids + _TAG_VALUES
+
+    # Per sample: tag, length, [location ids + values tag] (per stack), the values'
+    # length and bytes, then the labels (per thread); all parts are joined once.
+    vc = VarintCache()
+    labels_memo = Memo(labels_for)
+    prefix_memo = Memo(stack_prefix_for)
+    out: list[bytes] = sample_types
+    extend = out.extend
+    for sample in profile.samples:
+        prefix = prefix_memo[sample.stack_index]
+        values = vc[sample.count] + vc[sample.cpu_ns] + vc[sample.wall_ns]
+        labels = labels_memo[sample.thread_name]
+        nv = len(values)  # < 128: one length byte
+        extend((_TAG_SAMPLE, vc[len(prefix) + 1 + nv + len(labels)], prefix, vc[nv], values, labels))
+
+    append = out.append
+    for i, loc in enumerate(profile.locations, 1):
+        line = _LINE_FUNCTION_ID + vc[loc.function_index + 1] + (_LINE_LINE + vc[loc.line] if loc.line else b"")
+        body = _ID + vc[i] + _LOCATION_LINE + vc[len(line)] + line
+        append(_TAG_LOCATION + vc[len(body)] + body)
+
+    for i, fn in enumerate(profile.functions, 1):
+        body = b"".join(
+            (
+                _ID,
+                vc[i],
+                _FUNCTION_NAME,
+                vc[s(fn.name)],
+                _FUNCTION_FILENAME if fn.filename else b"",
+                vc[s(fn.filename)] if fn.filename else b"",
+                _FUNCTION_START_LINE if fn.start_line else b"",
+                vc[fn.start_line] if fn.start_line else b"",
+            )
+        )
+        append(_TAG_FUNCTION + vc[len(body)] + body)
+
+    comments = [s(f"otelprof.profile_id={profile.profile_id_hex}")]
+    if profile.truncated:
+        comments.append(s(f"otelprof.truncated={profile.truncated}"))
+    period_type = _value_type(s(PERIOD_TYPE[0]), s(PERIOD_TYPE[1]))
+    default_type = s(DEFAULT_SAMPLE_TYPE)
+
+    append(strings.encode())
+    append(field_varint(_P_TIME, profile.start_time_ns))
+    append(field_varint(_P_DURATION, profile.duration_ns))
+    append(field_bytes(_P_PERIOD_TYPE, period_type))
+    append(field_varint(_P_PERIOD, profile.period_ns))
+    append(field_packed(_P_COMMENT, comments))
+    append(field_varint(_P_DEFAULT_TYPE, default_type))
+
+    data = b"".join(out)
+    return _gzip(data) if compress else data
