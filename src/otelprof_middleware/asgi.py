@@ -1,0 +1,5 @@
+"""Public home of the ASGI middleware: ``from otelprof_middleware.asgi import ProfilingMiddleware``."""
+
+from .integrations.asgi import ProfilingMiddleware
+
+__all__ = ["ProfilingMiddleware"]
