@@ -137,7 +137,7 @@ def _parse_url_list(value: Any) -> tuple[str, ...]:
         raise ValueError("not a list")
     items = [p for p in items if p]
     for p in items:
-        re.compile(p)  # raises re.error (a ValueError subclass)
+        re.compile(p)  # raises re.error (not a ValueError: caught by _convert)
     return tuple(items)
 
 
@@ -189,6 +189,8 @@ class Config:
     insecure: bool = _opt(False, "bool", doc="gRPC without TLS for https-less endpoints")
     export_timeout: float = _opt(10.0, "duration", 0.001, 600, doc="per export attempt")
     retry_timeout: float = _opt(60.0, "duration", 0, 3600, doc="total retry budget per batch")
+    retry_initial_backoff: float = _opt(1.0, "duration", 0.001, 600, doc="first retry delay (doubles, with jitter)")
+    retry_max_backoff: float = _opt(30.0, "duration", 0.001, 3600, doc="longest delay between two retries")
     queue_size: int = _opt(1000, "int", 1, 1_000_000, doc="profiles waiting for export, per exporter")
     max_queue_bytes: int = _opt(64 * 1024 * 1024, "size", 1024, None, doc="bytes waiting for export")
     batch_size: int = _opt(10, "int", 1, 10_000, doc="profiles per export request")
@@ -227,6 +229,8 @@ class Config:
     should_profile: Optional[Callable[..., Optional[bool]]] = _opt(None, "callable", optional=True)
     excluded_urls: tuple[str, ...] = _opt((), "urls", doc="comma-separated regexes (re.search on the URL)")
     max_overhead: float = _opt(0.05, "float", 0.0, 1.0, doc="profiler CPU / process CPU budget")
+    trigger_limits: Mapping[str, str] = _opt(dict, "kv", doc="per-trigger profiles per minute under "
+                                             "max_profiles_per_minute, e.g. 'high_cpu=10,probability=30'")
 
     # ------------------------------------------------------------------ building
 
@@ -407,7 +411,7 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
             v = parse_size(raw)
         else:  # pragma: no cover - programming error
             raise AssertionError(kind)
-    except (ValueError, TypeError, ImportError, AttributeError):
+    except (ValueError, TypeError, ImportError, AttributeError, re.error):
         raise fail(_allowed_text(spec)) from None
     if (spec.lo is not None and v < spec.lo) or (spec.hi is not None and v > spec.hi):
         raise fail(_allowed_text(spec))
