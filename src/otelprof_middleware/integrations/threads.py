@@ -57,6 +57,7 @@ def install() -> None:
             return
         _patch_executor()
         _patch_anyio()
+        _patch_asgiref()
         _installed = True
 
 
@@ -72,6 +73,26 @@ def _patch_executor() -> None:
 
     submit._otelprof_wrapped = True  # type: ignore[attr-defined]
     cls.submit = submit  # type: ignore[method-assign]
+
+
+def _patch_asgiref() -> None:
+    """asgiref's ``CurrentThreadExecutor`` (not a ThreadPoolExecutor) runs ``sync_to_async``
+    work in the thread blocked in ``async_to_sync``: Django under ASGI when a sync-only
+    middleware (e.g. OpenTelemetry's) sits outside an async one sends sync views there."""
+    try:
+        from asgiref.current_thread_executor import CurrentThreadExecutor
+    except ImportError:
+        return
+    original = CurrentThreadExecutor.submit
+    if getattr(original, "_otelprof_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        return original(self, bind_current_session(fn), *args, **kwargs)
+
+    submit._otelprof_wrapped = True  # type: ignore[attr-defined]
+    CurrentThreadExecutor.submit = submit  # type: ignore[method-assign]
 
 
 def _patch_anyio() -> None:
