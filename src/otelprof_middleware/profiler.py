@@ -18,6 +18,7 @@ import contextvars
 import functools
 import inspect
 import logging
+import os
 import threading
 import time
 import weakref
@@ -154,6 +155,15 @@ class Profiler:
         except Exception:
             self._fail_once("discard", "otelprof: could not discard a profile")
 
+    def enable_window(self, seconds: float, probability: float = 1.0, route: Optional[str] = None) -> Any:
+        """On-demand profiling (admin tooling): profile requests matching ``route`` (a
+        route template or a path; None = all) with ``probability`` for ``seconds``,
+        capped by ``max_window``.  Budgets still apply.  Returns the window; its
+        ``close()`` ends it early.  Raises ValueError for bad arguments."""
+        from .policy.policy import policy_for
+
+        return policy_for(self).enable_window(seconds, probability=probability, route=route)
+
     # ------------------------------------------------------------------ lifecycle
     def _get_pipeline(self) -> ExportPipeline:
         p = self._pipeline
@@ -166,6 +176,7 @@ class Profiler:
                         queue_size=self.config.queue_size,
                         build=lambda s: s.to_profile(),
                         min_samples=self.config.min_samples,
+                        config=self.config,
                     )
                 p = self._pipeline
         return p
@@ -194,6 +205,12 @@ class Profiler:
         snap = self._stats.snapshot()
         snap["active_sessions"] = len(self._active)
         snap["queue_pending"] = self._pipeline.pending if self._pipeline else 0
+        if self._pipeline is not None:
+            for ch in self._pipeline.channels:
+                e = snap["exporters"].setdefault(ch.name, {"exported": 0, "dropped": {}, "requests": 0, "retries": 0})
+                e["queued"] = ch.queued
+                e["in_flight"] = ch.pending - ch.queued
+                e["queued_bytes"] = ch.queued_bytes
         return snap
 
     @property
@@ -289,6 +306,20 @@ def set_profiler(profiler: Optional[Profiler]) -> None:
     global _default
     with _default_lock:
         _default = profiler
+
+
+def _after_fork_in_child() -> None:
+    # a lock held by another thread at fork time would stay locked forever in the child;
+    # sessions running in the parent are the parent's (their threads do not exist here)
+    global _default_lock
+    _default_lock = threading.Lock()
+    for p in list(_live_profilers):
+        p._lock = threading.Lock()
+        p._active = set()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

@@ -1,14 +1,57 @@
-"""Self-statistics: what the profiler collected, exported and dropped (and why)."""
+"""Self-statistics: what the profiler collected, exported and dropped (and why).
+
+Every number is kept here once and, at the same moment, reported through the
+OpenTelemetry metrics API (:mod:`otelprof_middleware.export.metrics`; no-ops when
+no SDK is set up), so ``Profiler.stats()`` and the metrics always agree:
+
+=====================================  ===========================================
+``stats()`` key                        metric
+=====================================  ===========================================
+``profiles_collected``                 ``otelprof.profiles.collected``
+``dropped[reason]``                    ``otelprof.profiles.dropped{reason}``
+``export_duration`` (count/sum/min/max) ``otelprof.export.duration`` (s)
+``profile_size``                       ``otelprof.profile.size`` (By)
+``collection_duration``                ``otelprof.collection.duration`` (s)
+``overhead_cpu``                       ``otelprof.overhead.cpu`` (ratio)
+=====================================  ===========================================
+
+Drops are counted per destination: a profile that one of two exporters could not
+deliver counts once, under that exporter (``exporters[name]["dropped"]``).
+"""
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections import Counter
-from typing import Any
+from typing import Any, Optional
 
-__all__ = ["Stats", "DROP_REASONS"]
+__all__ = ["Stats", "DROP_REASONS", "HISTOGRAMS"]
 
 DROP_REASONS = ("queue_full", "export_failed", "rejected", "budget", "shutdown", "too_large", "too_short", "error")
+HISTOGRAMS = ("export_duration", "profile_size", "collection_duration")
+
+_all_stats: "weakref.WeakSet[Stats]" = weakref.WeakSet()
+
+
+class _Histogram:
+    __slots__ = ("count", "sum", "min", "max")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum = 0.0
+        self.min: Optional[float] = None
+        self.max: Optional[float] = None
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.sum += value
+        self.min = value if self.min is None or value < self.min else self.min
+        self.max = value if self.max is None or value > self.max else self.max
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"count": self.count, "sum": self.sum, "min": self.min, "max": self.max}
 
 
 class Stats:
@@ -19,27 +62,145 @@ class Stats:
         self._counts: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
         self._declined: Counter[str] = Counter()
+        self._hist: dict[str, _Histogram] = {name: _Histogram() for name in HISTOGRAMS}
+        self._by_exporter: dict[str, dict[str, Any]] = {}
+        _all_stats.add(self)
 
+    def _exporter_locked(self, name: str) -> dict[str, Any]:
+        e = self._by_exporter.get(name)
+        if e is None:
+            e = self._by_exporter[name] = {"exported": 0, "dropped": Counter(), "requests": 0, "retries": 0}
+        return e
+
+    # ---------------------------------------------------------------- counters
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+        if name == "profiles_collected":
+            _metrics().collected(n)
 
-    def dropped(self, reason: str, n: int = 1) -> None:
+    def dropped(self, reason: str, n: int = 1, *, exporter: Optional[str] = None) -> None:
+        if n <= 0:
+            return
         with self._lock:
             self._dropped[reason] += n
+            if exporter is not None:
+                self._exporter_locked(exporter)["dropped"][reason] += n
+        _metrics().dropped(reason, n, exporter)
 
     def declined(self, reason: str, n: int = 1) -> None:
         with self._lock:
             self._declined[reason] += n
 
+    def exported(self, exporter: str, n: int) -> None:
+        """``n`` profiles arrived at ``exporter``'s destination."""
+        if n <= 0:
+            return
+        with self._lock:
+            self._counts["exported." + exporter] += n
+            self._counts["profiles_exported"] += n
+            self._exporter_locked(exporter)["exported"] += n
+
+    def request(self, exporter: str, *, retry: bool) -> None:
+        """One export request (attempt) went out; ``retry``: it repeats an earlier one."""
+        with self._lock:
+            e = self._exporter_locked(exporter)
+            e["requests"] += 1
+            if retry:
+                e["retries"] += 1
+                self._counts["export_retries"] += 1
+
+    def record(self, name: str, value: float, exporter: Optional[str] = None) -> None:
+        """Add one value to a histogram (``export_duration``, ``profile_size``, ``collection_duration``)."""
+        with self._lock:
+            self._hist[name].add(value)
+        _metrics().record(name, value, exporter)
+
     def get(self, name: str) -> int:
         with self._lock:
             return self._counts[name]
 
+    def dropped_count(self, reason: Optional[str] = None, *, exporter: Optional[str] = None) -> int:
+        with self._lock:
+            source: Counter[str] = self._dropped
+            if exporter is not None:
+                e = self._by_exporter.get(exporter)
+                source = e["dropped"] if e else Counter()
+            return sum(source.values()) if reason is None else source[reason]
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             out: dict[str, Any] = dict(self._counts)
+            out.setdefault("profiles_collected", 0)
             out["dropped"] = dict(self._dropped)
             out["dropped_total"] = sum(self._dropped.values())
             out["declined"] = dict(self._declined)
-            return out
+            for name, h in self._hist.items():
+                out[name] = h.snapshot()
+            out["exporters"] = {
+                name: {**e, "dropped": dict(e["dropped"])} for name, e in self._by_exporter.items()
+            }
+        out["overhead_cpu"] = overhead_cpu()
+        return out
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+
+# ------------------------------------------------------------------ profiler CPU
+
+_cpu_lock = threading.Lock()
+_worker_cpu_ns = 0
+
+
+def add_worker_cpu(ns: int) -> None:
+    """Export worker threads report the CPU they used (for ``overhead_cpu``)."""
+    global _worker_cpu_ns
+    if ns > 0:
+        with _cpu_lock:
+            _worker_cpu_ns += ns
+
+
+def profiler_cpu_ns() -> int:
+    """CPU used by the profiler's own threads (sampler + export workers) in this process."""
+    try:
+        from .sampler import get_sampler
+
+        sampler_ns = get_sampler().cpu_ns_self
+    except Exception:  # pragma: no cover
+        sampler_ns = 0
+    return sampler_ns + _worker_cpu_ns
+
+
+def overhead_cpu() -> float:
+    """The profiler's share of this process' CPU time since it started (0..1)."""
+    try:
+        total = __import__("time").process_time_ns()
+    except Exception:  # pragma: no cover
+        return 0.0
+    if total <= 0:
+        return 0.0
+    return min(1.0, profiler_cpu_ns() / total)
+
+
+def _metrics() -> Any:
+    return _instruments()
+
+
+def _after_fork_in_child() -> None:
+    global _cpu_lock, _worker_cpu_ns
+    _cpu_lock = threading.Lock()
+    _worker_cpu_ns = 0
+    for s in list(_all_stats):
+        s._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# Imported and created eagerly, never first on a worker thread: a fork (gunicorn
+# --preload) that happens while a thread is inside a first import would leave the
+# child waiting forever on that module's import lock.
+from .export.metrics import instruments as _instruments  # noqa: E402
+
+_instruments()

@@ -108,5 +108,11 @@ class FileExporter:
             except FileNotFoundError:
                 pass
 
+    def after_fork(self) -> None:
+        # the parent's worker may have held the lock at fork time: it would stay
+        # locked forever here; the file list is rescanned on the next export
+        self._lock = threading.Lock()
+        self._files = None
+
     def shutdown(self) -> None:
         pass

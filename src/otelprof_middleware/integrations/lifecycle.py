@@ -40,6 +40,9 @@ class RequestProfiling:
             profiler = Profiler(**options) if options else get_profiler()
         self.profiler = profiler
         self.policy = policy_for(profiler)
+        # Sampling rate for header-triggered requests when the policy does not set one
+        # (an integration may raise it so that short requests get samples); None = sample_hz.
+        self.header_boost_hz: Optional[int] = None
 
     @property
     def config(self) -> Any:
@@ -54,20 +57,15 @@ class RequestProfiling:
         return handle
 
 
-def policy_for(profiler: Profiler) -> Policy:
-    """One policy per profiler, shared by every integration that uses it."""
-    policy = getattr(profiler, "_policy", None)
-    if policy is None:
-        policy = Policy(profiler)
-        profiler._policy = policy  # type: ignore[attr-defined]
-    return policy
+from ..policy.policy import policy_for  # noqa: E402  (one policy per profiler; kept importable from here)
 
 
 class RequestHandle:
     """One request's profiling state."""
 
     __slots__ = ("rp", "info", "decision", "session", "span", "status", "error",
-                 "start_ns", "_token", "_traceparent", "_done", "_span_start_set")
+                 "start_ns", "_token", "_traceparent", "_done", "_span_start_set",
+                 "_t0", "_target", "_tail_state", "_recording")
 
     def __init__(self, rp: RequestProfiling, info: RequestInfo) -> None:
         self.rp = rp
@@ -82,6 +80,11 @@ class RequestHandle:
         self._traceparent: Optional[SpanLink] = None
         self._done = False
         self._span_start_set = False
+        # late triggers (policy.request_started / request_finished / the watchdog)
+        self._t0: Optional[float] = None
+        self._target: Any = None
+        self._tail_state = 0
+        self._recording = False
 
     @property
     def profiled(self) -> bool:
@@ -102,10 +105,17 @@ class RequestHandle:
         self.info.link = link or self._traceparent
         self.decision = self.rp.policy.decide(self.info)
         if self.decision.profile:
-            self.start_profile(self.decision.triggers, hz=self.decision.hz)
+            hz = self.decision.hz
+            if hz is None and "header" in self.decision.triggers:
+                hz = getattr(self.rp, "header_boost_hz", None)
+            self.start_profile(self.decision.triggers, hz=hz)
+        self.rp.policy.request_started(self)  # flight recorder, watchdog registration
 
-    def start_profile(self, triggers: tuple[str, ...], hz: Optional[int] = None) -> Optional[Session]:
-        """Start sampling this request (at entry, or later for a late trigger)."""
+    def start_profile(self, triggers: tuple[str, ...], hz: Optional[int] = None, *,
+                      target: Any = None) -> Optional[Session]:
+        """Start sampling this request (at entry, or later for a late trigger).
+        ``target`` = ``(thread_id, task, loop)`` captured at entry: attach that
+        instead of the caller (promotion runs on the watchdog thread)."""
         if self.session is not None or self._done:
             return self.session
         info = self.info
@@ -114,10 +124,19 @@ class RequestHandle:
             attrs["http.route"] = info.route
         name = f"{info.method} {info.route or info.path}"
         link = link_from_span(self.span) if self.span is not None else self._traceparent
-        session = self.rp.profiler.start_session(name, link=link, attributes=attrs, triggers=tuple(triggers), hz=hz)
+        session = self.rp.profiler.start_session(name, link=link, attributes=attrs, triggers=tuple(triggers), hz=hz,
+                                                 attach=target is None)
         if session is None:
             return None
         self.session = session
+        if target is not None:
+            thread_id, task, loop = target
+            if task is not None:
+                session.attach_task(task, loop, thread_id)
+            else:
+                session.attach_thread(thread_id)
+            self._annotate_span_start()
+            return session
         self._token = _CURRENT.set(session)
         self._annotate_span_start()
         return session
@@ -143,6 +162,22 @@ class RequestHandle:
             if link is None:
                 return
             self.info.link = link
+            if self.session is not None and (self.session.link is None or self.session.link.source != "span"):
+                self.session.link = link
+                self._annotate_span_start()
+        except Exception:
+            pass
+
+    def pick_up_link(self, link: Optional[SpanLink], span: Any = None) -> None:
+        """Use ``link`` (a span found by the integration, e.g. the parent of an
+        instrumentation's child span) when no span was known yet; ``span`` is the
+        span object to annotate, if the integration has it."""
+        if self.span is not None or link is None:
+            return
+        try:
+            self.info.link = link
+            if span is not None:
+                self.span = span
             if self.session is not None and (self.session.link is None or self.session.link.source != "span"):
                 self.session.link = link
                 self._annotate_span_start()
@@ -180,6 +215,16 @@ class RequestHandle:
     def _finish(self, error: Optional[BaseException]) -> None:
         if error is not None:
             self.error = error
+        try:
+            # outcome -> route arming, flight-recorder keep/discard; False: the
+            # watchdog is promoting this request right now and finalises it itself
+            if not self.rp.policy.request_finished(self):
+                return
+        except Exception:
+            self.rp.profiler._fail_once("finish-policy", "otelprof: request outcome could not be judged")
+        self._finalize()
+
+    def _finalize(self) -> None:
         session = self.session
         if session is None:
             return
@@ -198,7 +243,19 @@ class RequestHandle:
         elif self.status is not None and self.status >= 500:
             session.attributes["error.type"] = str(self.status)
         self.rp.profiler.finish_session(session, error=self.error)
-        if self.span is not None:
+        self.annotate_span()
+
+    def annotate_span(self) -> None:
+        """Set the profile summary attributes on the span (if it still records).
+        Called by :meth:`finish`; integrations whose span ends before the request
+        does (the OTel ASGI span ends at the last body chunk) call it just before
+        that, with the samples so far.  Never raises."""
+        session = self.session
+        if session is None or self.span is None:
+            return
+        try:
+            if not self.span.is_recording():
+                return
             summary = session_summary(session)
             set_span_attributes(self.span, {
                 "otelprof.profile_id": session.profile_id_hex,
@@ -206,3 +263,5 @@ class RequestHandle:
                 "otelprof.cpu_ms": summary["cpu_ms"],
                 "otelprof.top_frame": summary["top_frame"],
             })
+        except Exception:
+            pass
