@@ -204,7 +204,7 @@ def main() -> None:
     base = statistics.median(r["rps"] for r in results["none"])
     print(f"\n## server: ~5 ms CPU endpoint, uvicorn 1 process, wrk -t2 -c{args.conns} -d{args.duration}s, "
           f"median of {args.rounds} interleaved rounds")
-    print(f"| config | req/s | ratio vs none | profiler CPU / process CPU | profiles started/s |")
+    print("| config | req/s | ratio vs none | profiler CPU / process CPU | profiles started/s |")
     print("|---|---|---|---|---|")
     for name, rs in results.items():
         rps = statistics.median(r["rps"] for r in rs)

@@ -186,7 +186,7 @@ def main() -> None:
                 pass
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"| framework | endpoint | config | req/s | p99 ms | req/s vs none | p99 vs none |")
+    print("| framework | endpoint | config | req/s | p99 ms | req/s vs none | p99 vs none |")
     print("|---|---|---|---:|---:|---:|---:|")
     for fw in FRAMEWORKS:
         for ep in ENDPOINTS:

@@ -9,7 +9,6 @@ import os
 import secrets
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx

@@ -19,7 +19,7 @@ from otelprof_middleware.config import Config
 from otelprof_middleware.export.base import estimate_size
 from otelprof_middleware.export.otlp_http import OTLPHTTPExporter
 from otelprof_middleware.export.pipeline import ExportChannel
-from otelprof_middleware.export.retry import RateLimiter, RetryPolicy, parse_retry_after
+from otelprof_middleware.export.retry import RateLimiter, parse_retry_after
 from otelprof_middleware.profile import Profile, ProfileBuilder, SpanLink
 from otelprof_middleware.stats import Stats
 

@@ -10,7 +10,6 @@ import asyncio
 import contextvars
 import inspect
 import json
-import os
 import sys
 import threading
 import time

@@ -1,5 +1,10 @@
-"""A tiny protobuf wire-format writer: the whole pprof encoder, and the bulk tables
-and samples of the OTLP encoder (parsed back into messages by the protobuf runtime).
+"""A tiny protobuf wire-format writer and reader.
+
+The writer serves the whole pprof encoder, and the bulk tables and samples of the
+OTLP encoder (parsed back into messages by the protobuf runtime).  The reader
+(:func:`iter_fields`, :func:`read_varint`, :func:`read_packed`) serves the local
+viewer's pprof reader and the gRPC exporter's ``RetryInfo`` parsing; it raises
+:class:`WireError` (a ``ValueError``) on malformed input.
 
 Every function returns ``bytes`` so that callers can assemble messages with
 ``b"".join(...)``.  Varints below ``_TABLE_SIZE`` come from a precomputed table,
@@ -8,9 +13,9 @@ which keeps the hot path (ids, string indices, small values) to a list lookup.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
-__all__ = ["varint", "tag", "field_varint", "field_bytes", "field_packed", "packed", "VarintCache", "Memo", "VARINT", "LEN"]
+__all__ = ["WireError", "read_varint", "iter_fields", "read_packed", "varint", "tag", "field_varint", "field_bytes", "field_packed", "packed", "VarintCache", "Memo", "VARINT", "LEN"]
 
 VARINT = 0
 LEN = 2
@@ -102,3 +107,71 @@ class Memo(dict):  # type: ignore[type-arg]
     def __missing__(self, key: Any) -> Any:
         value = self[key] = self.fn(key)
         return value
+
+
+# ----------------------------------------------------------------------------- reader
+
+
+class WireError(ValueError):
+    """Bytes that are not well-formed protobuf."""
+
+
+def read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` (as an unsigned 64-bit value) and the position after it."""
+    result = 0
+    shift = 0
+    n = len(buf)
+    while True:
+        if pos >= n:
+            raise WireError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result & _MASK64, pos
+        shift += 7
+        if shift >= 70:
+            raise WireError("varint too long")
+
+
+def iter_fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
+    """Yield ``(field_number, wire_type, value)``: an int for varint and fixed
+    fields, bytes for length-delimited ones."""
+    pos = 0
+    n = len(buf)
+    while pos < n:
+        key, pos = read_varint(buf, pos)
+        num, wt = key >> 3, key & 7
+        if num == 0:
+            raise WireError("field number 0")
+        if wt == 0:
+            value, pos = read_varint(buf, pos)
+        elif wt == 2:
+            length, pos = read_varint(buf, pos)
+            end = pos + length
+            if end > n:
+                raise WireError("truncated length-delimited field")
+            value = buf[pos:end]
+            pos = end
+        elif wt == 1 or wt == 5:
+            size = 8 if wt == 1 else 4
+            if pos + size > n:
+                raise WireError("truncated fixed-size field")
+            value = int.from_bytes(buf[pos : pos + size], "little")
+            pos += size
+        else:
+            raise WireError(f"unsupported wire type {wt}")
+        yield num, wt, value
+
+
+def read_packed(value: Any) -> list[int]:
+    """A repeated varint field, packed (bytes) or not (one int)."""
+    if isinstance(value, int):
+        return [value]
+    out = []
+    pos = 0
+    n = len(value)
+    while pos < n:
+        v, pos = read_varint(value, pos)
+        out.append(v)
+    return out

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 from urllib.parse import urlsplit
 
 from .base import NetworkExporter, Prepared
 from .otlp_http import OTLPHTTPExporter, parse_export_response, rejected_to_profiles
+from ..encoding._protowire import iter_fields
 from .retry import Attempt
 
 if TYPE_CHECKING:
@@ -33,49 +34,17 @@ RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
 RETRYABLE_CODES = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS"})
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, Any]]:
-    pos = 0
-    while pos < len(buf):
-        key, pos = _varint(buf, pos)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            value, pos = _varint(buf, pos)
-        elif wt == 2:
-            n, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + n], pos + n
-        elif wt == 1:
-            value, pos = buf[pos:pos + 8], pos + 8
-        elif wt == 5:
-            value, pos = buf[pos:pos + 4], pos + 4
-        else:
-            raise ValueError("unsupported wire type")
-        yield num, value
-
-
 def parse_retry_info(status_details: Optional[bytes]) -> Optional[float]:
     """``RetryInfo.retry_delay`` in seconds from a serialized ``google.rpc.Status``
     (the ``grpc-status-details-bin`` trailer), or None."""
     if not status_details:
         return None
     try:
-        for num, value in _fields(status_details):
+        for num, _wt, value in iter_fields(status_details):
             if num != 3 or not isinstance(value, bytes):  # Status.details (Any)
                 continue
             type_url, payload = "", b""
-            for n2, v2 in _fields(value):
+            for n2, _wt, v2 in iter_fields(value):
                 if n2 == 1 and isinstance(v2, bytes):
                     type_url = v2.decode("utf-8", "replace")
                 elif n2 == 2 and isinstance(v2, bytes):
@@ -83,9 +52,9 @@ def parse_retry_info(status_details: Optional[bytes]) -> Optional[float]:
             if type_url != RETRY_INFO_TYPE:
                 continue
             seconds = nanos = 0
-            for n3, v3 in _fields(payload):
+            for n3, _wt, v3 in iter_fields(payload):
                 if n3 == 1 and isinstance(v3, bytes):  # retry_delay (Duration)
-                    for n4, v4 in _fields(v3):
+                    for n4, _wt, v4 in iter_fields(v3):
                         if n4 == 1 and isinstance(v4, int):
                             seconds = v4
                         elif n4 == 2 and isinstance(v4, int):

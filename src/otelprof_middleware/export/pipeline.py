@@ -55,6 +55,27 @@ def _is_network(exporter: Any) -> bool:
     return bool(getattr(exporter, "batching", False)) and hasattr(exporter, "prepare") and hasattr(exporter, "send")
 
 
+class _LogOnce:
+    """Log each kind of problem once per worker (the counters keep the totals)."""
+
+    _logged: set[str]
+
+    def _log_once(self, key: str, msg: str, *args: Any, exc: bool = False) -> None:
+        if key in self._logged:
+            return
+        self._logged.add(key)
+        (log.exception if exc else log.warning)(msg, *args)
+
+
+def _exporter_after_fork(exporter: Any) -> None:
+    hook = getattr(exporter, "after_fork", None)
+    if hook is not None:
+        try:
+            hook()
+        except Exception:  # pragma: no cover
+            pass
+
+
 class _CpuMeter:
     """Reports the CPU time a worker thread used since the last call."""
 
@@ -67,7 +88,7 @@ class _CpuMeter:
         self.last = now
 
 
-class ExportChannel:
+class ExportChannel(_LogOnce):
     """One exporter's bounded queue and worker thread."""
 
     def __init__(
@@ -325,21 +346,10 @@ class ExportChannel:
 
     def _after_fork(self) -> None:
         self._init_state()
-        hook = getattr(self.exporter, "after_fork", None)
-        if hook is not None:
-            try:
-                hook()
-            except Exception:  # pragma: no cover
-                pass
-
-    def _log_once(self, key: str, msg: str, *args: Any, exc: bool = False) -> None:
-        if key in self._logged:
-            return
-        self._logged.add(key)
-        (log.exception if exc else log.warning)(msg, *args)
+        _exporter_after_fork(self.exporter)
 
 
-class ExportPipeline:
+class ExportPipeline(_LogOnce):
     """Session queue + build worker + one :class:`ExportChannel` per exporter.
 
     ``exporters`` is a plain list: an exporter appended later gets its channel when
@@ -576,18 +586,7 @@ class ExportPipeline:
         for ch in list(self._channels.values()):
             ch._init_state()
         for e in list(self.exporters):  # with or without a channel yet
-            hook = getattr(e, "after_fork", None)
-            if hook is not None:
-                try:
-                    hook()
-                except Exception:  # pragma: no cover
-                    pass
-
-    def _log_once(self, key: str, msg: str, *args: Any, exc: bool = False) -> None:
-        if key in self._logged:
-            return
-        self._logged.add(key)
-        (log.exception if exc else log.warning)(msg, *args)
+            _exporter_after_fork(e)
 
 
 def _after_fork_in_child() -> None:

@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Any, Optional
 
-from ..policy import Decision, Policy, RequestInfo
+from ..policy import Decision, RequestInfo
 from ..profile import SpanLink
 from ..profiler import _CURRENT, Profiler, get_profiler
 from ..session import Session, session_summary

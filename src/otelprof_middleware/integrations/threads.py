@@ -61,8 +61,8 @@ def install() -> None:
         _installed = True
 
 
-def _patch_executor() -> None:
-    cls = concurrent.futures.ThreadPoolExecutor
+def _wrap_submit(cls: Any) -> None:
+    """Make ``cls.submit(fn, ...)`` run ``fn`` attached to the caller's session."""
     original = cls.submit
     if getattr(original, "_otelprof_wrapped", False):
         return
@@ -72,7 +72,11 @@ def _patch_executor() -> None:
         return original(self, bind_current_session(fn), *args, **kwargs)
 
     submit._otelprof_wrapped = True  # type: ignore[attr-defined]
-    cls.submit = submit  # type: ignore[method-assign]
+    cls.submit = submit
+
+
+def _patch_executor() -> None:
+    _wrap_submit(concurrent.futures.ThreadPoolExecutor)
 
 
 def _patch_asgiref() -> None:
@@ -83,16 +87,7 @@ def _patch_asgiref() -> None:
         from asgiref.current_thread_executor import CurrentThreadExecutor
     except ImportError:
         return
-    original = CurrentThreadExecutor.submit
-    if getattr(original, "_otelprof_wrapped", False):
-        return
-
-    @functools.wraps(original)
-    def submit(self: Any, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        return original(self, bind_current_session(fn), *args, **kwargs)
-
-    submit._otelprof_wrapped = True  # type: ignore[attr-defined]
-    CurrentThreadExecutor.submit = submit  # type: ignore[method-assign]
+    _wrap_submit(CurrentThreadExecutor)
 
 
 def _patch_anyio() -> None:

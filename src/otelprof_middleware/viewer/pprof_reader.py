@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
+
+from ..encoding._protowire import iter_fields as _fields
+from ..encoding._protowire import read_packed as _ints
 
 __all__ = [
     "PprofError",
@@ -74,71 +77,8 @@ class PprofProfile:
 # ----------------------------------------------------------------------------- wire format
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = 0
-    shift = 0
-    n = len(buf)
-    while True:
-        if pos >= n:
-            raise PprofError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result & _MASK64, pos
-        shift += 7
-        if shift >= 70:
-            raise PprofError("varint too long")
-
-
 def _signed(n: int) -> int:
     return n - (1 << 64) if n >= 1 << 63 else n
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
-    """Yield ``(field_number, wire_type, value)``; value is an int or bytes."""
-    pos = 0
-    n = len(buf)
-    while pos < n:
-        key, pos = _varint(buf, pos)
-        num, wt = key >> 3, key & 7
-        if num == 0:
-            raise PprofError("field number 0")
-        if wt == 0:
-            value, pos = _varint(buf, pos)
-        elif wt == 2:
-            length, pos = _varint(buf, pos)
-            end = pos + length
-            if end > n:
-                raise PprofError("truncated length-delimited field")
-            value = buf[pos:end]
-            pos = end
-        elif wt == 1:
-            if pos + 8 > n:
-                raise PprofError("truncated fixed64")
-            value = int.from_bytes(buf[pos : pos + 8], "little")
-            pos += 8
-        elif wt == 5:
-            if pos + 4 > n:
-                raise PprofError("truncated fixed32")
-            value = int.from_bytes(buf[pos : pos + 4], "little")
-            pos += 4
-        else:
-            raise PprofError(f"unsupported wire type {wt}")
-        yield num, wt, value
-
-
-def _ints(value: Any) -> list[int]:
-    """A repeated varint field, packed (bytes) or not (int)."""
-    if isinstance(value, int):
-        return [value]
-    out = []
-    pos = 0
-    n = len(value)
-    while pos < n:
-        v, pos = _varint(value, pos)
-        out.append(v)
-    return out
 
 
 def _int(value: Any) -> int:
