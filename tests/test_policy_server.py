@@ -345,3 +345,49 @@ def test_flight_recorder_through_gunicorn_wsgi(app_dir: str, tmp_path: Any) -> N
     for base in _gunicorn(app_dir, env):
         with httpx.Client(base_url=base, timeout=20) as c:
             check_flight_recorder(c, out)
+
+
+def check_cpu_trigger(c: httpx.Client, out: str) -> None:
+    """A CPU burn in the server process fires the high-CPU trigger; requests are then profiled."""
+    assert c.get("/items/1").status_code == 200
+    st = _flush(c)
+    assert not st["policy"]["high_cpu_active"]
+    assert _profiles(out) == []  # probability 0, CPU quiet: nothing profiled
+    # ~2.5 s of CPU on one core (threshold 0.3 of the cores available, window 1 s)
+    assert c.get("/items/9", params={"slow": "2.5"}).status_code == 200
+    profiled: list[dict[str, Any]] = []
+    for _ in range(40):  # the monitor reads once per second: poll, don't sleep blindly
+        assert c.get("/items/2").status_code == 200
+        st = _flush(c)
+        profiled = [p for p in _profiles(out) if "high_cpu" in p["trigger"].split(",")]
+        if profiled:
+            break
+    assert profiled, (st["policy"], _profiles(out))
+    assert st["policy"]["high_cpu_active"]
+    assert profiled[0]["attributes"]["http.route"] == "/items/{item_id}"
+
+
+def _cpu_env(out: str) -> dict[str, str]:
+    env = _env(out, cpu_threshold="0.3", cpu_window="1", cpu_profile_duration="600", cpu_cooldown="600",
+               slow_threshold="30")
+    env["OTELPROF_CPU_TRIGGER"] = "true"
+    return env
+
+
+def test_cpu_trigger_through_uvicorn(app_dir: str, tmp_path: Any) -> None:
+    out = str(tmp_path / "profiles")
+    env = _cpu_env(out)
+    env["APP_MODE"] = "asgi"
+    with serve_in_subprocess("policy_app:app", env=env, app_dir=app_dir, health_path="/healthz") as srv:
+        with httpx.Client(base_url=srv.base_url, timeout=20) as c:
+            check_cpu_trigger(c, out)
+
+
+@pytest.mark.usefixtures("wsgi_available")
+def test_cpu_trigger_through_gunicorn_wsgi(app_dir: str, tmp_path: Any) -> None:
+    out = str(tmp_path / "profiles")
+    env = _cpu_env(out)
+    env["APP_MODE"] = "wsgi"
+    for base in _gunicorn(app_dir, env):
+        with httpx.Client(base_url=base, timeout=20) as c:
+            check_cpu_trigger(c, out)
