@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
+from opentelemetry import trace as _trace
+
 from .profile import SpanLink
 
 __all__ = ["current_link", "current_span", "parse_traceparent", "set_span_attributes"]
@@ -19,9 +21,7 @@ _TRACEPARENT = re.compile(r"^\s*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-
 def current_span() -> Any:
     """The current OpenTelemetry span if it is valid, else None."""
     try:
-        from opentelemetry import trace
-
-        span = trace.get_current_span()
+        span = _trace.get_current_span()
         if span.get_span_context().is_valid:
             return span
     except Exception:

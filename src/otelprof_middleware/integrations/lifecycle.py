@@ -21,7 +21,7 @@ from ..policy import Decision, RequestInfo
 from ..profile import SpanLink
 from ..profiler import _CURRENT, Profiler, get_profiler
 from ..session import Session, session_summary
-from ..tracecontext import current_span, link_from_span, set_span_attributes
+from ..tracecontext import current_span, link_from_span, parse_traceparent, set_span_attributes
 
 __all__ = ["RequestProfiling", "RequestHandle", "PROFILE_ID_HEADER"]
 
@@ -96,8 +96,6 @@ class RequestHandle:
 
     # ------------------------------------------------------------ start
     def _begin(self, traceparent: Optional[str]) -> None:
-        from ..tracecontext import parse_traceparent
-
         self.span = current_span()
         link = link_from_span(self.span) if self.span is not None else None
         if link is None and traceparent:

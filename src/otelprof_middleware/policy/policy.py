@@ -263,7 +263,7 @@ class Policy:
         if self._cpu_active(now):
             triggers.append("high_cpu")
         if not triggers:
-            return Decision(False, declined="not_selected", header_requested=header)
+            return Decision.no("not_selected", header)
         return self.admit(triggers, header_requested=header)
 
     def admit(self, triggers: list[str], header_requested: bool = False) -> Decision:

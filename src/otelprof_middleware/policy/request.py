@@ -31,9 +31,10 @@ class RequestInfo:
     link: Optional[SpanLink] = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Decision:
-    """Whether to profile a request, and why (``triggers``) or why not (``declined``)."""
+    """Whether to profile a request, and why (``triggers``) or why not (``declined``).
+    Immutable, so the common "no" answers are shared objects (no allocation per request)."""
 
     profile: bool
     triggers: tuple[str, ...] = ()
@@ -44,5 +45,12 @@ class Decision:
     extra: dict[str, object] = field(default_factory=dict)
 
     @classmethod
-    def no(cls, reason: str) -> "Decision":
-        return cls(False, declined=reason)
+    def no(cls, reason: str, header_requested: bool = False) -> "Decision":
+        key = (reason, header_requested)
+        d = _NO.get(key)
+        if d is None:
+            d = _NO[key] = cls(False, declined=reason, header_requested=header_requested)
+        return d
+
+
+_NO: dict[tuple[str, bool], Decision] = {}
