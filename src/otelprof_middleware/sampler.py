@@ -85,7 +85,8 @@ class StackTable:
         b = ProfileBuilder(profile)
         fn_cache: dict[int, int] = {}
         line_cache: dict[tuple[int, int], int] = {}
-        for (thread_name, _ids, lastis), (count, cpu, wall, codes) in self.entries.items():
+        # a snapshot: a tick that was under way when the session finished may still add
+        for (thread_name, _ids, lastis), (count, cpu, wall, codes) in list(self.entries.items()):
             locs = []
             for code, lasti in zip(codes, lastis):
                 if code is _GAP:
@@ -175,7 +176,7 @@ class Sampler:
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
-        self._sessions: list[Session] = []
+        self._sessions: tuple[Session, ...] = ()  # copy-on-write: ticks iterate a snapshot
         self._thread: Optional[threading.Thread] = None
         self._stopping = False
         self.ticks = 0
@@ -186,19 +187,17 @@ class Sampler:
     # ---------------------------------------------------------------- sessions
     def register(self, session: "Session") -> None:
         with self._cond:
-            self._sessions.append(session)
+            self._sessions = self._sessions + (session,)
             if self._thread is None or not self._thread.is_alive():
                 self._start_locked()
             self._cond.notify()
 
     def unregister(self, session: "Session") -> None:
-        # Taking the lock waits for a tick in progress: after this returns, the
-        # sampler never touches the session's data again.
+        # Brief: the lock is never held during a tick, so a request never waits for
+        # one.  A tick already under way may still add a sample to this session;
+        # readers snapshot the table (``StackTable.fill``), so that sample is just lost.
         with self._cond:
-            try:
-                self._sessions.remove(session)
-            except ValueError:
-                pass
+            self._sessions = tuple(s for s in self._sessions if s is not session)
 
     @property
     def active_sessions(self) -> int:
@@ -230,14 +229,15 @@ class Sampler:
                     next_tick = time.monotonic()
                 if self._stopping:
                     return
-                hz = max(s.hz for s in self._sessions)
-                try:
-                    self._tick(time.monotonic_ns())
-                except Exception:  # never let a sampler bug kill the thread
-                    self.errors += 1
-                    if not self._logged_error:
-                        self._logged_error = True
-                        log.exception("otelprof: sampler tick failed; the affected samples are skipped")
+                sessions = self._sessions
+            hz = max(s.hz for s in sessions)
+            try:
+                self._tick(time.monotonic_ns(), sessions)
+            except Exception:  # never let a sampler bug kill the thread
+                self.errors += 1
+                if not self._logged_error:
+                    self._logged_error = True
+                    log.exception("otelprof: sampler tick failed; the affected samples are skipped")
             cpu = thread_cpu_ns(me)
             if cpu is not None:
                 self.cpu_ns_self = cpu
@@ -250,11 +250,13 @@ class Sampler:
                 delay = interval * 0.1
             time.sleep(delay)
 
-    def _tick(self, now_ns: int) -> None:
+    def _tick(self, now_ns: int, sessions: "Optional[tuple[Session, ...]]" = None) -> None:
         self.ticks += 1
         frames = sys._current_frames()
         cpu_now: dict[int, Optional[int]] = {}
-        for session in self._sessions:
+        for session in self._sessions if sessions is None else sessions:
+            if session.finished:
+                continue
             if now_ns < session.next_due_ns:
                 continue
             session.next_due_ns = max(session.next_due_ns + session.interval_ns, now_ns - session.interval_ns)

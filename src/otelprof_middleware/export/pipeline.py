@@ -55,6 +55,12 @@ def _is_network(exporter: Any) -> bool:
     return bool(getattr(exporter, "batching", False)) and hasattr(exporter, "prepare") and hasattr(exporter, "send")
 
 
+#: a wake-up of the build worker lingers this long for more sessions ...
+BUILD_LINGER = 0.1
+#: ... unless this many are already waiting
+BUILD_WAKE_AT = 64
+
+
 class _LogOnce:
     """Log each kind of problem once per worker (the counters keep the totals)."""
 
@@ -416,11 +422,16 @@ class ExportPipeline(_LogOnce):
                 self.stats.dropped("queue_full")
                 self._log_once("queue_full", "otelprof: export queue full (%d); dropping profiles", self.queue_size)
                 return False
+            was_empty = not self._queue
             self._queue.append(item)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="otelprof-export", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if was_empty or len(self._queue) >= BUILD_WAKE_AT:
+                # the worker lingers after a wake-up, so a busy server wakes it a few
+                # times per second, not once per request (each wake-up costs the
+                # request threads a GIL hand-over)
+                self._cond.notify()
             return True
 
     @property
@@ -464,11 +475,15 @@ class ExportPipeline(_LogOnce):
         cpu = _CpuMeter()
         while True:
             with self._cond:
+                woken = False
                 while not self._queue and not self._closed:
                     self._cond.wait()
+                    woken = True
                 if not self._queue:
                     self._cond.notify_all()
                     return
+                if woken and not self._must_hurry():
+                    self._cond.wait_for(self._must_hurry, timeout=BUILD_LINGER)
                 item = self._queue.popleft()
                 self._in_flight += 1
             released = False
@@ -514,16 +529,30 @@ class ExportPipeline(_LogOnce):
         for ch in channels:
             ch.hurry(on)
 
+    def _must_hurry(self) -> bool:
+        """No lingering for more sessions when closing, flushing, asked to hurry, or behind."""
+        return bool(self._closed or self._flush_waiters or self._urgent_level or len(self._queue) >= BUILD_WAKE_AT)
+
+    _flush_waiters = 0
+
     def _wait_built(self, deadline: Optional[float]) -> bool:
         with self._cond:
-            while self._queue or self._in_flight:
-                if self._thread is None or not self._thread.is_alive():
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return not self._queue and not self._in_flight
+            self._flush_waiters += 1
+            self._cond.notify_all()
+            try:
+                return self._wait_built_locked(deadline)
+            finally:
+                self._flush_waiters -= 1
+
+    def _wait_built_locked(self, deadline: Optional[float]) -> bool:
+        while self._queue or self._in_flight:
+            if self._thread is None or not self._thread.is_alive():
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._cond.wait(remaining)
+        return not self._queue and not self._in_flight
 
     def force_flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until everything queued so far is delivered (or dropped).  True if done in time."""
