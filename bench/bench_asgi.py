@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 
-MODES = ("none", "p0", "p1", "p100")
+MODES = ("none", "p0", "p0lean", "p1", "p100")
 ENDPOINTS = ("/trivial", "/cpu")
 
 # ----------------------------------------------------------------------------- the app (server side)
@@ -71,9 +71,12 @@ def _build_app():  # pragma: no cover - runs in the uvicorn process
         from otelprof_middleware.asgi import ProfilingMiddleware
         from otelprof_middleware.profiler import Profiler
 
-        probability = {"p0": 0.0, "p1": 0.01, "p100": 1.0}[mode]
+        probability = {"p0": 0.0, "p0lean": 0.0, "p1": 0.01, "p100": 1.0}[mode]
+        lean = {}
+        if mode == "p0lean":  # probability 0 and no late triggers: nothing watches the request
+            lean = dict(slow_promotion=False, slow_route_arming=False, error_profile_duration=0, cpu_trigger=False)
         profiler = Profiler(exporter="none", probability=probability, sample_hz=100,
-                            max_profiles_per_minute=1_000_000, max_concurrent_profiles=64, max_overhead=1.0)
+                            max_profiles_per_minute=1_000_000, max_concurrent_profiles=64, max_overhead=1.0, **lean)
         app.add_middleware(ProfilingMiddleware, profiler=profiler)
         holder["profiler"] = profiler
     return app
@@ -93,11 +96,23 @@ def _calibrate() -> int:  # pragma: no cover - runs in the uvicorn process
 
 
 if os.environ.get("BENCH_MODE"):  # imported by uvicorn
-    _LOOPS = _calibrate()
+    # the driver calibrates once and gives every server the same amount of work
+    _LOOPS = int(os.environ.get("BENCH_LOOPS") or _calibrate())
     app = _build_app()
 
 
 # ----------------------------------------------------------------------------- the driver
+
+_LOOPS_SHARED: list[int] = []
+
+
+def _shared_loops() -> int:
+    """One calibration for all servers (median of 5), so every configuration does the
+    same work per /cpu request: per-server calibration varied by up to 40 % on a
+    loaded machine and showed up as fake speed-ups."""
+    if not _LOOPS_SHARED:
+        _LOOPS_SHARED.append(int(statistics.median(_calibrate() for _ in range(5))))
+    return _LOOPS_SHARED[0]
 
 
 def _free_port() -> int:
@@ -109,7 +124,7 @@ def _free_port() -> int:
 
 
 def _start_server(mode: str, port: int) -> subprocess.Popen:
-    env = dict(os.environ, BENCH_MODE=mode, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, BENCH_MODE=mode, PYTHONUNBUFFERED="1", BENCH_LOOPS=str(_shared_loops()))
     for k in list(env):
         if k.startswith(("OTELPROF_", "OTEL_")):
             del env[k]

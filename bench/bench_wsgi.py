@@ -37,6 +37,27 @@ import time
 MODES = ("none", "p0", "p1", "p100")
 ENDPOINTS = ("/trivial", "/cpu")
 FRAMEWORKS = ("flask", "django")
+_LOOPS_SHARED: list[int] = []
+
+
+def _calibrate() -> int:
+    loops = 20000
+    while True:
+        t0 = time.thread_time()
+        total = 0
+        for i in range(loops):
+            total += i * i % 7
+        dt = time.thread_time() - t0
+        if dt > 0.02:
+            return max(1, int(loops * 0.005 / dt))
+        loops *= 2
+
+
+def _shared_loops() -> int:
+    """Loop count of ~5 ms of work, calibrated once (median of 5) for all servers."""
+    if not _LOOPS_SHARED:
+        _LOOPS_SHARED.append(int(statistics.median(_calibrate() for _ in range(5))))
+    return _LOOPS_SHARED[0]
 
 OPTIONS = '''
 def otelprof_options(mode):
@@ -44,12 +65,16 @@ def otelprof_options(mode):
             "max_profiles_per_minute": 1_000_000, "max_concurrent_profiles": 64, "max_overhead": 1.0}
 
 
+LOOPS = int(os.environ["BENCH_LOOPS"])
+
+
 def burn_5ms():
-    end = time.thread_time() + 0.005
-    x = 0
-    while time.thread_time() < end:
-        x += 1
-    return x
+    # a fixed amount of pure-Python work (~5 ms, calibrated once by the driver for all
+    # servers): slower interpretation under profiling shows up, unlike a CPU-time loop
+    total = 0
+    for i in range(LOOPS):
+        total += i * i % 7
+    return total
 '''
 
 FLASK_APP = '''
@@ -118,7 +143,7 @@ def _start(workdir: str, framework: str, mode: str) -> tuple[subprocess.Popen, i
     target = "bench_flask_app:app" if framework == "flask" else "bench_django_app:application"
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "gunicorn", "-w", "1", "-k", "sync",
            "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--backlog", "2048", target]
-    env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=workdir)
+    env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=workdir, BENCH_LOOPS=str(_shared_loops()))
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.monotonic() + 30

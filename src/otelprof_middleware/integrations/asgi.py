@@ -121,7 +121,36 @@ class ProfilingMiddleware:
                 raise
             handle.finish()
             return
-        await self._profiled(handle, scope, receive, send)
+        if handle.session is None:
+            await self._watched(handle, scope, receive, send)
+        else:
+            await self._profiled(handle, scope, receive, send)
+
+    async def _watched(self, handle: RequestHandle, scope: Scope, receive: Receive, send: Send) -> None:
+        """Not profiled at entry, but late triggers watch it: record the status, and
+        hand over to the profiled path if the watchdog promotes the request meanwhile."""
+        promoted: list[Any] = []
+
+        async def status_send(message: Message) -> None:
+            if handle.session is not None:  # promoted while it ran
+                if not promoted:  # the request's own task was attached by the promotion
+                    target = getattr(handle, "_target", None)
+                    promoted.append(target[1] if target else None)
+                try:
+                    message = self._on_send(handle, scope, message, promoted, {"first": False})
+                except Exception:
+                    self.profiler._fail_once("asgi-send", "otelprof: profiling failed while sending a response; "
+                                             "the response is unchanged")
+            elif message["type"] == "http.response.start":
+                handle.status = message.get("status")
+            await send(message)
+
+        try:
+            await self.app(scope, receive, status_send)
+        except BaseException as exc:
+            self._end(handle, scope, None, exc)
+            raise
+        self._end(handle, scope, None, None)
 
     def _begin(self, scope: Scope) -> RequestHandle:
         wanted = self._header
