@@ -17,6 +17,8 @@ import os
 import threading
 from typing import Any, Optional
 
+from flask import request as _request
+
 from ..config import Config
 from ..profiler import Profiler
 from .lifecycle import RequestProfiling
@@ -116,8 +118,7 @@ class _AppState:
     # hooks --------------------------------------------------------------
     def before_request(self) -> None:
         try:
-            from flask import request
-
+            request = _request._get_current_object()  # one proxy lookup instead of three
             handle = request.environ.get(ENVIRON_KEY)
             if handle is None:
                 return None
@@ -135,9 +136,7 @@ class _AppState:
         if exc is None:
             return
         try:
-            from flask import request
-
-            handle = request.environ.get(ENVIRON_KEY)
+            handle = _request.environ.get(ENVIRON_KEY)
             if handle is not None and handle.error is None:
                 handle.error = exc
         except Exception:
