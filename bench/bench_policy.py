@@ -79,6 +79,9 @@ CONFIGS: dict[str, dict[str, str]] = {
     "rec10": {"PROBABILITY": "0", "TAIL_SAMPLING_HZ": "10"},
     "p100": {"PROBABILITY": "1", "MAX_OVERHEAD": "1"},
     "p100-gov": {"PROBABILITY": "1", "MAX_OVERHEAD": "0.05"},
+    # a deliberately expensive rate (1 kHz per request): the governor has something to hold back
+    "p100-1k": {"PROBABILITY": "1", "MAX_OVERHEAD": "1", "SAMPLE_HZ": "1000"},
+    "p100-1k-gov": {"PROBABILITY": "1", "MAX_OVERHEAD": "0.05", "SAMPLE_HZ": "1000"},
 }
 
 
@@ -180,6 +183,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conns", type=int, default=4)
     ap.add_argument("--micro-only", action="store_true")
+    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma list of: " + ", ".join(CONFIGS))
     args = ap.parse_args()
 
     print("## micro: begin()+finish() of an unprofiled request (probability 0), median of 7 x 2000")
@@ -192,10 +196,14 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="otelprof-bench-policy-")
     with open(os.path.join(tmp, "bench_app.py"), "w") as f:
         f.write(APP)
-    results: dict[str, list[dict[str, Any]]] = {k: [] for k in CONFIGS}
+    chosen = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in chosen if c not in CONFIGS]
+    if unknown or "none" not in chosen:
+        sys.exit(f"--configs: unknown {unknown} (and 'none' is needed as the baseline)")
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in chosen}
     try:
         for rnd in range(args.rounds):
-            for name in CONFIGS:  # interleaved: every config once per round
+            for name in chosen:  # interleaved: every config once per round
                 res = run_server(name, tmp, os.path.join(tmp, f"out-{name}-{rnd}"), args.duration, args.conns)
                 results[name].append(res)
                 print(f"  round {rnd} {name:9s} {res}", flush=True)
@@ -204,14 +212,15 @@ def main() -> None:
     base = statistics.median(r["rps"] for r in results["none"])
     print(f"\n## server: ~5 ms CPU endpoint, uvicorn 1 process, wrk -t2 -c{args.conns} -d{args.duration}s, "
           f"median of {args.rounds} interleaved rounds")
-    print("| config | req/s | ratio vs none | profiler CPU / process CPU | profiles started/s |")
-    print("|---|---|---|---|---|")
+    print("| config | req/s | ratio vs none | profiler CPU / process CPU | profiles started/s | governor levels |")
+    print("|---|---|---|---|---|---|")
     for name, rs in results.items():
         rps = statistics.median(r["rps"] for r in rs)
         ovs = [r["overhead"] for r in rs if r.get("overhead") is not None]
         ov = f"{statistics.median(ovs) * 100:.2f} %" if ovs else "-"
         started = statistics.median(r.get("started", 0) for r in rs) / args.duration if name != "none" else 0
-        print(f"| {name} | {rps:.1f} | {rps / base:.3f} | {ov} | {started:.1f} |")
+        levels = sorted({r.get("governor_level", 0) for r in rs})
+        print(f"| {name} | {rps:.1f} | {rps / base:.3f} | {ov} | {started:.1f} | {levels} |")
 
 
 if __name__ == "__main__":
