@@ -357,6 +357,7 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
     if isinstance(raw, str) and spec.optional and raw.strip().lower() in ("", "none", "auto"):
         return None
     kind = spec.kind
+    v: Any
     try:
         if kind == "bool":
             return _parse_bool(raw)

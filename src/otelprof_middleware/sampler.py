@@ -93,13 +93,13 @@ class StackTable:
                     f = b.function(f"<{lasti} frames omitted>")  # the gap's slot holds the count
                     locs.append(b.location(f, 0))
                     continue
-                f = fn_cache.get(id(code))
-                if f is None:
-                    f = fn_cache[id(code)] = b.function(_qualname(code), code.co_filename, code.co_firstlineno)
+                cached = fn_cache.get(id(code))
+                if cached is None:
+                    cached = fn_cache[id(code)] = b.function(_qualname(code), code.co_filename, code.co_firstlineno)
                 line = line_cache.get((id(code), lasti))
                 if line is None:
                     line = line_cache[(id(code), lasti)] = _line_of(code, lasti)
-                locs.append(b.location(f, line))
+                locs.append(b.location(cached, line))
             b.add(b.stack(locs), thread_name, count, cpu, wall)
         return profile
 

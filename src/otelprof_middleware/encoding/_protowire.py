@@ -142,6 +142,7 @@ def iter_fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
     while pos < n:
         key, pos = read_varint(buf, pos)
         num, wt = key >> 3, key & 7
+        value: Any
         if num == 0:
             raise WireError("field number 0")
         if wt == 0:

@@ -163,7 +163,7 @@ class NetworkExporter:
         result = ExportResult(dropped=too_large, reason="too_large" if too_large else "")
         for req in prepared:
             attempt, _n = run_with_retry(lambda t: self.send(req, t), self.retry_policy,
-                                         wait=lambda d: (time.sleep(d), True)[1])
+                                         wait=_sleep_then_go_on)
             if attempt.ok:
                 rejected = min(req.count, attempt.rejected)
                 result.exported += req.count - rejected
@@ -280,3 +280,9 @@ def create_exporters(config: "Config", stats: Optional["Stats"] = None) -> list[
         else:
             raise NotImplementedError(f"exporter {name!r} is not available in this version")
     return out
+
+
+def _sleep_then_go_on(seconds: float) -> bool:
+    """The blocking wait of a synchronous export: sleep, then go on retrying."""
+    time.sleep(seconds)
+    return True

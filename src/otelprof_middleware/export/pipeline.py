@@ -61,10 +61,27 @@ BUILD_LINGER = 0.1
 BUILD_WAKE_AT = 64
 
 
-class _LogOnce:
-    """Log each kind of problem once per worker (the counters keep the totals)."""
+class _Worker:
+    """What the build worker and the export channels share: a queue drained by one
+    thread under ``_cond``, and logging each kind of problem once (the counters keep
+    the totals)."""
 
     _logged: set[str]
+    _cond: threading.Condition
+    _queue: "collections.deque[Any]"
+    _in_flight: int
+    _thread: Optional[threading.Thread]
+
+    def _wait_drained_locked(self, deadline: Optional[float]) -> bool:
+        """With ``_cond`` held: wait until the queue is empty and nothing is in flight."""
+        while self._queue or self._in_flight:
+            if self._thread is None or not self._thread.is_alive():
+                break
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._cond.wait(remaining)
+        return not self._queue and not self._in_flight
 
     def _log_once(self, key: str, msg: str, *args: Any, exc: bool = False) -> None:
         if key in self._logged:
@@ -94,7 +111,7 @@ class _CpuMeter:
         self.last = now
 
 
-class ExportChannel(_LogOnce):
+class ExportChannel(_Worker):
     """One exporter's bounded queue and worker thread."""
 
     def __init__(
@@ -188,7 +205,7 @@ class ExportChannel(_LogOnce):
                         self._cond.wait(remaining)
                     if not self._queue:  # abandoned meanwhile
                         continue
-                batch = []
+                batch: list[Profile] = []
                 while self._queue and len(batch) < self.batch_size:
                     p, size = self._queue.popleft()
                     self._bytes -= size
@@ -312,14 +329,7 @@ class ExportChannel(_LogOnce):
 
     def wait_idle(self, deadline: Optional[float]) -> bool:
         with self._cond:
-            while self._queue or self._in_flight:
-                if self._thread is None or not self._thread.is_alive():
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return not self._queue and not self._in_flight
+            return self._wait_drained_locked(deadline)
 
     def abandon(self) -> int:
         """Give up on everything queued and count it as dropped (``shutdown``).  A batch
@@ -355,7 +365,7 @@ class ExportChannel(_LogOnce):
         _exporter_after_fork(self.exporter)
 
 
-class ExportPipeline(_LogOnce):
+class ExportPipeline(_Worker):
     """Session queue + build worker + one :class:`ExportChannel` per exporter.
 
     ``exporters`` is a plain list: an exporter appended later gets its channel when
@@ -540,19 +550,9 @@ class ExportPipeline(_LogOnce):
             self._flush_waiters += 1
             self._cond.notify_all()
             try:
-                return self._wait_built_locked(deadline)
+                return self._wait_drained_locked(deadline)
             finally:
                 self._flush_waiters -= 1
-
-    def _wait_built_locked(self, deadline: Optional[float]) -> bool:
-        while self._queue or self._in_flight:
-            if self._thread is None or not self._thread.is_alive():
-                break
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            self._cond.wait(remaining)
-        return not self._queue and not self._in_flight
 
     def force_flush(self, timeout: Optional[float] = None) -> bool:
         """Wait until everything queued so far is delivered (or dropped).  True if done in time."""

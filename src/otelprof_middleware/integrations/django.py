@@ -124,7 +124,7 @@ class ProfilingMiddleware:
         if self.async_mode:
             markcoroutinefunction(self)
             # process_view must match the handler's mode, or Django wraps it in sync_to_async
-            self.process_view = self._process_view_async  # type: ignore[method-assign]
+            self.process_view = self._process_view_async  # type: ignore[method-assign, assignment]
         from . import threads
 
         threads.install()

@@ -118,7 +118,7 @@ class _AppState:
     # hooks --------------------------------------------------------------
     def before_request(self) -> None:
         try:
-            request = _request._get_current_object()  # one proxy lookup instead of three
+            request = _request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup
             handle = request.environ.get(ENVIRON_KEY)
             if handle is None:
                 return None

@@ -172,7 +172,7 @@ class OtelProfFlaskInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         setattr(__init__, _WRAPPED, True)
         self._original_init = original
-        base.__init__ = __init__  # type: ignore[method-assign]
+        base.__init__ = __init__  # type: ignore[method-assign, assignment]
 
     def _uninstrument(self, **kwargs: Any) -> None:
         if self._original_init is not None:
@@ -253,7 +253,8 @@ def _wrap_build_middleware_stack(original: Any) -> Any:
             for i, entry in enumerate(user):
                 if _is_otel_asgi_middleware(entry):
                     pos = i + 1
-            app.user_middleware = list(user[:pos]) + [Middleware(ProfilingMiddleware)] + list(user[pos:])
+            ours = Middleware(ProfilingMiddleware)  # type: ignore[arg-type]
+            app.user_middleware = list(user[:pos]) + [ours] + list(user[pos:])
         except Exception:
             log.exception("otelprof: could not add profiling to the Starlette app; it runs unprofiled")
             return original(app)

@@ -90,7 +90,7 @@ def _int(value: Any) -> int:
 def _msg(value: Any) -> bytes:
     if not isinstance(value, (bytes, bytearray)):
         raise PprofError("expected an embedded message")
-    return value
+    return bytes(value)
 
 
 def _decompress(data: bytes, limit: int) -> bytes:
