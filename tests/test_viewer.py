@@ -396,9 +396,10 @@ def test_missing_folder_lists_nothing(tmp_path: Any, viewer_factory: Any) -> Non
 
 
 @pytest.mark.integration
-def test_command_line_serves_the_folder(profile_dir: Any) -> None:
+@pytest.mark.parametrize("command", [["-m", "otelprof_middleware.viewer"], ["-m", "otelprof_middleware", "view"]])
+def test_command_line_serves_the_folder(profile_dir: Any, command: list[str]) -> None:
     directory, entries = profile_dir
-    proc = subprocess.Popen([sys.executable, "-m", "otelprof_middleware.viewer", directory, "--port", "0"],
+    proc = subprocess.Popen([sys.executable, *command, directory, "--port", "0"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         assert proc.stderr is not None

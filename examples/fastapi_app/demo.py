@@ -105,6 +105,7 @@ def main() -> int:
     print("\n--- python -m otelprof_middleware summary " + os.path.relpath(output_dir) + " --profile-id " + str(chosen))
     rc = cli_main(["summary", output_dir, "--profile-id", chosen or "", "--top", "12"])
     print("\nMore: python -m otelprof_middleware summary " + os.path.relpath(output_dir) + " --list"
+          "\n      python -m otelprof_middleware view " + os.path.relpath(output_dir) + " --open   (flame graphs)"
           "\n      go tool pprof -top <file.pb.gz>   (or -http=127.0.0.1:0 for a flame graph)")
     return rc
 

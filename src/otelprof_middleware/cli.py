@@ -180,6 +180,14 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[IO[str]] = None) ->
     p.add_argument("--profile-id", default="", help="in a folder: the profile with this id")
     p.add_argument("--trace-id", default="", help="in a folder: the newest profile of this trace")
     p.add_argument("--list", action="store_true", help="in a folder: list all profiles first")
+    sub.add_parser("view", add_help=False,
+                   help="browse the file exporter's folder in the local viewer "
+                        "(same options as python -m otelprof_middleware.viewer)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["view"]:  # the viewer parses its own options
+        from .viewer.__main__ import main as viewer_main
+
+        return viewer_main(argv[1:])
     args = parser.parse_args(argv)
     out = out or sys.stdout
     if args.command == "summary":
