@@ -155,6 +155,17 @@ APP = textwrap.dedent('''
 ''')
 
 
+GATES = textwrap.dedent('''
+    def gate(info):
+        """The custom gate of the end-to-end tests: force one path, veto another."""
+        if info.path == "/items/forced":
+            return True
+        if info.path == "/items/vetoed":
+            return False
+        return None
+''')
+
+
 def _env(out: str, **options: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTELPROF_", "OTEL_"))}
     env.update({"OTELPROF_EXPORTER": "file", "OTELPROF_OUTPUT_DIR": out, "OTELPROF_PROBABILITY": "0",
@@ -191,6 +202,7 @@ def app_dir(tmp_path: Any) -> str:
     d = tmp_path / "app"
     d.mkdir()
     (d / "policy_app.py").write_text(APP)
+    (d / "gates.py").write_text(GATES)
     return str(d)
 
 
@@ -391,3 +403,34 @@ def test_cpu_trigger_through_gunicorn_wsgi(app_dir: str, tmp_path: Any) -> None:
     for base in _gunicorn(app_dir, env):
         with httpx.Client(base_url=base, timeout=20) as c:
             check_cpu_trigger(c, out)
+
+
+def check_custom_gate(c: httpx.Client, out: str) -> None:
+    """should_profile (a dotted path from the environment): True forces, False vetoes, None defers."""
+    assert c.get("/items/1").status_code == 200
+    assert c.get("/items/forced").status_code == 200
+    assert c.get("/items/vetoed", headers={"X-Enable-Profiling": "1"}).status_code == 200
+    assert c.get("/items/2", headers={"X-Enable-Profiling": "1"}).status_code == 200
+    st = _flush(c)
+    got = {p["attributes"]["url.path"]: p["trigger"] for p in _profiles(out)}
+    assert got == {"/items/forced": "custom", "/items/2": "header"}, got
+    assert st["declined"].get("custom") == 1
+
+
+def test_custom_gate_through_uvicorn(app_dir: str, tmp_path: Any) -> None:
+    out = str(tmp_path / "profiles")
+    env = _env(out, should_profile="gates:gate", slow_threshold="30")
+    env["APP_MODE"] = "asgi"
+    with serve_in_subprocess("policy_app:app", env=env, app_dir=app_dir, health_path="/healthz") as srv:
+        with httpx.Client(base_url=srv.base_url, timeout=20) as c:
+            check_custom_gate(c, out)
+
+
+@pytest.mark.usefixtures("wsgi_available")
+def test_custom_gate_through_gunicorn_wsgi(app_dir: str, tmp_path: Any) -> None:
+    out = str(tmp_path / "profiles")
+    env = _env(out, should_profile="gates:gate", slow_threshold="30")
+    env["APP_MODE"] = "wsgi"
+    for base in _gunicorn(app_dir, env):
+        with httpx.Client(base_url=base, timeout=20) as c:
+            check_custom_gate(c, out)
