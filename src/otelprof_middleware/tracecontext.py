@@ -15,7 +15,8 @@ from .profile import SpanLink
 
 __all__ = ["current_link", "current_span", "parse_traceparent", "set_span_attributes"]
 
-_TRACEPARENT = re.compile(r"^\s*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-.*)?\s*$")
+_TRACEPARENT = re.compile(r"^\s*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\s*$")
+_TRACEPARENT_MAX = 512  # later versions may append fields; nothing legitimate is this long
 
 
 def current_span() -> Any:
@@ -55,8 +56,11 @@ def parse_traceparent(value: Optional[str]) -> Optional[SpanLink]:
     """A link from a W3C ``traceparent`` header (its trace id and parent span id)."""
     if not value:
         return None
-    m = _TRACEPARENT.match(value.lower() if isinstance(value, str) else "")
-    if not m or m.group(1) == "ff":
+    if not isinstance(value, str) or len(value) > _TRACEPARENT_MAX:
+        return None
+    m = _TRACEPARENT.match(value.lower())
+    # W3C Trace Context: version ff is invalid; version 00 has exactly four fields
+    if not m or m.group(1) == "ff" or (m.group(1) == "00" and m.group(5)):
         return None
     trace_id, span_id = int(m.group(2), 16), int(m.group(3), 16)
     if not trace_id or not span_id:
