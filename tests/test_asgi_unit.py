@@ -10,7 +10,7 @@ import pytest
 
 from otelprof_middleware.asgi import ProfilingMiddleware
 from otelprof_middleware.integrations import asgi as asgi_mod
-from otelprof_middleware.integrations.asgi import HEADER_BOOST_HZ
+from otelprof_middleware.integrations.asgi import HEADER_BOOST_HZ, HEADER_BOOST_SECONDS
 from otelprof_middleware.profiler import current_session
 
 
@@ -245,16 +245,17 @@ def test_streaming_child_task_is_attached_at_send(profiler_factory: Any) -> None
     assert seen["child"] in seen["targets"]
 
 
-def test_header_requests_are_sampled_faster_then_decay(profiler_factory: Any, monkeypatch: Any) -> None:
+def test_header_requests_are_sampled_faster_then_decay(profiler_factory: Any) -> None:
+    from otelprof_middleware.sampler import get_sampler
+
     profiler = profiler_factory(probability=1.0, sample_hz=100)
-    monkeypatch.setattr(asgi_mod, "HEADER_BOOST_SECONDS", 0.0)
     rates: list = []
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         s = current_session()
         rates.append(s.hz)
-        for _ in range(3):
-            await asyncio.sleep(0)  # let the decay callback run
+        # the sampler ends the boost at its first tick past HEADER_BOOST_SECONDS
+        get_sampler()._tick(s.start_mono_ns + int(HEADER_BOOST_SECONDS * 1e9) + 1, (s,))
         rates.append(s.hz)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})

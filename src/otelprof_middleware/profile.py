@@ -90,6 +90,7 @@ class Profile:
     triggers: tuple[str, ...] = ()
     profile_id: bytes = field(default_factory=lambda: os.urandom(16))
     truncated: str = ""  # why sampling stopped early ("max_duration", "max_samples"), if it did
+    keep_if_empty: bool = False  # export even below min_samples (e.g. its id was sent to a client)
 
     @property
     def profile_id_hex(self) -> str:

@@ -178,6 +178,7 @@ class Sampler:
         self._cond = threading.Condition(threading.Lock())
         self._sessions: tuple[Session, ...] = ()  # copy-on-write: ticks iterate a snapshot
         self._thread: Optional[threading.Thread] = None
+        self._hz = 0  # the rate of the current loop (highest rate of the active sessions)
         self._stopping = False
         self.ticks = 0
         self.errors = 0
@@ -190,7 +191,10 @@ class Sampler:
             self._sessions = self._sessions + (session,)
             if self._thread is None or not self._thread.is_alive():
                 self._start_locked()
-            self._cond.notify()
+            if len(self._sessions) == 1 or session.hz > self._hz:
+                # wake the thread only when it is idle or must now tick faster: waking it
+                # for every request would cost every request a GIL hand-over
+                self._cond.notify()
 
     def unregister(self, session: "Session") -> None:
         # Brief: the lock is never held during a tick, so a request never waits for
@@ -225,12 +229,12 @@ class Sampler:
         while True:
             with cond:
                 while not self._sessions and not self._stopping:
-                    cond.wait()
+                    self._hz = 0
+                    cond.wait()  # idle: blocked, no periodic wake-ups
                     next_tick = time.monotonic()
                 if self._stopping:
                     return
                 sessions = self._sessions
-            hz = max(s.hz for s in sessions)
             try:
                 self._tick(time.monotonic_ns(), sessions)
             except Exception:  # never let a sampler bug kill the thread
@@ -241,6 +245,7 @@ class Sampler:
             cpu = thread_cpu_ns(me)
             if cpu is not None:
                 self.cpu_ns_self = cpu
+            hz = max(s.hz for s in sessions)  # after the tick: it may have ended a boost
             interval = 1.0 / hz
             next_tick += interval
             now = time.monotonic()
@@ -248,7 +253,11 @@ class Sampler:
             if delay <= 0:  # fell behind (GIL contention): don't try to catch up
                 next_tick = now
                 delay = interval * 0.1
-            time.sleep(delay)
+            with cond:
+                self._hz = hz
+                if not self._stopping:
+                    cond.wait(delay)  # cut short when a session needs a faster rate
+            next_tick = min(next_tick, time.monotonic())
 
     def _tick(self, now_ns: int, sessions: "Optional[tuple[Session, ...]]" = None) -> None:
         self.ticks += 1
@@ -257,6 +266,8 @@ class Sampler:
         for session in self._sessions if sessions is None else sessions:
             if session.finished:
                 continue
+            if session.boost_until_ns and now_ns >= session.boost_until_ns:
+                session.end_boost()
             if now_ns < session.next_due_ns:
                 continue
             session.next_due_ns = max(session.next_due_ns + session.interval_ns, now_ns - session.interval_ns)

@@ -70,6 +70,9 @@ class Session:
         self.hz = hz
         self.interval_ns = int(1e9 / hz)
         self.period_ns = self.interval_ns
+        self.boost_until_ns = 0  # while > 0: sampled at a boosted rate until then (monotonic ns)
+        self._base_hz = hz
+        self.keep_if_empty = False  # export even with fewer than min_samples (its id was promised)
         # first sample one interval after start, like a timer would
         self.next_due_ns = self.start_mono_ns + self.interval_ns
         self.last_tick_ns = self.start_mono_ns
@@ -153,11 +156,24 @@ class Session:
         return False
 
     def set_rate(self, hz: int) -> None:
-        """Change this session's sampling rate (e.g. a boost for a short request)."""
+        """Change this session's sampling rate."""
         hz = max(1, min(1000, int(hz)))
         self.hz = hz
         self.interval_ns = int(1e9 / hz)
         self.period_ns = self.interval_ns
+        self._base_hz = hz
+        self.boost_until_ns = 0
+
+    def return_to(self, hz: int, after: float) -> None:
+        """The current rate is a boost (so that a request of a few ms still gets samples):
+        go back to ``hz`` once ``after`` seconds have passed since the start.  The sampler
+        ends the boost at its first tick past that time."""
+        self._base_hz = hz
+        self.boost_until_ns = self.start_mono_ns + int(after * 1e9)
+
+    def end_boost(self) -> None:
+        if self.boost_until_ns:
+            self.set_rate(self._base_hz)
 
     # ------------------------------------------------------------ results
     @property
@@ -182,6 +198,7 @@ class Session:
             triggers=self.triggers,
             profile_id=self.profile_id,
             truncated=self.truncated,
+            keep_if_empty=self.keep_if_empty,
         )
         return self.stacks.fill(profile)
 

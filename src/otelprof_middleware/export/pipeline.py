@@ -434,10 +434,14 @@ class ExportPipeline(_Worker):
                 return False
             was_empty = not self._queue
             self._queue.append(item)
+            if getattr(item, "keep_if_empty", False):
+                # a profile whose id went to a client (header-triggered, rate-limited):
+                # build and write it now, so a server killed right after still has it
+                self._prompt = True
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="otelprof-export", daemon=True)
                 self._thread.start()
-            if was_empty or len(self._queue) >= BUILD_WAKE_AT:
+            if was_empty or self._prompt or len(self._queue) >= BUILD_WAKE_AT:
                 # the worker lingers after a wake-up, so a busy server wakes it a few
                 # times per second, not once per request (each wake-up costs the
                 # request threads a GIL hand-over)
@@ -494,6 +498,7 @@ class ExportPipeline(_Worker):
                     return
                 if woken and not self._must_hurry():
                     self._cond.wait_for(self._must_hurry, timeout=BUILD_LINGER)
+                self._prompt = False
                 item = self._queue.popleft()
                 self._in_flight += 1
             released = False
@@ -519,7 +524,7 @@ class ExportPipeline(_Worker):
         if profile is None:
             return False
         self.stats.record("collection_duration", time.perf_counter() - started)
-        if profile.sample_count < self.min_samples:
+        if profile.sample_count < self.min_samples and not profile.keep_if_empty:
             self.stats.dropped("too_short")
             return False
         size = estimate_size(profile)
@@ -541,9 +546,11 @@ class ExportPipeline(_Worker):
 
     def _must_hurry(self) -> bool:
         """No lingering for more sessions when closing, flushing, asked to hurry, or behind."""
-        return bool(self._closed or self._flush_waiters or self._urgent_level or len(self._queue) >= BUILD_WAKE_AT)
+        return bool(self._closed or self._flush_waiters or self._urgent_level or self._prompt
+                    or len(self._queue) >= BUILD_WAKE_AT)
 
     _flush_waiters = 0
+    _prompt = False  # an item that must not wait for the linger
 
     def _wait_built(self, deadline: Optional[float]) -> bool:
         with self._cond:

@@ -43,7 +43,7 @@ from ..policy import RequestInfo
 from ..profile import SpanLink
 from ..profiler import Profiler
 from ..tracecontext import current_span
-from .lifecycle import PROFILE_ID_HEADER, RequestHandle, RequestProfiling
+from .lifecycle import HEADER_BOOST_HZ, HEADER_BOOST_SECONDS, PROFILE_ID_HEADER, RequestHandle, RequestProfiling
 from .threads import install as install_thread_hooks
 
 __all__ = ["ProfilingMiddleware", "HEADER_BOOST_HZ", "HEADER_BOOST_SECONDS"]
@@ -56,10 +56,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-#: Sampling rate of a header-triggered request at its start (1 sample per ms) ...
-HEADER_BOOST_HZ = 1000
-#: ... for this long; then the configured ``sample_hz``.
-HEADER_BOOST_SECONDS = 0.2
 
 _PROFILE_ID_HEADER = PROFILE_ID_HEADER.lower().encode("latin-1")
 _TRACEPARENT = b"traceparent"
@@ -80,8 +76,6 @@ class ProfilingMiddleware:
         self.app = app
         self.profiling = RequestProfiling(profiler, **options)
         config = self.profiling.config
-        if HEADER_BOOST_HZ > config.sample_hz:
-            self.profiling.header_boost_hz = HEADER_BOOST_HZ
         self._header = self.profiling.policy.header_name.encode("latin-1")
         self._need_url = bool(config.excluded_urls)
         self._flushing = False
@@ -148,9 +142,9 @@ class ProfilingMiddleware:
         try:
             await self.app(scope, receive, status_send)
         except BaseException as exc:
-            self._end(handle, scope, None, exc)
+            self._end(handle, scope, exc)
             raise
-        self._end(handle, scope, None, None)
+        self._end(handle, scope, None)
 
     def _begin(self, scope: Scope) -> RequestHandle:
         wanted = self._header
@@ -186,7 +180,6 @@ class ProfilingMiddleware:
         request_task = _current_task()
         attached: list[Any] = [request_task]
         state = {"first": True}
-        timer = self._schedule_rate_decay(handle)
 
         async def profiling_send(message: Message) -> None:
             try:
@@ -198,9 +191,9 @@ class ProfilingMiddleware:
         try:
             await self.app(scope, receive, profiling_send)
         except BaseException as exc:
-            self._end(handle, scope, timer, exc)
+            self._end(handle, scope, exc)
             raise
-        self._end(handle, scope, timer, None)
+        self._end(handle, scope, None)
 
     def _on_send(self, handle: RequestHandle, scope: Scope, message: Message,
                  attached: list[Any], state: dict[str, bool]) -> Message:
@@ -239,26 +232,14 @@ class ProfilingMiddleware:
             handle.annotate_span()
         return message
 
-    def _end(self, handle: RequestHandle, scope: Scope, timer: Any, error: Optional[BaseException]) -> None:
+    def _end(self, handle: RequestHandle, scope: Scope, error: Optional[BaseException]) -> None:
         try:
-            if timer is not None:
-                timer.cancel()
             _set_route(handle, scope)
             if isinstance(error, asyncio.CancelledError) and handle.session is not None:
                 handle.session.attributes["otelprof.cancelled"] = True
         except Exception:
             pass
         handle.finish(error=error)
-
-    def _schedule_rate_decay(self, handle: RequestHandle) -> Any:
-        session = handle.session
-        base = self.profiling.config.sample_hz
-        if session is None or session.hz <= base:
-            return None
-        try:
-            return asyncio.get_running_loop().call_later(HEADER_BOOST_SECONDS, _decay, session, base)
-        except Exception:  # not on asyncio (e.g. trio): the boost lasts until max_samples
-            return None
 
     # ------------------------------------------------------------------ lifespan
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -304,14 +285,6 @@ class ProfilingMiddleware:
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _decay(session: Any, hz: int) -> None:
-    try:
-        if not session.finished:
-            session.set_rate(hz)
-    except Exception:
-        pass
 
 
 def _current_task() -> Any:

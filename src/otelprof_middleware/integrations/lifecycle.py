@@ -23,11 +23,15 @@ from ..profiler import _CURRENT, Profiler, get_profiler
 from ..session import Session, session_summary
 from ..tracecontext import current_span, link_from_span, parse_traceparent, set_span_attributes
 
-__all__ = ["RequestProfiling", "RequestHandle", "PROFILE_ID_HEADER"]
+__all__ = ["RequestProfiling", "RequestHandle", "PROFILE_ID_HEADER", "HEADER_BOOST_HZ", "HEADER_BOOST_SECONDS"]
 
 log = logging.getLogger("otelprof_middleware")
 
 PROFILE_ID_HEADER = "X-Profile-Id"
+#: Sampling rate of a header-triggered request at its start (1 sample per ms) ...
+HEADER_BOOST_HZ = 1000
+#: ... for this long; then ``sample_hz`` (or the governor's rate).
+HEADER_BOOST_SECONDS = 0.2
 
 
 class RequestProfiling:
@@ -40,9 +44,11 @@ class RequestProfiling:
             profiler = Profiler(**options) if options else get_profiler()
         self.profiler = profiler
         self.policy = policy_for(profiler)
-        # Sampling rate for header-triggered requests when the policy does not set one
-        # (an integration may raise it so that short requests get samples); None = sample_hz.
-        self.header_boost_hz: Optional[int] = None
+        # Header-triggered requests are sampled at this rate for their first
+        # HEADER_BOOST_SECONDS, so that a request of a few milliseconds still gets
+        # samples (the caller was promised a profile id); None: no boost.
+        cfg = profiler.config
+        self.header_boost_hz: Optional[int] = HEADER_BOOST_HZ if HEADER_BOOST_HZ > cfg.sample_hz else None
 
     @property
     def config(self) -> Any:
@@ -102,11 +108,16 @@ class RequestHandle:
             self._traceparent = parse_traceparent(traceparent)
         self.info.link = link or self._traceparent
         self.decision = self.rp.policy.decide(self.info)
-        if self.decision.profile:
-            hz = self.decision.hz
-            if hz is None and "header" in self.decision.triggers:
-                hz = getattr(self.rp, "header_boost_hz", None)
-            self.start_profile(self.decision.triggers, hz=hz)
+        decision = self.decision
+        if decision.profile:
+            boost = self.rp.header_boost_hz if "header" in decision.triggers else None
+            base = decision.hz or self.rp.config.sample_hz
+            session = self.start_profile(decision.triggers, hz=boost or decision.hz)
+            if session is not None:
+                if boost:
+                    session.return_to(base, HEADER_BOOST_SECONDS)
+                if decision.expose_profile_id:
+                    session.keep_if_empty = True  # its id goes to the client: always export it
         self.rp.policy.request_started(self)  # flight recorder, watchdog registration
 
     def start_profile(self, triggers: tuple[str, ...], hz: Optional[int] = None, *,
