@@ -72,7 +72,10 @@ def _build_app():  # pragma: no cover - runs in the uvicorn process
         from otelprof_middleware.profiler import Profiler
 
         probability = {"p0": 0.0, "p0lean": 0.0, "p1": 0.01, "p100": 1.0}[mode]
-        lean = {}
+        # The high-CPU trigger is off everywhere: a server saturated by the benchmark would
+        # (correctly) fire it and profile every request for 30 s, which is not what "p0"
+        # measures; its own cost is one reading per second (bench_policy.py).
+        lean: dict = {"cpu_trigger": False}
         if mode == "p0lean":  # probability 0 and no late triggers: nothing watches the request
             lean = dict(slow_promotion=False, slow_route_arming=False, error_profile_duration=0, cpu_trigger=False)
         profiler = Profiler(exporter="none", probability=probability, sample_hz=100,
