@@ -35,6 +35,8 @@ import subprocess
 import sys
 import time
 
+from _calibrate import calibrate, shared_loops, spin  # noqa: E402  (bench/ is on sys.path)
+
 MODES = ("none", "p0", "p0lean", "p1", "p100")
 ENDPOINTS = ("/trivial", "/cpu")
 
@@ -47,11 +49,7 @@ def _build_app():  # pragma: no cover - runs in the uvicorn process
     from starlette.routing import Route
 
     def spin_5ms() -> int:
-        # pure-Python work calibrated at start-up to ~5 ms
-        total = 0
-        for i in range(_LOOPS):
-            total += i * i % 7
-        return total
+        return spin(_LOOPS)  # ~5 ms of pure-Python work, the same in every server
 
     async def trivial(request):
         return PlainTextResponse("ok")
@@ -85,37 +83,13 @@ def _build_app():  # pragma: no cover - runs in the uvicorn process
     return app
 
 
-def _calibrate() -> int:  # pragma: no cover - runs in the uvicorn process
-    loops = 20000
-    while True:
-        t0 = time.thread_time()
-        total = 0
-        for i in range(loops):
-            total += i * i % 7
-        dt = time.thread_time() - t0
-        if dt > 0.02:
-            return max(1, int(loops * 0.005 / dt))
-        loops *= 2
-
-
 if os.environ.get("BENCH_MODE"):  # imported by uvicorn
     # the driver calibrates once and gives every server the same amount of work
-    _LOOPS = int(os.environ.get("BENCH_LOOPS") or _calibrate())
+    _LOOPS = int(os.environ.get("BENCH_LOOPS") or calibrate())
     app = _build_app()
 
 
 # ----------------------------------------------------------------------------- the driver
-
-_LOOPS_SHARED: list[int] = []
-
-
-def _shared_loops() -> int:
-    """One calibration for all servers (median of 5), so every configuration does the
-    same work per /cpu request: per-server calibration varied by up to 40 % on a
-    loaded machine and showed up as fake speed-ups."""
-    if not _LOOPS_SHARED:
-        _LOOPS_SHARED.append(int(statistics.median(_calibrate() for _ in range(5))))
-    return _LOOPS_SHARED[0]
 
 
 def _free_port() -> int:
@@ -127,7 +101,7 @@ def _free_port() -> int:
 
 
 def _start_server(mode: str, port: int) -> subprocess.Popen:
-    env = dict(os.environ, BENCH_MODE=mode, PYTHONUNBUFFERED="1", BENCH_LOOPS=str(_shared_loops()))
+    env = dict(os.environ, BENCH_MODE=mode, PYTHONUNBUFFERED="1", BENCH_LOOPS=str(shared_loops()))
     for k in list(env):
         if k.startswith(("OTELPROF_", "OTEL_")):
             del env[k]

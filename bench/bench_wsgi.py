@@ -34,30 +34,11 @@ import tempfile
 import textwrap
 import time
 
+from _calibrate import shared_loops  # noqa: E402  (bench/ is on sys.path)
+
 MODES = ("none", "p0", "p1", "p100")
 ENDPOINTS = ("/trivial", "/cpu")
 FRAMEWORKS = ("flask", "django")
-_LOOPS_SHARED: list[int] = []
-
-
-def _calibrate() -> int:
-    loops = 20000
-    while True:
-        t0 = time.thread_time()
-        total = 0
-        for i in range(loops):
-            total += i * i % 7
-        dt = time.thread_time() - t0
-        if dt > 0.02:
-            return max(1, int(loops * 0.005 / dt))
-        loops *= 2
-
-
-def _shared_loops() -> int:
-    """Loop count of ~5 ms of work, calibrated once (median of 5) for all servers."""
-    if not _LOOPS_SHARED:
-        _LOOPS_SHARED.append(int(statistics.median(_calibrate() for _ in range(5))))
-    return _LOOPS_SHARED[0]
 
 OPTIONS = '''
 def otelprof_options(mode):
@@ -145,7 +126,7 @@ def _start(workdir: str, framework: str, mode: str) -> tuple[subprocess.Popen, i
     target = "bench_flask_app:app" if framework == "flask" else "bench_django_app:application"
     cmd = ["taskset", "-c", "0", sys.executable, "-m", "gunicorn", "-w", "1", "-k", "sync",
            "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--backlog", "2048", target]
-    env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=workdir, BENCH_LOOPS=str(_shared_loops()))
+    env = dict(os.environ, BENCH_MODE=mode, PYTHONPATH=workdir, BENCH_LOOPS=str(shared_loops()))
     proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     deadline = time.monotonic() + 30

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from otelprof_middleware.asgi import ProfilingMiddleware
-from otelprof_middleware.integrations import asgi as asgi_mod
 from otelprof_middleware.integrations.asgi import HEADER_BOOST_HZ, HEADER_BOOST_SECONDS
 from otelprof_middleware.profiler import current_session
 

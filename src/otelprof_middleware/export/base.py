@@ -19,6 +19,7 @@ import platform
 import socket
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence, Union
 
@@ -201,17 +202,8 @@ def trim_profile(profile: Profile, keep_ratio: float) -> Optional[Profile]:
     ranked = sorted(profile.samples, key=lambda s: (s.cpu_ns, s.count, s.wall_ns), reverse=True)[:keep]
     attrs = dict(profile.attributes)
     attrs["otelprof.truncated"] = "max_request_bytes"
-    out = Profile(
-        name=profile.name,
-        start_time_ns=profile.start_time_ns,
-        duration_ns=profile.duration_ns,
-        period_ns=profile.period_ns,
-        link=profile.link,
-        attributes=attrs,
-        triggers=profile.triggers,
-        profile_id=profile.profile_id,
-        truncated="max_request_bytes",
-    )
+    out = dataclasses.replace(profile, functions=[], locations=[], stacks=[], samples=[],
+                              attributes=attrs, truncated="max_request_bytes")
     b = ProfileBuilder(out)
     fn_map: dict[int, int] = {}
     loc_map: dict[int, int] = {}

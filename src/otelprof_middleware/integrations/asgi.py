@@ -79,9 +79,6 @@ class ProfilingMiddleware:
         self._header = self.profiling.policy.header_name.encode("latin-1")
         self._need_url = bool(config.excluded_urls)
         self._flushing = False
-        # Late triggers (slow promotion, error/slow route arming, flight recorder) judge
-        # every request by its status and route, so those requests need a light send hook.
-        self._tail = bool(getattr(self.profiling.policy, "tail", False))
         install_thread_hooks()
 
     @property
@@ -106,7 +103,7 @@ class ProfilingMiddleware:
         if handle is None:
             await self.app(scope, receive, send)
             return
-        if handle.session is None and not self._tail:
+        if not handle.watched:
             # Not profiled: the application gets the server's own send, untouched.
             try:
                 await self.app(scope, receive, send)

@@ -27,7 +27,6 @@ from ..config import Config
 from ..policy import RequestInfo
 from ..profiler import Profiler
 from .lifecycle import RequestHandle, RequestProfiling
-from .wsgi import needs_end
 
 __all__ = ["ProfilingMiddleware", "MIDDLEWARE_PATH", "request_profiling_from_settings"]
 
@@ -160,7 +159,7 @@ class ProfilingMiddleware:
             handle = self.request_profiling.begin(_request_info(request),
                                                   traceparent=request.META.get("HTTP_TRACEPARENT"))
             setattr(request, _REQUEST_ATTR, handle)
-            return handle if needs_end(handle) else None
+            return handle if handle.watched else None
         except Exception:
             return None
 

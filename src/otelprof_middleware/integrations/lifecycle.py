@@ -97,6 +97,13 @@ class RequestHandle:
         return self.session is not None
 
     @property
+    def watched(self) -> bool:
+        """True when the request is profiled, or the policy watches it (late triggers:
+        slow promotion, flight recorder, route arming) and so must see its status and end.
+        An integration may skip every hook of a request that is not watched."""
+        return self.session is not None or self._t0 is not None or bool(self._tail_state)
+
+    @property
     def profile_id(self) -> Optional[str]:
         return self.session.profile_id_hex if self.session is not None else None
 

@@ -23,7 +23,7 @@ from ..policy import RequestInfo
 from ..profiler import Profiler
 from .lifecycle import RequestHandle, RequestProfiling
 
-__all__ = ["ProfilingMiddleware", "request_info_from_environ", "needs_end", "ENVIRON_KEY"]
+__all__ = ["ProfilingMiddleware", "request_info_from_environ", "ENVIRON_KEY"]
 
 #: where the request's :class:`RequestHandle` is kept in the WSGI environ
 ENVIRON_KEY = "otelprof.handle"
@@ -91,7 +91,7 @@ class ProfilingMiddleware:
             environ[ENVIRON_KEY] = handle
         except Exception:
             handle = None
-        if handle is None or not needs_end(handle):
+        if handle is None or not handle.watched:
             return self.app(environ, start_response)
         return self._profiled(handle, environ, start_response)
 
@@ -122,13 +122,6 @@ class ProfilingMiddleware:
         except Exception:  # never lose the response because of us
             handle.finish()
             return result
-
-
-def needs_end(handle: RequestHandle) -> bool:
-    """True when the request is profiled, or the policy watches it (late triggers:
-    slow promotion, flight recorder, route arming) and so must see how it ends."""
-    return (handle.session is not None or getattr(handle, "_t0", None) is not None
-            or bool(getattr(handle, "_tail_state", 0)))
 
 
 def _on_start_response(handle: RequestHandle, status: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
