@@ -174,6 +174,8 @@ class Config:
     max_stack_depth: int = _opt(128, "int", 8, 2048, doc="frames kept per sample (leaf frames and the root)")
     max_profile_duration: float = _opt(30.0, "duration", 0.01, 3600, doc="hard cap on one profile's length")
     max_samples: int = _opt(10000, "int", 10, 10_000_000, doc="hard cap on sampler ticks per profile")
+    native_sampler: bool = _opt(True, "bool", doc="CPU samples from per-thread CPU timers (C extension, Linux); "
+                                "false or unavailable: the pure-Python sampler")
     min_samples: int = _opt(1, "int", 0, 1000, doc="profiles with fewer samples are not exported")
 
     # --- export

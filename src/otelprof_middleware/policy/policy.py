@@ -485,9 +485,9 @@ class Policy:
         base = self.config.sample_hz
         for session in list(self.profiler._active):
             if session in self._recording:
-                session.set_rate(self.governor.hz(self.recorder_hz or base, min_hz=1))
+                session.set_rate(self.governor.hz(self.recorder_hz or base, min_hz=1), governor_level=level)
             else:
-                session.set_rate(self.governor.hz(base))
+                session.set_rate(self.governor.hz(base), governor_level=level)
 
     def state(self) -> dict[str, Any]:
         """Trigger state for stats/debugging."""

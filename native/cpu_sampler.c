@@ -1,0 +1,692 @@
+/* Per-thread CPU timers and the SIGPROF handler.
+ *
+ * A thread being profiled gets a slot: a POSIX timer on *its own* CPU clock
+ * (timer_create on the thread's CPU clock id, SIGEV_THREAD_ID to its kernel tid),
+ * so SIGPROF is delivered to that thread each `interval` of CPU it uses, whether
+ * or not it holds the GIL (Go's profiler does the same on Linux).  The handler
+ * runs on the interrupted thread: it checks that the slot is live and that the
+ * thread's Python state is the one registered, walks the frame chain (frames.c)
+ * into preallocated scratch memory, and appends one record to the slot's
+ * single-producer ring buffer.  It allocates nothing, takes no lock and touches
+ * no reference count.  The drain (GIL held; the sampler thread each tick, and the
+ * thread itself at detach) turns records into Python tuples.
+ *
+ * Lifetime rules that keep a late signal harmless:
+ * - slots live in a static array and their buffers are never freed;
+ * - a timer's signal value carries (magic, generation, slot); the handler ignores
+ *   a signal whose generation is not the slot's current one, so a signal still
+ *   queued after timer_delete, or after the slot was reused, does nothing;
+ * - stop() marks the slot stopping, deletes the timer and waits until no handler
+ *   is inside the slot before draining and freeing it;
+ * - the handler compares the registered thread state with the thread's current
+ *   one (PyGILState_GetThisThreadState, a thread-specific read) and does nothing
+ *   once the thread has left Python (its state is cleared before it is freed);
+ * - in a forked child no timer exists; every slot is reset;
+ * - the SIGPROF handler, once installed, is never removed (a default SIGPROF
+ *   would kill the process); with no live slot it returns at once.
+ */
+#include "otelprof_native.h"
+
+#if OTP_HAVE_CPU_SAMPLER
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef sigev_notify_thread_id
+#  define sigev_notify_thread_id _sigev_un._tid
+#endif
+
+/* The kernel's encoding of a thread's CPU clock id (glibc's MAKE_THREAD_CPUCLOCK):
+ * works from the kernel tid, so a thread that has exited yields EINVAL, never a
+ * dangling pthread_t. */
+#define OTP_THREAD_CPUCLOCK(tid) ((clockid_t)((~(unsigned int)(tid)) << 3) | 6)
+
+#define OTP_MAX_SLOTS 256
+#define OTP_MAGIC 0x0F7EULL
+#define OTP_RING_MIN (256 * 1024)
+#define OTP_WRAP 0xFFFFFFFFu
+
+enum { SLOT_FREE = 0, SLOT_ACTIVE = 1, SLOT_STOPPING = 2, SLOT_LEAKED = 3 };
+
+typedef struct {
+    uint32_t size;        /* bytes of this record, 8-aligned; OTP_WRAP = go to offset 0 */
+    uint16_t nframes;
+    uint16_t flags;
+    uint32_t omitted;
+    uint32_t overruns;
+    uint64_t cpu_start;   /* thread CPU at the previous sample (ns) */
+    uint64_t cpu_end;     /* thread CPU now (ns) */
+    uint64_t mono;        /* CLOCK_MONOTONIC now (ns) */
+} rec_header;             /* 40 bytes, then nframes otp_frame */
+
+typedef struct {
+    int state;            /* SLOT_*, seq_cst atomics */
+    int in_handler;
+    uint32_t gen;
+    pid_t tid;
+    unsigned long ident;
+    PyThreadState *tstate;
+    timer_t timer;
+    int has_timer;
+    int max_frames;
+    uint64_t last_cpu;    /* written by the handler while active */
+    /* ring: head written by the handler, tail by the drain */
+    char *ring;
+    uint64_t cap;
+    uint64_t head, tail;
+    /* handler scratch */
+    otp_frame *frames;
+    otp_walk_scratch walk;
+    int scratch_frames;   /* capacity of the scratch arrays */
+    /* counters (handler: relaxed atomic adds) */
+    uint64_t samples, dropped_full, skipped_state, read_errors, handler_cpu_ns, overruns;
+} otp_slot;
+
+static otp_slot slots[OTP_MAX_SLOTS];
+static int installed;
+static int max_frames_setting = 128;
+static uint64_t slots_leaked;
+
+static inline uint64_t
+ts_ns(const struct timespec *t)
+{
+    return (uint64_t)t->tv_sec * 1000000000ULL + (uint64_t)t->tv_nsec;
+}
+
+static inline void
+add_relaxed(uint64_t *p, uint64_t v)
+{
+    __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+
+/* ------------------------------------------------------------------ the handler */
+
+static void
+write_record(otp_slot *s, int n, uint32_t omitted, uint32_t overruns, uint64_t c0, uint64_t c1, uint64_t mono)
+{
+    uint64_t need = sizeof(rec_header) + (uint64_t)n * sizeof(otp_frame);
+    need = (need + 7) & ~7ULL;
+    uint64_t head = s->head;
+    uint64_t tail = __atomic_load_n(&s->tail, __ATOMIC_ACQUIRE);
+    uint64_t pos = head % s->cap;
+    uint64_t to_end = s->cap - pos;
+    uint64_t extra = to_end < need ? to_end : 0;  /* skip to offset 0 */
+    if (head + extra + need - tail > s->cap) {
+        add_relaxed(&s->dropped_full, 1);
+        return;
+    }
+    if (extra) {
+        *(uint32_t *)(s->ring + pos) = OTP_WRAP;
+        head += extra;
+        pos = 0;
+    }
+    rec_header *h = (rec_header *)(s->ring + pos);
+    h->size = (uint32_t)need;
+    h->nframes = (uint16_t)n;
+    h->flags = 0;
+    h->omitted = omitted;
+    h->overruns = overruns;
+    h->cpu_start = c0;
+    h->cpu_end = c1;
+    h->mono = mono;
+    memcpy(h + 1, s->frames, (size_t)n * sizeof(otp_frame));
+    __atomic_store_n(&s->head, head + need, __ATOMIC_RELEASE);
+}
+
+static void
+on_sigprof(int sig, siginfo_t *si, void *uctx)
+{
+    (void)sig;
+    (void)uctx;
+    int saved_errno = errno;
+    if (si == NULL || si->si_code != SI_TIMER)
+        goto out;
+    uint64_t v = (uint64_t)(uintptr_t)si->si_value.sival_ptr;
+    if ((v >> 48) != OTP_MAGIC)
+        goto out;
+    unsigned idx = (unsigned)(v & 0xFFFF);
+    uint32_t gen = (uint32_t)((v >> 16) & 0xFFFFFFFFu);
+    if (idx >= OTP_MAX_SLOTS)
+        goto out;
+    otp_slot *s = &slots[idx];
+    __atomic_fetch_add(&s->in_handler, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&s->state, __ATOMIC_SEQ_CST) != SLOT_ACTIVE || s->gen != gen)
+        goto leave;
+    if (PyGILState_GetThisThreadState() != s->tstate) {
+        /* the thread left Python (or is not the one registered): nothing to walk */
+        add_relaxed(&s->skipped_state, 1);
+        goto leave;
+    }
+    struct timespec t0, t1, m;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+    clock_gettime(CLOCK_MONOTONIC, &m);
+    uint32_t omitted = 0, read_errors = 0;
+    int n = otp_walk(s->tstate, &s->walk, s->frames, s->max_frames, &omitted, &read_errors);
+    uint64_t c0 = s->last_cpu, c1 = ts_ns(&t0);
+    int overrun = si->si_overrun > 0 ? si->si_overrun : 0;
+    if (n >= 0)
+        write_record(s, n, omitted, (uint32_t)overrun, c0, c1, ts_ns(&m));
+    add_relaxed(&s->samples, 1);
+    if (read_errors)
+        add_relaxed(&s->read_errors, read_errors);
+    if (overrun)
+        add_relaxed(&s->overruns, (uint64_t)overrun);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+    /* the next window starts after this handler: its own CPU is not the user's */
+    s->last_cpu = ts_ns(&t1);
+    add_relaxed(&s->handler_cpu_ns, ts_ns(&t1) - ts_ns(&t0));
+leave:
+    __atomic_fetch_sub(&s->in_handler, 1, __ATOMIC_SEQ_CST);
+out:
+    errno = saved_errno;
+}
+
+/* ------------------------------------------------------------------ install / fork */
+
+static int
+handler_is_ours(void)
+{
+    struct sigaction cur;
+    if (sigaction(SIGPROF, NULL, &cur) != 0)
+        return 0;
+    return (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigprof;
+}
+
+static void
+reset_slots_in_child(void)
+{
+    otp_safe_read_after_fork();
+    for (int i = 0; i < OTP_MAX_SLOTS; i++) {
+        otp_slot *s = &slots[i];
+        /* timers are not inherited: nothing fires here; forget the parent's threads */
+        s->state = s->state == SLOT_LEAKED ? SLOT_LEAKED : SLOT_FREE;
+        s->in_handler = 0;
+        s->gen++;
+        s->has_timer = 0;
+        s->tstate = NULL;
+        s->head = s->tail = 0;
+    }
+}
+
+static PyObject *
+cs_install(PyObject *self, PyObject *noarg)
+{
+    (void)self;
+    (void)noarg;
+    if (installed) {
+        if (!handler_is_ours()) {
+            PyErr_SetString(PyExc_RuntimeError, "another SIGPROF handler replaced ours");
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    if (otp_safe_read_init() != 0) {
+        PyErr_SetString(PyExc_OSError, "process_vm_readv on our own process is not permitted (seccomp?)");
+        return NULL;
+    }
+    if (otp_registry_init() != 0)
+        return PyErr_NoMemory();
+    struct sigaction old;
+    if (sigaction(SIGPROF, NULL, &old) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    int has_handler = (old.sa_flags & SA_SIGINFO) ? old.sa_sigaction != NULL
+                                                   : (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN);
+    if (has_handler) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "SIGPROF already has a handler (another profiler?); not taking it over");
+        return NULL;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigprof;
+    sa.sa_flags = SA_SIGINFO | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGPROF, &sa, NULL) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    if (pthread_atfork(NULL, NULL, reset_slots_in_child) != 0) {
+        /* keep the handler (never remove it), but refuse to run timers */
+        PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+        return NULL;
+    }
+    installed = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+cs_handler_ok(PyObject *self, PyObject *noarg)
+{
+    (void)self;
+    (void)noarg;
+    return PyBool_FromLong(installed && handler_is_ours());
+}
+
+/* ------------------------------------------------------------------ slots */
+
+static int
+ensure_buffers(otp_slot *s, int max_frames)
+{
+    if (s->frames != NULL && s->scratch_frames >= max_frames)
+        return 0;
+    /* grow: the old buffers are kept (never freed: a handler may be using them
+       in another slot generation... not possible, but freeing buys nothing) */
+    uint64_t rec_max = sizeof(rec_header) + (uint64_t)max_frames * sizeof(otp_frame);
+    uint64_t cap = OTP_RING_MIN;
+    while (cap < 8 * rec_max)
+        cap *= 2;
+    char *ring = malloc(cap);
+    otp_frame *frames = malloc((size_t)max_frames * sizeof(otp_frame));
+    char *block = malloc(OTP_BLOCK_BYTES);
+    char *meta = malloc((size_t)max_frames * OTP_META_SPAN);
+    struct iovec *liov = malloc((size_t)max_frames * sizeof(struct iovec));
+    struct iovec *riov = malloc((size_t)max_frames * sizeof(struct iovec));
+    int *pending = malloc((size_t)max_frames * sizeof(int));
+    if (!ring || !frames || !block || !meta || !liov || !riov || !pending) {
+        free(ring); free(frames); free(block); free(meta); free(liov); free(riov); free(pending);
+        return -1;
+    }
+    /* the slot is free (not active): no handler can be using the old buffers */
+    free(s->ring); free(s->frames); free(s->walk.block); free(s->walk.meta);
+    free(s->walk.liov); free(s->walk.riov); free(s->walk.pending);
+    s->ring = ring;
+    s->cap = cap;
+    s->frames = frames;
+    s->walk.block = block;
+    s->walk.block_cap = OTP_BLOCK_BYTES;
+    s->walk.meta = meta;
+    s->walk.liov = liov;
+    s->walk.riov = riov;
+    s->walk.pending = pending;
+    s->scratch_frames = max_frames;
+    return 0;
+}
+
+static PyThreadState *
+find_tstate(unsigned long ident)
+{
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    for (PyThreadState *ts = PyInterpreterState_ThreadHead(interp); ts != NULL; ts = PyThreadState_Next(ts)) {
+        if (ts->thread_id == ident)
+            return ts;
+    }
+    return NULL;
+}
+
+static otp_slot *
+slot_from_handle(PyObject *handle, unsigned *idx_out)
+{
+    unsigned long long h = PyLong_AsUnsignedLongLong(handle);
+    if (h == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    unsigned idx = (unsigned)(h & 0xFFFF);
+    uint32_t gen = (uint32_t)(h >> 16);
+    if (idx >= OTP_MAX_SLOTS || slots[idx].gen != gen
+        || (slots[idx].state != SLOT_ACTIVE && slots[idx].state != SLOT_STOPPING)) {
+        PyErr_SetString(PyExc_ValueError, "not a live sampler handle");
+        return NULL;
+    }
+    if (idx_out)
+        *idx_out = idx;
+    return &slots[idx];
+}
+
+static int
+arm(otp_slot *s, long long interval_ns)
+{
+    struct itimerspec its;
+    its.it_interval.tv_sec = interval_ns / 1000000000LL;
+    its.it_interval.tv_nsec = interval_ns % 1000000000LL;
+    its.it_value = its.it_interval;
+    return timer_settime(s->timer, 0, &its, NULL);
+}
+
+/* start(ident, native_id, interval_ns) -> handle */
+static PyObject *
+cs_start(PyObject *self, PyObject *args)
+{
+    (void)self;
+    unsigned long ident;
+    long native_id;
+    long long interval_ns;
+    if (!PyArg_ParseTuple(args, "klL", &ident, &native_id, &interval_ns))
+        return NULL;
+    if (!installed || !handler_is_ours()) {
+        PyErr_SetString(PyExc_RuntimeError, "the SIGPROF handler is not installed");
+        return NULL;
+    }
+    if (interval_ns < 50000)
+        interval_ns = 50000;
+    PyThreadState *ts = find_tstate(ident);
+    if (ts == NULL) {
+        PyErr_SetString(PyExc_LookupError, "no Python thread with that ident");
+        return NULL;
+    }
+#if PY_VERSION_HEX >= 0x030B0000
+    if (ts->native_thread_id != 0)
+        native_id = (long)ts->native_thread_id;
+#endif
+    if (native_id <= 0) {
+        PyErr_SetString(PyExc_ValueError, "unknown native thread id");
+        return NULL;
+    }
+    int idx = -1;
+    for (int i = 0; i < OTP_MAX_SLOTS; i++) {
+        if (slots[i].state == SLOT_FREE) {
+            idx = i;
+            break;
+        }
+    }
+    if (idx < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "too many threads sampled at once");
+        return NULL;
+    }
+    otp_slot *s = &slots[idx];
+    int mf = max_frames_setting;
+    if (ensure_buffers(s, mf) != 0)
+        return PyErr_NoMemory();
+    clockid_t clk = OTP_THREAD_CPUCLOCK(native_id);
+    struct timespec now;
+    if (clock_gettime(clk, &now) != 0) {
+        PyErr_SetString(PyExc_LookupError, "the thread has exited");
+        return NULL;
+    }
+    s->gen++;
+    s->tid = (pid_t)native_id;
+    s->ident = ident;
+    s->tstate = ts;
+    s->max_frames = mf;
+    s->head = s->tail = 0;
+    s->last_cpu = ts_ns(&now);
+    /* the counters stay cumulative per slot: totals never go back */
+    struct sigevent sev;
+    memset(&sev, 0, sizeof sev);
+    sev.sigev_notify = SIGEV_THREAD_ID;
+    sev.sigev_signo = SIGPROF;
+    sev.sigev_notify_thread_id = (pid_t)native_id;
+    uint64_t value = (OTP_MAGIC << 48) | ((uint64_t)s->gen << 16) | (uint64_t)idx;
+    sev.sigev_value.sival_ptr = (void *)(uintptr_t)value;
+    __atomic_store_n(&s->state, SLOT_ACTIVE, __ATOMIC_SEQ_CST);
+    if (timer_create(clk, &sev, &s->timer) != 0) {
+        int e = errno;
+        __atomic_store_n(&s->state, SLOT_FREE, __ATOMIC_SEQ_CST);
+        errno = e;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    s->has_timer = 1;
+    if (arm(s, interval_ns) != 0) {
+        int e = errno;
+        timer_delete(s->timer);
+        s->has_timer = 0;
+        __atomic_store_n(&s->state, SLOT_FREE, __ATOMIC_SEQ_CST);
+        errno = e;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyLong_FromUnsignedLongLong(((unsigned long long)s->gen << 16) | (unsigned)idx);
+}
+
+static PyObject *
+cs_set_interval(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *handle;
+    long long interval_ns;
+    if (!PyArg_ParseTuple(args, "OL", &handle, &interval_ns))
+        return NULL;
+    otp_slot *s = slot_from_handle(handle, NULL);
+    if (s == NULL)
+        return NULL;
+    if (interval_ns < 50000)
+        interval_ns = 50000;
+    if (s->state == SLOT_ACTIVE && s->has_timer && arm(s, interval_ns) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------ drain */
+
+static PyObject *
+sample_tuple(const rec_header *h, const otp_frame *frames, uint64_t *unknown)
+{
+    PyObject *codes = PyTuple_New(h->nframes);
+    PyObject *lastis = PyTuple_New(h->nframes);
+    PyObject *addrs = PyTuple_New(h->nframes);
+    if (!codes || !lastis || !addrs)
+        goto fail;
+    Py_ssize_t n = 0;
+    for (int i = 0; i < h->nframes; i++) {
+        int skip = 0;
+        PyObject *code = otp_resolve_code(&frames[i], &skip);
+        if (skip) {
+            Py_XDECREF(code);
+            continue;
+        }
+        if (code == NULL) {
+            (*unknown)++;
+            code = Py_None;
+            Py_INCREF(code);
+        }
+        PyObject *lasti = PyLong_FromLong(frames[i].lasti);
+        PyObject *addr = PyLong_FromUnsignedLongLong(frames[i].frame);
+        if (!lasti || !addr) {
+            Py_DECREF(code);
+            Py_XDECREF(lasti);
+            Py_XDECREF(addr);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(codes, n, code);
+        PyTuple_SET_ITEM(lastis, n, lasti);
+        PyTuple_SET_ITEM(addrs, n, addr);
+        n++;
+    }
+    if (n != h->nframes) {
+        if (_PyTuple_Resize(&codes, n) || _PyTuple_Resize(&lastis, n) || _PyTuple_Resize(&addrs, n))
+            goto fail;
+    }
+    return Py_BuildValue("(KKKIINNN)", (unsigned long long)h->cpu_start, (unsigned long long)h->cpu_end,
+                         (unsigned long long)h->mono, (unsigned int)h->overruns, (unsigned int)h->omitted,
+                         codes, lastis, addrs);
+fail:
+    Py_XDECREF(codes);
+    Py_XDECREF(lastis);
+    Py_XDECREF(addrs);
+    return NULL;
+}
+
+static uint64_t unknown_frames;
+
+static PyObject *
+drain_slot(otp_slot *s)
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    otp_registry_maintain();
+    uint64_t t = s->tail;
+    uint64_t head = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
+    while (t < head) {
+        uint64_t pos = t % s->cap;
+        const rec_header *h = (const rec_header *)(s->ring + pos);
+        if (h->size == OTP_WRAP) {
+            t += s->cap - pos;
+            continue;
+        }
+        PyObject *item = sample_tuple(h, (const otp_frame *)(h + 1), &unknown_frames);
+        if (item == NULL || PyList_Append(out, item) != 0) {
+            Py_XDECREF(item);
+            Py_DECREF(out);
+            __atomic_store_n(&s->tail, t + h->size, __ATOMIC_RELEASE);  /* skip the bad record */
+            return NULL;
+        }
+        Py_DECREF(item);
+        t += h->size;
+    }
+    __atomic_store_n(&s->tail, t, __ATOMIC_RELEASE);
+    return out;
+}
+
+static PyObject *
+cs_drain(PyObject *self, PyObject *handle)
+{
+    (void)self;
+    otp_slot *s = slot_from_handle(handle, NULL);
+    if (s == NULL)
+        return NULL;
+    return drain_slot(s);
+}
+
+static void
+delete_timer_and_wait(otp_slot *s)
+{
+    __atomic_store_n(&s->state, SLOT_STOPPING, __ATOMIC_SEQ_CST);
+    if (s->has_timer) {
+        timer_delete(s->timer);
+        s->has_timer = 0;
+    }
+    /* a handler that saw the slot active may still be writing its record */
+    for (int i = 0; __atomic_load_n(&s->in_handler, __ATOMIC_SEQ_CST) != 0; i++) {
+        if (i > 200000) {  /* ~ seconds: the thread is stopped inside the handler */
+            __atomic_store_n(&s->state, SLOT_LEAKED, __ATOMIC_SEQ_CST);
+            slots_leaked++;
+            return;
+        }
+        sched_yield();
+    }
+}
+
+/* stop(handle) -> the samples not drained yet; the slot is free afterwards */
+static PyObject *
+cs_stop(PyObject *self, PyObject *handle)
+{
+    (void)self;
+    otp_slot *s = slot_from_handle(handle, NULL);
+    if (s == NULL)
+        return NULL;
+    delete_timer_and_wait(s);
+    if (s->state == SLOT_LEAKED)
+        return PyList_New(0);
+    PyObject *rest = drain_slot(s);
+    s->tstate = NULL;
+    s->gen++;
+    __atomic_store_n(&s->state, SLOT_FREE, __ATOMIC_SEQ_CST);
+    return rest;
+}
+
+/* stop_all(): at interpreter exit; samples are dropped */
+static PyObject *
+cs_stop_all(PyObject *self, PyObject *noarg)
+{
+    (void)self;
+    (void)noarg;
+    for (int i = 0; i < OTP_MAX_SLOTS; i++) {
+        otp_slot *s = &slots[i];
+        if (s->state != SLOT_ACTIVE && s->state != SLOT_STOPPING)
+            continue;
+        delete_timer_and_wait(s);
+        if (s->state == SLOT_LEAKED)
+            continue;
+        s->tstate = NULL;
+        s->gen++;
+        s->head = s->tail = 0;
+        __atomic_store_n(&s->state, SLOT_FREE, __ATOMIC_SEQ_CST);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+cs_set_max_frames(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 8)
+        n = 8;
+    if (n > OTP_MAX_FRAMES_LIMIT)
+        n = OTP_MAX_FRAMES_LIMIT;
+    max_frames_setting = (int)n;  /* applies to threads started from now on */
+    return PyLong_FromLong(n);
+}
+
+static PyObject *
+cs_frame_address(PyObject *self, PyObject *frame)
+{
+    (void)self;
+    return PyLong_FromUnsignedLongLong(otp_frame_address(frame));
+}
+
+static PyObject *
+cs_stats(PyObject *self, PyObject *noarg)
+{
+    (void)self;
+    (void)noarg;
+    uint64_t samples = 0, dropped = 0, skipped = 0, errors = 0, handler_ns = 0, overruns = 0;
+    int active = 0;
+    for (int i = 0; i < OTP_MAX_SLOTS; i++) {
+        otp_slot *s = &slots[i];
+        samples += __atomic_load_n(&s->samples, __ATOMIC_RELAXED);
+        dropped += __atomic_load_n(&s->dropped_full, __ATOMIC_RELAXED);
+        skipped += __atomic_load_n(&s->skipped_state, __ATOMIC_RELAXED);
+        errors += __atomic_load_n(&s->read_errors, __ATOMIC_RELAXED);
+        handler_ns += __atomic_load_n(&s->handler_cpu_ns, __ATOMIC_RELAXED);
+        overruns += __atomic_load_n(&s->overruns, __ATOMIC_RELAXED);
+        active += s->state == SLOT_ACTIVE;
+    }
+    return Py_BuildValue("{sKsKsKsKsKsKsKsnsKsisK}",
+                         "samples", (unsigned long long)samples, "dropped_full", (unsigned long long)dropped,
+                         "skipped_state", (unsigned long long)skipped, "read_errors", (unsigned long long)errors,
+                         "handler_cpu_ns", (unsigned long long)handler_ns, "overruns", (unsigned long long)overruns,
+                         "unknown_frames", (unsigned long long)unknown_frames,
+                         "registry_size", otp_registry_size(),
+                         "registry_resets", (unsigned long long)otp_registry_resets,
+                         "active_threads", active, "slots_leaked", (unsigned long long)slots_leaked);
+}
+
+/* slot_stats(handle) -> (handler_cpu_ns, overruns, dropped_full) of one live slot */
+static PyObject *
+cs_slot_stats(PyObject *self, PyObject *handle)
+{
+    (void)self;
+    otp_slot *s = slot_from_handle(handle, NULL);
+    if (s == NULL)
+        return NULL;
+    return Py_BuildValue("(KKK)", (unsigned long long)__atomic_load_n(&s->handler_cpu_ns, __ATOMIC_RELAXED),
+                         (unsigned long long)__atomic_load_n(&s->overruns, __ATOMIC_RELAXED),
+                         (unsigned long long)__atomic_load_n(&s->dropped_full, __ATOMIC_RELAXED));
+}
+
+int
+otp_cpu_sampler_init(PyObject *module)
+{
+    (void)module;
+    return 0;
+}
+
+#define OTP_CS_METHODS                                                                                        \
+    {"install", cs_install, METH_NOARGS, "Install the SIGPROF handler (refuses if SIGPROF is taken)."},        \
+    {"handler_ok", cs_handler_ok, METH_NOARGS, "True while our SIGPROF handler is in place."},                  \
+    {"start", cs_start, METH_VARARGS, "start(ident, native_id, interval_ns) -> handle: sample a thread."},     \
+    {"set_interval", cs_set_interval, METH_VARARGS, "set_interval(handle, interval_ns)"},                      \
+    {"drain", cs_drain, METH_O, "drain(handle) -> [(cpu_start, cpu_end, mono, overruns, omitted, codes, lastis, frames)]"}, \
+    {"stop", cs_stop, METH_O, "stop(handle) -> the samples not drained yet; frees the slot."},               \
+    {"stop_all", cs_stop_all, METH_NOARGS, "Delete every timer (interpreter exit)."},                          \
+    {"set_max_frames", cs_set_max_frames, METH_O, "Frames recorded per sample for threads started later."},   \
+    {"frame_address", cs_frame_address, METH_O, "The interpreter frame address of a frame object."},          \
+    {"stats", cs_stats, METH_NOARGS, "Counters of the CPU sampler."},                                          \
+    {"slot_stats", cs_slot_stats, METH_O, "(handler_cpu_ns, overruns, dropped_full) of one thread."},
+
+PyMethodDef otp_cpu_sampler_methods[] = {
+    OTP_CS_METHODS
+    {NULL, NULL, 0, NULL}
+};
+
+#else  /* !OTP_HAVE_CPU_SAMPLER */
+
+PyMethodDef otp_cpu_sampler_methods[] = {
+    {NULL, NULL, 0, NULL}
+};
+
+#endif

@@ -1,0 +1,280 @@
+/* The CPython-version-specific part: walking a thread's frame chain from a
+ * signal handler, and validating recorded code addresses at drain time.
+ *
+ *   3.10      tstate->frame, PyFrameObject.f_back / f_code / f_lasti (code units)
+ *   3.11      tstate->cframe->current_frame, _PyInterpreterFrame.previous /
+ *             f_code / prev_instr
+ *   3.12      as 3.11; shim frames owned by the C stack are skipped
+ *   3.13      tstate->current_frame, f_executable / instr_ptr
+ *
+ * The walk runs on the interrupted thread, which may be in the middle of pushing
+ * or popping a frame, so every pointer it follows is read with otp_safe_read
+ * (never dereferenced).  Frames of the thread's current data-stack chunk are
+ * copied with one read and served from that copy.  The handler allocates
+ * nothing and touches no reference count; garbage read from a torn chain only
+ * produces frames that fail validation at drain time.
+ */
+#include "otelprof_native.h"
+
+#if OTP_HAVE_CPU_SAMPLER
+#include <string.h>
+
+#if PY_VERSION_HEX >= 0x030B0000
+#  ifndef Py_BUILD_CORE
+#    define Py_BUILD_CORE 1
+#    define OTP_UNDEF_BUILD_CORE
+#  endif
+#  include <internal/pycore_frame.h>
+#  ifdef OTP_UNDEF_BUILD_CORE
+#    undef Py_BUILD_CORE
+#  endif
+#else
+#  include <frameobject.h>
+#endif
+
+#if PY_VERSION_HEX >= 0x030B0000
+#  define OTP_QUALNAME co_qualname
+#else
+#  define OTP_QUALNAME co_name
+#endif
+
+#define OFF_FIRST offsetof(PyCodeObject, co_firstlineno)
+#define OFF_QUAL offsetof(PyCodeObject, OTP_QUALNAME)
+#define META_LO (OFF_FIRST < OFF_QUAL ? OFF_FIRST : OFF_QUAL)
+#define META_HI ((OFF_FIRST < OFF_QUAL ? OFF_QUAL : OFF_FIRST) + sizeof(void *))
+const size_t OTP_META_SPAN = META_HI - META_LO;
+
+static inline int
+wread(otp_walk_scratch *w, uintptr_t addr, void *dst, size_t len)
+{
+    if (addr >= w->block_lo && addr + len <= w->block_hi && addr + len > addr) {
+        memcpy(dst, w->block + (addr - w->block_lo), len);
+        return 0;
+    }
+    return otp_safe_read(addr, dst, len);
+}
+
+/* Copy the live part of the current data-stack chunk: one read for most frames. */
+static void
+load_block(PyThreadState *ts, otp_walk_scratch *w)
+{
+    w->block_lo = w->block_hi = 0;
+#if PY_VERSION_HEX >= 0x030B0000
+    uintptr_t lo = (uintptr_t)ts->datastack_chunk;
+    uintptr_t hi = (uintptr_t)ts->datastack_top;
+    if (lo == 0 || hi <= lo || hi - lo > (64u << 20))
+        return;  /* torn or odd: frame-by-frame reads */
+    if (hi - lo > w->block_cap)
+        lo = hi - w->block_cap;
+    if (otp_safe_read(lo, w->block, hi - lo) == 0) {
+        w->block_lo = lo;
+        w->block_hi = hi;
+    }
+#else
+    (void)ts;
+#endif
+}
+
+/* One step: read the frame at addr; fills code, instr/lasti, owner, previous.
+ * Returns 1 for a frame to record, 0 for one to skip, -1 on a read failure. */
+static int
+read_frame(otp_walk_scratch *w, uintptr_t addr, otp_frame *out, uintptr_t *previous)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    _PyInterpreterFrame fr;
+    if (wread(w, addr, &fr, offsetof(_PyInterpreterFrame, localsplus)) != 0)
+        return -1;
+    *previous = (uintptr_t)fr.previous;
+#  if PY_VERSION_HEX >= 0x030D0000
+    uintptr_t code = (uintptr_t)fr.f_executable;
+    uintptr_t instr = (uintptr_t)fr.instr_ptr;
+#  else
+    uintptr_t code = (uintptr_t)fr.f_code;
+    uintptr_t instr = (uintptr_t)fr.prev_instr;
+#  endif
+#  if PY_VERSION_HEX >= 0x030C0000
+    if (fr.owner == FRAME_OWNED_BY_CSTACK)
+        return 0;  /* a shim frame of a C call into the interpreter */
+#  endif
+    out->frame = addr;
+    out->code = code;
+    intptr_t units = ((intptr_t)instr - (intptr_t)(code + offsetof(PyCodeObject, co_code_adaptive)))
+                     / (intptr_t)sizeof(_Py_CODEUNIT);
+    if (units < -1 || units > (1 << 28))
+        units = -1;  /* garbage (torn frame): the line falls back to co_firstlineno */
+    out->lasti = (int32_t)(units * (intptr_t)sizeof(_Py_CODEUNIT));
+    out->owner = (uint8_t)fr.owner;
+    return 1;
+#else
+    /* PyFrameObject: f_back, f_code ... f_lasti */
+    char buf[sizeof(PyFrameObject)];
+    size_t lo = offsetof(PyFrameObject, f_back);
+    size_t hi = offsetof(PyFrameObject, f_lasti) + sizeof(int);
+    if (wread(w, addr + lo, buf + lo, hi - lo) != 0)
+        return -1;
+    PyFrameObject *fr = (PyFrameObject *)buf;
+    *previous = (uintptr_t)fr->f_back;
+    out->frame = addr;
+    out->code = (uintptr_t)fr->f_code;
+    int lasti = fr->f_lasti;
+    out->lasti = lasti < 0 || lasti > (1 << 28) ? -1 : lasti * (int32_t)sizeof(_Py_CODEUNIT);
+    out->owner = fr->f_gen != NULL ? OTP_OWNER_GENERATOR : 0;
+    return 1;
+#endif
+}
+
+static uintptr_t
+current_frame(PyThreadState *ts)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return (uintptr_t)ts->current_frame;
+#elif PY_VERSION_HEX >= 0x030B0000
+    /* tstate->cframe lives in a live C frame of this very thread (or in tstate) */
+    _PyCFrame *cf = ts->cframe;
+    uintptr_t f = 0;
+    if (cf == NULL || otp_safe_read((uintptr_t)&cf->current_frame, &f, sizeof f) != 0)
+        return 0;
+    return f;
+#else
+    return (uintptr_t)ts->frame;
+#endif
+}
+
+/* Fill qualname/firstlineno: from the registry when pinned, else one gather read. */
+static void
+read_metadata(otp_walk_scratch *w, otp_frame *frames, int n, uint32_t *read_errors)
+{
+    int npending = 0;
+    for (int i = 0; i < n; i++) {
+        otp_frame *f = &frames[i];
+        int32_t first;
+        uintptr_t qual;
+        if (otp_registry_peek((uintptr_t)f->code, &first, &qual)) {
+            f->firstlineno = first;
+            f->qualname = qual;
+            f->flags |= OTP_FRAME_META_OK;
+            continue;
+        }
+        w->liov[npending].iov_base = w->meta + (size_t)npending * OTP_META_SPAN;
+        w->liov[npending].iov_len = OTP_META_SPAN;
+        w->riov[npending].iov_base = (void *)(uintptr_t)(f->code + META_LO);
+        w->riov[npending].iov_len = OTP_META_SPAN;
+        w->pending[npending++] = i;
+    }
+    int start = 0;
+    while (start < npending) {
+        int got = otp_safe_readv(w->liov + start, w->riov + start, npending - start);
+        for (int k = start; k < start + got; k++) {
+            otp_frame *f = &frames[w->pending[k]];
+            const char *m = w->meta + (size_t)k * OTP_META_SPAN;
+            memcpy(&f->firstlineno, m + (OFF_FIRST - META_LO), sizeof(int));
+            memcpy(&f->qualname, m + (OFF_QUAL - META_LO), sizeof(void *));
+            f->flags |= OTP_FRAME_META_OK;
+        }
+        start += got;
+        if (start < npending) {  /* this one is unreadable: not a live object */
+            (*read_errors)++;
+            start++;
+        }
+    }
+}
+
+int
+otp_walk(PyThreadState *ts, otp_walk_scratch *w, otp_frame *out, int max_frames,
+         uint32_t *omitted, uint32_t *read_errors)
+{
+    uintptr_t addr = current_frame(ts);
+    *omitted = 0;
+    if (addr == 0)
+        return 0;
+    load_block(ts, w);
+    int n = 0;
+    otp_frame tail;
+    int have_tail = 0;
+    for (int steps = 0; addr != 0 && steps < OTP_MAX_WALK; steps++) {
+        otp_frame f;
+        memset(&f, 0, sizeof f);
+        uintptr_t previous = 0;
+        int r = read_frame(w, addr, &f, &previous);
+        if (r < 0) {
+            (*read_errors)++;
+            break;
+        }
+        if (r > 0) {
+            if (n < max_frames - 1) {
+                out[n++] = f;
+            } else {
+                if (have_tail)
+                    (*omitted)++;
+                tail = f;
+                have_tail = 1;
+            }
+        }
+        addr = previous;
+    }
+    if (have_tail)
+        out[n++] = tail;  /* the root (or the deepest frame reached) */
+    read_metadata(w, out, n, read_errors);
+    return n;
+}
+
+/* ------------------------------------------------------------------ drain side */
+
+static int
+sane_refcnt(Py_ssize_t r)
+{
+    return r > 0 && r < ((Py_ssize_t)1 << 48);
+}
+
+PyObject *
+otp_resolve_code(const otp_frame *f, int *skip)
+{
+    *skip = 0;
+    if (!(f->flags & OTP_FRAME_META_OK) || f->code == 0)
+        return NULL;
+    int32_t first;
+    uintptr_t qual;
+    PyObject *code = otp_registry_get((uintptr_t)f->code, &first, &qual);
+    if (code != NULL) {
+        if (first != f->firstlineno || qual != f->qualname)
+            return NULL;  /* the handler read something else at that address */
+        Py_INCREF(code);
+    } else {
+        /* validate before pinning: a live code object with the recorded metadata */
+        struct { Py_ssize_t refcnt; PyTypeObject *type; } head;
+        char meta[64];
+        if (OTP_META_SPAN > sizeof meta
+            || otp_safe_read((uintptr_t)f->code, &head, sizeof head) != 0
+            || head.type != &PyCode_Type || !sane_refcnt(head.refcnt)
+            || otp_safe_read((uintptr_t)(f->code + META_LO), meta, OTP_META_SPAN) != 0)
+            return NULL;
+        memcpy(&first, meta + (OFF_FIRST - META_LO), sizeof(int));
+        memcpy(&qual, meta + (OFF_QUAL - META_LO), sizeof(void *));
+        if (first != f->firstlineno || qual != f->qualname)
+            return NULL;
+        code = (PyObject *)(uintptr_t)f->code;
+        otp_registry_pin(code, first, qual);
+        Py_INCREF(code);
+    }
+#if PY_VERSION_HEX >= 0x030B0000
+    /* a frame pushed but not yet started (what sys._getframe skips too) */
+    if (f->owner != FRAME_OWNED_BY_GENERATOR
+        && f->lasti / (int)sizeof(_Py_CODEUNIT) < ((PyCodeObject *)code)->_co_firsttraceable) {
+        *skip = 1;
+    }
+#endif
+    return code;
+}
+
+uintptr_t
+otp_frame_address(PyObject *frame)
+{
+    if (frame == NULL || !PyFrame_Check(frame))
+        return 0;
+#if PY_VERSION_HEX >= 0x030B0000
+    return (uintptr_t)((struct _frame *)frame)->f_frame;
+#else
+    return (uintptr_t)frame;
+#endif
+}
+#endif

@@ -1,0 +1,305 @@
+"""CPU samples from per-thread CPU timers (the optional C extension ``_native``).
+
+Why: a sampler thread inside the process needs the GIL to look at another
+thread, so it only ever sees a busy thread where that thread *releases* the GIL
+(a socket send, a log write), and the CPU burnt in between is billed there.  The
+extension instead arms, for each sampled thread, a POSIX timer on that thread's
+own CPU clock; the kernel interrupts the thread itself each ``interval`` of its
+CPU time, wherever it is, and a signal handler records its Python stack into a
+ring buffer (see ``native/cpu_sampler.c``).  This module is the Python side:
+
+* :func:`load` imports and installs the extension once, or says why it cannot
+  (no extension built, not Linux, SIGPROF already taken, ...); the reason is
+  logged once and profiles record ``otelprof.sampler=python``;
+* :class:`CpuTimers` keeps one timer per sampled thread (shared by every session
+  with a target on it, at the highest rate among them), drains the ring buffers
+  (the sampler thread each tick; a detaching thread for itself) and bills each
+  sample to the targets it belongs to: a thread target gets its thread's samples
+  while attached, a task target the loop thread's samples whose stack holds the
+  task's outermost coroutine frame, cut there.  Each sample carries the CPU the
+  thread used since its previous sample (read from the thread's clock), so rate
+  changes never distort totals; at detach the rest of the measured CPU (less than
+  one interval) goes to the target's last stack, so totals match the clock.
+
+Linux checks CPU timers at its scheduler tick (``CONFIG_HZ``, often 250 Hz), so
+rates above that give fewer, heavier samples; the weights stay exact.
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, Optional
+
+from ._safety import LogOnce, at_fork_reinit
+from .stacks import UNKNOWN, cap_depth, thread_cpu_ns
+
+if TYPE_CHECKING:
+    from .session import Session, Target
+
+__all__ = ["load", "CpuTimers"]
+
+_log_once = LogOnce()
+_lib: Any = None
+_reason: Optional[str] = None
+_load_lock = threading.Lock()
+
+
+def load() -> tuple[Any, str]:
+    """The installed extension module and "", or None and why it is unavailable."""
+    global _lib, _reason
+    if _lib is not None or _reason is not None:
+        return _lib, _reason or ""
+    with _load_lock:
+        if _lib is None and _reason is None:
+            lib, reason = _try_load()
+            if lib is None:
+                _reason = reason
+                _log_once("native-unavailable",
+                          "otelprof: native CPU sampler unavailable (%s): using the pure-Python sampler, "
+                          "whose CPU attribution leans towards code that releases the GIL "
+                          "(see docs/sampling.md)", reason)
+            else:
+                _lib = lib
+                atexit.register(_stop_all_at_exit)
+    return _lib, _reason or ""
+
+
+def _try_load() -> tuple[Any, str]:
+    if not sys.platform.startswith("linux"):
+        return None, f"not available on {sys.platform}"
+    try:
+        from . import _native  # type: ignore[attr-defined]
+    except ImportError as e:
+        return None, f"extension not built ({e})"
+    if "cpu_sampler" not in getattr(_native, "features", ()):
+        return None, "extension built without the CPU sampler (unsupported Python version?)"
+    try:
+        _native.install()
+    except (OSError, RuntimeError) as e:
+        return None, str(e)
+    return _native, ""
+
+
+def _stop_all_at_exit() -> None:
+    lib = _lib
+    if lib is not None:
+        try:
+            lib.stop_all()
+        except Exception:  # pragma: no cover - never fail the interpreter's exit
+            pass
+
+
+class _Thread:
+    """One sampled thread: its timer and the (session, target) pairs it serves."""
+
+    __slots__ = ("ident", "handle", "interval_ns", "entries", "lock", "name")
+
+    def __init__(self, ident: int, handle: int, interval_ns: int) -> None:
+        self.ident = ident
+        self.handle = handle
+        self.interval_ns = interval_ns
+        self.entries: list[tuple["Session", "Target"]] = []
+        self.lock = threading.Lock()  # one drain+dispatch at a time (single consumer)
+
+
+class CpuTimers:
+    """The per-thread CPU timers of one sampler (see the module docstring)."""
+
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib
+        self._threads: dict[int, _Thread] = {}
+        self._lock = threading.Lock()
+        self._max_frames = 0
+        self.samples = 0  # samples drained
+        self.unknown_frames = 0
+        at_fork_reinit(self._after_fork)
+
+    # ------------------------------------------------------------------ targets
+    def add(self, session: "Session", target: "Target", interval_ns: int) -> bool:
+        """Bill ``target`` from its thread's CPU timer (started if needed).  False if
+        the thread cannot have one (then the caller samples it in Python)."""
+        ident = target.thread_id
+        with self._lock:
+            th = self._threads.get(ident)
+            if th is None:
+                depth = min(session.max_depth, 512)
+                if depth > self._max_frames:
+                    self._max_frames = self.lib.set_max_frames(depth)
+                try:
+                    handle = self.lib.start(ident, _native_id(ident), interval_ns)
+                except (OSError, RuntimeError, LookupError, ValueError) as e:
+                    _log_once("native-start", "otelprof: no CPU timer for thread %s (%s): sampled in Python",
+                              ident, e)
+                    return False
+                th = self._threads[ident] = _Thread(ident, handle, interval_ns)
+            elif interval_ns < th.interval_ns:
+                self._set_interval(th, interval_ns)
+        cpu = thread_cpu_ns(ident)
+        with th.lock:
+            target.attach_cpu = cpu if cpu is not None else 0
+            target.cpu_billed = target.cpu_since_wall = 0
+            target.handler_mark = self._handler_cpu(th)
+            if target.task is not None:
+                target.coro = target.task.get_coro()
+                frame = getattr(target.coro, "cr_frame", None)
+                target.frame_addr = self.lib.frame_address(frame) if frame is not None else 0
+            target.native = True
+            th.entries.append((session, target))
+        return True
+
+    def remove(self, session: "Session", target: "Target") -> None:
+        """Bill what the thread's buffer still holds, then the measured remainder,
+        and stop its timer if no one else needs it."""
+        th = self._threads.get(target.thread_id)
+        if th is None:
+            return
+        with th.lock:
+            try:
+                self._drain(th)
+                if target.task is None:
+                    self._bill_remainder(th, target)
+            finally:  # whatever happened, the target leaves and an unused timer stops
+                th.entries = [(s, t) for s, t in th.entries if t is not target]
+                target.native = False
+                target.coro = None
+                last = not th.entries
+        if last:
+            with self._lock:
+                if self._threads.get(th.ident) is th and not th.entries:
+                    del self._threads[th.ident]
+                    with th.lock:
+                        try:
+                            self.lib.stop(th.handle)  # the rest belongs to nobody now
+                        except ValueError:  # already stopped (interpreter exit)
+                            pass
+
+    def _bill_remainder(self, th: _Thread, target: "Target") -> None:
+        now = thread_cpu_ns(th.ident)
+        if now is None or target.last_key is None:
+            return
+        own = self._handler_cpu(th) - target.handler_mark  # our signal handler's CPU on that thread
+        rest = (now - target.attach_cpu) - own - target.cpu_billed
+        if rest > 0:
+            for session, t in th.entries:
+                if t is target:
+                    session.stacks.add_to(target.last_key, cpu_ns=rest, wall_ns=rest)
+                    target.cpu_billed += rest
+                    break
+
+    # ------------------------------------------------------------------ ticks
+    def drain_all(self) -> None:
+        for th in list(self._threads.values()):
+            with th.lock:
+                self._drain(th)
+
+    def retune(self, interval_of: Any) -> None:
+        """Run each thread's timer at the fastest rate among its sessions:
+        ``interval_of(session)`` gives a session's current interval in ns."""
+        for th in list(self._threads.values()):
+            entries = th.entries
+            if not entries:
+                continue
+            want = min(interval_of(s) for s, _ in entries)
+            if want != th.interval_ns:
+                self._set_interval(th, want)
+
+    def handler_cpu_ns(self) -> int:
+        try:
+            return int(self.lib.stats()["handler_cpu_ns"])
+        except Exception:
+            return 0
+
+    def stop_all(self) -> None:
+        with self._lock:
+            threads, self._threads = self._threads, {}
+        for th in threads.values():
+            try:
+                self.lib.stop(th.handle)
+            except ValueError:
+                pass
+
+    # ------------------------------------------------------------------ internals
+    def _set_interval(self, th: _Thread, interval_ns: int) -> None:
+        try:
+            self.lib.set_interval(th.handle, interval_ns)
+            th.interval_ns = interval_ns
+        except (OSError, ValueError):
+            pass
+
+    def _handler_cpu(self, th: _Thread) -> int:
+        try:
+            return int(self.lib.slot_stats(th.handle)[0])
+        except ValueError:
+            return 0
+
+    def _drain(self, th: _Thread) -> None:
+        try:
+            samples = self.lib.drain(th.handle)
+        except ValueError:  # stopped under us (interpreter exit)
+            return
+        if samples:
+            self.samples += len(samples)
+            self._dispatch(th, samples)
+
+    def _dispatch(self, th: _Thread, samples: list[Any]) -> None:
+        entries = th.entries
+        if not entries:
+            return
+        for c0, c1, mono, _overruns, omitted, codes, lastis, addrs in samples:
+            if not codes:
+                continue  # CPU outside any Python frame: left to the remainder
+            if None in codes:
+                self.unknown_frames += codes.count(None)
+                codes = tuple(UNKNOWN if c is None else c for c in codes)
+            for session, target in entries:
+                w = c1 - max(c0, target.attach_cpu)
+                if w <= 0 or session.finished:
+                    continue
+                try:
+                    self._bill(th, session, target, w, mono, omitted, codes, lastis, addrs)
+                except Exception:  # one broken session never stops the others' samples
+                    _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
+
+    def _bill(self, th: _Thread, session: "Session", target: "Target", w: int, mono: int, omitted: int,
+              codes: Any, lastis: Any, addrs: Any) -> None:
+        if target.task is None:
+            cut_codes, cut_lastis, cut_omitted = codes, lastis, omitted
+        else:
+            fa = target.frame_addr
+            if not fa or fa not in addrs:
+                return  # another task (or the loop itself) was running
+            i = addrs.index(fa)
+            # the task's outermost frame ends its stack (a gap can only precede the root)
+            cut_omitted = omitted if i == len(addrs) - 1 else 0
+            cut_codes, cut_lastis = codes[:i + 1], lastis[:i + 1]
+        if session.sample_budget_exhausted(mono):
+            return
+        cut_codes, cut_lastis = cap_depth(cut_codes, cut_lastis, session.max_depth, cut_omitted)
+        target.last_key = session.stacks.add(target.thread_name or _thread_name(th.ident), cut_codes, cut_lastis,
+                                             w, w)
+        target.cpu_billed += w
+        target.cpu_since_wall += w
+
+    def _after_fork(self) -> None:
+        # the parent's threads and timers do not exist in the child (the C side
+        # resets its slots itself)
+        self._threads = {}
+        self._lock = threading.Lock()
+
+
+def _native_id(ident: int) -> int:
+    t = threading._active.get(ident)  # type: ignore[attr-defined]
+    native = getattr(t, "native_id", None) if t is not None else None
+    if native:
+        return int(native)
+    if ident == threading.get_ident():
+        return threading.get_native_id()
+    return 0  # 3.11+ reads it from the thread state; 3.10 then refuses
+
+
+def _thread_name(ident: int) -> str:
+    t = threading._active.get(ident)  # type: ignore[attr-defined]
+    return t.name if t is not None else f"thread-{ident}"
+
