@@ -29,6 +29,8 @@
 
 #if OTP_HAVE_CPU_SAMPLER
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/perf_event.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -36,6 +38,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
 
 #ifndef sigev_notify_thread_id
 #  define sigev_notify_thread_id _sigev_un._tid
@@ -52,6 +56,20 @@
 #define OTP_WRAP 0xFFFFFFFFu
 
 enum { SLOT_FREE = 0, SLOT_ACTIVE = 1, SLOT_STOPPING = 2, SLOT_LEAKED = 3 };
+
+/* Two ways to interrupt a thread each `interval` of its CPU time:
+ * - OTP_SRC_PERF: a perf_event task-clock counter of that thread, signalling it at
+ *   each overflow.  The kernel runs an hrtimer only while the thread is on a CPU,
+ *   so an overflow happens after exactly `interval` of its CPU time, wherever it is.
+ * - OTP_SRC_TIMER: a POSIX timer on the thread's CPU clock.  The kernel checks CPU
+ *   timers at its scheduler tick, when the thread is the one running: code that
+ *   gives up the CPU very often (time.sleep(0), sched_yield) on a busy machine is
+ *   rarely running at a tick and gets fewer samples than its CPU share.  Used where
+ *   perf events are not allowed (perf_event_paranoid, seccomp in containers). */
+enum { OTP_SRC_TIMER = 1, OTP_SRC_PERF = 2 };
+#define OTP_FD_TABLE 4096
+static int16_t fd_slot[OTP_FD_TABLE];  /* perf fd -> slot index + 1 */
+static int perf_mode = 0;              /* 0 untried, 1 full, 2 user-space only, -1 unavailable */
 
 typedef struct {
     uint32_t size;        /* bytes of this record, 8-aligned; OTP_WRAP = go to offset 0 */
@@ -71,9 +89,13 @@ typedef struct {
     pid_t tid;
     unsigned long ident;
     PyThreadState *tstate;
-    timer_t timer;
+    int source;           /* OTP_SRC_*: what interrupts the thread */
+    timer_t timer;        /* OTP_SRC_TIMER */
     int has_timer;
+    int perf_fd;          /* OTP_SRC_PERF, -1 if none */
     int max_frames;
+    int64_t interval_ns;  /* the mean interval; each expiry is drawn around it */
+    uint64_t rng;         /* xorshift state of the handler */
     uint64_t last_cpu;    /* written by the handler while active */
     /* ring: head written by the handler, tail by the drain */
     char *ring;
@@ -102,6 +124,34 @@ static inline void
 add_relaxed(uint64_t *p, uint64_t v)
 {
     __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+
+/* The next expiry, uniform in [interval/2, 3*interval/2).  A fixed interval of
+ * CPU time locks onto a workload that repeats with the same period (a loop whose
+ * iteration costs 10 ms, sampled every 10 ms of CPU, is always caught at the same
+ * point): drawing each interval breaks that aliasing; weights stay exact because
+ * each sample carries the CPU actually used since the previous one. */
+static void
+arm_next(otp_slot *s)
+{
+    uint64_t x = s->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    s->rng = x;
+    int64_t iv = __atomic_load_n(&s->interval_ns, __ATOMIC_RELAXED);
+    int64_t next = iv / 2 + (int64_t)(x % (uint64_t)(iv > 0 ? iv : 1));
+    if (s->source == OTP_SRC_PERF) {
+        uint64_t period = (uint64_t)next;
+        ioctl(s->perf_fd, PERF_EVENT_IOC_PERIOD, &period);
+        return;
+    }
+    struct itimerspec its;
+    its.it_value.tv_sec = next / 1000000000LL;
+    its.it_value.tv_nsec = next % 1000000000LL;
+    its.it_interval.tv_sec = iv / 1000000000LL;  /* if re-arming ever fails: periodic */
+    its.it_interval.tv_nsec = iv % 1000000000LL;
+    timer_settime(s->timer, 0, &its, NULL);
 }
 
 /* ------------------------------------------------------------------ the handler */
@@ -144,18 +194,33 @@ on_sigprof(int sig, siginfo_t *si, void *uctx)
     (void)sig;
     (void)uctx;
     int saved_errno = errno;
-    if (si == NULL || si->si_code != SI_TIMER)
+    if (si == NULL)
         goto out;
-    uint64_t v = (uint64_t)(uintptr_t)si->si_value.sival_ptr;
-    if ((v >> 48) != OTP_MAGIC)
+    unsigned idx;
+    uint32_t gen = 0;
+    int by_fd = 0;
+    if (si->si_code == SI_TIMER) {
+        uint64_t v = (uint64_t)(uintptr_t)si->si_value.sival_ptr;
+        if ((v >> 48) != OTP_MAGIC)
+            goto out;
+        idx = (unsigned)(v & 0xFFFF);
+        gen = (uint32_t)((v >> 16) & 0xFFFFFFFFu);
+    } else if (si->si_code >= POLL_IN && si->si_code <= POLL_HUP && si->si_fd >= 0 && si->si_fd < OTP_FD_TABLE) {
+        int v = __atomic_load_n(&fd_slot[si->si_fd], __ATOMIC_ACQUIRE);
+        if (v <= 0)
+            goto out;
+        idx = (unsigned)(v - 1);
+        by_fd = 1;
+    } else {
         goto out;
-    unsigned idx = (unsigned)(v & 0xFFFF);
-    uint32_t gen = (uint32_t)((v >> 16) & 0xFFFFFFFFu);
+    }
     if (idx >= OTP_MAX_SLOTS)
         goto out;
     otp_slot *s = &slots[idx];
     __atomic_fetch_add(&s->in_handler, 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&s->state, __ATOMIC_SEQ_CST) != SLOT_ACTIVE || s->gen != gen)
+    if (__atomic_load_n(&s->state, __ATOMIC_SEQ_CST) != SLOT_ACTIVE)
+        goto leave;
+    if (by_fd ? (s->source != OTP_SRC_PERF || s->perf_fd != si->si_fd) : (s->source != OTP_SRC_TIMER || s->gen != gen))
         goto leave;
     if (PyGILState_GetThisThreadState() != s->tstate) {
         /* the thread left Python (or is not the one registered): nothing to walk */
@@ -168,7 +233,7 @@ on_sigprof(int sig, siginfo_t *si, void *uctx)
     uint32_t omitted = 0, read_errors = 0;
     int n = otp_walk(s->tstate, &s->walk, s->frames, s->max_frames, &omitted, &read_errors);
     uint64_t c0 = s->last_cpu, c1 = ts_ns(&t0);
-    int overrun = si->si_overrun > 0 ? si->si_overrun : 0;
+    int overrun = !by_fd && si->si_overrun > 0 ? si->si_overrun : 0;
     if (n >= 0)
         write_record(s, n, omitted, (uint32_t)overrun, c0, c1, ts_ns(&m));
     add_relaxed(&s->samples, 1);
@@ -176,6 +241,7 @@ on_sigprof(int sig, siginfo_t *si, void *uctx)
         add_relaxed(&s->read_errors, read_errors);
     if (overrun)
         add_relaxed(&s->overruns, (uint64_t)overrun);
+    arm_next(s);
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
     /* the next window starts after this handler: its own CPU is not the user's */
     s->last_cpu = ts_ns(&t1);
@@ -208,6 +274,13 @@ reset_slots_in_child(void)
         s->in_handler = 0;
         s->gen++;
         s->has_timer = 0;
+        if (s->perf_fd >= 0) {
+            /* the inherited counter watches the parent's thread: not ours to keep */
+            if (s->perf_fd < OTP_FD_TABLE)
+                fd_slot[s->perf_fd] = 0;
+            close(s->perf_fd);
+            s->perf_fd = -1;
+        }
         s->tstate = NULL;
         s->head = s->tail = 0;
     }
@@ -281,21 +354,23 @@ ensure_buffers(otp_slot *s, int max_frames)
     char *ring = malloc(cap);
     otp_frame *frames = malloc((size_t)max_frames * sizeof(otp_frame));
     char *block = malloc(OTP_BLOCK_BYTES);
+    char *block2 = malloc(OTP_BLOCK_BYTES);
     char *meta = malloc((size_t)max_frames * OTP_META_SPAN);
     struct iovec *liov = malloc((size_t)max_frames * sizeof(struct iovec));
     struct iovec *riov = malloc((size_t)max_frames * sizeof(struct iovec));
     int *pending = malloc((size_t)max_frames * sizeof(int));
-    if (!ring || !frames || !block || !meta || !liov || !riov || !pending) {
-        free(ring); free(frames); free(block); free(meta); free(liov); free(riov); free(pending);
+    if (!ring || !frames || !block || !block2 || !meta || !liov || !riov || !pending) {
+        free(ring); free(frames); free(block); free(block2); free(meta); free(liov); free(riov); free(pending);
         return -1;
     }
     /* the slot is free (not active): no handler can be using the old buffers */
-    free(s->ring); free(s->frames); free(s->walk.block); free(s->walk.meta);
+    free(s->ring); free(s->frames); free(s->walk.block[0]); free(s->walk.block[1]); free(s->walk.meta);
     free(s->walk.liov); free(s->walk.riov); free(s->walk.pending);
     s->ring = ring;
     s->cap = cap;
     s->frames = frames;
-    s->walk.block = block;
+    s->walk.block[0] = block;
+    s->walk.block[1] = block2;
     s->walk.block_cap = OTP_BLOCK_BYTES;
     s->walk.meta = meta;
     s->walk.liov = liov;
@@ -337,6 +412,7 @@ slot_from_handle(PyObject *handle, unsigned *idx_out)
 static int
 arm(otp_slot *s, long long interval_ns)
 {
+    __atomic_store_n(&s->interval_ns, (int64_t)interval_ns, __ATOMIC_RELAXED);
     struct itimerspec its;
     its.it_interval.tv_sec = interval_ns / 1000000000LL;
     its.it_interval.tv_nsec = interval_ns % 1000000000LL;
@@ -344,7 +420,11 @@ arm(otp_slot *s, long long interval_ns)
     return timer_settime(s->timer, 0, &its, NULL);
 }
 
-/* start(ident, native_id, interval_ns) -> handle */
+static PyObject *handle_of(otp_slot *s, int idx);
+static int start_perf(otp_slot *s, int idx, pid_t tid, long long interval_ns);
+static int start_timer(otp_slot *s, int idx, pid_t tid, long long interval_ns);
+
+/* start(ident, native_id, interval_ns, perf=True) -> handle */
 static PyObject *
 cs_start(PyObject *self, PyObject *args)
 {
@@ -352,7 +432,8 @@ cs_start(PyObject *self, PyObject *args)
     unsigned long ident;
     long native_id;
     long long interval_ns;
-    if (!PyArg_ParseTuple(args, "klL", &ident, &native_id, &interval_ns))
+    int want_perf = 1;
+    if (!PyArg_ParseTuple(args, "klL|p", &ident, &native_id, &interval_ns, &want_perf))
         return NULL;
     if (!installed || !handler_is_ours()) {
         PyErr_SetString(PyExc_RuntimeError, "the SIGPROF handler is not installed");
@@ -401,20 +482,105 @@ cs_start(PyObject *self, PyObject *args)
     s->max_frames = mf;
     s->head = s->tail = 0;
     s->last_cpu = ts_ns(&now);
+    s->rng = ((uint64_t)ts_ns(&now) * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)native_id << 32) ^ 0x5DEECE66DULL;
+    if (s->rng == 0)
+        s->rng = 1;
     /* the counters stay cumulative per slot: totals never go back */
+    s->perf_fd = -1;
+    s->has_timer = 0;
+    __atomic_store_n(&s->interval_ns, (int64_t)interval_ns, __ATOMIC_RELAXED);
+    if (want_perf && start_perf(s, idx, (pid_t)native_id, interval_ns) == 0)
+        return handle_of(s, idx);
+    if (start_timer(s, idx, (pid_t)native_id, interval_ns) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return handle_of(s, idx);
+}
+
+static PyObject *
+handle_of(otp_slot *s, int idx)
+{
+    return PyLong_FromUnsignedLongLong(((unsigned long long)s->gen << 16) | (unsigned)idx);
+}
+
+static int
+perf_open(pid_t tid, long long interval_ns, int exclude_kernel)
+{
+    struct perf_event_attr attr;
+    memset(&attr, 0, sizeof attr);
+    attr.size = sizeof attr;
+    attr.type = PERF_TYPE_SOFTWARE;
+    attr.config = PERF_COUNT_SW_TASK_CLOCK;
+    attr.sample_period = (uint64_t)interval_ns;
+    attr.disabled = 1;
+    attr.exclude_kernel = exclude_kernel;
+    attr.exclude_hv = 1;
+    return (int)syscall(SYS_perf_event_open, &attr, tid, -1, -1, PERF_FLAG_FD_CLOEXEC);
+}
+
+/* A task-clock counter of thread tid that signals it (SIGPROF) at each overflow. */
+static int
+start_perf(otp_slot *s, int idx, pid_t tid, long long interval_ns)
+{
+    if (perf_mode < 0)
+        return -1;
+    int fd = -1;
+    if (perf_mode == 0 || perf_mode == 1) {
+        fd = perf_open(tid, interval_ns, 0);
+        if (fd >= 0)
+            perf_mode = 1;
+    }
+    if (fd < 0 && (perf_mode == 0 || perf_mode == 2)) {
+        /* perf_event_paranoid=2: only user-space samples are allowed (a sample that
+           lands in a system call is skipped; its CPU goes with the next sample) */
+        fd = perf_open(tid, interval_ns, 1);
+        if (fd >= 0)
+            perf_mode = 2;
+    }
+    if (fd < 0) {
+        if (perf_mode == 0 && (errno == EACCES || errno == EPERM || errno == ENOSYS || errno == ENOENT
+                               || errno == EOPNOTSUPP || errno == EINVAL))
+            perf_mode = -1;  /* not allowed here: POSIX timers from now on */
+        return -1;
+    }
+    struct f_owner_ex owner = {F_OWNER_TID, tid};
+    if (fd >= OTP_FD_TABLE || fcntl(fd, F_SETOWN_EX, &owner) != 0 || fcntl(fd, F_SETSIG, SIGPROF) != 0
+        || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC) != 0) {
+        close(fd);
+        return -1;
+    }
+    s->source = OTP_SRC_PERF;
+    s->perf_fd = fd;
+    __atomic_store_n(&s->state, SLOT_ACTIVE, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&fd_slot[fd], (int16_t)(idx + 1), __ATOMIC_RELEASE);
+    /* with an async owner set, every overflow signals the thread (no ring buffer needed) */
+    if (ioctl(fd, PERF_EVENT_IOC_RESET, 0) != 0 || ioctl(fd, PERF_EVENT_IOC_ENABLE, 0) != 0) {
+        __atomic_store_n(&fd_slot[fd], 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&s->state, SLOT_FREE, __ATOMIC_SEQ_CST);
+        close(fd);
+        s->perf_fd = -1;
+        return -1;
+    }
+    return 0;
+}
+
+/* A POSIX timer on thread tid's CPU clock, signalling that thread. */
+static int
+start_timer(otp_slot *s, int idx, pid_t tid, long long interval_ns)
+{
     struct sigevent sev;
     memset(&sev, 0, sizeof sev);
     sev.sigev_notify = SIGEV_THREAD_ID;
     sev.sigev_signo = SIGPROF;
-    sev.sigev_notify_thread_id = (pid_t)native_id;
+    sev.sigev_notify_thread_id = tid;
     uint64_t value = (OTP_MAGIC << 48) | ((uint64_t)s->gen << 16) | (uint64_t)idx;
     sev.sigev_value.sival_ptr = (void *)(uintptr_t)value;
+    s->source = OTP_SRC_TIMER;
     __atomic_store_n(&s->state, SLOT_ACTIVE, __ATOMIC_SEQ_CST);
-    if (timer_create(clk, &sev, &s->timer) != 0) {
+    if (timer_create(OTP_THREAD_CPUCLOCK(tid), &sev, &s->timer) != 0) {
         int e = errno;
         __atomic_store_n(&s->state, SLOT_FREE, __ATOMIC_SEQ_CST);
         errno = e;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
     }
     s->has_timer = 1;
     if (arm(s, interval_ns) != 0) {
@@ -423,9 +589,9 @@ cs_start(PyObject *self, PyObject *args)
         s->has_timer = 0;
         __atomic_store_n(&s->state, SLOT_FREE, __ATOMIC_SEQ_CST);
         errno = e;
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
     }
-    return PyLong_FromUnsignedLongLong(((unsigned long long)s->gen << 16) | (unsigned)idx);
+    return 0;
 }
 
 static PyObject *
@@ -441,8 +607,14 @@ cs_set_interval(PyObject *self, PyObject *args)
         return NULL;
     if (interval_ns < 50000)
         interval_ns = 50000;
-    if (s->state == SLOT_ACTIVE && s->has_timer && arm(s, interval_ns) != 0)
+    if (s->state != SLOT_ACTIVE)
+        Py_RETURN_NONE;
+    if (s->source == OTP_SRC_PERF) {
+        /* the handler draws each next period around this mean */
+        __atomic_store_n(&s->interval_ns, (int64_t)interval_ns, __ATOMIC_RELAXED);
+    } else if (s->has_timer && arm(s, interval_ns) != 0) {
         return PyErr_SetFromErrno(PyExc_OSError);
+    }
     Py_RETURN_NONE;
 }
 
@@ -545,6 +717,13 @@ delete_timer_and_wait(otp_slot *s)
     if (s->has_timer) {
         timer_delete(s->timer);
         s->has_timer = 0;
+    }
+    if (s->perf_fd >= 0) {
+        ioctl(s->perf_fd, PERF_EVENT_IOC_DISABLE, 0);
+        if (s->perf_fd < OTP_FD_TABLE)
+            __atomic_store_n(&fd_slot[s->perf_fd], 0, __ATOMIC_RELEASE);
+        close(s->perf_fd);  /* a signal still queued finds no slot for its fd */
+        s->perf_fd = -1;
     }
     /* a handler that saw the slot active may still be writing its record */
     for (int i = 0; __atomic_load_n(&s->in_handler, __ATOMIC_SEQ_CST) != 0; i++) {
@@ -653,22 +832,25 @@ cs_slot_stats(PyObject *self, PyObject *handle)
     otp_slot *s = slot_from_handle(handle, NULL);
     if (s == NULL)
         return NULL;
-    return Py_BuildValue("(KKK)", (unsigned long long)__atomic_load_n(&s->handler_cpu_ns, __ATOMIC_RELAXED),
+    return Py_BuildValue("(KKKs)", (unsigned long long)__atomic_load_n(&s->handler_cpu_ns, __ATOMIC_RELAXED),
                          (unsigned long long)__atomic_load_n(&s->overruns, __ATOMIC_RELAXED),
-                         (unsigned long long)__atomic_load_n(&s->dropped_full, __ATOMIC_RELAXED));
+                         (unsigned long long)__atomic_load_n(&s->dropped_full, __ATOMIC_RELAXED),
+                         s->source == OTP_SRC_PERF ? (perf_mode == 2 ? "perf-user" : "perf") : "timer");
 }
 
 int
 otp_cpu_sampler_init(PyObject *module)
 {
     (void)module;
+    for (int i = 0; i < OTP_MAX_SLOTS; i++)
+        slots[i].perf_fd = -1;
     return 0;
 }
 
 #define OTP_CS_METHODS                                                                                        \
     {"install", cs_install, METH_NOARGS, "Install the SIGPROF handler (refuses if SIGPROF is taken)."},        \
     {"handler_ok", cs_handler_ok, METH_NOARGS, "True while our SIGPROF handler is in place."},                  \
-    {"start", cs_start, METH_VARARGS, "start(ident, native_id, interval_ns) -> handle: sample a thread."},     \
+    {"start", cs_start, METH_VARARGS, "start(ident, native_id, interval_ns, perf=True) -> handle: sample a thread."}, \
     {"set_interval", cs_set_interval, METH_VARARGS, "set_interval(handle, interval_ns)"},                      \
     {"drain", cs_drain, METH_O, "drain(handle) -> [(cpu_start, cpu_end, mono, overruns, omitted, codes, lastis, frames)]"}, \
     {"stop", cs_stop, METH_O, "stop(handle) -> the samples not drained yet; frees the slot."},               \
@@ -676,7 +858,7 @@ otp_cpu_sampler_init(PyObject *module)
     {"set_max_frames", cs_set_max_frames, METH_O, "Frames recorded per sample for threads started later."},   \
     {"frame_address", cs_frame_address, METH_O, "The interpreter frame address of a frame object."},          \
     {"stats", cs_stats, METH_NOARGS, "Counters of the CPU sampler."},                                          \
-    {"slot_stats", cs_slot_stats, METH_O, "(handler_cpu_ns, overruns, dropped_full) of one thread."},
+    {"slot_stats", cs_slot_stats, METH_O, "(handler_cpu_ns, overruns, dropped_full, source) of one thread."},
 
 PyMethodDef otp_cpu_sampler_methods[] = {
     OTP_CS_METHODS

@@ -45,31 +45,84 @@
 const size_t OTP_META_SPAN = META_HI - META_LO;
 
 static inline int
+in_block(const otp_walk_scratch *w, int b, uintptr_t addr, size_t len)
+{
+    return addr >= w->block_lo[b] && addr + len <= w->block_hi[b] && addr + len > addr;
+}
+
+#if PY_VERSION_HEX >= 0x030B0000
+/* Copy [lo, hi) of a data-stack chunk into block b (its last block_cap bytes if larger). */
+static void
+load_block(otp_walk_scratch *w, int b, uintptr_t lo, uintptr_t hi)
+{
+    w->block_lo[b] = w->block_hi[b] = 0;
+    if (lo == 0 || hi <= lo || hi - lo > (64u << 20))
+        return;  /* torn or odd: frame-by-frame reads */
+    if (hi - lo > w->block_cap)
+        lo = hi - w->block_cap;
+    if (otp_safe_read(lo, w->block[b], hi - lo) == 0) {
+        w->block_lo[b] = lo;
+        w->block_hi[b] = hi;
+    }
+}
+
+/* A frame outside the current chunk: find the older chunk holding it (deep
+ * stacks span several chunks) and copy that one into the second block. */
+static void
+load_older_chunk(otp_walk_scratch *w, uintptr_t addr)
+{
+    uintptr_t chunk = w->older;
+    for (int i = 0; chunk != 0 && i < 16; i++) {
+        _PyStackChunk head;
+        if (otp_safe_read(chunk, &head, offsetof(_PyStackChunk, data)) != 0)
+            return;
+        uintptr_t data = chunk + offsetof(_PyStackChunk, data);
+        uintptr_t top = data + head.top * sizeof(PyObject *);
+        if (addr >= chunk && addr < chunk + head.size) {
+            load_block(w, 1, chunk, top);
+            w->older = (uintptr_t)head.previous;
+            return;
+        }
+        chunk = (uintptr_t)head.previous;
+    }
+}
+#endif
+
+static inline int
 wread(otp_walk_scratch *w, uintptr_t addr, void *dst, size_t len)
 {
-    if (addr >= w->block_lo && addr + len <= w->block_hi && addr + len > addr) {
-        memcpy(dst, w->block + (addr - w->block_lo), len);
-        return 0;
+    for (int b = 0; b < 2; b++) {
+        if (in_block(w, b, addr, len)) {
+            memcpy(dst, w->block[b] + (addr - w->block_lo[b]), len);
+            return 0;
+        }
     }
+#if PY_VERSION_HEX >= 0x030B0000
+    if (w->older != 0 && w->older_loads < 4) {
+        w->older_loads++;
+        load_older_chunk(w, addr);
+        if (in_block(w, 1, addr, len)) {
+            memcpy(dst, w->block[1] + (addr - w->block_lo[1]), len);
+            return 0;
+        }
+    }
+#endif
     return otp_safe_read(addr, dst, len);
 }
 
 /* Copy the live part of the current data-stack chunk: one read for most frames. */
 static void
-load_block(PyThreadState *ts, otp_walk_scratch *w)
+load_blocks(PyThreadState *ts, otp_walk_scratch *w)
 {
-    w->block_lo = w->block_hi = 0;
+    w->block_lo[0] = w->block_hi[0] = w->block_lo[1] = w->block_hi[1] = 0;
+    w->older = 0;
+    w->older_loads = 0;
 #if PY_VERSION_HEX >= 0x030B0000
-    uintptr_t lo = (uintptr_t)ts->datastack_chunk;
-    uintptr_t hi = (uintptr_t)ts->datastack_top;
-    if (lo == 0 || hi <= lo || hi - lo > (64u << 20))
-        return;  /* torn or odd: frame-by-frame reads */
-    if (hi - lo > w->block_cap)
-        lo = hi - w->block_cap;
-    if (otp_safe_read(lo, w->block, hi - lo) == 0) {
-        w->block_lo = lo;
-        w->block_hi = hi;
-    }
+    _PyStackChunk *chunk = ts->datastack_chunk;
+    load_block(w, 0, (uintptr_t)chunk, (uintptr_t)ts->datastack_top);
+    _PyStackChunk *prev = NULL;
+    if (chunk != NULL && otp_safe_read((uintptr_t)&chunk->previous, &prev, sizeof prev) == 0)
+        w->older = (uintptr_t)prev;
 #else
     (void)ts;
 #endif
@@ -187,7 +240,7 @@ otp_walk(PyThreadState *ts, otp_walk_scratch *w, otp_frame *out, int max_frames,
     *omitted = 0;
     if (addr == 0)
         return 0;
-    load_block(ts, w);
+    load_blocks(ts, w);
     int n = 0;
     otp_frame tail;
     int have_tail = 0;

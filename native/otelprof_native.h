@@ -62,9 +62,11 @@ typedef struct {
 
 /* Scratch memory of one thread's walk (preallocated; used by that thread's handler only). */
 typedef struct {
-    char *block;          /* copy of the live part of the thread's current data-stack chunk */
+    char *block[2];       /* copies of data-stack chunks: [0] the current one, [1] an older one */
     size_t block_cap;
-    uintptr_t block_lo, block_hi;
+    uintptr_t block_lo[2], block_hi[2];
+    uintptr_t older;      /* the next older chunk to look in */
+    int older_loads;
     char *meta;           /* code header reads, OTP_META_SPAN bytes per frame */
     struct iovec *liov, *riov;
     int *pending;         /* frame indices whose code header must be read */
