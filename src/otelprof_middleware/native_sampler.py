@@ -21,8 +21,15 @@ ring buffer (see ``native/cpu_sampler.c``).  This module is the Python side:
   changes never distort totals; at detach the rest of the measured CPU (less than
   one interval) goes to the target's last stack, so totals match the clock.
 
-Linux checks CPU timers at its scheduler tick (``CONFIG_HZ``, often 250 Hz), so
-rates above that give fewer, heavier samples; the weights stay exact.
+What interrupts the thread (``native/cpu_sampler.c``): a perf_event task-clock
+counter of the thread where perf events are allowed (exact: the kernel counts the
+thread's CPU time with a high-resolution timer while it runs), else a POSIX timer
+on the thread's CPU clock.  Linux checks those timers only at its scheduler tick
+(``CONFIG_HZ``, often 250 Hz): rates above that give fewer, heavier samples, and
+on a busy machine code that gives up the CPU very often (``time.sleep(0)``) is
+rarely the one running at a tick, so it gets fewer samples than its CPU share.
+Each next interval is drawn uniformly in [interval/2, 3*interval/2), so work that
+repeats with the sampling period is not always caught at the same point.
 """
 
 from __future__ import annotations
@@ -39,6 +46,11 @@ if TYPE_CHECKING:
     from .session import Session, Target
 
 __all__ = ["load", "CpuTimers"]
+
+#: Use perf_event task-clock counters where allowed (False: POSIX CPU timers only).
+PERF_EVENTS = True
+#: What each source is called in profiles (``otelprof.cpu_timer``).
+SOURCE_NAMES = {"perf": "perf_event", "perf-user": "perf_event_user", "timer": "posix_timer"}
 
 _log_once = LogOnce()
 _lib: Any = None
@@ -117,9 +129,10 @@ class CpuTimers:
         at_fork_reinit(self._after_fork)
 
     # ------------------------------------------------------------------ targets
-    def add(self, session: "Session", target: "Target", interval_ns: int) -> bool:
-        """Bill ``target`` from its thread's CPU timer (started if needed).  False if
-        the thread cannot have one (then the caller samples it in Python)."""
+    def add(self, session: "Session", target: "Target", interval_ns: int) -> Optional[str]:
+        """Bill ``target`` from its thread's CPU timer (started if needed); returns the
+        timer's kind (:data:`SOURCE_NAMES`), or None if the thread cannot have one
+        (then the caller samples it in Python)."""
         ident = target.thread_id
         with self._lock:
             th = self._threads.get(ident)
@@ -128,11 +141,11 @@ class CpuTimers:
                 if depth > self._max_frames:
                     self._max_frames = self.lib.set_max_frames(depth)
                 try:
-                    handle = self.lib.start(ident, _native_id(ident), interval_ns)
+                    handle = self.lib.start(ident, _native_id(ident), interval_ns, PERF_EVENTS)
                 except (OSError, RuntimeError, LookupError, ValueError) as e:
                     _log_once("native-start", "otelprof: no CPU timer for thread %s (%s): sampled in Python",
                               ident, e)
-                    return False
+                    return None
                 th = self._threads[ident] = _Thread(ident, handle, interval_ns)
             elif interval_ns < th.interval_ns:
                 self._set_interval(th, interval_ns)
@@ -147,7 +160,7 @@ class CpuTimers:
                 target.frame_addr = self.lib.frame_address(frame) if frame is not None else 0
             target.native = True
             th.entries.append((session, target))
-        return True
+            return self._source(th)
 
     def remove(self, session: "Session", target: "Target") -> None:
         """Bill what the thread's buffer still holds, then the measured remainder,
@@ -233,6 +246,12 @@ class CpuTimers:
             return int(self.lib.slot_stats(th.handle)[0])
         except ValueError:
             return 0
+
+    def _source(self, th: _Thread) -> str:
+        try:
+            return SOURCE_NAMES.get(self.lib.slot_stats(th.handle)[3], "posix_timer")
+        except ValueError:
+            return "posix_timer"
 
     def _drain(self, th: _Thread) -> None:
         try:

@@ -48,7 +48,7 @@ class Schedule:
     """When one session is sampled: owned by the sampler."""
 
     __slots__ = ("session", "hz", "level", "interval_ns", "due_ns", "last_tick_ns", "ticks", "missed",
-                 "history", "kinds")
+                 "history", "kinds", "sources")
 
     def __init__(self, session: Session) -> None:
         self.session = session
@@ -62,6 +62,7 @@ class Schedule:
         self.missed = 0
         self.history: list[tuple[int, int, int]] = [(self.hz, self.level, start)]  # (hz, level, since)
         self.kinds: set[str] = set()  # where CPU samples came from: "native", "python"
+        self.sources: set[str] = set()  # what interrupted native-sampled threads
 
     def follow_plan(self, now_ns: int) -> None:
         """Apply the session's rate plan: end a boost that is over, take up a new rate."""
@@ -99,7 +100,7 @@ class Schedule:
         sampler = "+".join(k for k in ("native", "python") if k in kinds) or (
             "native" if self.session.native and native_sampler.load()[0] is not None else "python")
         return SamplingReport(sampler=sampler, rates=rates, ticks=self.ticks, ticks_missed=self.missed,
-                              period_ns=self.interval_ns)
+                              period_ns=self.interval_ns, cpu_timer=",".join(sorted(self.sources)))
 
 
 class Sampler:
@@ -165,9 +166,13 @@ class Sampler:
     def target_added(self, session: Session, target: Target) -> None:
         timers = self._cpu_timers() if session.native else None
         schedule = self._schedules.get(session)
-        if timers is not None and timers.add(session, target, schedule.interval_ns if schedule else session.interval_ns):
+        source = None
+        if timers is not None:
+            source = timers.add(session, target, schedule.interval_ns if schedule else session.interval_ns)
+        if source is not None:
             if schedule is not None:
                 schedule.kinds.add("native")
+                schedule.sources.add(source)
             return
         target.cpu_mark = thread_cpu_ns(target.thread_id)
         if schedule is not None:

@@ -74,10 +74,13 @@ class SamplingReport:
     ticks: int = 0  # wall ticks taken
     ticks_missed: int = 0  # wall ticks late by more than half an interval, counted per interval lost
     period_ns: int = 0  # the interval of the last rate used
+    cpu_timer: str = ""  # what interrupted natively sampled threads (perf_event, posix_timer)
 
     def attributes(self, duration_ns: int) -> dict[str, AttributeValue]:
         attrs: dict[str, AttributeValue] = {"otelprof.sampler": self.sampler,
                                             "otelprof.ticks_missed": self.ticks_missed}
+        if self.cpu_timer:
+            attrs["otelprof.cpu_timer"] = self.cpu_timer
         if self.rates:
             parts = []
             for hz, level, start, end in self.rates:
