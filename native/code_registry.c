@@ -27,7 +27,7 @@
 
 typedef struct {
     uintptr_t addr;          /* 0 = empty; published with release, read with acquire */
-    uintptr_t qualname;
+    uint64_t name_key;
     int32_t firstlineno;
     PyObject *code;          /* owned reference while addr != 0 */
 } reg_entry;
@@ -54,7 +54,7 @@ otp_registry_init(void)
 }
 
 int
-otp_registry_peek(uintptr_t addr, int32_t *firstlineno, uintptr_t *qualname)
+otp_registry_peek(uintptr_t addr, int32_t *firstlineno, uint64_t *name_key)
 {
     if (table == NULL)
         return 0;
@@ -64,7 +64,7 @@ otp_registry_peek(uintptr_t addr, int32_t *firstlineno, uintptr_t *qualname)
         uintptr_t a = __atomic_load_n(&e->addr, __ATOMIC_ACQUIRE);
         if (a == addr) {
             *firstlineno = e->firstlineno;
-            *qualname = e->qualname;
+            *name_key = e->name_key;
             return 1;
         }
         if (a == 0)
@@ -74,7 +74,7 @@ otp_registry_peek(uintptr_t addr, int32_t *firstlineno, uintptr_t *qualname)
 }
 
 PyObject *
-otp_registry_get(uintptr_t addr, int32_t *firstlineno, uintptr_t *qualname)
+otp_registry_get(uintptr_t addr, int32_t *firstlineno, uint64_t *name_key)
 {
     if (table == NULL)
         return NULL;
@@ -83,7 +83,7 @@ otp_registry_get(uintptr_t addr, int32_t *firstlineno, uintptr_t *qualname)
         reg_entry *e = &table[(s + i) & REG_MASK];
         if (e->addr == addr) {
             *firstlineno = e->firstlineno;
-            *qualname = e->qualname;
+            *name_key = e->name_key;
             return e->code;
         }
         if (e->addr == 0)
@@ -93,7 +93,7 @@ otp_registry_get(uintptr_t addr, int32_t *firstlineno, uintptr_t *qualname)
 }
 
 void
-otp_registry_pin(PyObject *code, int32_t firstlineno, uintptr_t qualname)
+otp_registry_pin(PyObject *code, int32_t firstlineno, uint64_t name_key)
 {
     if (table == NULL)
         return;
@@ -107,7 +107,7 @@ otp_registry_pin(PyObject *code, int32_t firstlineno, uintptr_t qualname)
             Py_INCREF(code);
             e->code = code;
             e->firstlineno = firstlineno;
-            e->qualname = qualname;
+            e->name_key = name_key;
             __atomic_store_n(&e->addr, addr, __ATOMIC_RELEASE);
             used++;
             return;

@@ -38,11 +38,27 @@
 #  define OTP_QUALNAME co_name
 #endif
 
+/* What identifies a code object besides its address: co_firstlineno and a key
+ * made of its name and file name pointers (the string objects it holds), read in
+ * one span of the object. */
 #define OFF_FIRST offsetof(PyCodeObject, co_firstlineno)
 #define OFF_QUAL offsetof(PyCodeObject, OTP_QUALNAME)
-#define META_LO (OFF_FIRST < OFF_QUAL ? OFF_FIRST : OFF_QUAL)
-#define META_HI ((OFF_FIRST < OFF_QUAL ? OFF_QUAL : OFF_FIRST) + sizeof(void *))
+#define OFF_FILE offsetof(PyCodeObject, co_filename)
+#define MIN2(a, b) ((a) < (b) ? (a) : (b))
+#define MAX2(a, b) ((a) < (b) ? (b) : (a))
+#define META_LO MIN2(OFF_FIRST, MIN2(OFF_QUAL, OFF_FILE))
+#define META_HI (MAX2(OFF_FIRST + sizeof(int), MAX2(OFF_QUAL, OFF_FILE) + sizeof(void *)))
 const size_t OTP_META_SPAN = META_HI - META_LO;
+
+static inline void
+meta_from(const char *m, int32_t *first, uint64_t *key)
+{
+    uintptr_t qual, file;
+    memcpy(first, m + (OFF_FIRST - META_LO), sizeof(int));
+    memcpy(&qual, m + (OFF_QUAL - META_LO), sizeof(void *));
+    memcpy(&file, m + (OFF_FILE - META_LO), sizeof(void *));
+    *key = (uint64_t)qual ^ (((uint64_t)file << 17) | ((uint64_t)file >> 47));
+}
 
 static inline int
 in_block(const otp_walk_scratch *w, int b, uintptr_t addr, size_t len)
@@ -193,7 +209,7 @@ current_frame(PyThreadState *ts)
 #endif
 }
 
-/* Fill qualname/firstlineno: from the registry when pinned, else one gather read. */
+/* Fill firstlineno/name_key: from the registry when pinned, else one gather read. */
 static void
 read_metadata(otp_walk_scratch *w, otp_frame *frames, int n, uint32_t *read_errors)
 {
@@ -201,10 +217,10 @@ read_metadata(otp_walk_scratch *w, otp_frame *frames, int n, uint32_t *read_erro
     for (int i = 0; i < n; i++) {
         otp_frame *f = &frames[i];
         int32_t first;
-        uintptr_t qual;
-        if (otp_registry_peek((uintptr_t)f->code, &first, &qual)) {
+        uint64_t key;
+        if (otp_registry_peek((uintptr_t)f->code, &first, &key)) {
             f->firstlineno = first;
-            f->qualname = qual;
+            f->name_key = key;
             f->flags |= OTP_FRAME_META_OK;
             continue;
         }
@@ -219,9 +235,7 @@ read_metadata(otp_walk_scratch *w, otp_frame *frames, int n, uint32_t *read_erro
         int got = otp_safe_readv(w->liov + start, w->riov + start, npending - start);
         for (int k = start; k < start + got; k++) {
             otp_frame *f = &frames[w->pending[k]];
-            const char *m = w->meta + (size_t)k * OTP_META_SPAN;
-            memcpy(&f->firstlineno, m + (OFF_FIRST - META_LO), sizeof(int));
-            memcpy(&f->qualname, m + (OFF_QUAL - META_LO), sizeof(void *));
+            meta_from(w->meta + (size_t)k * OTP_META_SPAN, &f->firstlineno, &f->name_key);
             f->flags |= OTP_FRAME_META_OK;
         }
         start += got;
@@ -273,10 +287,14 @@ otp_walk(PyThreadState *ts, otp_walk_scratch *w, otp_frame *out, int max_frames,
 
 /* ------------------------------------------------------------------ drain side */
 
+/* A live object's reference count is small (immortal ones: below 2**32).  The
+ * allocators write a free-list pointer over the first word of a freed block
+ * (obmalloc, mimalloc, glibc), and pointers are above 2**40 on 64-bit Linux, so a
+ * freed code object whose other fields are intact is never taken for a live one. */
 static int
 sane_refcnt(Py_ssize_t r)
 {
-    return r > 0 && r < ((Py_ssize_t)1 << 48);
+    return r > 0 && r < ((Py_ssize_t)1 << 40);
 }
 
 PyObject *
@@ -286,27 +304,27 @@ otp_resolve_code(const otp_frame *f, int *skip)
     if (!(f->flags & OTP_FRAME_META_OK) || f->code == 0)
         return NULL;
     int32_t first;
-    uintptr_t qual;
-    PyObject *code = otp_registry_get((uintptr_t)f->code, &first, &qual);
+    uint64_t key;
+    PyObject *code = otp_registry_get((uintptr_t)f->code, &first, &key);
     if (code != NULL) {
-        if (first != f->firstlineno || qual != f->qualname)
+        if (first != f->firstlineno || key != f->name_key)
             return NULL;  /* the handler read something else at that address */
         Py_INCREF(code);
     } else {
-        /* validate before pinning: a live code object with the recorded metadata */
+        /* validate before pinning: a live code object with the recorded metadata
+           (the GIL is held: a live object cannot be freed before we own a reference) */
         struct { Py_ssize_t refcnt; PyTypeObject *type; } head;
-        char meta[64];
+        char meta[96];
         if (OTP_META_SPAN > sizeof meta
             || otp_safe_read((uintptr_t)f->code, &head, sizeof head) != 0
             || head.type != &PyCode_Type || !sane_refcnt(head.refcnt)
             || otp_safe_read((uintptr_t)(f->code + META_LO), meta, OTP_META_SPAN) != 0)
             return NULL;
-        memcpy(&first, meta + (OFF_FIRST - META_LO), sizeof(int));
-        memcpy(&qual, meta + (OFF_QUAL - META_LO), sizeof(void *));
-        if (first != f->firstlineno || qual != f->qualname)
+        meta_from(meta, &first, &key);
+        if (first != f->firstlineno || key != f->name_key)
             return NULL;
         code = (PyObject *)(uintptr_t)f->code;
-        otp_registry_pin(code, first, qual);
+        otp_registry_pin(code, first, key);
         Py_INCREF(code);
     }
 #if PY_VERSION_HEX >= 0x030B0000

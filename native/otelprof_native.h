@@ -48,7 +48,7 @@ int otp_safe_readv(struct iovec *local, struct iovec *remote, int n);
 typedef struct {
     uint64_t frame;       /* interpreter frame address (task cut, identity) */
     uint64_t code;        /* code object address */
-    uint64_t qualname;    /* co_qualname (3.10: co_name) pointer: validation */
+    uint64_t name_key;    /* co_qualname (3.10: co_name) and co_filename pointers mixed: validation */
     int32_t lasti;        /* instruction offset in bytes, as frame.f_lasti */
     int32_t firstlineno;  /* co_firstlineno: validation */
     uint8_t owner;        /* frame owner (3.11+), OTP_OWNER_GENERATOR for generator frames */
@@ -96,11 +96,11 @@ uintptr_t otp_frame_address(PyObject *frame);
 /* ------------------------------------------------------------------ code_registry.c */
 int otp_registry_init(void);
 /* Signal-safe lookup of a pinned code object's metadata; 1 if found. */
-int otp_registry_peek(uintptr_t addr, int32_t *firstlineno, uintptr_t *qualname);
+int otp_registry_peek(uintptr_t addr, int32_t *firstlineno, uint64_t *name_key);
 /* GIL held: the pinned object at addr (borrowed) or NULL. */
-PyObject *otp_registry_get(uintptr_t addr, int32_t *firstlineno, uintptr_t *qualname);
+PyObject *otp_registry_get(uintptr_t addr, int32_t *firstlineno, uint64_t *name_key);
 /* GIL held: pin code (takes a new reference) with its metadata. */
-void otp_registry_pin(PyObject *code, int32_t firstlineno, uintptr_t qualname);
+void otp_registry_pin(PyObject *code, int32_t firstlineno, uint64_t name_key);
 /* GIL held: drop every pin when the table is over half full (bounded memory). */
 void otp_registry_maintain(void);
 void otp_registry_clear(void);

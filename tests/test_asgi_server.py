@@ -163,7 +163,11 @@ def test_concurrent_requests_on_one_loop_do_not_contaminate(profiler_factory: An
     assert sum("burn_beta" in p["functions"] for p in beta) >= len(beta) // 2
 
 
-def test_thread_pool_work_is_in_the_request_profile(profiler_factory: Any) -> None:
+def test_thread_pool_work_is_in_the_request_profile(profiler_factory: Any, monkeypatch: Any) -> None:
+    from otelprof_middleware import stacks
+
+    # keep our wrapper's frames (run_attached) in the stacks: this test looks at them
+    monkeypatch.setattr(stacks, "FOLD_OWN_FRAMES", False)
     profiler = profiler_factory(probability=0.0)
     app = make_app()
     app.add_middleware(ProfilingMiddleware, profiler=profiler)

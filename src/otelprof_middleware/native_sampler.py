@@ -37,7 +37,7 @@ from __future__ import annotations
 import atexit
 import sys
 import threading
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._safety import LogOnce, at_fork_reinit
 from .stacks import UNKNOWN, cap_depth, thread_cpu_ns
@@ -106,10 +106,11 @@ def _stop_all_at_exit() -> None:
 class _Thread:
     """One sampled thread: its timer and the (session, target) pairs it serves."""
 
-    __slots__ = ("ident", "handle", "interval_ns", "entries", "lock", "name")
+    __slots__ = ("ident", "native_id", "handle", "interval_ns", "entries", "lock", "name")
 
-    def __init__(self, ident: int, handle: int, interval_ns: int) -> None:
+    def __init__(self, ident: int, native_id: int, handle: int, interval_ns: int) -> None:
         self.ident = ident
+        self.native_id = native_id
         self.handle = handle
         self.interval_ns = interval_ns
         self.entries: list[tuple["Session", "Target"]] = []
@@ -119,13 +120,15 @@ class _Thread:
 class CpuTimers:
     """The per-thread CPU timers of one sampler (see the module docstring)."""
 
-    def __init__(self, lib: Any) -> None:
+    def __init__(self, lib: Any, bill_remainder: Callable[["Session", "Target", int], None]) -> None:
         self.lib = lib
+        self._bill_rest = bill_remainder  # (session, target, cpu_ns): the sampler's rule for remainders
         self._threads: dict[int, _Thread] = {}
         self._lock = threading.Lock()
         self._max_frames = 0
         self.samples = 0  # samples drained
         self.unknown_frames = 0
+        self.broken = False  # our signal handler was replaced: no more timers
         at_fork_reinit(self._after_fork)
 
     # ------------------------------------------------------------------ targets
@@ -134,6 +137,8 @@ class CpuTimers:
         timer's kind (:data:`SOURCE_NAMES`), or None if the thread cannot have one
         (then the caller samples it in Python)."""
         ident = target.thread_id
+        if self.broken:
+            return None
         with self._lock:
             th = self._threads.get(ident)
             if th is None:
@@ -141,15 +146,15 @@ class CpuTimers:
                 if depth > self._max_frames:
                     self._max_frames = self.lib.set_max_frames(depth)
                 try:
-                    handle = self.lib.start(ident, _native_id(ident), interval_ns, PERF_EVENTS)
+                    handle = self.lib.start(ident, target.native_id, interval_ns, PERF_EVENTS)
                 except (OSError, RuntimeError, LookupError, ValueError) as e:
                     _log_once("native-start", "otelprof: no CPU timer for thread %s (%s): sampled in Python",
                               ident, e)
                     return None
-                th = self._threads[ident] = _Thread(ident, handle, interval_ns)
+                th = self._threads[ident] = _Thread(ident, target.native_id, handle, interval_ns)
             elif interval_ns < th.interval_ns:
                 self._set_interval(th, interval_ns)
-        cpu = thread_cpu_ns(ident)
+        cpu = thread_cpu_ns(ident, th.native_id)
         with th.lock:
             target.attach_cpu = cpu if cpu is not None else 0
             target.cpu_billed = target.cpu_since_wall = 0
@@ -189,20 +194,29 @@ class CpuTimers:
                             pass
 
     def _bill_remainder(self, th: _Thread, target: "Target") -> None:
-        now = thread_cpu_ns(th.ident)
-        if now is None or target.last_key is None:
+        now = thread_cpu_ns(th.ident, th.native_id)
+        if now is None:
             return
         own = self._handler_cpu(th) - target.handler_mark  # our signal handler's CPU on that thread
         rest = (now - target.attach_cpu) - own - target.cpu_billed
         if rest > 0:
             for session, t in th.entries:
                 if t is target:
-                    session.stacks.add_to(target.last_key, cpu_ns=rest, wall_ns=rest)
+                    self._bill_rest(session, target, rest)
                     target.cpu_billed += rest
                     break
 
     # ------------------------------------------------------------------ ticks
     def drain_all(self) -> None:
+        if not self._threads:
+            return
+        if not self.lib.handler_ok():
+            # someone replaced our SIGPROF handler: our timers would fire into theirs
+            _log_once("native-handler-replaced", "otelprof: another SIGPROF handler was installed; native CPU "
+                      "sampling stops in this process (the pure-Python sampler takes over for new profiles)")
+            self.broken = True
+            self.stop_all()
+            return
         for th in list(self._threads.values()):
             with th.lock:
                 self._drain(th)
@@ -225,13 +239,19 @@ class CpuTimers:
             return 0
 
     def stop_all(self) -> None:
+        """Stop every timer; targets still attached go on in pure-Python mode."""
         with self._lock:
             threads, self._threads = self._threads, {}
         for th in threads.values():
-            try:
-                self.lib.stop(th.handle)
-            except ValueError:
-                pass
+            with th.lock:
+                try:
+                    self.lib.stop(th.handle)
+                except ValueError:
+                    pass
+                for _session, target in th.entries:
+                    target.native = False
+                    target.cpu_mark = thread_cpu_ns(th.ident, th.native_id)
+                th.entries = []
 
     # ------------------------------------------------------------------ internals
     def _set_interval(self, th: _Thread, interval_ns: int) -> None:
@@ -306,16 +326,6 @@ class CpuTimers:
         # resets its slots itself)
         self._threads = {}
         self._lock = threading.Lock()
-
-
-def _native_id(ident: int) -> int:
-    t = threading._active.get(ident)  # type: ignore[attr-defined]
-    native = getattr(t, "native_id", None) if t is not None else None
-    if native:
-        return int(native)
-    if ident == threading.get_ident():
-        return threading.get_native_id()
-    return 0  # 3.11+ reads it from the thread state; 3.10 then refuses
 
 
 def _thread_name(ident: int) -> str:

@@ -174,7 +174,7 @@ class Sampler:
                 schedule.kinds.add("native")
                 schedule.sources.add(source)
             return
-        target.cpu_mark = thread_cpu_ns(target.thread_id)
+        target.cpu_mark = thread_cpu_ns(target.thread_id, target.native_id)
         if schedule is not None:
             schedule.kinds.add("python")
 
@@ -187,11 +187,11 @@ class Sampler:
             if timers is not None:
                 timers.remove(session, target)
             return
-        if target.task is None and target.last_key is not None and target.cpu_mark is not None:
+        if target.task is None and target.cpu_mark is not None:
             # the CPU used since the last tick goes to the last stack: totals match the clock
-            now = thread_cpu_ns(target.thread_id)
+            now = thread_cpu_ns(target.thread_id, target.native_id)
             if now is not None and now > target.cpu_mark:
-                session.stacks.add_to(target.last_key, cpu_ns=now - target.cpu_mark, wall_ns=now - target.cpu_mark)
+                bill_remainder(session, target, now - target.cpu_mark)
                 target.cpu_mark = now
 
     def _cpu_timers(self) -> Optional[native_sampler.CpuTimers]:
@@ -199,7 +199,7 @@ class Sampler:
             with self._cond:
                 if not self._timers_checked:
                     lib, _reason = native_sampler.load()
-                    self._timers = native_sampler.CpuTimers(lib) if lib is not None else None
+                    self._timers = native_sampler.CpuTimers(lib, bill_remainder) if lib is not None else None
                     self._timers_checked = True
         return self._timers
 
@@ -329,7 +329,7 @@ class Sampler:
                     target.last_key = key
                 continue
             if tid not in cpu_now:
-                cpu_now[tid] = thread_cpu_ns(tid)
+                cpu_now[tid] = thread_cpu_ns(tid, target.native_id)
             now_cpu = cpu_now[tid]
             cpu = 0
             if now_cpu is not None:
@@ -341,7 +341,7 @@ class Sampler:
             if not target.native:
                 tid = target.thread_id
                 if tid not in cpu_now:
-                    cpu_now[tid] = thread_cpu_ns(tid)
+                    cpu_now[tid] = thread_cpu_ns(tid, target.native_id)
                 # move the CPU mark on: what other tasks burn meanwhile is not ours
                 target.cpu_mark = cpu_now[tid]
             off_cpu = wall - target.cpu_since_wall
@@ -354,6 +354,21 @@ class Sampler:
 
 
 # ---------------------------------------------------------------------- stack walking
+
+
+def bill_remainder(session: Session, target: Target, cpu_ns: int) -> None:
+    """Bill CPU the samples did not cover (used after the last sample, less than one
+    interval) to the target's last stack; a block too short for any sample gets
+    the stack its thread shows now (a sample of its own)."""
+    if target.last_key is not None and session.stacks.add_to(target.last_key, cpu_ns=cpu_ns, wall_ns=cpu_ns):
+        return
+    tid = target.thread_id
+    frame = sys._getframe() if tid == threading.get_ident() else sys._current_frames().get(tid)
+    if frame is None:
+        return
+    codes, lastis = _walk_thread(frame, None, session.max_depth)
+    target.last_key = session.stacks.add(target.thread_name or _thread_name(tid), codes, lastis, cpu_ns, cpu_ns)
+
 
 
 def _walk_thread(frame: Optional[FrameType], stop: Any, max_depth: int) -> tuple[Any, Any]:

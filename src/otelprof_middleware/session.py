@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from .profile import AttributeValue, Profile, SpanLink
-from .stacks import StackTable
+from .stacks import StackTable, native_id_of
 
 __all__ = ["Session", "Target", "TargetObserver", "SamplingReport", "session_summary"]
 
@@ -36,12 +36,13 @@ class Target:
     The fields after ``refs`` are the sampler's accounting for this target (how
     much CPU it billed, where the last sample went); nothing else writes them."""
 
-    __slots__ = ("thread_id", "thread_name", "task", "loop", "refs",
+    __slots__ = ("thread_id", "native_id", "thread_name", "task", "loop", "refs",
                  "native", "cpu_mark", "attach_cpu", "cpu_billed", "cpu_since_wall", "last_key",
                  "frame_addr", "coro", "handler_mark")
 
     def __init__(self, thread_id: int, thread_name: str = "", task: Any = None, loop: Any = None) -> None:
         self.thread_id = thread_id
+        self.native_id = native_id_of(thread_id)  # the kernel's id: its CPU clock stays safe to read
         self.thread_name = thread_name
         self.task = task
         self.loop = loop

@@ -17,6 +17,8 @@ observation), ``cpu_ns`` and ``wall_ns``.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
 from types import CodeType
 from typing import Any, Optional
@@ -27,6 +29,7 @@ __all__ = [
     "StackTable",
     "StackSummary",
     "thread_cpu_ns",
+    "native_id_of",
     "HAVE_THREAD_CPU",
     "GAP",
     "UNKNOWN",
@@ -52,14 +55,33 @@ except AttributeError:  # pragma: no cover - Windows/macOS without it
     HAVE_THREAD_CPU = False
 
 
-def thread_cpu_ns(ident: int) -> Optional[int]:
-    """CPU time of another thread of this process in ns, or None if unavailable."""
+_LINUX = sys.platform.startswith("linux")
+
+
+def thread_cpu_ns(ident: int, native_id: int = 0) -> Optional[int]:
+    """CPU time of another thread of this process in ns, or None if unavailable.
+
+    On Linux, give the thread's kernel id (``Thread.native_id``) whenever the thread
+    may have exited: its CPU clock id is then computed from that id, and a thread
+    that is gone yields None.  ``pthread_getcpuclockid`` on the identifier of a
+    thread that has exited reads freed memory (it crashed under thread churn)."""
     if not HAVE_THREAD_CPU:
         return None
     try:
+        if native_id and _LINUX:
+            # the kernel's encoding of a thread CPU clock (glibc MAKE_THREAD_CPUCLOCK)
+            return _clock_gettime_ns((~native_id << 3) | 6)
         return _clock_gettime_ns(_getcpuclockid(ident))
     except (OSError, OverflowError, ValueError):
         return None
+
+
+def native_id_of(ident: int) -> int:
+    """The kernel id of a live thread of this process (0 if unknown)."""
+    if ident == threading.get_ident():
+        return threading.get_native_id()
+    t = threading._active.get(ident)  # type: ignore[attr-defined]
+    return int(getattr(t, "native_id", 0) or 0) if t is not None else 0
 
 
 def qualname(code: CodeType) -> str:
