@@ -183,7 +183,9 @@ def test_thread_pool_work_is_in_the_request_profile(profiler_factory: Any, monke
     for p in (sync, hops):
         for names, _v, labels in p["stacks"]:
             if labels.get("thread_name", "").startswith(("AnyIO", "asyncio", "ThreadPool")):
-                assert any(n.startswith("burn_in_") or n == "_spin" for n in names) or "run_attached" in names
+                # the work, our wrapper around it, or CPU of the attachment that no sample located
+                assert (any(n.startswith("burn_in_") or n == "_spin" for n in names)
+                        or any(n.endswith("run_attached") for n in names) or names == ["<unsampled CPU>"]), names
 
 
 def test_streaming_generator_frames_are_in_the_profile(profiler_factory: Any) -> None:

@@ -39,7 +39,7 @@ from typing import Any, Iterable, Optional
 from . import native_sampler
 from ._safety import Firewall, LogOnce
 from .session import SamplingReport, Session, Target
-from .stacks import cap_depth, thread_cpu_ns
+from .stacks import UNSAMPLED, cap_depth, thread_cpu_ns
 
 __all__ = ["Sampler", "Schedule", "get_sampler"]
 
@@ -358,16 +358,14 @@ class Sampler:
 
 def bill_remainder(session: Session, target: Target, cpu_ns: int) -> None:
     """Bill CPU the samples did not cover (used after the last sample, less than one
-    interval) to the target's last stack; a block too short for any sample gets
-    the stack its thread shows now (a sample of its own)."""
+    interval) to the target's last stack, so totals match the thread's clock.  When
+    no sample located any of it (a block shorter than one interval) it is shown as
+    ``<unsampled CPU>``: billing it to the stack of the moment (our own detach code)
+    would put it where it was not spent."""
     if target.last_key is not None and session.stacks.add_to(target.last_key, cpu_ns=cpu_ns, wall_ns=cpu_ns):
         return
-    tid = target.thread_id
-    frame = sys._getframe() if tid == threading.get_ident() else sys._current_frames().get(tid)
-    if frame is None:
-        return
-    codes, lastis = _walk_thread(frame, None, session.max_depth)
-    target.last_key = session.stacks.add(target.thread_name or _thread_name(tid), codes, lastis, cpu_ns, cpu_ns)
+    name = target.thread_name or _thread_name(target.thread_id)
+    target.last_key = session.stacks.add(name, (UNSAMPLED,), (0,), cpu_ns, cpu_ns)
 
 
 

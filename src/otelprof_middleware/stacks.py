@@ -33,6 +33,7 @@ __all__ = [
     "HAVE_THREAD_CPU",
     "GAP",
     "UNKNOWN",
+    "UNSAMPLED",
     "FOLD_OWN_FRAMES",
     "line_of",
     "qualname",
@@ -44,6 +45,9 @@ FOLD_OWN_FRAMES = True
 
 GAP = object()  # marks frames dropped from the middle of a too-deep stack (its offset slot holds the count)
 UNKNOWN = object()  # a frame the native sampler recorded but could not name (its code was gone)
+UNSAMPLED = object()  # CPU measured on a thread's clock that no sample located (a block shorter than an interval)
+
+_MARKER_NAMES = {id(UNKNOWN): "<unknown>", id(UNSAMPLED): "<unsampled CPU>"}
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -122,7 +126,7 @@ def _fold(codes: tuple[Any, ...], lastis: tuple[int, ...], own: dict[int, bool])
     nothing else is kept as it is."""
     keep = []
     for i, code in enumerate(codes):
-        if code is GAP or code is UNKNOWN:
+        if code is GAP or id(code) in _MARKER_NAMES:
             keep.append(i)
             continue
         k = id(code)
@@ -207,7 +211,7 @@ class StackTable:
                 codes, _ = _fold(codes, lastis, own)
             if codes:
                 leaf = codes[0]
-                name = "<frames omitted>" if leaf is GAP else "<unknown>" if leaf is UNKNOWN else qualname(leaf)
+                name = "<frames omitted>" if leaf is GAP else _MARKER_NAMES.get(id(leaf)) or qualname(leaf)
                 acc = by_leaf.setdefault(name, [0, 0])
                 acc[0] += c
                 acc[1] += w
@@ -233,8 +237,9 @@ class StackTable:
                     f = b.function(f"<{lasti} frames omitted>")  # the gap's slot holds the count
                     locs.append(b.location(f, 0))
                     continue
-                if code is UNKNOWN:
-                    locs.append(b.location(b.function("<unknown>"), 0))
+                marker = _MARKER_NAMES.get(id(code))
+                if marker is not None:
+                    locs.append(b.location(b.function(marker), 0))
                     continue
                 cached = fn_cache.get(id(code))
                 if cached is None:
