@@ -626,16 +626,19 @@ cs_set_interval(PyObject *self, PyObject *args)
 
 /* ------------------------------------------------------------------ drain */
 
-static PyObject *
-sample_tuple(const rec_header *h, const otp_frame *frames, uint64_t *unknown)
+/* (codes, lastis, frame addresses) of recorded frames, leaf first; a code that does
+ * not validate is None, a frame not yet started is left out. */
+static int
+frame_tuples(const otp_frame *frames, int nframes, PyObject **codes_out, PyObject **lastis_out,
+             PyObject **addrs_out, uint64_t *unknown)
 {
-    PyObject *codes = PyTuple_New(h->nframes);
-    PyObject *lastis = PyTuple_New(h->nframes);
-    PyObject *addrs = PyTuple_New(h->nframes);
+    PyObject *codes = PyTuple_New(nframes);
+    PyObject *lastis = PyTuple_New(nframes);
+    PyObject *addrs = PyTuple_New(nframes);
     if (!codes || !lastis || !addrs)
         goto fail;
     Py_ssize_t n = 0;
-    for (int i = 0; i < h->nframes; i++) {
+    for (int i = 0; i < nframes; i++) {
         int skip = 0;
         PyObject *code = otp_resolve_code(&frames[i], &skip);
         if (skip) {
@@ -660,21 +663,34 @@ sample_tuple(const rec_header *h, const otp_frame *frames, uint64_t *unknown)
         PyTuple_SET_ITEM(addrs, n, addr);
         n++;
     }
-    if (n != h->nframes) {
+    if (n != nframes) {
         if (_PyTuple_Resize(&codes, n) || _PyTuple_Resize(&lastis, n) || _PyTuple_Resize(&addrs, n))
             goto fail;
     }
-    return Py_BuildValue("(KKKIINNN)", (unsigned long long)h->cpu_start, (unsigned long long)h->cpu_end,
-                         (unsigned long long)h->mono, (unsigned int)h->overruns, (unsigned int)h->omitted,
-                         codes, lastis, addrs);
+    *codes_out = codes;
+    *lastis_out = lastis;
+    *addrs_out = addrs;
+    return 0;
 fail:
     Py_XDECREF(codes);
     Py_XDECREF(lastis);
     Py_XDECREF(addrs);
-    return NULL;
+    return -1;
+}
+
+static PyObject *
+sample_tuple(const rec_header *h, const otp_frame *frames, uint64_t *unknown)
+{
+    PyObject *codes, *lastis, *addrs;
+    if (frame_tuples(frames, h->nframes, &codes, &lastis, &addrs, unknown) != 0)
+        return NULL;
+    return Py_BuildValue("(KKKIINNN)", (unsigned long long)h->cpu_start, (unsigned long long)h->cpu_end,
+                         (unsigned long long)h->mono, (unsigned int)h->overruns, (unsigned int)h->omitted,
+                         codes, lastis, addrs);
 }
 
 static uint64_t unknown_frames;
+static uint64_t walk_unknown;
 
 static PyObject *
 drain_slot(otp_slot *s)
@@ -704,6 +720,73 @@ drain_slot(otp_slot *s)
     }
     __atomic_store_n(&s->tail, t, __ATOMIC_RELEASE);
     return out;
+}
+
+/* walk(ident, max_frames) -> (codes, lastis, frame addresses, omitted) of another
+ * thread's Python stack, or None if it has none.  Called with the GIL held, when
+ * the other thread cannot be changing its frames (it pushes and pops them only
+ * while holding the GIL); read with the handler's fault-free walker, without
+ * creating frame objects: sys._current_frames() plus f_back does create them, and
+ * has crashed CPython 3.11 while threads came and went. */
+static otp_walk_scratch walk_scratch;
+static otp_frame *walk_frames;
+static int walk_cap;
+
+static PyObject *
+cs_walk(PyObject *self, PyObject *args)
+{
+    (void)self;
+    unsigned long ident;
+    int max_frames;
+    if (!PyArg_ParseTuple(args, "ki", &ident, &max_frames))
+        return NULL;
+    static int ready = 0;  /* the walker needs the fault-free reads, not the signal handler */
+    if (!ready) {
+        if (otp_safe_read_init() != 0 || otp_registry_init() != 0) {
+            PyErr_SetString(PyExc_OSError, "process_vm_readv on our own process is not permitted");
+            return NULL;
+        }
+        ready = 1;
+    }
+    if (max_frames < 8)
+        max_frames = 8;
+    if (max_frames > OTP_MAX_FRAMES_LIMIT)
+        max_frames = OTP_MAX_FRAMES_LIMIT;
+    if (walk_cap < max_frames) {
+        otp_frame *frames = malloc((size_t)max_frames * sizeof(otp_frame));
+        char *meta = malloc((size_t)max_frames * OTP_META_SPAN);
+        struct iovec *liov = malloc((size_t)max_frames * sizeof(struct iovec));
+        struct iovec *riov = malloc((size_t)max_frames * sizeof(struct iovec));
+        int *pending = malloc((size_t)max_frames * sizeof(int));
+        char *b0 = walk_scratch.block[0] ? walk_scratch.block[0] : malloc(OTP_BLOCK_BYTES);
+        char *b1 = walk_scratch.block[1] ? walk_scratch.block[1] : malloc(OTP_BLOCK_BYTES);
+        if (!frames || !meta || !liov || !riov || !pending || !b0 || !b1) {
+            free(frames); free(meta); free(liov); free(riov); free(pending);
+            return PyErr_NoMemory();
+        }
+        free(walk_frames); free(walk_scratch.meta); free(walk_scratch.liov); free(walk_scratch.riov);
+        free(walk_scratch.pending);
+        walk_frames = frames;
+        walk_scratch.meta = meta;
+        walk_scratch.liov = liov;
+        walk_scratch.riov = riov;
+        walk_scratch.pending = pending;
+        walk_scratch.block[0] = b0;
+        walk_scratch.block[1] = b1;
+        walk_scratch.block_cap = OTP_BLOCK_BYTES;
+        walk_cap = max_frames;
+    }
+    PyThreadState *ts = find_tstate(ident);
+    if (ts == NULL)
+        Py_RETURN_NONE;
+    uint32_t omitted = 0, errors = 0;
+    int n = otp_walk(ts, &walk_scratch, walk_frames, max_frames, &omitted, &errors);
+    if (n <= 0)
+        Py_RETURN_NONE;
+    PyObject *codes, *lastis, *addrs;
+    if (frame_tuples(walk_frames, n, &codes, &lastis, &addrs, &walk_unknown) != 0)
+        return NULL;
+    return Py_BuildValue("(NNNI)", codes, lastis, addrs, (unsigned int)omitted);
 }
 
 static PyObject *
@@ -863,6 +946,7 @@ otp_cpu_sampler_init(PyObject *module)
     {"stop_all", cs_stop_all, METH_NOARGS, "Delete every timer (interpreter exit)."},                          \
     {"set_max_frames", cs_set_max_frames, METH_O, "Frames recorded per sample for threads started later."},   \
     {"frame_address", cs_frame_address, METH_O, "The interpreter frame address of a frame object."},          \
+    {"walk", cs_walk, METH_VARARGS, "walk(ident, max_frames) -> (codes, lastis, frames, omitted) or None."},   \
     {"stats", cs_stats, METH_NOARGS, "Counters of the CPU sampler."},                                          \
     {"slot_stats", cs_slot_stats, METH_O, "(handler_cpu_ns, overruns, dropped_full, source) of one thread."},
 

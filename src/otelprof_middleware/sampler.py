@@ -39,7 +39,7 @@ from typing import Any, Iterable, Optional
 from . import native_sampler
 from ._safety import Firewall, LogOnce
 from .session import SamplingReport, Session, Target
-from .stacks import UNSAMPLED, cap_depth, thread_cpu_ns
+from .stacks import UNKNOWN, UNSAMPLED, cap_depth, thread_cpu_ns
 
 __all__ = ["Sampler", "Schedule", "get_sampler"]
 
@@ -261,7 +261,7 @@ class Sampler:
         timers = self._timers
         if timers is not None:
             timers.drain_all()  # CPU samples first: the wall samples below subtract them
-        frames: Optional[dict[int, FrameType]] = None
+        frames = _Frames(timers.lib if timers is not None else None)
         cpu_now: dict[int, Optional[int]] = {}
         schedules = self._schedules
         for session in self._sessions if sessions is None else sessions:
@@ -274,17 +274,16 @@ class Sampler:
             wall = schedule.take(now_ns)
             if wall is None or session.sample_budget_exhausted(now_ns):
                 continue
-            if frames is None:
-                frames = sys._current_frames()
             self._sample(session, schedule, frames, wall, cpu_now)
         if timers is not None:
             timers.retune(lambda s: schedules[s].interval_ns if s in schedules else s.interval_ns)
 
-    def _sample(self, session: Session, schedule: Schedule, frames: dict[int, FrameType], wall: int,
+    def _sample(self, session: Session, schedule: Schedule, frames: "_Frames", wall: int,
                 cpu_now: dict[int, Optional[int]]) -> None:
         table = session.stacks
         interval = schedule.interval_ns
         max_depth = session.max_depth
+        native = session.native
         waiting: list[Target] = []  # suspended tasks, sampled unless a helper thread works for them
         busy_thread = False
         for target in session.targets:
@@ -297,21 +296,20 @@ class Sampler:
                 if not running:
                     waiting.append(target)
                     continue
-                frame = frames.get(tid)
                 stop = getattr(task.get_coro(), "cr_frame", None)
-                if stop is None or not _on_stack(frame, stop):
+                stack = frames.stack(tid, stop, max_depth, native) if stop is not None else None
+                if stack is None:
                     # the loop switched tasks after the frames were read: this stack
                     # belongs to another task, never to this one
                     waiting.append(target)
                     continue
                 busy_thread = True  # this tick's wall is in the running task's sample
             else:
-                frame = frames.get(tid)
-                stop = None
+                stack = frames.stack(tid, None, max_depth, native)
                 busy_thread = True
-            if frame is None:
+            if stack is None:
                 continue
-            codes, lastis = _walk_thread(frame, stop, max_depth)
+            codes, lastis = stack
             name = target.thread_name or _thread_name(tid)
             if target.native:
                 off_cpu = wall - target.cpu_since_wall
@@ -354,6 +352,51 @@ class Sampler:
 
 
 # ---------------------------------------------------------------------- stack walking
+
+
+class _Frames:
+    """The stacks of other threads during one tick, read once per thread.
+
+    With the native extension, ``walk`` reads a thread's frames directly (under the
+    GIL, with fault-free reads, no frame objects made); without it, or for sessions
+    that opted out of native code, ``sys._current_frames()`` and ``f_back``, which
+    create frame objects for the other thread's frames and have crashed CPython
+    3.11 under thread churn (see docs/sampling.md)."""
+
+    __slots__ = ("lib", "_native", "_py")
+
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib  # the native extension, or None
+        self._native: dict[int, Any] = {}
+        self._py: Optional[dict[int, FrameType]] = None
+
+    def stack(self, tid: int, stop: Any, max_depth: int, native: bool) -> Optional[tuple[Any, Any]]:
+        """Leaf-first (codes, offsets) of thread ``tid``, cut at frame ``stop`` (included);
+        None if the thread has no stack or ``stop`` is not on it."""
+        lib = self.lib
+        if native and lib is not None:
+            if tid not in self._native:
+                self._native[tid] = lib.walk(tid, min(max_depth + 1, 512))
+            got = self._native[tid]
+            if got is None:
+                return None
+            codes, lastis, addrs, omitted = got
+            if stop is not None:
+                addr = lib.frame_address(stop)
+                if addr not in addrs:
+                    return None
+                i = addrs.index(addr)
+                omitted = omitted if i == len(addrs) - 1 else 0
+                codes, lastis = codes[:i + 1], lastis[:i + 1]
+            if None in codes:
+                codes = tuple(UNKNOWN if c is None else c for c in codes)
+            return cap_depth(codes, lastis, max_depth, omitted)
+        if self._py is None:
+            self._py = sys._current_frames()
+        frame = self._py.get(tid)
+        if frame is None or (stop is not None and not _on_stack(frame, stop)):
+            return None
+        return _walk_thread(frame, stop, max_depth)
 
 
 def bill_remainder(session: Session, target: Target, cpu_ns: int) -> None:

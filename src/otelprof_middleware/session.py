@@ -16,13 +16,14 @@ on the export worker, never on the request path.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
-from .profile import AttributeValue, Profile, SpanLink
+from .profile import AttributeValue, Profile, SpanLink, clean_text, clean_value
 from .stacks import StackTable, native_id_of
 
 __all__ = ["Session", "Target", "TargetObserver", "SamplingReport", "session_summary"]
@@ -291,7 +292,7 @@ class Session:
 
     def to_profile(self) -> Profile:
         """Build the profile model from the raw samples (on the export worker)."""
-        attrs = dict(self.attributes)
+        attrs = {clean_text(k): clean_value(v) for k, v in self.attributes.items()}
         duration = self.duration_ns
         if self.report is not None:
             attrs.update(self.report.attributes(duration))
@@ -299,12 +300,15 @@ class Session:
             attrs.setdefault("otelprof.error", self.error)
         if self.truncated:
             attrs["otelprof.truncated"] = self.truncated
+        link = self.link
+        if link is not None and link.span_name:
+            link = dataclasses.replace(link, span_name=clean_text(link.span_name))
         profile = Profile(
-            name=self.name,
+            name=clean_text(self.name),
             start_time_ns=self.start_time_ns,
             duration_ns=duration,
             period_ns=self.period_ns,
-            link=self.link,
+            link=link,
             attributes=attrs,
             triggers=self.triggers,
             profile_id=self.profile_id,

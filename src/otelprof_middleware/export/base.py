@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence, Union
 
 from .._version import __version__
-from ..profile import Profile, ProfileBuilder
+from ..profile import Profile, ProfileBuilder, clean_text
 from .retry import Attempt, RetryPolicy, run_with_retry
 
 if TYPE_CHECKING:
@@ -224,7 +224,17 @@ def trim_profile(profile: Profile, keep_ratio: float) -> Optional[Profile]:
 
 
 def resource_attributes(config: "Config") -> dict[str, Union[str, int]]:
-    """The OpenTelemetry resource of this process (plain key/value, as Pyroscope reads it)."""
+    """The OpenTelemetry resource of this process (plain key/value, as Pyroscope reads it).
+
+    Lowest precedence first: what we detect (semantic-convention names:
+    ``telemetry.sdk.*`` describe this library, which produces the profiles;
+    ``process.*``, ``host.name``), the resource of the OpenTelemetry SDK's tracer
+    provider when the application set one up (so profiles carry the
+    ``service.version``, ``deployment.environment.name`` ... of its traces), then
+    ``resource_attributes`` / ``OTEL_RESOURCE_ATTRIBUTES``, then ``service.name``.
+    ``deployment.environment`` (deprecated by semantic conventions) also fills
+    ``deployment.environment.name`` when that is missing.  Strings are cleaned of
+    lone surrogates (one bad environment variable must not fail every export)."""
     attrs: dict[str, Union[str, int]] = {
         "telemetry.sdk.language": "python",
         "telemetry.sdk.name": SCOPE_NAME,
@@ -238,9 +248,37 @@ def resource_attributes(config: "Config") -> dict[str, Union[str, int]]:
         attrs["host.name"] = socket.gethostname()
     except OSError:
         pass
+    sdk = _tracer_provider_resource()
+    attrs.update((k, v) for k, v in sdk.items() if not k.startswith("telemetry.sdk.") and k != "service.name")
     attrs.update(config.resource_attributes)
-    attrs["service.name"] = config.service_name
-    return attrs
+    service = config.service_name
+    sdk_service = str(sdk.get("service.name", ""))
+    if service.startswith("unknown_service") and sdk_service and not sdk_service.startswith("unknown_service"):
+        service = sdk_service  # the application named itself only in its SDK setup
+    attrs["service.name"] = service
+    if "deployment.environment" in attrs and "deployment.environment.name" not in attrs:
+        attrs["deployment.environment.name"] = attrs["deployment.environment"]
+    return {clean_text(k): clean_text(v) if isinstance(v, str) else v for k, v in attrs.items()}
+
+
+def _tracer_provider_resource() -> dict[str, Union[str, int]]:
+    """Scalar attributes of the global OpenTelemetry SDK tracer provider's resource, if any."""
+    try:
+        from opentelemetry import trace
+
+        resource = getattr(trace.get_tracer_provider(), "resource", None)
+        items = dict(getattr(resource, "attributes", None) or {})
+    except Exception:  # no SDK, or an unusual provider: nothing to add
+        return {}
+    out: dict[str, Union[str, int]] = {}
+    for k, v in items.items():
+        if isinstance(v, bool):
+            out[str(k)] = str(v).lower()
+        elif isinstance(v, (str, int)):
+            out[str(k)] = v
+        elif isinstance(v, float):
+            out[str(k)] = repr(v)
+    return out
 
 
 def create_exporters(config: "Config", stats: Optional["Stats"] = None) -> list[Any]:
