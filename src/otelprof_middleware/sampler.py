@@ -148,6 +148,7 @@ class Sampler:
                 self._release(session, target)
             except Exception:  # the other targets' timers must still stop
                 self._firewall.report("release", "otelprof: a sampled thread could not be released cleanly")
+        session.stacks.close()  # a tick still under way adds nothing now: the numbers are final
         if schedule is not None:
             session.report = schedule.report(time.monotonic_ns())
 

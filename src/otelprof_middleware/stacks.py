@@ -159,15 +159,22 @@ class StackTable:
     worker: reading ``f_lasti`` costs a third of ``f_lineno`` (a line-table search)
     in the sampler's per-frame loop."""
 
-    __slots__ = ("entries", "ticks")
+    __slots__ = ("entries", "ticks", "closed")
 
     def __init__(self) -> None:
         self.entries: dict[tuple[Any, ...], list[Any]] = {}
         self.ticks = 0  # samples recorded (every kind): what max_samples caps
+        self.closed = False  # the session ended: late samples (a tick under way) are dropped
+
+    def close(self) -> None:
+        """No more samples: what the profile and the span's summary show is final."""
+        self.closed = True
 
     def add(self, thread_name: str, codes: Any, lastis: Any, cpu_ns: int, wall_ns: int) -> tuple[Any, ...]:
         """Add one sample; returns its key (to add a remainder to it later)."""
         key = (thread_name, tuple(map(id, codes)), tuple(lastis))
+        if self.closed:
+            return key
         rec = self.entries.get(key)
         if rec is None:
             self.entries[key] = [1, cpu_ns, wall_ns, tuple(codes)]
@@ -181,7 +188,7 @@ class StackTable:
     def add_to(self, key: tuple[Any, ...], cpu_ns: int = 0, wall_ns: int = 0) -> bool:
         """Add values to an existing entry without counting a sample (a remainder)."""
         rec = self.entries.get(key)
-        if rec is None:
+        if rec is None or self.closed:
             return False
         rec[1] += cpu_ns
         rec[2] += wall_ns

@@ -224,9 +224,10 @@ class ProfilingMiddleware:
                 ]
                 return new
         elif kind == "http.response.body" and not message.get("more_body", False):
-            # The OTel ASGI middleware ends its span right after this message: put the
-            # summary on it now (finish() refreshes it if the span still records).
-            handle.annotate_span()
+            # The OTel ASGI middleware ends its span right after this message: end the
+            # profile here, so the summary put on the span is the finished profile's
+            # (the same numbers as pprof and OTLP), not the samples so far.
+            handle.finish()
         return message
 
     def _end(self, handle: RequestHandle, scope: Scope, error: Optional[BaseException]) -> None:
