@@ -106,7 +106,10 @@ class Schedule:
 class Sampler:
     """Samples the targets of registered sessions at up to the highest rate they ask for."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, background: bool = True) -> None:
+        """``background=False``: no thread of its own; the owner calls :meth:`tick`
+        (tests, benchmarks)."""
+        self._background = background
         self._cond = threading.Condition(threading.Lock())
         self._schedules: dict[Session, Schedule] = {}
         self._sessions: tuple[Session, ...] = ()  # copy-on-write: ticks iterate a snapshot
@@ -126,7 +129,7 @@ class Sampler:
         with self._cond:
             self._schedules[session] = Schedule(session)
             self._sessions = self._sessions + (session,)
-            if self._thread is None or not self._thread.is_alive():
+            if self._background and (self._thread is None or not self._thread.is_alive()):
                 self._start_locked()
             if len(self._sessions) == 1 or session.hz > self._hz:
                 # wake the thread only when it is idle or must now tick faster: waking it
@@ -257,6 +260,11 @@ class Sampler:
             next_tick = min(next_tick, time.monotonic())
 
     # ---------------------------------------------------------------- one tick
+    def tick(self, now_ns: Optional[int] = None) -> None:
+        """Take one tick now, on the calling thread: drain the CPU timers and sample
+        every registered session that is due at ``now_ns`` (default: now)."""
+        self._tick(time.monotonic_ns() if now_ns is None else now_ns)
+
     def _tick(self, now_ns: int, sessions: Optional[Iterable[Session]] = None) -> None:
         self.ticks += 1
         timers = self._timers
