@@ -549,3 +549,59 @@ def test_profile_block_never_raises_into_the_caller_and_records_errors(profiler_
     assert profiler.force_flush(5)
     (p,) = collected.profiles
     assert p.attributes["otelprof.error"] == "KeyError"
+
+
+# --------------------------------------------------------------------------- (h) what the profile says about its sampling
+
+
+def test_profile_records_the_rates_it_was_sampled_at(profiler_factory):
+    """A header-style boost (1 kHz, then the base rate) and a governor step both show
+    in ``otelprof.rates``, with the governor's level; effective Hz and missed ticks too."""
+    profiler = profiler_factory(exporter="none", sample_hz=100)
+    session = profiler.start_session("rates", hz=1000, link=None)  # as a header-triggered request starts
+    session.return_to(100, 0.05)  # the boost ends 50 ms after the start
+    spin_for(0.15)
+    session.set_rate(50, governor_level=1)  # what the overhead governor does
+    spin_for(0.15)
+    profiler.finish_session(session)
+    p = session.to_profile()
+    rates = p.attributes["otelprof.rates"]
+    parts = [r.split(" ")[0] for r in rates.split(", ")]
+    assert parts[0] == "1000Hz" and "100Hz" in parts and parts[-1] == "50Hz", rates
+    assert rates.split(", ")[-1].startswith("50Hz (governor 1) ")
+    assert p.attributes["otelprof.governor_level"] == 1
+    assert p.period_ns == 20_000_000  # the last rate's interval
+    assert p.attributes["otelprof.effective_hz"] > 0
+    assert isinstance(p.attributes["otelprof.ticks_missed"], int)
+    assert p.attributes["otelprof.sampler"] in ("native", "python")
+
+
+def test_a_rate_never_lowered_has_no_governor_level(profiler_factory):
+    profiler = profiler_factory(exporter="none", sample_hz=100)
+    with profiler.profile("plain") as session:
+        spin_for(0.05)
+    p = session.to_profile()
+    assert "otelprof.governor_level" not in p.attributes
+    assert p.attributes["otelprof.rates"].startswith("100Hz 0-")
+
+
+def _hold_gil(seconds: float) -> int:
+    """One C call that keeps the GIL for about ``seconds`` (no bytecode runs meanwhile)."""
+    n = 200_000
+    while True:
+        t0 = time.thread_time()
+        sum(range(n))
+        if time.thread_time() - t0 >= seconds:
+            return n
+        n *= 2
+
+
+def test_ticks_the_sampler_could_not_take_are_counted(profiler_factory):
+    """A thread holding the GIL for a long C call keeps the sampler thread out: those
+    ticks are late, and the profile says how many (a thin profile is not an idle one)."""
+    profiler = profiler_factory(exporter="none", sample_hz=200, native_sampler=False)
+    with profiler.profile("held") as session:
+        _hold_gil(0.2)
+    p = session.to_profile()
+    assert p.attributes["otelprof.ticks_missed"] >= 10, p.attributes
+    assert p.cpu_ns >= 150_000_000  # the CPU is all there nonetheless (measured, not inferred)
