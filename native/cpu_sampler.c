@@ -346,18 +346,12 @@ cs_handler_ok(PyObject *self, PyObject *noarg)
 
 /* ------------------------------------------------------------------ slots */
 
+/* Scratch for walking up to max_frames frames: frames, two chunk copies, code
+ * header reads.  Replaces (and frees) the previous scratch: call it only when no
+ * walk can be using that one. */
 static int
-ensure_buffers(otp_slot *s, int max_frames)
+alloc_walk(otp_walk_scratch *w, otp_frame **frames_out, int max_frames)
 {
-    if (s->frames != NULL && s->scratch_frames >= max_frames)
-        return 0;
-    /* grow: the old buffers are kept (never freed: a handler may be using them
-       in another slot generation... not possible, but freeing buys nothing) */
-    uint64_t rec_max = sizeof(rec_header) + (uint64_t)max_frames * sizeof(otp_frame);
-    uint64_t cap = OTP_RING_MIN;
-    while (cap < 8 * rec_max)
-        cap *= 2;
-    char *ring = malloc(cap);
     otp_frame *frames = malloc((size_t)max_frames * sizeof(otp_frame));
     char *block = malloc(OTP_BLOCK_BYTES);
     char *block2 = malloc(OTP_BLOCK_BYTES);
@@ -365,23 +359,41 @@ ensure_buffers(otp_slot *s, int max_frames)
     struct iovec *liov = malloc((size_t)max_frames * sizeof(struct iovec));
     struct iovec *riov = malloc((size_t)max_frames * sizeof(struct iovec));
     int *pending = malloc((size_t)max_frames * sizeof(int));
-    if (!ring || !frames || !block || !block2 || !meta || !liov || !riov || !pending) {
-        free(ring); free(frames); free(block); free(block2); free(meta); free(liov); free(riov); free(pending);
+    if (!frames || !block || !block2 || !meta || !liov || !riov || !pending) {
+        free(frames); free(block); free(block2); free(meta); free(liov); free(riov); free(pending);
         return -1;
     }
+    free(*frames_out); free(w->block[0]); free(w->block[1]); free(w->meta);
+    free(w->liov); free(w->riov); free(w->pending);
+    *frames_out = frames;
+    w->block[0] = block;
+    w->block[1] = block2;
+    w->block_cap = OTP_BLOCK_BYTES;
+    w->meta = meta;
+    w->liov = liov;
+    w->riov = riov;
+    w->pending = pending;
+    return 0;
+}
+
+static int
+ensure_buffers(otp_slot *s, int max_frames)
+{
+    if (s->frames != NULL && s->scratch_frames >= max_frames)
+        return 0;
+    uint64_t rec_max = sizeof(rec_header) + (uint64_t)max_frames * sizeof(otp_frame);
+    uint64_t cap = OTP_RING_MIN;
+    while (cap < 8 * rec_max)
+        cap *= 2;
+    char *ring = malloc(cap);
     /* the slot is free (not active): no handler can be using the old buffers */
-    free(s->ring); free(s->frames); free(s->walk.block[0]); free(s->walk.block[1]); free(s->walk.meta);
-    free(s->walk.liov); free(s->walk.riov); free(s->walk.pending);
+    if (ring == NULL || alloc_walk(&s->walk, &s->frames, max_frames) != 0) {
+        free(ring);
+        return -1;
+    }
+    free(s->ring);
     s->ring = ring;
     s->cap = cap;
-    s->frames = frames;
-    s->walk.block[0] = block;
-    s->walk.block[1] = block2;
-    s->walk.block_cap = OTP_BLOCK_BYTES;
-    s->walk.meta = meta;
-    s->walk.liov = liov;
-    s->walk.riov = riov;
-    s->walk.pending = pending;
     s->scratch_frames = max_frames;
     return 0;
 }
@@ -753,27 +765,8 @@ cs_walk(PyObject *self, PyObject *args)
     if (max_frames > OTP_MAX_FRAMES_LIMIT)
         max_frames = OTP_MAX_FRAMES_LIMIT;
     if (walk_cap < max_frames) {
-        otp_frame *frames = malloc((size_t)max_frames * sizeof(otp_frame));
-        char *meta = malloc((size_t)max_frames * OTP_META_SPAN);
-        struct iovec *liov = malloc((size_t)max_frames * sizeof(struct iovec));
-        struct iovec *riov = malloc((size_t)max_frames * sizeof(struct iovec));
-        int *pending = malloc((size_t)max_frames * sizeof(int));
-        char *b0 = walk_scratch.block[0] ? walk_scratch.block[0] : malloc(OTP_BLOCK_BYTES);
-        char *b1 = walk_scratch.block[1] ? walk_scratch.block[1] : malloc(OTP_BLOCK_BYTES);
-        if (!frames || !meta || !liov || !riov || !pending || !b0 || !b1) {
-            free(frames); free(meta); free(liov); free(riov); free(pending);
+        if (alloc_walk(&walk_scratch, &walk_frames, max_frames) != 0)
             return PyErr_NoMemory();
-        }
-        free(walk_frames); free(walk_scratch.meta); free(walk_scratch.liov); free(walk_scratch.riov);
-        free(walk_scratch.pending);
-        walk_frames = frames;
-        walk_scratch.meta = meta;
-        walk_scratch.liov = liov;
-        walk_scratch.riov = riov;
-        walk_scratch.pending = pending;
-        walk_scratch.block[0] = b0;
-        walk_scratch.block[1] = b1;
-        walk_scratch.block_cap = OTP_BLOCK_BYTES;
         walk_cap = max_frames;
     }
     PyThreadState *ts = find_tstate(ident);
