@@ -8,6 +8,7 @@ code asks for are recorded through the channel's ``wait`` hook."""
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import threading
 import time
@@ -16,10 +17,11 @@ from typing import Any
 import pytest
 
 from otelprof_middleware.config import Config
-from otelprof_middleware.export.base import estimate_size
-from otelprof_middleware.export.otlp_http import OTLPHTTPExporter
-from otelprof_middleware.export.pipeline import ExportChannel
-from otelprof_middleware.export.retry import RateLimiter, parse_retry_after
+from otelprof_middleware.export.channel import ExportChannel
+from otelprof_middleware.export.registry import create_exporter
+from otelprof_middleware.export.retry import ByteRateLimiter, parse_retry_after
+from otelprof_middleware.export.settings import BatchSettings, batch_settings
+from otelprof_middleware.export.sizing import estimate_size
 from otelprof_middleware.profile import Profile, ProfileBuilder, SpanLink
 from otelprof_middleware.stats import Stats
 
@@ -74,18 +76,15 @@ class Recorder:
 
 def channel_for(rx: OTLPReceiver, *, wait: Any = None, stats: Any = None, **options: Any) -> ExportChannel:
     config = Config.load(dict(exporter="otlp", endpoint=rx.url, **options), env={})
-    exporter = OTLPHTTPExporter(config)
-    return ExportChannel(exporter, stats or Stats(), queue_size=config.queue_size,
-                         max_queue_bytes=config.max_queue_bytes, batch_size=config.batch_size,
-                         batch_timeout=60, max_upload_rate=0, wait=wait)
+    batch = dataclasses.replace(batch_settings(config), batch_timeout=60, max_upload_rate=0)
+    return ExportChannel(create_exporter("otlp", config), stats or Stats(), batch=batch, wait=wait)
 
 
 def send_all(ch: ExportChannel, profiles: list[Profile]) -> None:
     """Queue ``profiles`` (one batch if they fit ``batch_size``), then flush."""
     for p in profiles:
         assert ch.offer(p, estimate_size(p))
-    ch.hurry(True)
-    assert ch.wait_idle(time.monotonic() + 30)
+    assert ch.force_flush(30)
 
 
 # ----------------------------------------------------------------------------- retry rules
@@ -271,8 +270,11 @@ def test_receiver_that_never_answers_never_blocks_and_bounds_memory(profiler_fac
         t.start()
         assert done.wait(10), "profile() blocked behind a stuck exporter"
         assert not release.is_set()  # ... while the exporter was still stuck
-        # every session built and handed over (the channel itself stays stuck)
-        assert profiler._get_pipeline()._wait_built(time.monotonic() + 10)
+        # every session built and handed over, or dropped before (the channel itself stays stuck)
+        deadline = time.monotonic() + 10
+        while profiler.stats()["profiles_collected"] + profiler.stats()["dropped_total"] < 10:
+            assert time.monotonic() < deadline, profiler.stats()
+            time.sleep(0.01)
         st = profiler.stats()
         # 1 in flight + queue_size queued; everything else dropped and counted, exactly
         assert st["queue_pending"] == 4
@@ -399,7 +401,7 @@ def test_max_queue_bytes_bounds_the_channel():
             pass
 
     stats = Stats()
-    ch = ExportChannel(Blocking(), stats, queue_size=100, max_queue_bytes=1500)
+    ch = ExportChannel(Blocking(), stats, batch=BatchSettings(queue_size=100, max_queue_bytes=1500))
     assert ch.offer(synthetic("a"), 1000)
     assert started.wait(10)
     assert ch.offer(synthetic("b"), 1000)  # fits (the in-flight one left the queue)
@@ -414,14 +416,14 @@ def test_max_queue_bytes_bounds_the_channel():
 
 def test_rate_limiter_smooths_bursts():
     now = [100.0]
-    rl = RateLimiter(1000, clock=lambda: now[0])
+    rl = ByteRateLimiter(1000, clock=lambda: now[0])
     assert rl.delay(600) == 0.0  # within the one-second burst
     assert rl.delay(600) == pytest.approx(0.2)  # 200 bytes of debt at 1000 B/s
     now[0] += 0.2
     assert rl.delay(1000) == pytest.approx(1.0)
     now[0] += 10
     assert rl.delay(500) == 0.0  # refilled, capped at one second's worth
-    assert RateLimiter(0).delay(10**9) == 0.0
+    assert ByteRateLimiter(0).delay(10**9) == 0.0
 
 
 def test_upload_rate_paces_requests_through_the_channel():
@@ -434,9 +436,9 @@ def test_upload_rate_paces_requests_through_the_channel():
             now[0] += seconds
             return wait(seconds)
 
-        ch = ExportChannel(OTLPHTTPExporter(config), Stats(), batch_size=1, batch_timeout=0, max_upload_rate=1024,
-                           wait=wait_and_advance)
-        ch._limiter = RateLimiter(1024, clock=lambda: now[0])
+        ch = ExportChannel(create_exporter("otlp", config), Stats(),
+                           batch=BatchSettings(batch_size=1, batch_timeout=0, max_upload_rate=1024),
+                           wait=wait_and_advance, clock=lambda: now[0])
         profiles = [synthetic(f"p{i}", n_samples=10, fn_name_len=40, seed=i) for i in range(4)]
         for p in profiles:
             ch.offer(p, estimate_size(p))
@@ -488,7 +490,7 @@ def test_otlp_env_headers_and_protocol(monkeypatch):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROFILES_HEADERS", "authorization=Bearer%20abc,x-tenant=t1")
     with OTLPReceiver() as rx:
         config = Config.load(dict(exporter="otlp", endpoint=rx.url))
-        ch = ExportChannel(OTLPHTTPExporter(config), Stats(), batch_timeout=0)
+        ch = ExportChannel(create_exporter("otlp", config), Stats(), batch=BatchSettings(batch_timeout=0))
         send_all(ch, [synthetic("a")])
         r = rx.requests[0]
         assert r.header("authorization") == "Bearer abc" and r.header("x-tenant") == "t1"
