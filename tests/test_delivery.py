@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import logging
 import threading
 import time
 from typing import Any
@@ -603,3 +604,101 @@ def test_stats_without_sdk_are_plain_numbers(profiler_factory):
     assert st["collection_duration"]["count"] == 1
     assert st["profile_size"]["count"] == 1 and st["profile_size"]["sum"] > 0
     assert isinstance(st["overhead_cpu"], float)
+
+
+# ----------------------------------------------------------------------------- where profiles go
+
+
+def _announced(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("otelprof: profiles -> ")]
+
+
+def test_where_profiles_go_is_logged_once_with_the_source_of_each_value(profiler_factory, caplog, tmp_path,
+                                                                         monkeypatch):
+    caplog.set_level(logging.INFO, logger="otelprof_middleware")
+    monkeypatch.chdir(tmp_path)
+    from otelprof_middleware import Profiler
+
+    p = Profiler()  # the embedded default
+    try:
+        assert _announced(caplog) == ["otelprof: profiles -> ./profiles (file exporter; exporter: default, "
+                                      "output_dir: default)"]
+    finally:
+        p.shutdown(1)
+    caplog.clear()
+
+    # the newcomer's Quick start: an OTEL endpoint picks the OTLP exporter
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+    profiler_factory(config=Config.load({}))
+    assert _announced(caplog) == [
+        "otelprof: profiles -> http://localhost:4318/v1development/profiles (otlp exporter over http/protobuf; "
+        "exporter: default: an endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT), endpoint: OTEL_EXPORTER_OTLP_ENDPOINT, "
+        "protocol: default)"]
+    caplog.clear()
+
+    # opentelemetry-distro's gRPC default: the line says where "grpc" came from
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:pw@localhost:4317")
+    profiler_factory(config=Config.load({}))
+    (line,) = _announced(caplog)
+    assert line.startswith("otelprof: profiles -> http://localhost:4317 (otlp exporter over grpc; ")
+    assert "protocol: OTEL_EXPORTER_OTLP_PROTOCOL" in line and "pw" not in line
+    caplog.clear()
+
+    # keyword arguments, settings and OTELPROF_* variables are named as such
+    monkeypatch.setenv("OTELPROF_EXPORTER", "file,pyroscope")
+    profiler_factory(config=Config.load({"output_dir": str(tmp_path / "out")},
+                                        settings={"pyroscope_endpoint": "http://pyro:4040"}))
+    assert _announced(caplog) == [
+        "otelprof: profiles -> ./out (file exporter; exporter: OTELPROF_EXPORTER, output_dir: keyword "
+        "argument) and http://pyro:4040 (pyroscope exporter; exporter: OTELPROF_EXPORTER, pyroscope_endpoint: "
+        "settings)"]
+
+
+def test_exporter_objects_and_names_are_announced_too(profiler_factory, caplog, tmp_path):
+    caplog.set_level(logging.INFO, logger="otelprof_middleware")
+    from otelprof_middleware.testing import InMemoryProfileExporter
+
+    profiler_factory(exporters=[InMemoryProfileExporter(), "console"])
+    assert _announced(caplog) == ["otelprof: profiles -> memory (otelprof_middleware.testing) (memory exporter, given "
+                                  "in exporters=) and standard error (console exporter; named in exporters=)"]
+
+
+def test_where_profiles_go_reaches_stderr_when_no_logging_is_set_up(tmp_path):
+    import subprocess
+    import sys
+
+    code = "from otelprof_middleware import Profiler; Profiler(exporter='none'); Profiler(output_dir='out')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "otelprof: profiles -> nowhere (exporter=none from keyword argument)",
+        "otelprof: profiles -> ./out (file exporter; exporter: default, output_dir: keyword argument)"]
+
+
+def test_first_failed_export_is_logged_at_once_with_reason_and_endpoint(profiler_factory, caplog):
+    caplog.set_level(logging.WARNING, logger="otelprof_middleware")
+    s = __import__("socket").socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    # a long retry budget and backoff: a line after the budget would come minutes later
+    profiler = profiler_factory(exporter="otlp", endpoint=f"http://user:pw-9f2@127.0.0.1:{port}/v1development/profiles",
+                                retry_timeout=600, retry_initial_backoff=300, retry_max_backoff=300,
+                                min_samples=0, batch_size=1)
+    run_profiles(profiler, ["nowhere"])
+    deadline = time.monotonic() + 20
+    lines: list[str] = []
+    while not lines:
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        time.sleep(0.02)
+        lines = [r.getMessage() for r in caplog.records if "could not deliver" in r.getMessage()]
+    assert lines == [f"otelprof: otlp exporter could not deliver to http://127.0.0.1:{port}/v1development/profiles: "
+                     "ConnectError: [Errno 111] Connection refused; retrying for up to 600 s"]
+    assert profiler.stats()["dropped_total"] == 0  # nothing given up yet: it is still retrying
+    assert profiler.shutdown(timeout=0.5) is False  # the retry wait is cut short ...
+    deadline = time.monotonic() + 10
+    while profiler.stats()["dropped"] != {"shutdown": 1}:  # ... and the profile counted
+        assert time.monotonic() < deadline, profiler.stats()
+        time.sleep(0.02)

@@ -51,8 +51,16 @@ class Scrubber:
     messages from HTTP and gRPC libraries may quote a header value or a URL)."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
+        forms: set[str] = set()
+        for secret in secrets:
+            if not secret or len(secret) < 3:
+                continue
+            # as given, as quoted by repr() of a str or of bytes (h11 quotes an illegal
+            # header value as b'...'), and its long words (a token after "Bearer ")
+            forms.update((secret, repr(secret)[1:-1], repr(secret.encode("utf-8", "replace"))[2:-1]))
+            forms.update(word for word in secret.split() if len(word) >= 8)
         # longest first, so that a secret containing another is masked whole
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 3}, key=len, reverse=True)
+        self.secrets = sorted(forms, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
         for secret in self.secrets:

@@ -22,7 +22,7 @@ from urllib.parse import unquote
 
 from ._redact import MASK, mask_key_values, redact_url
 
-__all__ = ["Config", "ConfigError", "parse_duration", "parse_size"]
+__all__ = ["Config", "ConfigError", "parse_duration", "parse_size", "parse_trigger_limits"]
 
 ENV_PREFIX = "OTELPROF_"
 OTLP_PROFILES_PATH = "/v1development/profiles"
@@ -34,6 +34,8 @@ SECRET_OPTIONS = frozenset({"header_secret", "headers", "pyroscope_headers", "py
                             "pyroscope_token"})
 #: options that may hold a password in their URL (``https://user:password@host``)
 URL_OPTIONS = frozenset({"endpoint", "pyroscope_endpoint"})
+#: triggers that ``trigger_limits`` can cap (the header has ``max_header_profiles_per_minute``)
+LIMITABLE_TRIGGERS = frozenset({"probability", "slow", "error", "high_cpu", "on_demand"})
 
 
 class ConfigError(ValueError):
@@ -144,6 +146,27 @@ def parse_key_values(value: Any) -> dict[str, str]:
     return result
 
 
+def parse_trigger_limits(raw: Any) -> dict[str, int]:
+    """``{trigger: profiles per minute}`` from ``"high_cpu=10,probability=30"`` or a
+    mapping; ``ConfigError`` for an unknown trigger or a value that is not a whole
+    number >= 0."""
+    out: dict[str, int] = {}
+    items = parse_key_values(raw) if isinstance(raw, str) else dict(raw or {})
+    for k, v in items.items():
+        name = str(k).strip()
+        if name not in LIMITABLE_TRIGGERS:
+            raise ConfigError("trigger_limits", raw, "keys must be among " + ", ".join(sorted(LIMITABLE_TRIGGERS))
+                              + " (the header has max_header_profiles_per_minute)")
+        try:
+            n = int(str(v).strip())
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise ConfigError("trigger_limits", raw, "values must be whole numbers of profiles per minute (>= 0)")
+        out[name] = n
+    return out
+
+
 def _parse_url_list(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -164,7 +187,7 @@ def _parse_url_list(value: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class _Spec:
-    kind: str  # bool, int, float, duration, size, str, choice, url, kv, urls, callable, exporters
+    kind: str  # bool, int, float, duration, size, str, choice, url, kv, limits, urls, callable, exporters
     lo: float | None = None
     hi: float | None = None
     choices: tuple[str, ...] = ()
@@ -248,7 +271,7 @@ class Config:
     should_profile: Optional[Callable[..., Optional[bool]]] = _opt(None, "callable", optional=True)
     excluded_urls: tuple[str, ...] = _opt((), "urls", doc="comma-separated regexes (re.search on the URL)")
     max_overhead: float = _opt(0.05, "float", 0.0, 1.0, doc="profiler CPU / process CPU budget")
-    trigger_limits: Mapping[str, str] = _opt(dict, "kv", doc="per-trigger profiles per minute under "
+    trigger_limits: Mapping[str, int] = _opt(dict, "limits", doc="per-trigger profiles per minute under "
                                              "max_profiles_per_minute, e.g. 'high_cpu=10,probability=30'")
 
     # ------------------------------------------------------------------ building
@@ -406,6 +429,13 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
     if isinstance(raw, str) and spec.optional and raw.strip().lower() in ("", "none", "auto"):
         return None
     kind = spec.kind
+    if kind == "limits":
+        try:
+            return parse_trigger_limits(raw)
+        except ConfigError as exc:  # its own, more precise message
+            raise fail(exc.allowed) from None
+        except (TypeError, ValueError):
+            raise fail(_allowed_text(spec)) from None
     v: Any
     try:
         if kind == "bool":
@@ -488,6 +518,8 @@ def _allowed_text(spec: _Spec) -> str:
         return "must be an absolute URL such as http://localhost:4318/v1development/profiles"
     if kind == "kv":
         return "must be key=value pairs separated by commas, or a mapping"
+    if kind == "limits":
+        return "must be trigger=N pairs separated by commas, or a mapping"
     if kind == "urls":
         return "must be comma-separated regular expressions"
     if kind == "callable":

@@ -94,7 +94,7 @@ class OTLPGRPCExporter(NetworkExporter):
         super().__init__(max_request_bytes=max_request_bytes, retry_policy=retry_policy)
         self.endpoint = target.endpoint
         self.target, self.tls = grpc_target(target.endpoint, target.insecure)
-        self.destination = f"{self.target} (gRPC{'' if self.tls else ', plaintext'})"
+        self.destination = ("https://" if self.tls else "http://") + self.target  # the scheme says TLS or not
         self.certificate = target.certificate
         self.gzip = target.compression == "gzip"
         self.metadata = tuple((k.lower(), v) for k, v in target.headers.items())

@@ -35,6 +35,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from ..config import parse_trigger_limits
 from .cpu import CpuMonitor, CpuTrigger, get_cpu_monitor
 from .governor import Governor
 from .limits import RateLimiter
@@ -50,7 +51,6 @@ __all__ = ["Policy", "TRUTHY", "TRIGGERS", "policy_for"]
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 TRIGGERS = ("header", "probability", "slow", "error", "high_cpu", "on_demand", "custom")
-_LIMITABLE = frozenset({"probability", "slow", "error", "high_cpu", "on_demand"})
 _TRACE_ID_MAX = (1 << 64) - 1
 _NO_TAIL = frozenset({"excluded", "custom", "disabled"})
 
@@ -72,25 +72,6 @@ def policy_for(profiler: "Profiler") -> "Policy":
 
 
 _policy_lock = threading.Lock()
-
-
-def _parse_trigger_limits(raw: Any) -> dict[str, int]:
-    from ..config import ConfigError
-
-    out: dict[str, int] = {}
-    for k, v in dict(raw or {}).items():
-        name = str(k).strip()
-        if name not in _LIMITABLE:
-            raise ConfigError("trigger_limits", raw, "keys must be among " + ", ".join(sorted(_LIMITABLE))
-                              + " (the header has max_header_profiles_per_minute)")
-        try:
-            n = int(str(v).strip())
-        except ValueError:
-            n = -1
-        if n < 0:
-            raise ConfigError("trigger_limits", raw, "values must be whole numbers of profiles per minute (>= 0)")
-        out[name] = n
-    return out
 
 
 class Policy:
@@ -121,7 +102,7 @@ class Policy:
         self.header_limiter = RateLimiter(cfg.max_header_profiles_per_minute, clock=clock)
         self.profile_limiter = RateLimiter(cfg.max_profiles_per_minute, clock=clock)
         self.trigger_limiters = {name: RateLimiter(n, clock=clock)
-                                 for name, n in _parse_trigger_limits(getattr(cfg, "trigger_limits", {})).items()}
+                                 for name, n in parse_trigger_limits(cfg.trigger_limits).items()}
         self._random = rng if rng is not None else random.Random()
         self._lock = threading.Lock()
 
