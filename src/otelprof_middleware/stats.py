@@ -30,7 +30,7 @@ from typing import Any, Optional, Protocol
 from ._safety import at_fork_reinit
 from .overhead import overhead_cpu
 
-__all__ = ["Stats", "StatsInstruments", "DROP_REASONS", "HISTOGRAMS"]
+__all__ = ["Stats", "StatsInstruments", "NoInstruments", "DROP_REASONS", "HISTOGRAMS"]
 
 DROP_REASONS = ("queue_full", "export_failed", "rejected", "budget", "shutdown", "too_large", "too_short", "error")
 HISTOGRAMS = ("export_duration", "profile_size", "collection_duration")
@@ -46,7 +46,9 @@ class StatsInstruments(Protocol):
     def record(self, name: str, value: float, exporter: Optional[str]) -> None: ...
 
 
-class _NoInstruments:
+class NoInstruments:
+    """Instruments that record nothing (no metrics)."""
+
     def collected(self, n: int) -> None:
         pass
 
@@ -81,7 +83,7 @@ class Stats:
     ``instruments`` receive the same changes as metrics (none by default)."""
 
     def __init__(self, instruments: Optional[StatsInstruments] = None) -> None:
-        self._metrics: StatsInstruments = instruments if instruments is not None else _NoInstruments()
+        self._metrics: StatsInstruments = instruments if instruments is not None else NoInstruments()
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()

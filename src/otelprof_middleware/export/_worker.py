@@ -11,10 +11,11 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from .._safety import LogOnce, log
 from ..overhead import add_worker_cpu
@@ -76,6 +77,19 @@ class QueueWorker:
         self._in_flight = 0
         self._thread = None
         self._urgency = UrgencyState()
+
+    @contextlib.contextmanager
+    def urgent(self, level: Urgency = Urgency.FLUSH) -> Iterator[None]:
+        """While inside, queued work goes out at ``level`` (``FLUSH``: no batch wait,
+        no lingering, no pacing)."""
+        with self._cond:
+            self._urgency.ask(level)
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._urgency.withdraw(level)
 
     def _wait_drained_locked(self, deadline: Optional[float]) -> bool:
         """With ``_cond`` held: wait until the queue is empty and nothing is in flight."""

@@ -14,10 +14,9 @@ the destination (retries are still to come); each drop reason is logged once.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from ..profile import Profile
 from ..stats import Stats
@@ -237,18 +236,6 @@ class ExportChannel(QueueWorker):
         return not self._wake.wait(seconds)
 
     # ------------------------------------------------------------ flush / shutdown
-    @contextlib.contextmanager
-    def urgent(self, level: Urgency = Urgency.FLUSH) -> Iterator[None]:
-        """While inside, queued profiles go out at ``level`` (``FLUSH``: at once, unpaced)."""
-        with self._cond:
-            self._urgency.ask(level)
-            self._cond.notify_all()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._urgency.withdraw(level)
-
     def wait_idle(self, deadline: Optional[float]) -> bool:
         """Wait until nothing is queued or in flight (``deadline``: ``time.monotonic()``)."""
         with self._cond:

@@ -31,6 +31,7 @@ import threading
 from typing import Any, Callable, Iterator, Optional
 
 from .._version import __version__
+from ..stats import NoInstruments, StatsInstruments
 
 __all__ = ["instruments", "Instruments", "METRIC_NAMES"]
 
@@ -44,18 +45,7 @@ METRIC_NAMES = {
 }
 
 
-class _Noop:
-    def collected(self, n: int) -> None:
-        pass
-
-    def dropped(self, reason: str, n: int, exporter: Optional[str]) -> None:
-        pass
-
-    def record(self, name: str, value: float, exporter: Optional[str]) -> None:
-        pass
-
-
-class Instruments(_Noop):
+class Instruments(NoInstruments):
     """The OpenTelemetry instruments; ``overhead()`` is observed by the overhead gauge."""
 
     def __init__(self, overhead: Callable[[], float]) -> None:
@@ -108,7 +98,7 @@ class Instruments(_Noop):
             pass
 
 
-_instruments: Optional[_Noop] = None
+_instruments: Optional[StatsInstruments] = None
 _lock = threading.Lock()
 # Held around every call into the metrics API/SDK, and across fork(): a child never
 # inherits an SDK lock taken by one of the parent's threads in the middle of a call.
@@ -135,7 +125,7 @@ if hasattr(os, "register_at_fork"):
                         after_in_child=_after_fork_in_child)
 
 
-def instruments(overhead: Callable[[], float]) -> _Noop:
+def instruments(overhead: Callable[[], float]) -> StatsInstruments:
     """The process-wide instruments (no-ops if the metrics API is unusable), made on
     the first call; ``overhead`` feeds the gauge.  Call it at import time, never
     first on a worker thread: a fork (gunicorn ``--preload``) while a thread is
@@ -148,6 +138,6 @@ def instruments(overhead: Callable[[], float]) -> _Noop:
                 try:
                     _instruments = Instruments(overhead)
                 except Exception:  # pragma: no cover - no/old opentelemetry-api
-                    _instruments = _Noop()
+                    _instruments = NoInstruments()
             inst = _instruments
     return inst

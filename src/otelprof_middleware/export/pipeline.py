@@ -198,18 +198,6 @@ class ExportPipeline(QueueWorker):
             return self._wait_drained_locked(deadline)
 
     @contextlib.contextmanager
-    def _urgent(self, level: Urgency) -> Iterator[None]:
-        """While inside, the build worker works at ``level`` (``FLUSH``: no lingering)."""
-        with self._cond:
-            self._urgency.ask(level)
-            self._cond.notify_all()
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._urgency.withdraw(level)
-
-    @contextlib.contextmanager
     def _channels_urgent(self, level: Urgency) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             for ch in self._channels:
@@ -221,7 +209,7 @@ class ExportPipeline(QueueWorker):
         if self._pid != os.getpid():
             self._after_fork()
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._urgent(Urgency.FLUSH):
+        with self.urgent(Urgency.FLUSH):
             # builds first, so that the flushed batches are as full as can be
             if not self._wait_built(deadline):
                 return False
@@ -237,7 +225,7 @@ class ExportPipeline(QueueWorker):
             self._closed = True
             self._cond.notify_all()
         idle: dict[int, bool] = {}
-        with self._urgent(Urgency.FLUSH):
+        with self.urgent(Urgency.FLUSH):
             built = self._wait_built(deadline)
             with self._channels_urgent(Urgency.FLUSH):
                 if built:
