@@ -145,6 +145,14 @@ def test_cpu_accounting_imports_nothing_from_the_package() -> None:
     assert import_graph()[f"{PACKAGE}.overhead"] == set()
 
 
+def test_one_scope_name() -> None:
+    # the OTLP encoder's default scope (encoding imports nothing from export) is ours
+    from otelprof_middleware.encoding.otlp import DEFAULT_SCOPE_NAME
+    from otelprof_middleware.export.resource import SCOPE_NAME
+
+    assert SCOPE_NAME == DEFAULT_SCOPE_NAME == PACKAGE
+
+
 def test_export_interfaces_know_no_exporter_and_exporters_borrow_from_none() -> None:
     graph = import_graph()
     exporters = {f"{PACKAGE}.export.{name}" for name in ("file", "console", "otlp_http", "otlp_grpc", "pyroscope")}

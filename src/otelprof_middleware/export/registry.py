@@ -3,8 +3,9 @@
 The ``exporter`` option names exporters (``file``, ``otlp``, ``pyroscope``,
 ``console``, ``none``); :func:`create_exporters` builds them, each from the typed
 settings it needs (:mod:`.settings`).  An optional dependency is imported inside its
-factory only (grpcio, for ``protocol="grpc"``), so a missing extra fails when that
-exporter is asked for, with a message that says what to install.
+factory (grpcio for ``protocol="grpc"``; httpx and the encoders too, so importing
+the package stays cheap): a missing extra fails when that exporter is asked for,
+with a message that says what to install.
 
 To add an exporter, write a class (:class:`~.base.Exporter` or
 :class:`~.base.NetworkExporter`) and an entry in :data:`EXPORTERS`; or hand the
@@ -21,10 +22,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from .base import Exporter
-from .console import ConsoleExporter
-from .file import FileExporter
-from .otlp_http import OTLPHTTPExporter
-from .pyroscope import PyroscopeExporter
 from .settings import otlp_target, pyroscope_target, resource, retry_policy
 
 if TYPE_CHECKING:
@@ -44,6 +41,8 @@ class Registered:
 
 
 def _file(config: "Config") -> Exporter:
+    from .file import FileExporter
+
     return FileExporter(config)
 
 
@@ -55,15 +54,21 @@ def _otlp(config: "Config") -> Exporter:
         from .otlp_grpc import OTLPGRPCExporter  # needs grpcio, an optional extra
 
         return OTLPGRPCExporter(target, **common)
+    from .otlp_http import OTLPHTTPExporter
+
     return OTLPHTTPExporter(target, **common)
 
 
 def _pyroscope(config: "Config") -> Exporter:
+    from .pyroscope import PyroscopeExporter
+
     return PyroscopeExporter(pyroscope_target(config), max_request_bytes=config.max_request_bytes,
                              retry_policy=retry_policy(config))
 
 
 def _console(config: "Config") -> Exporter:
+    from .console import ConsoleExporter
+
     return ConsoleExporter()
 
 

@@ -13,12 +13,11 @@ import sys
 from typing import Mapping, MutableMapping, Optional, Union
 
 from .._version import __version__
-from ..encoding.otlp import DEFAULT_SCOPE_NAME
 
 __all__ = ["SCOPE_NAME", "SCOPE_VERSION", "DEFAULT_SERVICE_NAME", "resource_attributes", "refresh_pid"]
 
-#: the instrumentation scope of every profile we send (defined by the OTLP encoder)
-SCOPE_NAME = DEFAULT_SCOPE_NAME
+#: the instrumentation scope of every profile we send (also the OTLP encoder's default)
+SCOPE_NAME = "otelprof_middleware"
 SCOPE_VERSION = __version__
 #: what the OpenTelemetry SDKs call a service that set no name
 DEFAULT_SERVICE_NAME = "unknown_service:python"
