@@ -621,7 +621,7 @@ def test_where_profiles_go_is_logged_once_with_the_source_of_each_value(profiler
 
     p = Profiler()  # the embedded default
     try:
-        assert _announced(caplog) == ["otelprof: profiles -> ./profiles (file exporter; exporter: default, "
+        assert _announced(caplog) == ["otelprof: profiles -> ./profiles (file exporter; exporter: default; "
                                       "output_dir: default)"]
     finally:
         p.shutdown(1)
@@ -632,7 +632,7 @@ def test_where_profiles_go_is_logged_once_with_the_source_of_each_value(profiler
     profiler_factory(config=Config.load({}))
     assert _announced(caplog) == [
         "otelprof: profiles -> http://localhost:4318/v1development/profiles (otlp exporter over http/protobuf; "
-        "exporter: default: an endpoint is set (OTEL_EXPORTER_OTLP_ENDPOINT), endpoint: OTEL_EXPORTER_OTLP_ENDPOINT, "
+        "exporter: default, as OTEL_EXPORTER_OTLP_ENDPOINT is set; endpoint: OTEL_EXPORTER_OTLP_ENDPOINT; "
         "protocol: default)"]
     caplog.clear()
 
@@ -650,8 +650,8 @@ def test_where_profiles_go_is_logged_once_with_the_source_of_each_value(profiler
     profiler_factory(config=Config.load({"output_dir": str(tmp_path / "out")},
                                         settings={"pyroscope_endpoint": "http://pyro:4040"}))
     assert _announced(caplog) == [
-        "otelprof: profiles -> ./out (file exporter; exporter: OTELPROF_EXPORTER, output_dir: keyword "
-        "argument) and http://pyro:4040 (pyroscope exporter; exporter: OTELPROF_EXPORTER, pyroscope_endpoint: "
+        "otelprof: profiles -> ./out (file exporter; exporter: OTELPROF_EXPORTER; output_dir: keyword "
+        "argument) and http://pyro:4040 (pyroscope exporter; exporter: OTELPROF_EXPORTER; pyroscope_endpoint: "
         "settings)"]
 
 
@@ -674,7 +674,7 @@ def test_where_profiles_go_reaches_stderr_when_no_logging_is_set_up(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [
         "otelprof: profiles -> nowhere (exporter=none from keyword argument)",
-        "otelprof: profiles -> ./out (file exporter; exporter: default, output_dir: keyword argument)"]
+        "otelprof: profiles -> ./out (file exporter; exporter: default; output_dir: keyword argument)"]
 
 
 def test_first_failed_export_is_logged_at_once_with_reason_and_endpoint(profiler_factory, caplog):
@@ -702,3 +702,33 @@ def test_first_failed_export_is_logged_at_once_with_reason_and_endpoint(profiler
     while profiler.stats()["dropped"] != {"shutdown": 1}:  # ... and the profile counted
         assert time.monotonic() < deadline, profiler.stats()
         time.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------- built without a Config
+
+
+def test_exporter_and_pipeline_are_built_from_their_own_settings_without_a_config():
+    from otelprof_middleware.export.otlp_http import OTLPHTTPExporter
+    from otelprof_middleware.export.pipeline import ExportPipeline
+    from otelprof_middleware.export.resource import resource_attributes
+    from otelprof_middleware.export.retry import RetryPolicy
+    from otelprof_middleware.export.settings import OTLPTarget
+    from otelprof_middleware.session import Session
+
+    with OTLPReceiver(statuses=[503], retry_after="0") as rx:
+        exporter = OTLPHTTPExporter(OTLPTarget(endpoint=rx.url, headers={"x-team": "t1"}, compression="none"),
+                                    resource=resource_attributes("standalone-svc"),
+                                    retry_policy=RetryPolicy(retry_timeout=30, initial_backoff=0.01))
+        assert "x-team" not in repr(OTLPTarget(endpoint=rx.url, headers={"x-team": "t1"}))  # values are secrets
+        stats = Stats()
+        pipeline = ExportPipeline([exporter], stats, batch=BatchSettings(batch_size=2, batch_timeout=60))
+        sessions = [Session(f"s{i}", hz=100, max_depth=64, max_duration=1.0, max_samples=100) for i in range(2)]
+        assert all(pipeline.submit(s) for s in sessions)
+        assert pipeline.force_flush(20)
+        assert [r.status for r in rx.requests] == [503, 200]  # one batch of two, retried once
+        assert sorted(profile_ids(rx)) == sorted(s.profile_id_hex for s in sessions)
+        assert rx.requests[1].header("x-team") == "t1"
+        res = {kv.key: kv.value.string_value for kv in rx.messages[0].resource_profiles[0].resource.attributes}
+        assert res["service.name"] == "standalone-svc"
+        assert stats.snapshot()["exporters"]["otlp"] == {"exported": 2, "dropped": {}, "requests": 2, "retries": 1}
+        assert pipeline.shutdown(5)

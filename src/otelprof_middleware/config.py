@@ -332,7 +332,7 @@ class Config:
                               or (ENV_PREFIX + "ENDPOINT") in env)
             values["exporter"] = ("otlp",) if configured else ("file",)
             if configured:
-                sources["exporter"] = f"default: an endpoint is set ({sources['endpoint']})"
+                sources["exporter"] = f"default, as {sources['endpoint']} is set"
         config = cls(**values)
         object.__setattr__(config, "_sources", sources)
         return config
@@ -356,8 +356,8 @@ class Config:
     def source_of(self, option: str) -> str:
         """Where ``option``'s value came from: ``"keyword argument"``, the settings
         name (e.g. ``"settings"``), an ``OTELPROF_*`` or ``OTEL_*`` variable, or
-        ``"default"`` (possibly with the reason, e.g. ``"default: an endpoint is set
-        (OTEL_EXPORTER_OTLP_ENDPOINT)"``)."""
+        ``"default"`` (possibly with the reason, e.g. ``"default, as
+        OTEL_EXPORTER_OTLP_ENDPOINT is set"``)."""
         if option not in {f.name for f in fields(self)}:
             raise ConfigError(option, None, "unknown option; allowed: " + ", ".join(self.option_names()))
         return self._source_map().get(option, "default")
@@ -367,7 +367,7 @@ class Config:
 
     def __repr__(self) -> str:
         # credentials never appear in logs of a configuration (security review L9)
-        shown = ", ".join(f"{f.name}={_shown_value(f.name, getattr(self, f.name))!r}" for f in fields(self))
+        shown = ", ".join(f"{f.name}={_shown_value(f.name, getattr(self, f.name))!r}" for f in fields(self) if f.repr)
         return f"Config({shown})"
 
 

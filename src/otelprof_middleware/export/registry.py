@@ -106,7 +106,7 @@ def create_exporters(config: "Config") -> list[Exporter]:
 
 def describe_destination(config: "Config", exporter: Any, *, chosen_by: str = "option") -> str:
     """Where ``exporter`` sends profiles and where the deciding values came from, e.g.
-    ``./profiles (file exporter; exporter: default, output_dir: default)``.
+    ``./profiles (file exporter; exporter: default; output_dir: default)``.
     ``chosen_by``: ``"option"`` (named by the ``exporter`` option), ``"name"`` (named
     in ``Profiler(exporters=[...])``) or ``"object"`` (an object given there)."""
     name = str(getattr(exporter, "name", type(exporter).__name__))
@@ -116,4 +116,4 @@ def describe_destination(config: "Config", exporter: Any, *, chosen_by: str = "o
     label = f"{name} exporter" + (" over " + config.protocol if name == "otlp" else "")
     origin = [f"exporter: {config.source_of('exporter')}"] if chosen_by == "option" else ["named in exporters="]
     origin += [f"{option}: {config.source_of(option)}" for option in entry.options]
-    return f"{entry.destination(config, exporter)} ({label}; {', '.join(origin)})"
+    return f"{entry.destination(config, exporter)} ({label}; {'; '.join(origin)})"
