@@ -80,7 +80,6 @@ class ExportPipeline(QueueWorker):
     def _init_state(self) -> None:
         self._pid = os.getpid()
         self._init_queue()
-        self._abandoned = False
 
     @property
     def channels(self) -> tuple[ExportChannel, ...]:
@@ -235,9 +234,11 @@ class ExportPipeline(QueueWorker):
                         idle[id(ch)] = ch.wait_idle(deadline)
         with self._cond:
             left = len(self._queue) + self._in_flight
+            for session in self._queue:
+                if session.keep_if_empty:
+                    self._urgency.withdraw(Urgency.PROMPT)
             self._queue.clear()
             self._in_flight = 0
-            self._abandoned = True
             self._cond.notify_all()
         if left:
             self.stats.dropped("shutdown", left)
