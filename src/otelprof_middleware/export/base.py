@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, Sequence, runtime_checkable
+from typing import Any, Optional, Protocol, Sequence
 
 from ..profile import Profile
 from .retry import Attempt, RetryPolicy, run_with_retry
@@ -38,7 +38,6 @@ class ExportResult:
     message: str = ""
 
 
-@runtime_checkable
 class Exporter(Protocol):
     """A plain exporter.  ``name`` keys its counters in ``Profiler.stats()["exporters"]``.
     Optional: ``destination`` (where profiles go, for the start-up log line) and
