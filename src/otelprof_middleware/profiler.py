@@ -45,19 +45,6 @@ __all__ = ["Profiler", "get_profiler", "current_session"]
 
 log = logging.getLogger("otelprof_middleware")
 
-
-def announce(text: str) -> None:
-    """Log a start-up fact at INFO.  While the application has set up no logging at
-    all, Python shows only warnings; then the line goes to stderr directly, so that
-    a new user sees where profiles go."""
-    if log.hasHandlers():
-        log.info(text)
-    else:
-        try:
-            sys.stderr.write(text + "\n")
-        except Exception:  # pragma: no cover - a closed stderr
-            pass
-
 F = TypeVar("F", bound=Callable[..., Any])
 
 _CURRENT: contextvars.ContextVar[Optional[Session]] = contextvars.ContextVar("otelprof_session", default=None)
@@ -73,6 +60,19 @@ def _sampler_cpu_ns() -> int:
 
 
 add_cpu_source(_sampler_cpu_ns)
+
+
+def _log_start_line(text: str) -> None:
+    """Log a start-up fact at INFO.  While the application has set up no logging at
+    all, Python shows only warnings; then the line goes to stderr directly, so that
+    a new user sees where profiles go."""
+    if log.hasHandlers():
+        log.info(text)
+    else:
+        try:
+            sys.stderr.write(text + "\n")
+        except Exception:  # pragma: no cover - a closed stderr
+            pass
 
 
 def current_session() -> Optional[Session]:
@@ -147,7 +147,7 @@ class Profiler:
         else:
             text = "otelprof: profiles -> " + " and ".join(
                 describe_destination(self.config, e, chosen_by=how) for e, how in chosen)
-        announce(text)
+        _log_start_line(text)
 
     # ------------------------------------------------------------------ engine API
     @property
