@@ -20,13 +20,22 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Optional
 from urllib.parse import unquote
 
-__all__ = ["Config", "ConfigError", "parse_duration", "parse_size"]
+from ._redact import MASK, mask_key_values, redact_url
+
+__all__ = ["Config", "ConfigError", "parse_duration", "parse_size", "parse_trigger_limits"]
 
 ENV_PREFIX = "OTELPROF_"
 OTLP_PROFILES_PATH = "/v1development/profiles"
 DEFAULT_OTLP_HTTP_ENDPOINT = "http://localhost:4318"
 DEFAULT_OTLP_GRPC_ENDPOINT = "http://localhost:4317"
 EXPORTER_NAMES = ("file", "otlp", "console", "pyroscope", "none")
+#: options whose values are credentials: masked in ``repr(Config)`` and ``ConfigError``
+SECRET_OPTIONS = frozenset({"header_secret", "headers", "pyroscope_headers", "pyroscope_basic_auth",
+                            "pyroscope_token"})
+#: options that may hold a password in their URL (``https://user:password@host``)
+URL_OPTIONS = frozenset({"endpoint", "pyroscope_endpoint"})
+#: triggers that ``trigger_limits`` can cap (the header has ``max_header_profiles_per_minute``)
+LIMITABLE_TRIGGERS = frozenset({"probability", "slow", "error", "high_cpu", "on_demand"})
 
 
 class ConfigError(ValueError):
@@ -35,11 +44,22 @@ class ConfigError(ValueError):
 
     def __init__(self, option: str, value: Any, allowed: str, source: str = "") -> None:
         self.option = option
-        self.value = value
+        self.value = _shown_value(option, value)  # credentials masked
         self.allowed = allowed
         self.source = source
         where = f" (from {source})" if source else ""
-        super().__init__(f"invalid option {option}={value!r}{where}: {allowed}")
+        super().__init__(f"invalid option {option}={self.value!r}{where}: {allowed}")
+
+
+def _shown_value(option: str, value: Any) -> Any:
+    """``value`` as it may appear in a message: credentials masked."""
+    if option in SECRET_OPTIONS:
+        if not value:
+            return value
+        return mask_key_values(value) if isinstance(value, (str, Mapping)) and option.endswith("headers") else MASK
+    if option in URL_OPTIONS and isinstance(value, str) and "@" in value:
+        return redact_url(value)
+    return value
 
 
 # --------------------------------------------------------------------------- parsers
@@ -126,6 +146,27 @@ def parse_key_values(value: Any) -> dict[str, str]:
     return result
 
 
+def parse_trigger_limits(raw: Any) -> dict[str, int]:
+    """``{trigger: profiles per minute}`` from ``"high_cpu=10,probability=30"`` or a
+    mapping; ``ConfigError`` for an unknown trigger or a value that is not a whole
+    number >= 0."""
+    out: dict[str, int] = {}
+    items = parse_key_values(raw) if isinstance(raw, str) else dict(raw or {})
+    for k, v in items.items():
+        name = str(k).strip()
+        if name not in LIMITABLE_TRIGGERS:
+            raise ConfigError("trigger_limits", raw, "keys must be among " + ", ".join(sorted(LIMITABLE_TRIGGERS))
+                              + " (the header has max_header_profiles_per_minute)")
+        try:
+            n = int(str(v).strip())
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise ConfigError("trigger_limits", raw, "values must be whole numbers of profiles per minute (>= 0)")
+        out[name] = n
+    return out
+
+
 def _parse_url_list(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -146,7 +187,7 @@ def _parse_url_list(value: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class _Spec:
-    kind: str  # bool, int, float, duration, size, str, choice, url, kv, urls, callable, exporters
+    kind: str  # bool, int, float, duration, size, str, choice, url, kv, limits, urls, callable, exporters
     lo: float | None = None
     hi: float | None = None
     choices: tuple[str, ...] = ()
@@ -183,7 +224,7 @@ class Config:
     max_bytes: int = _opt(256 * 1024 * 1024, "size", 1024, None, doc="file exporter retention: total bytes")
     endpoint: str = _opt("", "url", optional=True, doc="full OTLP profiles URL")
     protocol: str = _opt("http/protobuf", "choice", choices=("http/protobuf", "grpc"))
-    headers: Mapping[str, str] = _opt(dict, "kv", doc="extra headers for OTLP/Pyroscope")
+    headers: Mapping[str, str] = _opt(dict, "kv", doc="extra headers (gRPC metadata) for the OTLP endpoint only")
     compression: str = _opt("gzip", "choice", choices=("gzip", "none"))
     certificate: str = _opt("", "str", doc="CA bundle for TLS")
     insecure: bool = _opt(False, "bool", doc="gRPC without TLS for https-less endpoints")
@@ -202,6 +243,7 @@ class Config:
     pyroscope_basic_auth: str = _opt("", "str", doc="user:password for Pyroscope")
     pyroscope_token: str = _opt("", "str", doc="bearer token for Pyroscope")
     pyroscope_tenant_id: str = _opt("", "str", doc="X-Scope-OrgID for Pyroscope")
+    pyroscope_headers: Mapping[str, str] = _opt(dict, "kv", doc="extra headers for Pyroscope (never the OTLP ones)")
 
     # --- request policy
     probability: float = _opt(0.01, "float", 0.0, 1.0, doc="share of requests profiled")
@@ -229,7 +271,7 @@ class Config:
     should_profile: Optional[Callable[..., Optional[bool]]] = _opt(None, "callable", optional=True)
     excluded_urls: tuple[str, ...] = _opt((), "urls", doc="comma-separated regexes (re.search on the URL)")
     max_overhead: float = _opt(0.05, "float", 0.0, 1.0, doc="profiler CPU / process CPU budget")
-    trigger_limits: Mapping[str, str] = _opt(dict, "kv", doc="per-trigger profiles per minute under "
+    trigger_limits: Mapping[str, int] = _opt(dict, "limits", doc="per-trigger profiles per minute under "
                                              "max_profiles_per_minute, e.g. 'high_cpu=10,probability=30'")
 
     # ------------------------------------------------------------------ building
@@ -255,6 +297,7 @@ class Config:
                                   "unknown option; allowed: " + ", ".join(sorted(specs)), source)
 
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         for name, f in specs.items():
             spec: _Spec = f.metadata["spec"]
             if name in kwargs:
@@ -269,22 +312,30 @@ class Config:
                     continue
                 raw, source = std
             values[name] = _convert(name, raw, spec, source)
+            sources[name] = source
 
         # standard OpenTelemetry variables that only ever narrow or complete ours
         if _parse_env_bool(env.get("OTEL_SDK_DISABLED")) and "enabled" not in kwargs and "enabled" not in settings:
             values["enabled"] = False
+            sources["enabled"] = "OTEL_SDK_DISABLED"
         if not values.get("service_name"):
             res = values.get("resource_attributes") or {}
             values["service_name"] = res.get("service.name") or "unknown_service:python"
+            if res.get("service.name"):
+                sources["service_name"] = sources["resource_attributes"]
         protocol = values.get("protocol", "http/protobuf")
         if not values.get("endpoint"):
-            values["endpoint"] = _default_endpoint(env, protocol)
+            values["endpoint"], sources["endpoint"] = _default_endpoint(env, protocol)
         if not values.get("exporter"):
             configured = bool(env.get("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
                               or "endpoint" in kwargs or "endpoint" in settings
                               or (ENV_PREFIX + "ENDPOINT") in env)
             values["exporter"] = ("otlp",) if configured else ("file",)
-        return cls(**values)
+            if configured:
+                sources["exporter"] = f"default, as {sources['endpoint']} is set"
+        config = cls(**values)
+        object.__setattr__(config, "_sources", sources)
+        return config
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with some options changed (validated like :meth:`load`)."""
@@ -294,25 +345,46 @@ class Config:
             if k not in specs:
                 raise ConfigError(k, v, "unknown option; allowed: " + ", ".join(sorted(specs)))
             converted[k] = _convert(k, v, specs[k].metadata["spec"], "keyword argument")
-        return dataclasses.replace(self, **converted)
+        config = dataclasses.replace(self, **converted)
+        object.__setattr__(config, "_sources", {**self._source_map(), **{k: "keyword argument" for k in converted}})
+        return config
 
     @staticmethod
     def option_names() -> list[str]:
         return [f.name for f in fields(Config)]
+
+    def source_of(self, option: str) -> str:
+        """Where ``option``'s value came from: ``"keyword argument"``, the settings
+        name (e.g. ``"settings"``), an ``OTELPROF_*`` or ``OTEL_*`` variable, or
+        ``"default"`` (possibly with the reason, e.g. ``"default, as
+        OTEL_EXPORTER_OTLP_ENDPOINT is set"``)."""
+        if option not in {f.name for f in fields(self)}:
+            raise ConfigError(option, None, "unknown option; allowed: " + ", ".join(self.option_names()))
+        return self._source_map().get(option, "default")
+
+    def _source_map(self) -> dict[str, str]:
+        return getattr(self, "_sources", {})
+
+    def __repr__(self) -> str:
+        # credentials never appear in logs of a configuration (security review L9)
+        shown = ", ".join(f"{f.name}={_shown_value(f.name, getattr(self, f.name))!r}" for f in fields(self) if f.repr)
+        return f"Config({shown})"
 
 
 def _parse_env_bool(value: str | None) -> bool:
     return bool(value) and value.strip().lower() in _TRUE  # type: ignore[union-attr]
 
 
-def _default_endpoint(env: Mapping[str, str], protocol: str) -> str:
+def _default_endpoint(env: Mapping[str, str], protocol: str) -> tuple[str, str]:
+    """The OTLP endpoint from the standard variables, and which one it came from."""
     full = env.get("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT")
     if full:
-        return full.strip()
+        return full.strip(), "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT"
     base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+    source = "OTEL_EXPORTER_OTLP_ENDPOINT" if base else "default"
     if protocol == "grpc":
-        return base or DEFAULT_OTLP_GRPC_ENDPOINT
-    return (base or DEFAULT_OTLP_HTTP_ENDPOINT).rstrip("/") + OTLP_PROFILES_PATH
+        return base or DEFAULT_OTLP_GRPC_ENDPOINT, source
+    return (base or DEFAULT_OTLP_HTTP_ENDPOINT).rstrip("/") + OTLP_PROFILES_PATH, source
 
 
 def _standard_env(name: str, env: Mapping[str, str]) -> tuple[Any, str] | None:
@@ -357,6 +429,13 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
     if isinstance(raw, str) and spec.optional and raw.strip().lower() in ("", "none", "auto"):
         return None
     kind = spec.kind
+    if kind == "limits":
+        try:
+            return parse_trigger_limits(raw)
+        except ConfigError as exc:  # its own, more precise message
+            raise fail(exc.allowed) from None
+        except (TypeError, ValueError):
+            raise fail(_allowed_text(spec)) from None
     v: Any
     try:
         if kind == "bool":
@@ -439,6 +518,8 @@ def _allowed_text(spec: _Spec) -> str:
         return "must be an absolute URL such as http://localhost:4318/v1development/profiles"
     if kind == "kv":
         return "must be key=value pairs separated by commas, or a mapping"
+    if kind == "limits":
+        return "must be trigger=N pairs separated by commas, or a mapping"
     if kind == "urls":
         return "must be comma-separated regular expressions"
     if kind == "callable":
