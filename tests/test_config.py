@@ -519,3 +519,29 @@ def test_source_of_names_where_each_value_came_from():
     with pytest.raises(ConfigError, match="did you mean 'sample_hz'"):
         c.source_of("sample_hx")
     assert "_sources" not in Config.option_names()
+
+
+def test_messages_in_the_configuration_reference_are_the_real_ones(tmp_path, monkeypatch, no_grpcio,
+                                                                    warnings_once):
+    import pathlib
+    import re
+
+    doc = (pathlib.Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    blocks = re.findall(r"```text\n(.*?)```", doc, flags=re.S)
+    documented = [line for block in blocks for line in block.splitlines() if line.strip()]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile.txt").write_text("")
+    produced = [
+        "otelprof_middleware.config.ConfigError: " + _error({"probability": 1.5}),
+        _error(env={"OTELPROF_SLOW_THRESHOLD": "fast"}),
+        _error({"probabilty": 0.5}),
+        _error(env={"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4318"}),
+        _error(env={"OTELPROF_OUTPUT_DIR": "afile.txt"}),
+        _error(env={"OTELPROF_PROTOCOL": "grpc", "OTELPROF_EXPORTER": "otlp"}),
+    ]
+    load(env={"OTELPROF_PROBABILTY": "0.5"})
+    load(env={"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://localhost:4318"})
+    unknown_variable, distro = warnings_once()
+    assert documented == produced + [distro]
+    # the unknown-variable warning is quoted inline
+    assert f"`{unknown_variable}`" in doc
