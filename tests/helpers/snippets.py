@@ -47,6 +47,8 @@ import textwrap
 import time
 from typing import Iterable, Optional
 
+from .wsgi_servers import free_port
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 DOCUMENTS = ("README.md", "docs/*.md")
 
@@ -236,12 +238,6 @@ def groups(root: pathlib.Path = ROOT) -> list[Group]:
 
 
 # ---------------------------------------------------------------------------- running
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port_busy(port: int) -> bool:
