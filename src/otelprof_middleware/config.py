@@ -332,10 +332,10 @@ class Config:
             sources["exporter"] = (f"{DEFAULT_SOURCE}, as {endpoint_var or sources['endpoint']} is set"
                                    if values["exporter"] == ("otlp",) else DEFAULT_SOURCE)
         uses_otlp = "otlp" in values["exporter"]
-        if uses_otlp and values.get("protocol") == "grpc" and not grpc_available():
-            if sources["protocol"] != GENERIC_PROTOCOL_VAR:
-                raise ConfigError("protocol", "grpc", _GRPC_MISSING, _shown_source(sources["protocol"]))
-            # opentelemetry-distro sets OTEL_EXPORTER_OTLP_PROTOCOL=grpc for every signal
+        if (uses_otlp and values.get("protocol") == "grpc" and sources["protocol"] == GENERIC_PROTOCOL_VAR
+                and not grpc_available()):
+            # opentelemetry-distro sets OTEL_EXPORTER_OTLP_PROTOCOL=grpc for every signal; asked
+            # for anywhere else, a missing grpcio is an error (_check)
             values["protocol"] = "http/protobuf"
             _fallback_note(GENERIC_PROTOCOL_VAR, "grpc",
                            "opentelemetry-distro sets this by default, but grpcio is not installed, so "
@@ -359,9 +359,6 @@ class Config:
             converted[k] = _convert(k, v, specs[k], "keyword argument")
         sources = {**self._sources, **{k: "keyword argument" for k in converted}}
         config = dataclasses.replace(self, **converted, _sources=sources)
-        if "protocol" in converted and "otlp" in config.exporter and config.protocol == "grpc" \
-                and not grpc_available():
-            raise ConfigError("protocol", "grpc", _GRPC_MISSING)
         config._check("otlp" in config.exporter, changed=set(converted))
         return config
 
@@ -385,22 +382,23 @@ class Config:
         def wanted(*names: str) -> bool:
             return changed is None or any(n in changed for n in names)
 
+        if uses_otlp and wanted("protocol", "exporter") and self.protocol == "grpc" and not grpc_available():
+            raise ConfigError("protocol", "grpc", _GRPC_MISSING, _shown_source(self.source_of("protocol")))
         if uses_otlp and wanted("endpoint", "protocol", "exporter"):
             _warn_port_mismatch(self.endpoint, self.source_of("endpoint"),
                                 self.protocol, self.source_of("protocol"))
-        if "file" in self.exporter and wanted("output_dir", "exporter"):
-            problem = _output_dir_problem(self.output_dir)
-            if problem is None:
-                return
-            dir_source, exp_source = self.source_of("output_dir"), self.source_of("exporter")
-            if dir_source == DEFAULT_SOURCE and exp_source == DEFAULT_SOURCE:
-                _warn_once(f"output_dir:{os.path.abspath(self.output_dir)}",
-                           "otelprof: the file exporter (the default when no OTLP endpoint is set) cannot "
-                           "write to output_dir=%r (the default): %s; profiles will be dropped. Set "
-                           "OTELPROF_OUTPUT_DIR to a writable folder or choose an exporter (OTELPROF_EXPORTER)",
-                           self.output_dir, problem)
-                return
-            raise ConfigError("output_dir", self.output_dir, problem, _shown_source(dir_source))
+        problem = _output_dir_problem(self.output_dir) \
+            if "file" in self.exporter and wanted("output_dir", "exporter") else None
+        if problem is not None:
+            dir_source = self.source_of("output_dir")
+            if dir_source != DEFAULT_SOURCE or self.source_of("exporter") != DEFAULT_SOURCE:
+                raise ConfigError("output_dir", self.output_dir, problem, _shown_source(dir_source))
+            # nothing was configured: the embedded default must never stop the app
+            _warn_once(f"output_dir:{os.path.abspath(self.output_dir)}",
+                       "otelprof: the file exporter (the default when no OTLP endpoint is set) cannot "
+                       "write to output_dir=%r (the default): %s; profiles will be dropped. Set "
+                       "OTELPROF_OUTPUT_DIR to a writable folder or choose an exporter (OTELPROF_EXPORTER)",
+                       self.output_dir, problem)
 
 
 def _specs() -> dict[str, _Spec]:
@@ -459,11 +457,13 @@ def _fallback_note(var: str, value: str, what: str) -> None:
 
 
 def _is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with a host (and a numeric port, if any)."""
     try:
         parts = urlsplit(url)
-        return parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
-    except ValueError:  # e.g. a port that is not a number
+        parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
         return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
 
 
 def _warn_port_mismatch(endpoint: str, endpoint_source: str, protocol: str, protocol_source: str) -> None:

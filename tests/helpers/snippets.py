@@ -543,7 +543,6 @@ class GroupRun:
                 except subprocess.TimeoutExpired:
                     continue
         logs = self.server_logs()
-        self.servers_stopped = True
         return logs
 
     def __enter__(self) -> "GroupRun":
