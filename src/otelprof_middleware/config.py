@@ -6,19 +6,45 @@ environment variable ``OTELPROF_<OPTION_UPPERCASE>``.  Precedence: keyword
 arguments, then settings, then ``OTELPROF_*`` variables, then the standard
 OpenTelemetry variables (``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_*`` ...),
 then the defaults below.  Values are validated once, when the object is built;
-a bad value raises :class:`ConfigError` naming the option, the value and what is
-allowed.
+a bad value raises :class:`ConfigError` naming the option, the value, where it
+came from and what is allowed.
+
+Load-time checks beyond single values, so that mistakes surface at start-up and
+not as dropped profiles minutes later:
+
+* an unknown keyword or settings key raises, with "did you mean ...?" (difflib);
+  an unknown ``OTELPROF_*`` variable is logged once, with the nearest option;
+* the OTLP endpoint is checked from whichever source gave it (``endpoint=``,
+  ``OTELPROF_ENDPOINT``, ``OTEL_EXPORTER_OTLP_[PROFILES_]ENDPOINT``) when the
+  ``otlp`` exporter is used; a port that belongs to the other OTLP protocol
+  (4317 gRPC, 4318 HTTP) is logged once;
+* ``protocol="grpc"`` needs grpcio.  When ``grpc`` comes only from the generic
+  ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``opentelemetry-distro`` sets it by default for
+  every signal) and grpcio is missing, or that variable says ``http/json`` (which
+  we do not speak), profiles use ``http/protobuf`` and a warning names the
+  variable; asked for explicitly, a missing grpcio is a :class:`ConfigError`;
+* ``output_dir`` must be a writable folder (or creatable) when the ``file``
+  exporter is used.  If neither the folder nor the exporter was chosen (the
+  embedded default), a problem is a warning, not an error: adding the
+  middleware with no configuration never stops an app that runs on a
+  read-only file system.
+
+Where each value came from is kept: :meth:`Config.source_of`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib.util
 import math
 import os
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Optional
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
+
+from ._safety import LogOnce
 
 from ._redact import MASK, mask_key_values, redact_url
 
@@ -36,6 +62,23 @@ SECRET_OPTIONS = frozenset({"header_secret", "headers", "pyroscope_headers", "py
 URL_OPTIONS = frozenset({"endpoint", "pyroscope_endpoint"})
 #: triggers that ``trigger_limits`` can cap (the header has ``max_header_profiles_per_minute``)
 LIMITABLE_TRIGGERS = frozenset({"probability", "slow", "error", "high_cpu", "on_demand"})
+GENERIC_PROTOCOL_VAR = "OTEL_EXPORTER_OTLP_PROTOCOL"
+#: ``OTELPROF_*`` variables read by parts of the package that are not options (none
+#: today); listed here so that the unknown-variable warning leaves them alone.
+NON_OPTION_ENV_VARS: frozenset[str] = frozenset()
+#: where a value came from when nobody gave it
+DEFAULT_SOURCE = "default"
+
+# warnings about the configuration: once per process and problem, however many
+# times a configuration is loaded (each middleware, the default profiler, ...)
+_warn_once = LogOnce()
+
+
+def reset_warnings() -> None:
+    """Forget which configuration warnings were already logged (each is logged
+    once per process); for test suites that check them."""
+    global _warn_once
+    _warn_once = LogOnce()
 
 
 class ConfigError(ValueError):
@@ -274,6 +317,9 @@ class Config:
     trigger_limits: Mapping[str, int] = _opt(dict, "limits", doc="per-trigger profiles per minute under "
                                              "max_profiles_per_minute, e.g. 'high_cpu=10,probability=30'")
 
+    # where each option's value came from (not an option; see source_of)
+    _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
     # ------------------------------------------------------------------ building
 
     @classmethod
@@ -289,17 +335,16 @@ class Config:
         env = os.environ if env is None else env
         kwargs = dict(kwargs or {})
         settings = dict(settings or {})
-        specs = {f.name: f for f in fields(cls)}
+        specs = _specs()
         for source, mapping in (("keyword arguments", kwargs), (settings_name, settings)):
             unknown = sorted(k for k in mapping if k not in specs)
             if unknown:
-                raise ConfigError(unknown[0], mapping[unknown[0]],
-                                  "unknown option; allowed: " + ", ".join(sorted(specs)), source)
+                raise ConfigError(unknown[0], mapping[unknown[0]], _unknown_option_text(unknown[0]), source)
+        _warn_unknown_env(env)
 
         values: dict[str, Any] = {}
         sources: dict[str, str] = {}
-        for name, f in specs.items():
-            spec: _Spec = f.metadata["spec"]
+        for name, spec in specs.items():
             if name in kwargs:
                 raw, source = kwargs[name], "keyword argument"
             elif name in settings:
@@ -311,80 +356,240 @@ class Config:
                 if std is None:
                     continue
                 raw, source = std
+            if (name == "protocol" and source == GENERIC_PROTOCOL_VAR
+                    and str(raw).strip().lower() == "http/json"):
+                # valid for the SDK's traces, not a transport we offer for profiles
+                values[name], sources[name] = "http/protobuf", source
+                _fallback_note(source, "http/json", "profiles use http/protobuf (they have no JSON transport)")
+                continue
             values[name] = _convert(name, raw, spec, source)
             sources[name] = source
 
         # standard OpenTelemetry variables that only ever narrow or complete ours
         if _parse_env_bool(env.get("OTEL_SDK_DISABLED")) and "enabled" not in kwargs and "enabled" not in settings:
-            values["enabled"] = False
-            sources["enabled"] = "OTEL_SDK_DISABLED"
+            values["enabled"], sources["enabled"] = False, "OTEL_SDK_DISABLED"
         if not values.get("service_name"):
             res = values.get("resource_attributes") or {}
-            values["service_name"] = res.get("service.name") or "unknown_service:python"
             if res.get("service.name"):
+                values["service_name"] = res["service.name"]
                 sources["service_name"] = sources["resource_attributes"]
-        protocol = values.get("protocol", "http/protobuf")
-        if not values.get("endpoint"):
-            values["endpoint"], sources["endpoint"] = _default_endpoint(env, protocol)
+            else:
+                values["service_name"] = "unknown_service:python"
         if not values.get("exporter"):
-            configured = bool(env.get("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                              or "endpoint" in kwargs or "endpoint" in settings
-                              or (ENV_PREFIX + "ENDPOINT") in env)
-            values["exporter"] = ("otlp",) if configured else ("file",)
-            if configured:
-                sources["exporter"] = f"default, as {sources['endpoint']} is set"
-        config = cls(**values)
-        object.__setattr__(config, "_sources", sources)
+            endpoint_var = _endpoint_var(env)
+            values["exporter"] = ("otlp",) if (endpoint_var or values.get("endpoint")) else ("file",)
+            sources["exporter"] = (f"{DEFAULT_SOURCE}, as {endpoint_var or sources['endpoint']} is set"
+                                   if values["exporter"] == ("otlp",) else DEFAULT_SOURCE)
+        uses_otlp = "otlp" in values["exporter"]
+        if (uses_otlp and values.get("protocol") == "grpc" and sources["protocol"] == GENERIC_PROTOCOL_VAR
+                and not grpc_available()):
+            # opentelemetry-distro sets OTEL_EXPORTER_OTLP_PROTOCOL=grpc for every signal; asked
+            # for anywhere else, a missing grpcio is an error (_check)
+            values["protocol"] = "http/protobuf"
+            _fallback_note(GENERIC_PROTOCOL_VAR, "grpc",
+                           "opentelemetry-distro sets this by default, but grpcio is not installed, so "
+                           "profiles use http/protobuf; pip install 'otelprof-middleware[grpc]' for gRPC")
+        if not values.get("endpoint"):
+            endpoint, source, raw = _default_endpoint(env, values.get("protocol", "http/protobuf"))
+            if uses_otlp and source != DEFAULT_SOURCE and not _is_http_url(endpoint):
+                raise ConfigError("endpoint", raw, _url_text("endpoint", source), source)
+            values["endpoint"], sources["endpoint"] = endpoint, source
+        config = cls(**values, _sources=sources)
+        config._check(uses_otlp)
         return config
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with some options changed (validated like :meth:`load`)."""
-        specs = {f.name: f for f in fields(self)}
+        specs = _specs()
         converted = {}
         for k, v in changes.items():
             if k not in specs:
-                raise ConfigError(k, v, "unknown option; allowed: " + ", ".join(sorted(specs)))
-            converted[k] = _convert(k, v, specs[k].metadata["spec"], "keyword argument")
-        config = dataclasses.replace(self, **converted)
-        object.__setattr__(config, "_sources", {**self._source_map(), **{k: "keyword argument" for k in converted}})
+                raise ConfigError(k, v, _unknown_option_text(k), "keyword arguments")
+            converted[k] = _convert(k, v, specs[k], "keyword argument")
+        sources = {**self._sources, **{k: "keyword argument" for k in converted}}
+        config = dataclasses.replace(self, **converted, _sources=sources)
+        config._check("otlp" in config.exporter, changed=set(converted))
         return config
 
-    @staticmethod
-    def option_names() -> list[str]:
-        return [f.name for f in fields(Config)]
-
     def source_of(self, option: str) -> str:
-        """Where ``option``'s value came from: ``"keyword argument"``, the settings
-        name (e.g. ``"settings"``), an ``OTELPROF_*`` or ``OTEL_*`` variable, or
-        ``"default"`` (possibly with the reason, e.g. ``"default, as
-        OTEL_EXPORTER_OTLP_ENDPOINT is set"``)."""
-        if option not in {f.name for f in fields(self)}:
-            raise ConfigError(option, None, "unknown option; allowed: " + ", ".join(self.option_names()))
-        return self._source_map().get(option, "default")
-
-    def _source_map(self) -> dict[str, str]:
-        return getattr(self, "_sources", {})
+        """Where ``option``'s value came from: ``"keyword argument"``, a settings
+        name, an environment variable (``"OTELPROF_ENDPOINT"``,
+        ``"OTEL_EXPORTER_OTLP_ENDPOINT"``) or ``"default"``."""
+        if option not in _specs():
+            raise ConfigError(option, None, _unknown_option_text(option))
+        return self._sources.get(option, DEFAULT_SOURCE)
 
     def __repr__(self) -> str:
         # credentials never appear in logs of a configuration (security review L9)
         shown = ", ".join(f"{f.name}={_shown_value(f.name, getattr(self, f.name))!r}" for f in fields(self) if f.repr)
         return f"Config({shown})"
 
+    @staticmethod
+    def option_names() -> list[str]:
+        return list(_specs())
+
+    # ------------------------------------------------------------------ load-time checks
+
+    def _check(self, uses_otlp: bool, changed: Optional[set[str]] = None) -> None:
+        """Checks across options and against the machine; ``changed`` limits them to
+        what :meth:`replace` changed."""
+        def wanted(*names: str) -> bool:
+            return changed is None or any(n in changed for n in names)
+
+        if uses_otlp and wanted("protocol", "exporter") and self.protocol == "grpc" and not grpc_available():
+            raise ConfigError("protocol", "grpc", _GRPC_MISSING, _shown_source(self.source_of("protocol")))
+        if uses_otlp and wanted("endpoint", "protocol", "exporter"):
+            _warn_port_mismatch(self.endpoint, self.source_of("endpoint"),
+                                self.protocol, self.source_of("protocol"))
+        problem = _output_dir_problem(self.output_dir) \
+            if "file" in self.exporter and wanted("output_dir", "exporter") else None
+        if problem is not None:
+            dir_source = self.source_of("output_dir")
+            if dir_source != DEFAULT_SOURCE or self.source_of("exporter") != DEFAULT_SOURCE:
+                raise ConfigError("output_dir", self.output_dir, problem, _shown_source(dir_source))
+            # nothing was configured: the embedded default must never stop the app
+            _warn_once(f"output_dir:{os.path.abspath(self.output_dir)}",
+                       "otelprof: the file exporter (the default when no OTLP endpoint is set) cannot "
+                       "write to output_dir=%r (the default): %s; profiles will be dropped. Set "
+                       "OTELPROF_OUTPUT_DIR to a writable folder or choose an exporter (OTELPROF_EXPORTER)",
+                       self.output_dir, problem)
+
+
+def _specs() -> dict[str, _Spec]:
+    """Option name -> spec, in declaration order (private fields are not options)."""
+    return {f.name: f.metadata["spec"] for f in fields(Config) if "spec" in f.metadata}
+
+
+def _shown_source(source: str) -> str:
+    return "" if source in ("keyword argument", DEFAULT_SOURCE) else source
+
+
+_GRPC_MISSING = ("needs grpcio, which is not installed: pip install 'otelprof-middleware[grpc]' "
+                 "(or use protocol http/protobuf)")
+
+
+def grpc_available() -> bool:
+    """True if grpcio can be imported (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("grpc") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _unknown_option_text(name: str) -> str:
+    """``unknown option; did you mean 'probability'?`` (or a pointer to the list)."""
+    key = str(name).strip().lower()
+    if key.startswith(ENV_PREFIX.lower()):
+        key = key[len(ENV_PREFIX):]
+    matches = difflib.get_close_matches(key, list(_specs()), n=3, cutoff=0.6)
+    if not matches:
+        return "unknown option (every option is listed in docs/configuration.md and Config.option_names())"
+    quoted = [repr(m) for m in matches]
+    return "unknown option; did you mean " + (quoted[0] if len(quoted) == 1
+                                              else ", ".join(quoted[:-1]) + " or " + quoted[-1]) + "?"
+
+
+def _warn_unknown_env(env: Mapping[str, str]) -> None:
+    """Log once per variable: an ``OTELPROF_*`` variable that is no option (a typo)."""
+    names = _specs()
+    for var in env:
+        if not var.startswith(ENV_PREFIX) or var in NON_OPTION_ENV_VARS:
+            continue
+        if var[len(ENV_PREFIX):].lower() in names:
+            continue
+        close = difflib.get_close_matches(var[len(ENV_PREFIX):].lower(), list(names), n=1, cutoff=0.6)
+        hint = f"; did you mean {ENV_PREFIX}{close[0].upper()}?" if close else \
+            " (every option is listed in docs/configuration.md)"
+        # the value is not shown: it may be a secret
+        _warn_once(f"unknown-env:{var}", "otelprof: %s is not an otelprof option and is ignored%s", var, hint)
+
+
+def _fallback_note(var: str, value: str, what: str) -> None:
+    _warn_once(f"fallback:{var}={value}",
+               "otelprof: %s=%s: %s. Set OTEL_EXPORTER_OTLP_PROFILES_PROTOCOL (or OTELPROF_PROTOCOL) to choose "
+               "the profiles' protocol and silence this", var, value, what)
+
+
+def _is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with a host (and a numeric port, if any)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def _warn_port_mismatch(endpoint: str, endpoint_source: str, protocol: str, protocol_source: str) -> None:
+    """OTLP/gRPC listens on 4317 and OTLP/HTTP on 4318: the other one is almost always a mistake."""
+    try:
+        port = urlsplit(endpoint).port
+    except ValueError:
+        return
+    usual = {"grpc": 4317, "http/protobuf": 4318}
+    other = {4317: "OTLP/gRPC", 4318: "OTLP/HTTP"}
+    if port not in other or port == usual.get(protocol):
+        return
+    _warn_once(f"port:{endpoint}:{protocol}",
+               "otelprof: endpoint %s (from %s) uses port %d, the usual %s port, but protocol is %s (from %s), "
+               "which usually listens on %d: profiles may not arrive",
+               endpoint, endpoint_source, port, other[port], protocol, protocol_source, usual.get(protocol, 0))
+
+
+def _output_dir_problem(path: str) -> Optional[str]:
+    """Why the file exporter could not write into ``path``, or None."""
+    full = os.path.abspath(path)
+    if os.path.exists(full):
+        if not os.path.isdir(full):
+            return "exists and is not a directory"
+        if not os.access(full, os.W_OK | os.X_OK):
+            return "is a directory that is not writable"
+        return None
+    if os.path.lexists(full):
+        return "is a broken symbolic link"
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable"
+    return None
 
 def _parse_env_bool(value: str | None) -> bool:
     return bool(value) and value.strip().lower() in _TRUE  # type: ignore[union-attr]
 
 
-def _default_endpoint(env: Mapping[str, str], protocol: str) -> tuple[str, str]:
-    """The OTLP endpoint from the standard variables, and which one it came from."""
-    full = env.get("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT")
-    if full:
-        return full.strip(), "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT"
-    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    source = "OTEL_EXPORTER_OTLP_ENDPOINT" if base else "default"
-    if protocol == "grpc":
-        return base or DEFAULT_OTLP_GRPC_ENDPOINT, source
-    return (base or DEFAULT_OTLP_HTTP_ENDPOINT).rstrip("/") + OTLP_PROFILES_PATH, source
+def _endpoint_var(env: Mapping[str, str]) -> Optional[str]:
+    """The standard variable that sets the OTLP profiles endpoint, if any."""
+    for var in ("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        if env.get(var, "").strip():
+            return var
+    return None
+
+
+def _default_endpoint(env: Mapping[str, str], protocol: str) -> tuple[str, str, str]:
+    """``(endpoint, source, value as written)`` from the standard variables, else
+    the protocol's default."""
+    var = _endpoint_var(env)
+    if var is not None:
+        raw = env[var].strip()
+        if var == "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT" or protocol == "grpc":
+            return raw, var, raw
+        return raw.rstrip("/") + OTLP_PROFILES_PATH, var, raw
+    default = DEFAULT_OTLP_GRPC_ENDPOINT if protocol == "grpc" else DEFAULT_OTLP_HTTP_ENDPOINT + OTLP_PROFILES_PATH
+    return default, DEFAULT_SOURCE, default
+
+
+def _url_text(name: str, source: str = "") -> str:
+    """What a URL option accepts, with an example that fits the option and its source."""
+    if name == "pyroscope_endpoint":
+        example = "http://localhost:4040"
+    elif source == "OTEL_EXPORTER_OTLP_ENDPOINT":
+        example = "http://localhost:4318 (" + OTLP_PROFILES_PATH + " is appended)"
+    else:
+        example = "http://localhost:4318" + OTLP_PROFILES_PATH + " (gRPC: http://localhost:4317)"
+    return "must be an absolute http:// or https:// URL such as " + example
 
 
 def _standard_env(name: str, env: Mapping[str, str]) -> tuple[Any, str] | None:
@@ -448,8 +653,8 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
             if not isinstance(raw, str):
                 raise ValueError
             v = raw.strip()
-            if v and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", v):
-                raise ValueError
+            if v and not _is_http_url(v):
+                raise fail(_url_text(name, source))
             return v
         if kind == "choice":
             v = str(raw).strip().lower()
@@ -491,6 +696,8 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
             v = parse_size(raw)
         else:  # pragma: no cover - programming error
             raise AssertionError(kind)
+    except ConfigError:
+        raise
     except (ValueError, TypeError, ImportError, AttributeError, re.error):
         raise fail(_allowed_text(spec)) from None
     if (spec.lo is not None and v < spec.lo) or (spec.hi is not None and v > spec.hi):
@@ -515,7 +722,7 @@ def _allowed_text(spec: _Spec) -> str:
     if kind == "exporters":
         return "must be one or more of " + ", ".join(EXPORTER_NAMES) + " (comma-separated)"
     if kind == "url":
-        return "must be an absolute URL such as http://localhost:4318/v1development/profiles"
+        return "must be an absolute http:// or https:// URL"
     if kind == "kv":
         return "must be key=value pairs separated by commas, or a mapping"
     if kind == "limits":
