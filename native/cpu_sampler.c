@@ -52,7 +52,7 @@
 
 #define OTP_MAX_SLOTS 256
 #define OTP_MAGIC 0x0F7EULL
-#define OTP_RING_MIN (256 * 1024)
+#define OTP_RING_MIN (512 * 1024)
 #define OTP_WRAP 0xFFFFFFFFu
 
 enum { SLOT_FREE = 0, SLOT_ACTIVE = 1, SLOT_STOPPING = 2, SLOT_LEAKED = 3 };
@@ -80,7 +80,8 @@ typedef struct {
     uint64_t cpu_start;   /* thread CPU at the previous sample (ns) */
     uint64_t cpu_end;     /* thread CPU now (ns) */
     uint64_t mono;        /* CLOCK_MONOTONIC now (ns) */
-} rec_header;             /* 40 bytes, then nframes otp_frame */
+    uint64_t lost;        /* CPU of samples dropped (buffer full) just before this one */
+} rec_header;             /* 48 bytes, then nframes otp_frame */
 
 typedef struct {
     int state;            /* SLOT_*, seq_cst atomics */
@@ -98,6 +99,7 @@ typedef struct {
     uint64_t rng;         /* xorshift state of the handler */
     unsigned redraw;      /* samples since start (when to draw a new interval) */
     uint64_t last_cpu;    /* written by the handler while active */
+    uint64_t lost_cpu;    /* CPU of samples dropped since the last record (handler only) */
     /* ring: head written by the handler, tail by the drain */
     char *ring;
     uint64_t cap;
@@ -162,6 +164,9 @@ arm_next(otp_slot *s)
 
 /* ------------------------------------------------------------------ the handler */
 
+/* Append one sample.  When the buffer is full (the drain is late) the sample is
+ * dropped and its CPU is carried by the next record as `lost`: billing it to the
+ * next stack instead would give one stack the CPU of many samples. */
 static void
 write_record(otp_slot *s, int n, uint32_t omitted, uint32_t overruns, uint64_t c0, uint64_t c1, uint64_t mono)
 {
@@ -174,6 +179,7 @@ write_record(otp_slot *s, int n, uint32_t omitted, uint32_t overruns, uint64_t c
     uint64_t extra = to_end < need ? to_end : 0;  /* skip to offset 0 */
     if (head + extra + need - tail > s->cap) {
         add_relaxed(&s->dropped_full, 1);
+        s->lost_cpu += c1 - c0;
         return;
     }
     if (extra) {
@@ -190,6 +196,8 @@ write_record(otp_slot *s, int n, uint32_t omitted, uint32_t overruns, uint64_t c
     h->cpu_start = c0;
     h->cpu_end = c1;
     h->mono = mono;
+    h->lost = s->lost_cpu;
+    s->lost_cpu = 0;
     memcpy(h + 1, s->frames, (size_t)n * sizeof(otp_frame));
     __atomic_store_n(&s->head, head + need, __ATOMIC_RELEASE);
 }
@@ -242,6 +250,8 @@ on_sigprof(int sig, siginfo_t *si, void *uctx)
     int overrun = !by_fd && si->si_overrun > 0 ? si->si_overrun : 0;
     if (n >= 0)
         write_record(s, n, omitted, (uint32_t)overrun, c0, c1, ts_ns(&m));
+    else
+        s->lost_cpu += c1 - c0;  /* the chain could not be read: measured, not located */
     add_relaxed(&s->samples, 1);
     if (read_errors)
         add_relaxed(&s->read_errors, read_errors);
@@ -500,6 +510,7 @@ cs_start(PyObject *self, PyObject *args)
     s->max_frames = mf;
     s->head = s->tail = 0;
     s->last_cpu = ts_ns(&now);
+    s->lost_cpu = 0;
     s->rng = ((uint64_t)ts_ns(&now) * 0x9E3779B97F4A7C15ULL) ^ ((uint64_t)native_id << 32) ^ 0x5DEECE66DULL;
     if (s->rng == 0)
         s->rng = 1;
@@ -696,9 +707,9 @@ sample_tuple(const rec_header *h, const otp_frame *frames, uint64_t *unknown)
     PyObject *codes, *lastis, *addrs;
     if (frame_tuples(frames, h->nframes, &codes, &lastis, &addrs, unknown) != 0)
         return NULL;
-    return Py_BuildValue("(KKKIINNN)", (unsigned long long)h->cpu_start, (unsigned long long)h->cpu_end,
+    return Py_BuildValue("(KKKIINNNK)", (unsigned long long)h->cpu_start, (unsigned long long)h->cpu_end,
                          (unsigned long long)h->mono, (unsigned int)h->overruns, (unsigned int)h->omitted,
-                         codes, lastis, addrs);
+                         codes, lastis, addrs, (unsigned long long)h->lost);
 }
 
 static uint64_t unknown_frames;
@@ -934,7 +945,7 @@ otp_cpu_sampler_init(PyObject *module)
     {"handler_ok", cs_handler_ok, METH_NOARGS, "True while our SIGPROF handler is in place."},                  \
     {"start", cs_start, METH_VARARGS, "start(ident, native_id, interval_ns, perf=True) -> handle: sample a thread."}, \
     {"set_interval", cs_set_interval, METH_VARARGS, "set_interval(handle, interval_ns)"},                      \
-    {"drain", cs_drain, METH_O, "drain(handle) -> [(cpu_start, cpu_end, mono, overruns, omitted, codes, lastis, frames)]"}, \
+    {"drain", cs_drain, METH_O, "drain(handle) -> [(cpu_start, cpu_end, mono, overruns, omitted, codes, lastis, frames, lost)]"}, \
     {"stop", cs_stop, METH_O, "stop(handle) -> the samples not drained yet; frees the slot."},               \
     {"stop_all", cs_stop_all, METH_NOARGS, "Delete every timer (interpreter exit)."},                          \
     {"set_max_frames", cs_set_max_frames, METH_O, "Frames recorded per sample for threads started later."},   \

@@ -254,7 +254,7 @@ def test_header_requests_are_sampled_faster_then_decay(profiler_factory: Any) ->
         s = current_session()
         rates.append(s.hz)
         # the sampler ends the boost at its first tick past HEADER_BOOST_SECONDS
-        get_sampler()._tick(s.start_mono_ns + int(HEADER_BOOST_SECONDS * 1e9) + 1, (s,))
+        get_sampler().tick(s.start_mono_ns + int(HEADER_BOOST_SECONDS * 1e9) + 1)
         rates.append(s.hz)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})

@@ -14,7 +14,8 @@ from helpers.pprof_decode import decode_pprof
 from helpers.pyroscope_naming import ingest_metric_name, label_name, otlp_profile_types, pprof_profile_types
 from otelprof_middleware.config import Config
 from otelprof_middleware.encoding import encode_otlp_request, encode_pprof
-from otelprof_middleware.export.pyroscope import SERIES, PyroscopeExporter, pyroscope_label_name
+from otelprof_middleware.export.pyroscope import SERIES, pyroscope_label_name
+from otelprof_middleware.export.registry import create_exporter
 from otelprof_middleware.profile import Profile, ProfileBuilder, SpanLink
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -57,7 +58,7 @@ def produced(path: str, p: Profile) -> dict[str, tuple[str, int]]:
         (cpu, wall) = otlp_profile_types(req)
         return {"cpu": cpu, "wall": wall}
     out = {}
-    exporter = PyroscopeExporter(Config.load(dict(exporter="pyroscope", service_name="shop"), env={}))
+    exporter = create_exporter("pyroscope", Config.load(dict(exporter="pyroscope", service_name="shop"), env={}))
     _size, state = exporter.encode([p])
     for kind, name, raw in state[0]:
         d = decode_pprof(raw)

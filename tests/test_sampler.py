@@ -387,7 +387,7 @@ def test_sampler_is_idle_without_sessions(profiler_factory):
     assert before > 0  # it did tick while the session ran
     time.sleep(0.3)
     assert sampler.ticks == before  # no session: no ticks
-    assert sampler._thread is not None and sampler._thread.is_alive()  # parked, not gone
+    assert sampler.running  # parked, not gone
 
     with profiler.profile("again"):  # and it wakes up for the next session
         spin_for(0.1)

@@ -35,12 +35,13 @@ repeats with the sampling period is not always caught at the same point.
 from __future__ import annotations
 
 import atexit
+import importlib
 import sys
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._safety import LogOnce, at_fork_reinit
-from .stacks import UNKNOWN, cap_depth, thread_cpu_ns
+from .stacks import UNKNOWN, UNSAMPLED, cap_depth, thread_cpu_ns
 
 if TYPE_CHECKING:
     from .session import Session, Target
@@ -82,7 +83,7 @@ def _try_load() -> tuple[Any, str]:
     if not sys.platform.startswith("linux"):
         return None, f"not available on {sys.platform}"
     try:
-        from . import _native  # type: ignore[attr-defined]
+        _native = importlib.import_module(__package__ + "._native")
     except ImportError as e:
         return None, f"extension not built ({e})"
     if "cpu_sampler" not in getattr(_native, "features", ()):
@@ -286,7 +287,9 @@ class CpuTimers:
         entries = th.entries
         if not entries:
             return
-        for c0, c1, mono, _overruns, omitted, codes, lastis, addrs in samples:
+        for c0, c1, mono, _overruns, omitted, codes, lastis, addrs, lost in samples:
+            if lost:
+                self._bill_lost(th, c0 - lost, c0)
             if not codes:
                 continue  # CPU outside any Python frame: left to the remainder
             if None in codes:
@@ -299,6 +302,20 @@ class CpuTimers:
                 try:
                     self._bill(th, session, target, w, mono, omitted, codes, lastis, addrs)
                 except Exception:  # one broken session never stops the others' samples
+                    _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
+
+    def _bill_lost(self, th: _Thread, start: int, end: int) -> None:
+        """CPU of samples dropped while the buffer was full: measured, not located.
+        A thread target shows it as ``<unsampled CPU>``; a task cannot tell whether it
+        was running then, so it gets none of it."""
+        for session, target in th.entries:
+            w = end - max(start, target.attach_cpu)
+            if w > 0 and target.task is None and not session.finished:
+                try:
+                    session.stacks.add(target.thread_name or _thread_name(th.ident), (UNSAMPLED,), (0,), w, w)
+                    target.cpu_billed += w
+                    target.cpu_since_wall += w
+                except Exception:
                     _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
 
     def _bill(self, th: _Thread, session: "Session", target: "Target", w: int, mono: int, omitted: int,

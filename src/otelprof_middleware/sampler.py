@@ -34,12 +34,14 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 from . import native_sampler
 from ._safety import Firewall, LogOnce
-from .session import SamplingReport, Session, Target
-from .stacks import UNKNOWN, UNSAMPLED, cap_depth, thread_cpu_ns
+from .stacks import UNKNOWN, UNSAMPLED, SamplingReport, cap_depth, thread_cpu_ns
+
+if TYPE_CHECKING:  # the sampler only reads sessions; session.py knows nothing of the sampler
+    from .session import Session, Target
 
 __all__ = ["Sampler", "Schedule", "get_sampler"]
 
@@ -158,6 +160,13 @@ class Sampler:
     @property
     def active_sessions(self) -> int:
         return len(self._sessions)
+
+    @property
+    def running(self) -> bool:
+        """True while the sampler's background thread exists (it parks, without
+        waking, while no session is registered)."""
+        t = self._thread
+        return t is not None and t.is_alive()
 
     @property
     def cpu_ns_self(self) -> int:

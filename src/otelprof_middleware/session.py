@@ -20,11 +20,10 @@ import dataclasses
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from .profile import AttributeValue, Profile, SpanLink, clean_text, clean_value
-from .stacks import StackTable, native_id_of
+from .stacks import SamplingReport, StackTable, native_id_of
 
 __all__ = ["Session", "Target", "TargetObserver", "SamplingReport", "session_summary"]
 
@@ -65,36 +64,6 @@ class TargetObserver(Protocol):
     def target_added(self, session: "Session", target: Target) -> None: ...
 
     def target_removed(self, session: "Session", target: Target) -> None: ...
-
-
-@dataclass
-class SamplingReport:
-    """How a finished session was sampled (written by the sampler at the end)."""
-
-    sampler: str = "python"  # "native", "python" or "native+python" (CPU samples' source)
-    rates: list[tuple[int, int, int, int]] = field(default_factory=list)  # (hz, governor level, from_ns, to_ns)
-    ticks: int = 0  # wall ticks taken
-    ticks_missed: int = 0  # wall ticks late by more than half an interval, counted per interval lost
-    period_ns: int = 0  # the interval of the last rate used
-    cpu_timer: str = ""  # what interrupted natively sampled threads (perf_event, posix_timer)
-
-    def attributes(self, duration_ns: int) -> dict[str, AttributeValue]:
-        attrs: dict[str, AttributeValue] = {"otelprof.sampler": self.sampler,
-                                            "otelprof.ticks_missed": self.ticks_missed}
-        if self.cpu_timer:
-            attrs["otelprof.cpu_timer"] = self.cpu_timer
-        if self.rates:
-            parts = []
-            for hz, level, start, end in self.rates:
-                gov = f" (governor {level})" if level else ""
-                parts.append(f"{hz}Hz{gov} {start / 1e6:.0f}-{end / 1e6:.0f}ms")
-            attrs["otelprof.rates"] = ", ".join(parts)
-            level = max(r[1] for r in self.rates)
-            if level:
-                attrs["otelprof.governor_level"] = level
-        if duration_ns > 0:
-            attrs["otelprof.effective_hz"] = round(self.ticks / (duration_ns / 1e9), 1)
-        return attrs
 
 
 class Session:

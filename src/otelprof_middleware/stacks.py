@@ -4,6 +4,8 @@
 * :class:`StackTable` aggregates samples keyed by (thread name, code object ids,
   instruction offsets): cheap to add on the sampler's hot path.  Each entry keeps
   strong references to its code objects, so an id in a key is never reused.
+* :class:`SamplingReport`: how a finished session was sampled (rates used, missed
+  ticks, which sampler), written by the sampler, shown as profile attributes.
 * :meth:`StackTable.fill` turns entries into the profile model on the export
   worker: instruction offsets become line numbers (:func:`line_of`), and frames of
   this package are folded into their caller, so the profiler's own functions
@@ -20,14 +22,16 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any, Optional
 
-from .profile import Profile, ProfileBuilder
+from .profile import AttributeValue, Profile, ProfileBuilder
 
 __all__ = [
     "StackTable",
     "StackSummary",
+    "SamplingReport",
     "thread_cpu_ns",
     "native_id_of",
     "HAVE_THREAD_CPU",
@@ -138,6 +142,36 @@ def _fold(codes: tuple[Any, ...], lastis: tuple[int, ...], own: dict[int, bool])
     if len(keep) == len(codes) or not keep:
         return codes, lastis
     return tuple(codes[i] for i in keep), tuple(lastis[i] for i in keep)
+
+
+@dataclass
+class SamplingReport:
+    """How a finished session was sampled (written by the sampler at the end)."""
+
+    sampler: str = "python"  # "native", "python" or "native+python" (CPU samples' source)
+    rates: list[tuple[int, int, int, int]] = field(default_factory=list)  # (hz, governor level, from_ns, to_ns)
+    ticks: int = 0  # wall ticks taken
+    ticks_missed: int = 0  # wall ticks late by more than half an interval, counted per interval lost
+    period_ns: int = 0  # the interval of the last rate used
+    cpu_timer: str = ""  # what interrupted natively sampled threads (perf_event, posix_timer)
+
+    def attributes(self, duration_ns: int) -> dict[str, AttributeValue]:
+        attrs: dict[str, AttributeValue] = {"otelprof.sampler": self.sampler,
+                                            "otelprof.ticks_missed": self.ticks_missed}
+        if self.cpu_timer:
+            attrs["otelprof.cpu_timer"] = self.cpu_timer
+        if self.rates:
+            parts = []
+            for hz, level, start, end in self.rates:
+                gov = f" (governor {level})" if level else ""
+                parts.append(f"{hz}Hz{gov} {start / 1e6:.0f}-{end / 1e6:.0f}ms")
+            attrs["otelprof.rates"] = ", ".join(parts)
+            level = max(r[1] for r in self.rates)
+            if level:
+                attrs["otelprof.governor_level"] = level
+        if duration_ns > 0:
+            attrs["otelprof.effective_hz"] = round(self.ticks / (duration_ns / 1e9), 1)
+        return attrs
 
 
 class StackSummary:

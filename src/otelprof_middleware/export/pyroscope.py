@@ -24,7 +24,8 @@ server or a proxy that only forwards ``/ingest``) the exporter switches to the l
 ``POST /ingest?format=pprof`` for good, one request per series, the labels in
 ``name=<service>{k=v,...}``.  Authentication: ``pyroscope_basic_auth``
 (``user:password``), ``pyroscope_token`` (bearer) and ``pyroscope_tenant_id``
-(``X-Scope-OrgID``), plus ``headers``.
+(``X-Scope-OrgID``), plus ``pyroscope_headers``.  The OTLP ``headers`` (often a
+vendor's API key, from ``OTEL_EXPORTER_OTLP_HEADERS``) are never sent here.
 """
 
 from __future__ import annotations
@@ -35,18 +36,17 @@ import logging
 import re
 import uuid
 import zlib
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
+from .._redact import redact_url
 from ..encoding import encode_pprof
 from ..encoding._protowire import field_bytes
-from ..profile import clean_text
-from .base import NetworkExporter, Prepared, resource_attributes
-from .otlp_http import HTTPTransport
-from .retry import Attempt, classify_http_status
-
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..profile import Profile
+from ..profile import Profile, clean_text
+from ._http import HTTPTransport
+from .base import NetworkExporter, Prepared
+from .resource import refresh_pid, resource_attributes
+from .retry import Attempt, RetryPolicy, classify_http_status
+from .settings import PyroscopeTarget
 
 __all__ = ["PyroscopeExporter", "encode_push_request", "series_labels", "pyroscope_label_name", "PUSH_PATH",
            "INGEST_PATH", "PROFILE_NAME", "WALL_PROFILE_NAME", "SERIES"]
@@ -120,32 +120,35 @@ def _gzip(data: bytes) -> bytes:
 class PyroscopeExporter(NetworkExporter):
     name = "pyroscope"
 
-    def __init__(self, config: "Config") -> None:
-        super().__init__(config)
-        base = config.pyroscope_endpoint.rstrip("/")
+    def __init__(self, target: PyroscopeTarget, *, max_request_bytes: int = 4 * 1024 * 1024,
+                 retry_policy: Optional[RetryPolicy] = None,
+                 resource: Optional[Mapping[str, Any]] = None) -> None:
+        super().__init__(max_request_bytes=max_request_bytes, retry_policy=retry_policy)
+        base = target.endpoint.rstrip("/")
         self.push_url = base + PUSH_PATH
         self.ingest_url = base + INGEST_PATH
-        self.service_name = config.service_name
-        headers = dict(config.headers)
-        if config.pyroscope_basic_auth:
-            token = base64.b64encode(config.pyroscope_basic_auth.encode()).decode()
+        self.destination = redact_url(base)
+        self.resource = dict(resource) if resource is not None else resource_attributes(target.service_name)
+        self.service_name = clean_text(str(self.resource.get("service.name") or target.service_name))
+        self.resource_labels = series_labels(self.resource)
+        headers = dict(target.headers)
+        if target.basic_auth:
+            token = base64.b64encode(target.basic_auth.encode()).decode()
             headers["Authorization"] = "Basic " + token
-        elif config.pyroscope_token:
-            headers["Authorization"] = "Bearer " + config.pyroscope_token
-        if config.pyroscope_tenant_id:
-            headers["X-Scope-OrgID"] = config.pyroscope_tenant_id
+        elif target.token:
+            headers["Authorization"] = "Bearer " + target.token
+        if target.tenant_id:
+            headers["X-Scope-OrgID"] = target.tenant_id
         self.headers = headers
         self.mode = "push"
-        self.http = HTTPTransport(verify=config.certificate or True)
-        self._config = config
-        self.resource_labels = series_labels(resource_attributes(config))
-        self.service_name = clean_text(str(resource_attributes(config).get("service.name") or self.service_name))
+        secrets = [*target.headers.values(), target.basic_auth, target.token, headers.get("Authorization", "")]
+        self.http = HTTPTransport(verify=target.certificate or True, secrets=secrets)
 
-    def series_labels(self, profile: "Profile", name: str = PROFILE_NAME) -> list[tuple[str, str]]:
+    def series_labels(self, profile: Profile, name: str = PROFILE_NAME) -> list[tuple[str, str]]:
         return [("__name__", name), ("service_name", self.service_name)] + self.resource_labels
 
     # ---------------------------------------------------------------- encoding
-    def encode(self, profiles: Sequence["Profile"]) -> tuple[int, Any]:
+    def encode(self, profiles: Sequence[Profile]) -> tuple[int, Any]:
         """Per profile: the (kind, raw pprof) of each series that has samples (the CPU
         series at least, so an idle profile still arrives)."""
         state = []
@@ -156,7 +159,7 @@ class PyroscopeExporter(NetworkExporter):
         size = sum(len(raw) + 128 for raws in state for _k, _n, raw in raws)
         return size, state
 
-    def wrap(self, profiles: list["Profile"], state: Any) -> Prepared:
+    def wrap(self, profiles: list[Profile], state: Any) -> Prepared:
         parts = [(p, name, _gzip(raw)) for p, raws in zip(profiles, state) for _kind, name, raw in raws]
         body = encode_push_request([(self.series_labels(p, name), gz, str(uuid.uuid4())) for p, name, gz in parts])
         return Prepared(profiles=profiles, body=body, size=sum(len(r) for raws in state for _k, _n, r in raws),
@@ -172,9 +175,9 @@ class PyroscopeExporter(NetworkExporter):
             if 200 <= resp.status_code < 300:
                 return Attempt(ok=True)
             if not self._push_unavailable(resp):
-                return classify_http_status(resp.status_code, resp.headers, self.push_url)
+                return classify_http_status(resp.status_code, resp.headers, PUSH_PATH)
             log.warning("otelprof: %s answered HTTP %d: push API unavailable, using %s from now on",
-                        self.push_url, resp.status_code, self.ingest_url)
+                        redact_url(self.push_url), resp.status_code, redact_url(self.ingest_url))
             self.mode = "ingest"
         return self._send_ingest(prepared, timeout)
 
@@ -215,7 +218,7 @@ class PyroscopeExporter(NetworkExporter):
                 failed += 1
                 message = resp.message
             elif not 200 <= resp.status_code < 300:
-                attempt = classify_http_status(resp.status_code, resp.headers, self.ingest_url)
+                attempt = classify_http_status(resp.status_code, resp.headers, INGEST_PATH)
                 if attempt.retryable:
                     return attempt
                 failed += 1
@@ -227,7 +230,8 @@ class PyroscopeExporter(NetworkExporter):
 
     def after_fork(self) -> None:
         self.http.forget()
-        self.resource_labels = series_labels(resource_attributes(self._config))  # process.pid changed
+        refresh_pid(self.resource)
+        self.resource_labels = series_labels(self.resource)  # process_pid changed
 
     def shutdown(self) -> None:
         self.http.close()
