@@ -63,9 +63,11 @@ URL_OPTIONS = frozenset({"endpoint", "pyroscope_endpoint"})
 #: triggers that ``trigger_limits`` can cap (the header has ``max_header_profiles_per_minute``)
 LIMITABLE_TRIGGERS = frozenset({"probability", "slow", "error", "high_cpu", "on_demand"})
 GENERIC_PROTOCOL_VAR = "OTEL_EXPORTER_OTLP_PROTOCOL"
-#: ``OTELPROF_*`` variables read by parts of the package that are not options (none
-#: today); listed here so that the unknown-variable warning leaves them alone.
-NON_OPTION_ENV_VARS: frozenset[str] = frozenset()
+#: ``OTELPROF_*`` variables read by parts of the package that are not options;
+#: listed here so that the unknown-variable warning leaves them alone.
+NON_OPTION_ENV_VARS: frozenset[str] = frozenset({
+    "OTELPROF_BUILD_NATIVE",  # read by setup.py at install time: build the C extension or not
+})
 #: where a value came from when nobody gave it
 DEFAULT_SOURCE = "default"
 
