@@ -97,7 +97,7 @@ typedef struct {
     int max_frames;
     int64_t interval_ns;  /* the mean interval; each expiry is drawn around it */
     uint64_t rng;         /* xorshift state of the handler */
-    unsigned redraw;      /* samples since start (when to draw a new interval) */
+    uint64_t target;      /* perf: CPU after last_cpu at which to record the next sample */
     uint64_t last_cpu;    /* written by the handler while active */
     uint64_t lost_cpu;    /* CPU of samples dropped since the last record (handler only) */
     /* ring: head written by the handler, tail by the drain */
@@ -129,36 +129,55 @@ add_relaxed(uint64_t *p, uint64_t v)
     __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
 }
 
-/* A new interval, uniform in [interval/2, 3*interval/2), every OTP_REDRAW samples.
- * A fixed interval of CPU time locks onto a workload that repeats with the same
- * period (a loop whose iteration costs 10 ms, sampled every 10 ms of CPU, is
- * always caught at the same point).  After each draw the phase of the next sample
- * in such a cycle is uniform, and so is every later sample's until the next draw,
- * so the estimate is unbiased; drawing only every few samples saves the system
- * call (about 5 us for a timer, 14 us for a perf counter).  Weights stay exact:
- * each sample carries the CPU actually used since the previous one. */
-#define OTP_REDRAW 4
-static void
-arm_next(otp_slot *s)
+static inline uint64_t
+next_random(otp_slot *s)
 {
-    if (++s->redraw % OTP_REDRAW != 0)
-        return;
     uint64_t x = s->rng;
     x ^= x << 13;
     x ^= x >> 7;
     x ^= x << 17;
     s->rng = x;
+    return x;
+}
+
+/* Uniform in [mean/2, 3*mean/2). */
+static inline int64_t
+draw(otp_slot *s, int64_t mean)
+{
+    return mean / 2 + (int64_t)(next_random(s) % (uint64_t)(mean > 0 ? mean : 1));
+}
+
+/* After each recorded sample, the next one is drawn at random around the mean
+ * interval.  A fixed interval of CPU time locks onto a workload that repeats with
+ * the same period (a loop whose iteration costs 10 ms, sampled every 10 ms of CPU,
+ * is always caught at the same point); with random intervals the phase of every
+ * sample in such a cycle is uniform.  Weights stay exact: each sample carries the
+ * CPU actually used since the previous one.
+ *
+ * A POSIX timer is re-armed with the drawn interval.  A perf counter keeps a short
+ * base period (at most OTP_PERF_BASE_NS; measured: task-clock overflows 4-10 ms
+ * apart landed too often in code that switches threads at a high rate, e.g. a
+ * socket send handing the GIL over at every call -- 50 % of the samples for 36 % of
+ * the CPU -- while 1 ms apart they did not) and the handler records the first
+ * overflow after the drawn amount of CPU (`target`), returning at once for the
+ * others; each recorded sample also draws a new base period, so the overflows'
+ * own phase is random too. */
+#define OTP_PERF_BASE_NS 1000000LL
+static void
+arm_next(otp_slot *s)
+{
     int64_t iv = __atomic_load_n(&s->interval_ns, __ATOMIC_RELAXED);
-    int64_t next = iv / 2 + (int64_t)(x % (uint64_t)(iv > 0 ? iv : 1));
     if (s->source == OTP_SRC_PERF) {
-        uint64_t period = (uint64_t)next;
+        s->target = (uint64_t)draw(s, iv);
+        uint64_t period = (uint64_t)draw(s, iv < OTP_PERF_BASE_NS ? iv : OTP_PERF_BASE_NS);
         ioctl(s->perf_fd, PERF_EVENT_IOC_PERIOD, &period);
         return;
     }
+    int64_t next = draw(s, iv);
     struct itimerspec its;
     its.it_value.tv_sec = next / 1000000000LL;
     its.it_value.tv_nsec = next % 1000000000LL;
-    its.it_interval = its.it_value;  /* until the next draw */
+    its.it_interval = its.it_value;  /* if a signal is ever lost: periodic */
     timer_settime(s->timer, 0, &its, NULL);
 }
 
@@ -243,6 +262,10 @@ on_sigprof(int sig, siginfo_t *si, void *uctx)
     }
     struct timespec t0, t1, m;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+    if (by_fd && ts_ns(&t0) - s->last_cpu < s->target) {
+        add_relaxed(&s->handler_cpu_ns, 300);  /* an overflow before the drawn target: nothing to do */
+        goto leave;
+    }
     clock_gettime(CLOCK_MONOTONIC, &m);
     uint32_t omitted = 0, read_errors = 0;
     int n = otp_walk(s->tstate, &s->walk, s->frames, s->max_frames, &omitted, &read_errors);
@@ -534,6 +557,8 @@ handle_of(otp_slot *s, int idx)
 static int
 perf_open(pid_t tid, long long interval_ns, int exclude_kernel)
 {
+    if (interval_ns > OTP_PERF_BASE_NS)
+        interval_ns = OTP_PERF_BASE_NS;  /* the base period; the handler thins to the rate */
     struct perf_event_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.size = sizeof attr;
@@ -579,6 +604,7 @@ start_perf(otp_slot *s, int idx, pid_t tid, long long interval_ns)
     }
     s->source = OTP_SRC_PERF;
     s->perf_fd = fd;
+    s->target = (uint64_t)draw(s, interval_ns);
     __atomic_store_n(&s->state, SLOT_ACTIVE, __ATOMIC_SEQ_CST);
     __atomic_store_n(&fd_slot[fd], (int16_t)(idx + 1), __ATOMIC_RELEASE);
     /* with an async owner set, every overflow signals the thread (no ring buffer needed) */

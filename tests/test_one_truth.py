@@ -212,7 +212,10 @@ def test_every_figure_agrees_for_five_kinds_of_request(profiler_factory: Any, ot
             # and the CPU really is there (measured on the thread's clock, not inferred)
             assert pprof_cpu >= burnt_ms, (path, figures)
             if path == "/awaits":
-                assert pprof_cpu < 10 and pprof_wall >= 100, (path, figures)
+                # the loop's CPU samples: the task is rarely on the stack at a sample, and a
+                # sample that finds it carries the loop's CPU since the previous one (at most
+                # 1.5 intervals, 15 ms at 100 Hz) -- but the request's wall is its waiting
+                assert pprof_cpu < 20 and pprof_wall >= 100, (path, figures)
             if path == "/tiny":
                 assert "1000Hz" in entry["attributes"]["otelprof.rates"]  # the header boost
     finally:

@@ -22,9 +22,11 @@ ring buffer (see ``native/cpu_sampler.c``).  This module is the Python side:
   one interval) goes to the target's last stack, so totals match the clock.
 
 What interrupts the thread (``native/cpu_sampler.c``): a perf_event task-clock
-counter of the thread where perf events are allowed (exact: the kernel counts the
-thread's CPU time with a high-resolution timer while it runs), else a POSIX timer
-on the thread's CPU clock.  Linux checks those timers only at its scheduler tick
+counter of the thread where perf events are allowed (the kernel counts the
+thread's CPU time with a high-resolution timer while it runs; it overflows every
+millisecond of CPU or so, and the handler records the first overflow after a
+randomly drawn interval -- longer periods were measured to favour code that
+switches threads often), else a POSIX timer on the thread's CPU clock.  Linux checks those timers only at its scheduler tick
 (``CONFIG_HZ``, often 250 Hz): rates above that give fewer, heavier samples, and
 on a busy machine code that gives up the CPU very often (``time.sleep(0)``) is
 rarely the one running at a tick, so it gets fewer samples than its CPU share.
