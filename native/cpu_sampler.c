@@ -98,6 +98,7 @@ typedef struct {
     int64_t interval_ns;  /* the mean interval; each expiry is drawn around it */
     uint64_t rng;         /* xorshift state of the handler */
     uint64_t target;      /* perf: CPU after last_cpu at which to record the next sample */
+    unsigned redraws;     /* perf: samples recorded (a new base period every 4th) */
     uint64_t last_cpu;    /* written by the handler while active */
     uint64_t lost_cpu;    /* CPU of samples dropped since the last record (handler only) */
     /* ring: head written by the handler, tail by the drain */
@@ -160,8 +161,8 @@ draw(otp_slot *s, int64_t mean)
  * socket send handing the GIL over at every call -- 50 % of the samples for 36 % of
  * the CPU -- while 1 ms apart they did not) and the handler records the first
  * overflow after the drawn amount of CPU (`target`), returning at once for the
- * others; each recorded sample also draws a new base period, so the overflows'
- * own phase is random too. */
+ * others; every 4th recorded sample also draws a new base period, so the
+ * overflows' own phase is random too. */
 #define OTP_PERF_BASE_NS 1000000LL
 static void
 arm_next(otp_slot *s)
@@ -169,8 +170,10 @@ arm_next(otp_slot *s)
     int64_t iv = __atomic_load_n(&s->interval_ns, __ATOMIC_RELAXED);
     if (s->source == OTP_SRC_PERF) {
         s->target = (uint64_t)draw(s, iv);
-        uint64_t period = (uint64_t)draw(s, iv < OTP_PERF_BASE_NS ? iv : OTP_PERF_BASE_NS);
-        ioctl(s->perf_fd, PERF_EVENT_IOC_PERIOD, &period);
+        if (++s->redraws % 4 == 0) {  /* the system call costs ~14 us: every 4th sample */
+            uint64_t period = (uint64_t)draw(s, iv < OTP_PERF_BASE_NS ? iv : OTP_PERF_BASE_NS);
+            ioctl(s->perf_fd, PERF_EVENT_IOC_PERIOD, &period);
+        }
         return;
     }
     int64_t next = draw(s, iv);
