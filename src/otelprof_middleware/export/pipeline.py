@@ -322,7 +322,7 @@ class ExportPipeline(QueueWorker):
         parts += [f"{name}: {q:,} queued, {f:,} in flight" for name, (q, f) in lost.items() if q or f]
         if parts:
             total = not_built + sum(q + f for q, f in lost.values())
-            within = f" within {timeout:g} s" if timeout is not None else ""
+            within = f" within {round(timeout, 1):g} s" if timeout is not None else ""
             self._log_once("shutdown", "otelprof: shutdown: %s profile(s) not delivered%s are dropped (counted as "
                            "dropped.shutdown): %s", f"{total:,}", within, "; ".join(parts))
 
