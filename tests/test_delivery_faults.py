@@ -506,6 +506,44 @@ def test_recovery_starts_within_two_seconds_of_the_collector_answering_again(pro
         rx.stop()
 
 
+def test_grpc_recovery_starts_within_two_seconds_of_the_collector_answering_again(profiler_factory):
+    pytest.importorskip("grpc")
+    from helpers.grpc_receiver import GRPCReceiver
+
+    port = dead_port()
+    profiler = profiler_factory(exporter="otlp", protocol="grpc", endpoint=f"http://127.0.0.1:{port}", min_samples=0,
+                                retry_initial_backoff=15, retry_max_backoff=30, retry_timeout=120, batch_size=10,
+                                batch_timeout=0.05)
+    for i in range(5):
+        profiler.finish_session(start(profiler, f"job{i}", "kept"))
+    wait_until(lambda: profiler.stats()["exporters"]["otlp"]["requests"] >= 1)
+    time.sleep(3)  # long enough for grpcio's own reconnect backoff to grow
+    rx = GRPCReceiver(port=port).start()
+    back = time.monotonic()
+    try:
+        assert rx.wait_for(1, timeout=30)
+        assert rx.requests[0].received_at - back < 5.0  # the backoff was >= 7.5 s; probes run every second
+        assert profiler.force_flush(10)
+        assert profiler.stats()["exporters"]["otlp"]["exported"] == 5
+    finally:
+        rx.stop()
+
+
+def test_pyroscope_throttling_with_retry_after_then_delivery(profiler_factory):
+    with PyroscopeReceiver(push_statuses=[429, 429], retry_after="0.3") as rx:
+        profiler = profiler_factory(exporter="pyroscope", pyroscope_endpoint=rx.url, min_samples=0, batch_size=3,
+                                    batch_timeout=0.05, retry_timeout=30)
+        for i in range(3):
+            profiler.finish_session(start(profiler, f"job{i}", "kept"))
+        assert profiler.force_flush(20)
+        pushes = [r for r in rx.requests if r.path == "/push.v1.PusherService/Push"]
+        assert [r.status for r in pushes] == [429, 429, 200]
+        assert all(b.received_at - a.received_at >= 0.29 for a, b in zip(pushes, pushes[1:]))  # Retry-After: 0.3
+        st = profiler.stats()
+        assert st["exporters"]["pyroscope"]["exported"] == 3 and st["dropped_total"] == 0
+        identities(st)
+
+
 def test_the_backlog_drains_oldest_kept_for_a_reason_first():
     now = [0.0]
     backend = FlakyBackend(RetryPolicy(retry_timeout=600, initial_backoff=20, max_backoff=30))

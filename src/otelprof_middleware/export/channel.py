@@ -107,6 +107,7 @@ class ExportChannel(QueueWorker):
         self._limiter = ByteRateLimiter(self.max_upload_rate, clock=self._clock) if self.max_upload_rate > 0 else None
         self._outage: Optional[_Outage] = None
         self._drain: Optional[_Drain] = None
+        self._just_back = False  # the last retry wait ended because a probe connected
 
     # ------------------------------------------------------------ producer side
     def offer(self, profile: Profile, size: int) -> bool:
@@ -343,7 +344,7 @@ class ExportChannel(QueueWorker):
         now = self._clock()
         drained: Optional[_Drain] = None
         with self._cond:
-            if self._outage is None:
+            if self._outage is None and attempt.retryable:  # (a final answer such as 400 is no outage)
                 self._outage = _Outage(now, attempt.cause)
             if self._drain is not None:  # failing again before the backlog was sent
                 drained, self._drain = self._drain, None
@@ -371,8 +372,15 @@ class ExportChannel(QueueWorker):
         """Wait ``delay`` before a retry; None when cut short by shutdown.  A backend
         that refuses connections is probed every ``probe_interval``: the wait ends
         (returning the time waited) as soon as a probe connects."""
-        if failed.retry_after is not None or self.exporter.probe(min(self.probe_interval, delay)) is not False:
-            # the server said when, or it accepts connections (it answers, but fails): the whole wait
+        answered = failed.retry_after is not None or failed.status.startswith("HTTP ")
+        just_back, self._just_back = self._just_back, False
+        if not answered and just_back:
+            # the retry a probe let through failed before reaching the backend (a client
+            # whose connection state lags, e.g. gRPC's channel): try again one step later
+            step = min(self.probe_interval, delay)
+            return step if self._sleep(step) else None
+        if answered or self.exporter.probe(min(self.probe_interval, delay)) is not False:
+            # the server answered (and may have said when), or it accepts connections: the whole wait
             return delay if self._sleep(delay) else None
         waited = 0.0
         while waited < delay:
@@ -382,6 +390,7 @@ class ExportChannel(QueueWorker):
             waited += step
             t0 = self._clock()
             if waited < delay and self.exporter.probe(min(self.probe_interval, delay - waited)):
+                self._just_back = True
                 return waited + max(0.0, self._clock() - t0)
             waited += max(0.0, self._clock() - t0)
         return waited

@@ -12,7 +12,9 @@ before the retry.  The request body is the one OTLP/HTTP sends (:mod:`._otlp`).
 Each call carries the attempt's whole time as its gRPC deadline (which bounds
 connecting, sending and the answer together), answers larger than 4 MiB are
 refused by the channel (``grpc.max_receive_message_length``), and
-:meth:`~OTLPGRPCExporter.interrupt` (shutdown) cancels the call in flight."""
+:meth:`~OTLPGRPCExporter.interrupt` (shutdown) cancels the call in flight.  The
+channel reconnects at most a second apart, so a collector that is back is used at
+once (grpcio's default reconnect backoff grows to two minutes)."""
 
 from __future__ import annotations
 
@@ -122,7 +124,13 @@ class OTLPGRPCExporter(NetworkExporter):
         if self._call is None:
             options = [("grpc.max_send_message_length", max(self.max_request_bytes * 2, 4 * 1024 * 1024)),
                        ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
-                       ("grpc.enable_retries", 0)]
+                       ("grpc.enable_retries", 0),
+                       # the channel's own reconnect backoff (up to 120 s by default) would
+                       # fail calls fast long after the collector is back; the exporter paces
+                       # its retries itself (backoff, probes)
+                       ("grpc.initial_reconnect_backoff_ms", 250),
+                       ("grpc.min_reconnect_backoff_ms", 250),
+                       ("grpc.max_reconnect_backoff_ms", 1000)]
             if self.tls:
                 root = None
                 if self.certificate:
