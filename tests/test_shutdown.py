@@ -197,6 +197,7 @@ app = ProfilingMiddleware(inner)
 '''
 
 SHUTDOWN_TIMEOUT = 3.0
+BATCH_SIZE = 5
 #: after the profiler's shutdown, the server's own exit: gunicorn's arbiter reaps its
 #: worker every 0.1 s, then both interpreters tear down (0.3-0.7 s on a quiet 2-core
 #: machine, up to 1.8 s seen with other test suites running)
@@ -210,7 +211,7 @@ def _sigterm_with_a_lagging_collector(tmp_path: Any, argv: list[str], source: st
     stats_file = tmp_path / "final-stats.json"
     env = {"OTELPROF_EXPORTER": "otlp", "OTELPROF_ENDPOINT": rx.url, "OTELPROF_PROBABILITY": "1",
            "OTELPROF_MIN_SAMPLES": "0", "OTELPROF_MAX_PROFILES_PER_MINUTE": "100000",
-           "OTELPROF_EXCLUDED_URLS": "/ready", "OTELPROF_BATCH_SIZE": "5", "OTELPROF_BATCH_TIMEOUT": "0.05",
+           "OTELPROF_EXCLUDED_URLS": "/ready", "OTELPROF_BATCH_SIZE": str(BATCH_SIZE), "OTELPROF_BATCH_TIMEOUT": "0.05",
            "OTELPROF_EXPORT_TIMEOUT": "60", "OTELPROF_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
            "STATS_FILE": str(stats_file)}
     server = start_server(argv, cwd=tmp_path, env=env)
@@ -244,9 +245,12 @@ def _check_everything_left_is_counted(st: dict, output: str, rx: OTLPReceiver, t
     left = otlp["dropped"].get("shutdown", 0) + st["dropped"].get("shutdown", 0)
     assert st["profiles_started"] == st["profiles_collected"] + st["dropped"].get("shutdown", 0), st
     assert st["profiles_collected"] == otlp["exported"] + otlp["dropped"].get("shutdown", 0), st
-    # what we counted as exported is exactly what the collector acknowledged
+    # what we counted as exported is what the collector acknowledged -- but for the batch
+    # in flight at the deadline: its answer may have been on its way as the attempt was
+    # cut (it counts as shutdown: not confirmed in time)
     acked = rx.acked_ids()
-    assert otlp["exported"] == len(acked) == len(set(acked)), (otlp, len(acked))
+    assert len(acked) == len(set(acked)), acked
+    assert otlp["exported"] <= len(acked) <= otlp["exported"] + BATCH_SIZE, (otlp, len(acked))
     # and the log says the same number
     (line,) = SHUTDOWN_LINE.findall(output)
     assert int(line.replace(",", "")) == left > 0, output

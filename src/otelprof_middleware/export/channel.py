@@ -220,16 +220,15 @@ class ExportChannel(QueueWorker):
             finally:
                 drained: Optional[_Drain] = None
                 with self._cond:
-                    if self._drain is not None and not self._queue:
-                        drained, self._drain = self._drain, None
-                if drained is not None:  # logged before a flush waiting for this batch returns
-                    self._log_recovered(drained)
-                with self._cond:
                     if self._current is token:
                         self._current = None
                         self._flight = {}
                         self._in_flight = 0
+                    if self._drain is not None and not self._queue:
+                        drained, self._drain = self._drain, None
                     self._cond.notify_all()
+                if drained is not None:
+                    self._log_recovered(drained)
                 cpu.tick()
 
     def _settle(self, token: object, profiles: list[Profile], result: ExportResult) -> bool:
