@@ -36,15 +36,17 @@ def make_policy(profiler_factory: Any, clock: Optional[FakeClock] = None, cpu: A
     p = profiler_factory(**options)
     policy = Policy(p, clock=clock or FakeClock(), rng=random.Random(seed), cpu_monitor=cpu,
                     governor_sources=gov, start_threads=False)
-    p._policy = policy
+    p.policy = policy  # the public seam: the profiler's policy, replaced before any middleware uses it
     return policy
 
 
 def req(path: str = "/x", route: Optional[str] = None, headers: Optional[dict[str, str]] = None,
-        link: Optional[SpanLink] = None, url: str = "") -> RequestInfo:
+        link: Optional[SpanLink] = None, url: str = "", template: Optional[str] = None) -> RequestInfo:
+    """A request; ``route`` is a template known at entry, ``template`` one the
+    framework's router answers when asked (as the integrations do while a route is armed)."""
     h = {k.lower(): v for k, v in (headers or {}).items()}
     return RequestInfo(method="GET", path=path, url=url or ("http://127.0.0.1" + path), route=route,
-                       header=h.get, link=link)
+                       header=h.get, link=link, route_resolver=(lambda: template) if template else None)
 
 
 def trace(tid: int, sampled: bool = True) -> SpanLink:
@@ -107,7 +109,7 @@ def test_excluded_urls_never_profiled(profiler_factory: Any) -> None:
     pol = make_policy(profiler_factory, probability=1.0, excluded_urls="/healthz,^http://[^/]+/metrics",
                       should_profile=lambda info: calls.append(info.path) or True)
     pol.enable_window(60)
-    pol.arming.arm("/healthz", "slow", 60, 1.0, pol.clock())
+    pol.arming.arm_path("/healthz", "slow", 60, 1.0, pol.clock())
     for path in ("/healthz", "/api/healthz/deep", "/metrics"):
         d = pol.decide(req(path, headers={"X-Enable-Profiling": "1"}))
         assert not d.profile and d.declined == "excluded"
@@ -177,7 +179,8 @@ def test_on_demand_window_route_and_probability(profiler_factory: Any) -> None:
     assert pol.decide(req("/items/42", route="/items/{item_id}")).profile
     assert not pol.decide(req("/items/42/children")).profile
     assert not pol.decide(req("/other")).profile
-    pol.windows._windows.clear()
+    for w in pol.windows.open_windows():
+        w.close()
     pol.profiler.enable_window(10, probability=0.2, route="/p")
     n = sum(pol.decide(req("/p")).profile for _ in range(2000))
     assert 300 < n < 500
@@ -207,21 +210,59 @@ def test_route_patterns() -> None:
 def test_route_arming_arms_and_disarms_after_duration(profiler_factory: Any) -> None:
     clock = FakeClock()
     pol = make_policy(profiler_factory, clock, max_profiles_per_minute=1000, error_sample_rate=1.0)
-    pol.arming.arm("/slow/{n}", "slow", 10.0, 1.0, clock.t)
-    assert pol.decide(req("/slow/3")).triggers == ("slow",)
+    pol.arming.arm_route("/slow/{n}", "slow", 10.0, 1.0, clock.t)
+    # the template of a request comes from the framework: known at entry, or asked for
+    assert pol.decide(req("/slow/3", template="/slow/{n}")).triggers == ("slow",)
     assert pol.decide(req("/slow/3", route="/slow/{n}")).triggers == ("slow",)
-    assert not pol.decide(req("/fast")).profile
+    assert not pol.decide(req("/fast", template="/fast")).profile
+    assert not pol.decide(req("/slow/3")).profile  # no template: only literal paths can match
     clock.advance(9.99)
-    assert pol.decide(req("/slow/4")).profile
+    assert pol.decide(req("/slow/4", template="/slow/{n}")).profile
     clock.advance(0.02)
-    assert not pol.decide(req("/slow/4")).profile
+    assert not pol.decide(req("/slow/4", template="/slow/{n}")).profile
     assert len(pol.arming) == 0  # expired entries dropped
+
+
+def test_literal_path_arming_is_literal(profiler_factory: Any) -> None:
+    """Security review M3: a path armed without a template is matched as text, after
+    normalisation; braces and angle brackets in it are not placeholders."""
+    clock = FakeClock()
+    pol = make_policy(profiler_factory, clock, max_profiles_per_minute=1000)
+    pol.arming.arm_path("/<path:x>", "slow", 10.0, 1.0, clock.t)
+    pol.arming.arm_path("/{a}", "slow", 10.0, 1.0, clock.t)
+    pol.arming.arm_path("//reports/./daily/", "slow", 10.0, 1.0, clock.t)
+    for path in ("/admin/users", "/checkout/42", "/anything/else", "/x"):
+        assert not pol.decide(req(path)).profile, path
+    assert pol.decide(req("/<path:x>")).triggers == ("slow",)
+    assert pol.decide(req("/{a}")).triggers == ("slow",)
+    assert pol.decide(req("/reports/daily")).triggers == ("slow",)
+    assert pol.decide(req("/reports//daily/")).triggers == ("slow",)
+    assert not pol.decide(req("/reports/daily/x")).profile
+
+
+def test_route_template_resolved_only_while_a_template_is_armed(profiler_factory: Any) -> None:
+    clock = FakeClock()
+    pol = make_policy(profiler_factory, clock, max_profiles_per_minute=1000)
+    asked: list[str] = []
+
+    def routed(path: str) -> RequestInfo:
+        return RequestInfo(method="GET", path=path, route_resolver=lambda: asked.append(path) or "/items/{id}")
+
+    assert not pol.decide(routed("/items/1")).profile
+    pol.arming.arm_path("/other", "error", 10.0, 1.0, clock.t)
+    assert not pol.decide(routed("/items/2")).profile
+    assert asked == []  # nothing armed by template: the router is never asked
+    for i in range(300):  # many armed templates: still one dict lookup per request
+        pol.arming.arm_route(f"/r{i}/{{id}}", "slow", 10.0, 1.0, clock.t)
+    pol.arming.arm_route("/items/{id}", "slow", 10.0, 1.0, clock.t)
+    assert pol.decide(routed("/items/3")).triggers == ("slow",)
+    assert asked == ["/items/3"]  # asked once
 
 
 def test_error_arming_uses_error_sample_rate(profiler_factory: Any) -> None:
     clock = FakeClock()
     pol = make_policy(profiler_factory, clock, max_profiles_per_minute=100000)
-    pol.arming.arm("/e", "error", 10.0, 0.5, clock.t)
+    pol.arming.arm_path("/e", "error", 10.0, 0.5, clock.t)
     n = sum(pol.decide(req("/e")).profile for _ in range(2000))
     assert 880 < n < 1120
 
@@ -229,10 +270,13 @@ def test_error_arming_uses_error_sample_rate(profiler_factory: Any) -> None:
 def test_route_arming_is_bounded() -> None:
     arming = RouteArming(max_routes=4)
     for i in range(10):
-        arming.arm(f"/r{i}", "slow", 10.0 + i, 1.0, 0.0)
+        arming.arm_route(f"/r{i}", "slow", 10.0 + i, 1.0, 0.0)
     assert len(arming) == 4
     assert {r for (_, r) in arming.armed(0.0)} == {"/r6", "/r7", "/r8", "/r9"}
-    assert not arming.arm("", "slow", 10, 1.0, 0.0) and not arming.arm("/x", "slow", 0, 1.0, 0.0)
+    arming.arm_path("/p", "error", 100.0, 1.0, 0.0)  # paths and templates share the bound
+    assert len(arming) == 4 and ("error", "/p") in arming.armed(0.0)
+    assert not arming.arm_route("", "slow", 10, 1.0, 0.0) and not arming.arm_route("/x", "slow", 0, 1.0, 0.0)
+    assert not arming.arm_path("", "slow", 10, 1.0, 0.0)
 
 
 # ----------------------------------------------------------------------------- high CPU
@@ -333,7 +377,7 @@ def test_trigger_sub_limits(profiler_factory: Any) -> None:
     pol.enable_window(10)
     ds = [pol.decide(req()) for _ in range(10)]
     assert [d.triggers for d in ds if d.profile] == [("on_demand",), ("on_demand",)]
-    pol.arming.arm("/x", "slow", 10, 1.0, clock.t)  # slow has no sub-limit
+    pol.arming.arm_path("/x", "slow", 10, 1.0, clock.t)  # slow has no sub-limit
     assert pol.decide(req("/x")).triggers == ("slow",)
 
 
@@ -421,6 +465,6 @@ def test_governor_off_at_budget_one(profiler_factory: Any) -> None:
 
 def test_policy_state_snapshot(profiler_factory: Any) -> None:
     pol = make_policy(profiler_factory)
-    pol.arming.arm("/a", "error", 5, 0.5, pol.clock())
+    pol.arming.arm_route("/a", "error", 5, 0.5, pol.clock())
     st = pol.state()
     assert st["armed_routes"] == {"error:/a": 5.0} and st["governor_level"] == 0
