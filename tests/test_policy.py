@@ -4,7 +4,11 @@ windows, route arming, high CPU, sub-limits, budgets and the overhead governor."
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import sys
+import threading
 from typing import Any, Optional
 
 import pytest
@@ -468,3 +472,110 @@ def test_policy_state_snapshot(profiler_factory: Any) -> None:
     pol.arming.arm_route("/a", "error", 5, 0.5, pol.clock())
     st = pol.state()
     assert st["armed_routes"] == {"error:/a": 5.0} and st["governor_level"] == 0
+
+
+# ----------------------------------------------------------------------------- security review L1, L12, L13
+
+def test_concurrency_cap_holds_under_simultaneous_starts(profiler_factory: Any) -> None:
+    """L1: requests deciding at the same moment never overshoot max_concurrent_profiles
+    (the slot is checked and taken in one step)."""
+    from otelprof_middleware.integrations.lifecycle import RequestProfiling
+
+    pol = make_policy(profiler_factory, probability=1.0, max_concurrent_profiles=2,
+                      max_profiles_per_minute=100000, slow_promotion=False, slow_route_arming=False,
+                      error_profile_duration=0)
+    rp = RequestProfiling(pol.profiler)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible
+    try:
+        for _trial in range(5):
+            barrier = threading.Barrier(24)
+            handles: list[Any] = []
+            lock = threading.Lock()
+
+            def request() -> None:
+                barrier.wait()
+                h = rp.begin(req())
+                with lock:
+                    handles.append(h)
+
+            threads = [threading.Thread(target=request) for _ in range(24)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert len(handles) == 24
+            assert sum(h.profiled for h in handles) == 2
+            assert pol.profiler.active_sessions == 2
+            for h in handles:
+                h.finish()
+            assert pol.profiler.active_sessions == 0
+    finally:
+        sys.setswitchinterval(switch)
+    assert pol.profiler.stats()["declined"]["concurrency"] == 5 * 22
+
+
+def test_header_value_with_a_lone_surrogate_never_raises(profiler_factory: Any) -> None:
+    """L12: with header_secret set, any header value is compared safely; the request
+    still goes through every other trigger."""
+    pol = make_policy(profiler_factory, probability=1.0, header_secret="s3cret", max_profiles_per_minute=1000)
+    d = pol.decide(req(headers={"X-Enable-Profiling": "s3cret\udcff"}))
+    assert d.profile and d.triggers == ("probability",)
+    assert pol.decide(req(headers={"X-Enable-Profiling": "\ud800"})).triggers == ("probability",)
+    assert pol.decide(req(headers={"X-Enable-Profiling": "s3cret"})).triggers == ("header", "probability")
+    assert pol.profiler.stats()["dropped"].get("error", 0) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_policy_state_is_fresh_after_fork(profiler_factory: Any) -> None:
+    """L13: in a child process the policy's locks, budgets, slots and recordings are
+    its own: a lock another thread held at fork time, a slot a parent's profile holds
+    and the parent's recordings do not carry over."""
+    from otelprof_middleware.integrations.lifecycle import RequestProfiling
+
+    pol = make_policy(profiler_factory, probability=1.0, max_concurrent_profiles=1, max_profiles_per_minute=1000,
+                      tail_sampling_hz=10)
+    rp = RequestProfiling(pol.profiler)
+    parent_request = rp.begin(req("/parent"))
+    recording = rp.begin(req("/recorded"))
+    assert parent_request.profiled and recording.recording  # the only slot is taken; one recording runs
+    held, release = threading.Event(), threading.Event()
+    stop = threading.Event()
+
+    def hold_the_lock() -> None:
+        with pol.late.lock:
+            held.set()
+            release.wait(30)
+
+    def busy() -> None:  # another thread deciding all the time (limiter, slot and arming locks)
+        while not stop.is_set():
+            rp.begin(req("/busy")).finish()
+
+    threads = [threading.Thread(target=hold_the_lock), threading.Thread(target=busy)]
+    for t in threads:
+        t.start()
+    assert held.wait(10)
+    try:
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:  # the child: exit 0 when everything works, and fast (no deadlock)
+                signal.alarm(10)
+                code = 1
+                try:
+                    with pol.late.lock:
+                        pass
+                    h = rp.begin(req("/child"))
+                    ok = h.profiled and len(pol.late.recording) == 0 and pol.entry.slots.available() is False
+                    h.finish()
+                    code = 0 if ok and pol.entry.slots.available() else 2
+                finally:
+                    os._exit(code)
+            _pid, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        stop.set()
+        for t in threads:
+            t.join(10)
+        parent_request.finish()
+        recording.finish()

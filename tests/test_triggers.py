@@ -377,7 +377,7 @@ def test_cpu_trigger_fires_under_real_burn_and_cools_down(profiler_factory: Any)
                          cpu_threshold=min(0.9, 0.2 / available_cores()), cpu_profile_duration=0.5,
                          cpu_cooldown=600, max_overhead=1.0)
     policy = Policy(p, cpu_monitor=mon, start_threads=False)
-    p._policy = policy
+    p.policy = policy
     mon.ensure_running()
     # idle (this test only sleeps): readings stay low, nothing fires
     assert wait_until(lambda: mon.readings >= 6, 10)

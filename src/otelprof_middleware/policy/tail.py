@@ -118,7 +118,7 @@ class LateTriggers:
         request.tail_t0 = self.clock()
         if self.promotes:
             request.tail_state = _REGISTERED
-            self._inflight[id(request)] = weakref.ref(request)  # Watchdog.register, inlined
+            self._inflight[weakref.ref(request)] = True  # Watchdog.register, inlined
             if not self.watchdog.running:
                 self.watchdog.start()
 
@@ -140,7 +140,7 @@ class LateTriggers:
         proceed = True
         state = request.tail_state
         if state:
-            if state == _REGISTERED and self._inflight.pop(id(request), None) is not None:
+            if state == _REGISTERED and self._inflight.pop(weakref.ref(request), None) is not None:
                 request.tail_state = _DONE  # still ours (Watchdog.unregister, inlined)
             else:  # claimed by the watchdog: hand over under the lock
                 with self.lock:

@@ -2,7 +2,7 @@
 hands each one, once, to a callback (in-flight slow promotion).
 
 Every request that may be promoted is registered at entry with one dict insert
-(``id(ticket) -> weak reference``) and removed at the end with one ``dict.pop``;
+(keyed by a weak reference to it) and removed at the end with one ``dict.pop``;
 both are atomic in CPython, so the request path takes no lock.  The watchdog
 *claims* a request by popping it; what happens next (the hand-over with the
 request, should it end at that very moment) is the callback's business
@@ -50,9 +50,11 @@ class Watchdog:
         self.autostart = autostart
         self.min_sleep = min_sleep
         self.max_sleep = max_sleep
-        #: the registry: ``id(ticket) -> weak reference``; the request side inserts and
-        #: pops (:meth:`register`, :meth:`unregister`, or directly: both are atomic)
-        self.inflight: dict[int, "weakref.ref[Any]"] = {}
+        #: the registry: ``weakref.ref(ticket) -> True``; the request side inserts and pops
+        #: (:meth:`register`, :meth:`unregister`, or directly: both are atomic).  Keyed by
+        #: the weak reference, so a request freed without an end stays visible as one
+        #: (a new request at the same address gets a different key)
+        self.inflight: dict["weakref.ref[Any]", bool] = {}
         self._promoted: dict[int, Any] = {}
         self._thread: Optional[threading.Thread] = None
         #: True once the thread was started (False again in a child after ``fork``)
@@ -71,13 +73,13 @@ class Watchdog:
 
     # ------------------------------------------------------------ request side (hot path)
     def register(self, ticket: Any) -> None:
-        self.inflight[id(ticket)] = weakref.ref(ticket)
+        self.inflight[weakref.ref(ticket)] = True
         if self._thread is None:
             self.start()
 
     def unregister(self, ticket: Any) -> bool:
         """True if the request was still ours; False if the watchdog claimed it."""
-        return self.inflight.pop(id(ticket), None) is not None
+        return self.inflight.pop(weakref.ref(ticket), None) is not None
 
     # ------------------------------------------------------------ watchdog side
     def scan(self, now: Optional[float] = None) -> float:
@@ -93,10 +95,7 @@ class Watchdog:
         threshold = self.threshold
         inflight = self.inflight
         for key in list(inflight):
-            ref = inflight.get(key)
-            if ref is None:
-                continue
-            ticket = ref()
+            ticket = key()
             if ticket is None:  # dropped by its integration without an end
                 if inflight.pop(key, None) is not None:
                     self.abandoned += 1
@@ -111,7 +110,7 @@ class Watchdog:
             if inflight.pop(key, None) is None:
                 continue  # finished meanwhile
             if on_due(ticket, now):
-                self._promoted[key] = ticket
+                self._promoted[id(ticket)] = ticket
         for key, ticket in list(self._promoted.items()):
             if on_check(ticket):
                 del self._promoted[key]
