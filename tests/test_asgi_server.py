@@ -474,3 +474,5 @@ def test_example_app_demo_script_runs(tmp_path: Any) -> None:
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "profile(s) in" in out.stdout and "flat%" in out.stdout and "count_primes" in out.stdout
+    # the 500 without X-Profile-Id is found by its trace id, with its status
+    assert "GET /error had no X-Profile-Id" in out.stdout and "(status 500)" in out.stdout, out.stdout
