@@ -13,9 +13,12 @@ from opentelemetry import trace as _trace
 
 from .profile import SpanLink
 
-__all__ = ["current_link", "current_span", "parse_traceparent", "set_span_attributes"]
+__all__ = ["current_link", "current_span", "link_from_span", "parse_traceparent", "trace_of_traceparent",
+           "set_span_attributes"]
 
 _TRACEPARENT = re.compile(r"^\s*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\s*$")
+_HEX = "0123456789abcdefABCDEF"
+_NO_SPAN_ID = "0" * 16
 _TRACEPARENT_MAX = 512  # later versions may append fields; nothing legitimate is this long
 
 
@@ -66,6 +69,23 @@ def parse_traceparent(value: Optional[str]) -> Optional[SpanLink]:
     if not trace_id or not span_id:
         return None
     return SpanLink(trace_id, span_id, sampled=bool(int(m.group(4), 16) & 1), source="traceparent")
+
+
+def trace_of_traceparent(value: str) -> Optional[tuple[int, bool]]:
+    """``(trace id, sampled)`` of a ``traceparent`` header, or None when it is not
+    valid: what an entry decision needs, without building a link.  The canonical
+    version-00 shape is checked with string operations (no regular expression: this
+    runs for every request); any other shape gets the full rules."""
+    if len(value) == 55 and value[:3] == "00-" and value[35] == "-" and value[52] == "-":
+        trace_hex, span_hex, flags = value[3:35], value[36:52], value[53:]
+        if (trace_hex + span_hex + flags).strip(_HEX):  # something that is not hex
+            return None
+        trace_id = int(trace_hex, 16)
+        if not trace_id or span_hex == _NO_SPAN_ID:
+            return None
+        return trace_id, bool(int(flags, 16) & 1)
+    link = parse_traceparent(value)
+    return (link.trace_id, link.sampled) if link is not None else None
 
 
 def set_span_attributes(span: Any, attributes: dict[str, Any]) -> None:

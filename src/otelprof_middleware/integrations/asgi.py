@@ -66,6 +66,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _TRACEPARENT = b"traceparent"
 _get_ident = threading.get_ident
+_asyncio_current_task = asyncio.current_task
 
 
 class ProfilingMiddleware:
@@ -113,10 +114,10 @@ class ProfilingMiddleware:
                 elif name == _TRACEPARENT:
                     traceparent = raw
             tp = traceparent.decode("latin-1") if traceparent else None
-            verdict, span, link = rp.screen(value.decode("latin-1") if value is not None else None, tp)
+            verdict, span = rp.screen(value.decode("latin-1") if value is not None else None, tp)
             if verdict:
                 handle = self._request_class(rp, scope, send)
-                if not handle.open(verdict, span, link, tp):
+                if not handle.open(verdict, span, tp):
                     handle = None
         except Exception:
             rp.report_failure("asgi-begin", "otelprof: could not read the ASGI request; it runs unprofiled")
@@ -160,7 +161,10 @@ class ASGIRequest(RequestHandle):
         self.scope = scope
         self._send = send
         self.thread_id = _get_ident()
-        self.task = _current_task()
+        try:
+            self.task = _asyncio_current_task()
+        except RuntimeError:  # not running on asyncio
+            pass
 
     def describe(self) -> RequestInfo:
         scope = self.scope

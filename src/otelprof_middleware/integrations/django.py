@@ -98,8 +98,13 @@ class DjangoRequest(RequestHandle):
 
     def __init__(self, rp: RequestProfiling, request: Any) -> None:
         self.rp = rp
-        self.request = request
+        self.source = request
         self.thread_id = threading.get_ident()
+
+    @property
+    def request(self) -> Any:
+        """The Django request (None once the request ended)."""
+        return self.source
 
     def describe(self) -> RequestInfo:
         request = self.request
@@ -195,11 +200,11 @@ class ProfilingMiddleware:
         try:
             meta = request.META
             traceparent = meta.get("HTTP_TRACEPARENT")
-            verdict, span, link = rp.screen(meta.get(self._header_key), traceparent)
+            verdict, span = rp.screen(meta.get(self._header_key), traceparent)
             if not verdict:
                 return None
             handle = self.request_class(rp, request)
-            if not handle.open(verdict, span, link, traceparent):
+            if not handle.open(verdict, span, traceparent):
                 return None
             setattr(request, _REQUEST_ATTR, handle)
             return handle

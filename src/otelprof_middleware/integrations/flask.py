@@ -131,21 +131,15 @@ class _AppState:
         if app.wsgi_app is self.middleware:
             app.wsgi_app = self.original_wsgi_app
         else:
-            ok = False  # someone wrapped it after us; leave a pass-through
-            self.middleware.disabled = True
+            ok = False  # someone wrapped it after us: leave a pass-through (a profiler that is off)
+            self.middleware.request_profiling = RequestProfiling(Profiler(enabled=False, exporter="none"))
         return ok
 
 
 class _FlaskMiddleware(ProfilingMiddleware):
-    """The WSGI middleware with Flask's request description, and an off switch."""
+    """The WSGI middleware with Flask's request description."""
 
     request_class = FlaskRequest
 
     def __init__(self, wsgi_app: Any, rp: RequestProfiling, app: Any) -> None:
         super().__init__(wsgi_app, request_profiling=rp, route_of=url_rule_of(app))
-        self.disabled = False
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        if self.disabled:
-            return self.app(environ, start_response)
-        return super().__call__(environ, start_response)

@@ -6,10 +6,10 @@ Adapters use the fast entry; a custom adapter (or a test) may use the generic on
 
     # fast entry (the project's adapters): nothing is allocated for a request that
     # is neither profiled nor watched
-    verdict, span, link = rp.screen(header_value, traceparent)
+    verdict, span = rp.screen(header_value, traceparent)
     if verdict:                                           # Screen.SKIP is 0
         handle = MyRequest(rp, ...)                       # a RequestHandle subclass
-        if handle.open(verdict, span, link, traceparent): # False: neither profiled nor watched
+        if handle.open(verdict, span, traceparent):       # False: neither profiled nor watched
             ...
 
     # generic entry
@@ -44,7 +44,7 @@ from ..policy import Decision, Policy, RequestInfo, Screen, TailState, TailTicke
 from ..profile import SpanLink
 from ..profiler import Profiler, activate_session, deactivate_session, get_profiler
 from ..session import Session, session_summary
-from ..tracecontext import link_from_span, parse_traceparent, set_span_attributes
+from ..tracecontext import link_from_span, parse_traceparent, set_span_attributes, trace_of_traceparent
 from . import threads
 from ._http import headers_to_add
 
@@ -109,35 +109,31 @@ class RequestProfiling:
         self.profiler.report_failure(key, message)
 
     # ------------------------------------------------------------ entry
-    def screen(self, header_value: Optional[str], traceparent: Optional[str]
-               ) -> tuple[Screen, Any, Optional[SpanLink]]:
+    def screen(self, header_value: Optional[str], traceparent: Optional[str]) -> tuple[Screen, Any]:
         """The cheap first answer for a request (``Screen.SKIP`` is falsy), with the
-        current span and the parsed ``traceparent`` (when they were read) for
-        :meth:`RequestHandle.open`.  Allocates nothing for most requests."""
+        current span (when there is one) for :meth:`RequestHandle.open`.  Allocates
+        nothing for most requests."""
         entry = self.profiler.policy.entry
         span: Any = _get_current_span()
         if span is _INVALID_SPAN:
             span = None
-        link: Optional[SpanLink] = None
-        trace_id, sampled = _NO_TRACE
+        trace = _NO_TRACE
         if entry.needs_trace:
             ctx = span.get_span_context() if span is not None else None
             if ctx is not None and ctx.is_valid:
-                trace_id, sampled = ctx.trace_id, bool(ctx.trace_flags & 0x01)
+                trace = ctx.trace_id, bool(ctx.trace_flags & 0x01)
             elif traceparent:
-                link = parse_traceparent(traceparent)
-                if link is not None:
-                    trace_id, sampled = link.trace_id, link.sampled
-        return entry.screen(header_value, trace_id, sampled), span, link
+                trace = trace_of_traceparent(traceparent) or _NO_TRACE
+        return entry.screen(header_value, trace[0], trace[1]), span
 
     def begin(self, info: RequestInfo, *, traceparent: Optional[str] = None) -> "RequestHandle":
         """The generic entry: a handle for ``info`` (profiled, watched, or neither).
         Never raises."""
         handle = RequestHandle(self, info)
         try:
-            verdict, span, link = self.screen(info.header(self.header_name), traceparent)
+            verdict, span = self.screen(info.header(self.header_name), traceparent)
             if verdict:
-                handle.open(verdict, span, link, traceparent)
+                handle.open(verdict, span, traceparent)
         except Exception:
             self.report_failure("begin", "otelprof: request profiling failed at start; request unprofiled")
         return handle
@@ -150,6 +146,9 @@ class RequestHandle(TailTicket):
     ``describe()`` builds the :class:`RequestInfo` when the policy needs it."""
 
     decision: Decision = _NOT_STARTED
+    #: the framework's request object (an adapter's), let go when the request ends:
+    #: it usually refers back to this handle, and no reference cycle must remain
+    source: Any = None
     session: Optional[Session] = None
     span: Any = None
     traceparent: Optional[str] = None
@@ -227,14 +226,12 @@ class RequestHandle(TailTicket):
         return self._done
 
     # ------------------------------------------------------------ start
-    def open(self, verdict: Screen, span: Any, link: Optional[SpanLink], traceparent: Optional[str] = None) -> bool:
+    def open(self, verdict: Screen, span: Any, traceparent: Optional[str] = None) -> bool:
         """Enter the request: watch it (``Screen.WATCH``) or decide in full.  True when
-        the integration must follow the request (:attr:`watched`).  ``span`` and
-        ``link`` come from :meth:`RequestProfiling.screen`; ``traceparent`` is the
-        incoming header (the link when there is no span)."""
+        the integration must follow the request (:attr:`watched`).  ``span`` comes
+        from :meth:`RequestProfiling.screen`; ``traceparent`` is the incoming header
+        (the link when there is no span)."""
         self.span = span
-        if link is not None:
-            self._link = link
         if traceparent is not None:
             self.traceparent = traceparent
         rp = self.rp
@@ -425,6 +422,7 @@ class RequestHandle(TailTicket):
                 self.finalize()
         except Exception:
             self.rp.report_failure("finish", "otelprof: request profiling failed at finish")
+        self.source = None
 
     def on_profiled_end(self, error: Optional[BaseException]) -> None:
         """Adapters' last look at a profiled request before it ends (the route)."""

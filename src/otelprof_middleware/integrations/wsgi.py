@@ -32,6 +32,7 @@ __all__ = ["ProfilingMiddleware", "WSGIRequest", "ENVIRON_KEY"]
 #: where the request's :class:`WSGIRequest` is kept in the WSGI environ
 ENVIRON_KEY = "otelprof.handle"
 _get_ident = threading.get_ident
+_ENDED: dict[str, Any] = {}  # the environ of a request that ended (its own is let go)
 # status line -> code; apps pass the same few constant strings, so a dict lookup
 # replaces parsing (bounded: odd status lines are parsed every time)
 _STATUS_CODES: dict[str, int] = {}
@@ -57,9 +58,14 @@ class WSGIRequest(RequestHandle):
 
     def __init__(self, rp: RequestProfiling, environ: dict[str, Any], start_response: Callable[..., Any]) -> None:
         self.rp = rp
-        self.environ = environ
+        self.source = environ
         self._start_response = start_response
         self.thread_id = _get_ident()
+
+    @property
+    def environ(self) -> dict[str, Any]:
+        """The request's environ (empty once the request ended)."""
+        return self.source or _ENDED
 
     def describe(self) -> RequestInfo:
         environ = self.environ
@@ -74,7 +80,7 @@ class WSGIRequest(RequestHandle):
     def resolve_route(self) -> Optional[str]:
         """The route template, when the application's router can tell."""
         route_of = self.route_of
-        return route_of(self.environ) if route_of is not None else None
+        return route_of(self.source) if route_of is not None and self.source is not None else None
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         """The application's ``start_response``: the status, and ``X-Profile-Id``."""
@@ -101,14 +107,15 @@ class WSGIRequest(RequestHandle):
 
     def respond(self, app: Callable[..., Iterable[bytes]]) -> Iterable[bytes]:
         """Run ``app`` for this request and hand back its iterable, followed to its end."""
-        result = self.call(app, self.environ, self.start_response)
+        environ = self.source
+        result = self.call(app, environ, self.start_response)
         try:
             if self.session is None:  # watched only
                 if type(result) is list:  # produced in full: the request's work is done
                     self.finish()
                     return result
                 return _ClosingBody(result, self)
-            file_wrapper = self.environ.get("wsgi.file_wrapper")
+            file_wrapper = environ.get("wsgi.file_wrapper")
             if (file_wrapper is not None and isinstance(file_wrapper, type) and type(result) is file_wrapper
                     and getattr(result, "filelike", None) is not None):
                 return _keep_file_wrapper(result, self)
@@ -147,10 +154,10 @@ class ProfilingMiddleware:
         handle: Optional[WSGIRequest] = None
         try:
             traceparent = environ.get("HTTP_TRACEPARENT")
-            verdict, span, link = rp.screen(environ.get(self._header_key), traceparent)
+            verdict, span = rp.screen(environ.get(self._header_key), traceparent)
             if verdict:
                 handle = self.request_class(rp, environ, start_response)
-                if handle.open(verdict, span, link, traceparent):
+                if handle.open(verdict, span, traceparent):
                     environ[ENVIRON_KEY] = handle
                 else:
                     handle = None
@@ -183,8 +190,8 @@ class _ClosingBody:
         finally:
             self._handle.finish()
 
-    def __del__(self) -> None:  # a server that never calls close(): the request still ends
-        self._handle.finish()
+    # (no __del__: a server that never calls close() drops the handle with this
+    # object, and the watchdog sees a request that ended without its end)
 
 
 class ProfiledBody:

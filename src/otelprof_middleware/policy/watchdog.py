@@ -111,9 +111,9 @@ class Watchdog:
                 continue  # finished meanwhile
             if on_due(ticket, now):
                 self._promoted[id(ticket)] = ticket
-        for key, ticket in list(self._promoted.items()):
-            if on_check(ticket):
-                del self._promoted[key]
+        for ident, promoted in list(self._promoted.items()):
+            if on_check(promoted):
+                del self._promoted[ident]
         return max(wait, self.min_sleep)
 
     def start(self) -> None:
