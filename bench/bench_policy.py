@@ -37,7 +37,7 @@ from typing import Any
 APP = textwrap.dedent('''
     import json, os, time
     from otelprof_middleware import Profiler
-    from otelprof_middleware.stats import profiler_cpu_ns
+    from otelprof_middleware.overhead import profiler_cpu_ns
 
     def cpu_work():
         n = 0

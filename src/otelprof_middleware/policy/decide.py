@@ -41,11 +41,9 @@ from .limits import ConcurrencySlots, PerMinuteLimiter
 from .request import Decision, PolicyHost, RequestInfo
 from .triggers import OnDemandWindows, RouteArming
 
-__all__ = ["EntryDecider", "Screen", "TRIGGERS", "LIMITABLE_TRIGGERS"]
+__all__ = ["EntryDecider", "Screen", "TRIGGERS"]
 
 TRIGGERS = ("header", "probability", "slow", "error", "high_cpu", "on_demand", "custom")
-#: triggers that ``trigger_limits`` may cap (the header has its own budget)
-LIMITABLE_TRIGGERS = frozenset({"probability", "slow", "error", "high_cpu", "on_demand"})
 #: header values that ask for a profile when no ``header_secret`` is set
 HEADER_YES = frozenset({"1", "true", "yes", "on"})
 _TRACE_ID_MAX = (1 << 64) - 1
@@ -74,7 +72,7 @@ class EntryDecider:
         cfg = host.config
         self.host = host
         self.config = cfg
-        self.stats = host.counters
+        self.stats = host.stats_recorder
         self.clock = clock
         self.header_name = cfg.header.lower()
         self._secret = cfg.header_secret.encode("utf-8", "surrogatepass") if cfg.header_secret else None

@@ -20,35 +20,16 @@ import weakref
 from typing import Any, Callable, Optional
 
 from .._safety import at_fork_reinit
+from ..config import parse_trigger_limits
 from .cpu import CpuMonitor, CpuTrigger
-from .decide import LIMITABLE_TRIGGERS, TRIGGERS, EntryDecider
+from .decide import TRIGGERS, EntryDecider
 from .governor import Governor
 from .request import Decision, PolicyHost, RequestInfo
 from .tail import LateTriggers
 from .triggers import OnDemandWindow, OnDemandWindows, RouteArming
 from .watchdog import Watchdog
 
-__all__ = ["Policy", "TRIGGERS", "parse_trigger_limits"]
-
-
-def parse_trigger_limits(raw: Any) -> dict[str, int]:
-    """``{"probability": 30}`` from the ``trigger_limits`` option; ConfigError if invalid."""
-    from ..config import ConfigError
-
-    out: dict[str, int] = {}
-    for k, v in dict(raw or {}).items():
-        name = str(k).strip()
-        if name not in LIMITABLE_TRIGGERS:
-            raise ConfigError("trigger_limits", raw, "keys must be among " + ", ".join(sorted(LIMITABLE_TRIGGERS))
-                              + " (the header has max_header_profiles_per_minute)")
-        try:
-            n = int(str(v).strip())
-        except ValueError:
-            n = -1
-        if n < 0:
-            raise ConfigError("trigger_limits", raw, "values must be whole numbers of profiles per minute (>= 0)")
-        out[name] = n
-    return out
+__all__ = ["Policy", "TRIGGERS"]
 
 
 class Policy:
@@ -122,19 +103,19 @@ class Policy:
         """Profile matching requests (all, or those of ``route``: a route template or a
         path) with ``probability`` for ``seconds`` (capped by ``max_window``)."""
         window = self.windows.open(seconds, probability, route, self.config.max_window)
-        self.host.counters.incr("windows_opened")
+        self.host.stats_recorder.incr("windows_opened")
         return window
 
     # ------------------------------------------------------------------ governor
     def _own_cpu_ns(self) -> int:
         """Sampler thread + export worker(s) + this policy's watchdog thread CPU, ns."""
-        from ..stats import profiler_cpu_ns  # sampler + export workers
+        from ..overhead import profiler_cpu_ns  # sampler + export workers
 
         return self.late.watchdog.cpu_ns_self + profiler_cpu_ns()
 
     def _governor_changed(self, level: int) -> None:
         """Apply a new rate to the running profiles this policy started."""
-        self.host.counters.incr("governor_steps")
+        self.host.stats_recorder.incr("governor_steps")
         base = self.config.sample_hz
         for session in self.entry.slots.holders():
             session.set_rate(self.governor.hz(base))

@@ -92,7 +92,7 @@ class LateTriggers:
                  clock: Callable[[], float], start_threads: bool = True) -> None:
         cfg = host.config
         self.host = host
-        self.stats = host.counters
+        self.stats = host.stats_recorder
         self.config = cfg
         self.entry = entry
         self.arming = arming
