@@ -53,8 +53,7 @@ from ..profile import SpanLink
 from ..profiler import Profiler
 from ..tracecontext import current_span
 from ._http import full_url
-from .lifecycle import (HEADER_BOOST_HZ, HEADER_BOOST_SECONDS, PROFILE_ID_HEADER, RequestHandle, RequestProfiling,
-                        with_route_of)
+from .lifecycle import HEADER_BOOST_HZ, HEADER_BOOST_SECONDS, RequestHandle, RequestProfiling, with_route_of
 
 __all__ = ["ProfilingMiddleware", "ASGIRequest", "HEADER_BOOST_HZ", "HEADER_BOOST_SECONDS"]
 
