@@ -183,12 +183,7 @@ class _ClosingBody:
         return iter(self._result)
 
     def close(self) -> None:
-        try:
-            close = getattr(self._result, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._handle.finish()
+        _close_then_finish(self._result, self._handle)
 
     # (no __del__: a server that never calls close() drops the handle with this
     # object, and the watchdog sees a request that ended without its end)
@@ -254,12 +249,17 @@ class _ClosingFile:
         return getattr(self._filelike, name)
 
     def close(self) -> None:
-        try:
-            close = getattr(self._filelike, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._handle.finish()
+        _close_then_finish(self._filelike, self._handle)
+
+
+def _close_then_finish(closable: Any, handle: RequestHandle) -> None:
+    """``closable.close()`` (if it has one), and the request ends, whatever happens."""
+    try:
+        close = getattr(closable, "close", None)
+        if close is not None:
+            close()
+    finally:
+        handle.finish()
 
 
 def _keep_file_wrapper(result: Any, handle: RequestHandle) -> Any:
