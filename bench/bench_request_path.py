@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import random
 import statistics
@@ -44,6 +45,7 @@ import time
 from typing import Any, Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+logging.getLogger("otelprof_middleware").addHandler(logging.NullHandler())  # no start-up lines in the table
 
 TARGET_US = 1.5
 #: low 64 bits far above 1 % of 2**64: the trace-id ratio never selects this trace

@@ -308,21 +308,28 @@ class RequestHandle(TailTicket):
 
         def run_hop(*args: Any, **kwargs: Any) -> T:
             hop: list[Any] = [threading.get_ident(), None]
-            with _hop_lock:
-                if self._hops is None:
-                    self._hops = []
-                self._hops.append(hop)
-                session = self.session
-                if session is not None and not session.finished:
-                    session.attach_thread(hop[0])
-                    hop[1] = session
+            try:
+                with _hop_lock:
+                    if self._hops is None:
+                        self._hops = []
+                    self._hops.append(hop)
+                    session = self.session
+                    if session is not None and not session.finished:
+                        session.attach_thread(hop[0])
+                        hop[1] = session
+            except Exception:  # the hook's firewall: the work itself always runs
+                self.rp.report_failure("hop", "otelprof: could not follow work into a thread pool")
             try:
                 return fn(*args, **kwargs)
             finally:
-                with _hop_lock:
-                    self._hops.remove(hop)
-                    if hop[1] is not None:
-                        hop[1].detach_thread(hop[0])
+                try:
+                    with _hop_lock:
+                        if self._hops is not None and hop in self._hops:
+                            self._hops.remove(hop)
+                        if hop[1] is not None:
+                            hop[1].detach_thread(hop[0])
+                except Exception:
+                    self.rp.report_failure("hop", "otelprof: could not follow work into a thread pool")
 
         return run_hop
 

@@ -33,6 +33,7 @@ import functools
 import threading
 from typing import Any, Callable, Coroutine, Optional, Protocol, TypeVar
 
+from .._safety import LogOnce
 from ..profiler import current_session
 from ..session import Session
 
@@ -42,6 +43,8 @@ T = TypeVar("T")
 
 _installed = False
 _lock = threading.Lock()
+#: the firewall of the hooks: a failure in our bookkeeping never stops the work itself
+_log = LogOnce()
 
 
 class HopTarget(Protocol):
@@ -91,8 +94,11 @@ def bind_current_session(fn: Callable[..., T]) -> Callable[..., T]:
 
 async def _as_task_of(session: Session, coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` with the task running it attached to ``session``."""
-    if not session.finished:
-        session.attach_current()
+    try:
+        if not session.finished:
+            session.attach_current()
+    except Exception:
+        _log("threads-task", "otelprof: could not follow work into a helper event loop", exc=True)
     return await coro
 
 
@@ -150,11 +156,15 @@ def _patch_asgiref() -> None:
     def run_until_future(self: Any, future: Any) -> None:
         session = current_session()
         ident = threading.get_ident()
-        if session is None or not _thread_attached(session, ident):
+        try:
+            if session is None or not _thread_attached(session, ident):
+                return original(self, future)
+            # the thread now waits for work sampled where it runs (a task, a pool thread);
+            # work it runs meanwhile is attached by the submit hook above
+            session.detach_thread(ident)
+        except Exception:
+            _log("threads-wait", "otelprof: could not follow a thread waiting for a helper loop", exc=True)
             return original(self, future)
-        # the thread now waits for work sampled where it runs (a task, a pool thread);
-        # work it runs meanwhile is attached by the submit hook above
-        session.detach_thread(ident)
         try:
             return original(self, future)
         finally:
