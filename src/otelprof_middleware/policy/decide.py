@@ -90,6 +90,8 @@ class EntryDecider:
         self._cpu_injected = cpu_monitor is not None
         self._cpu_started = cpu_trigger is None
         self.probability = cfg.probability
+        # a trace id's low 64 bits under this bound: selected (a trace-id-ratio sampler's rule)
+        self._ratio_bound = cfg.probability * (_TRACE_ID_MAX + 1)
         #: the probability trigger needs the request's trace id (0 < probability < 1)
         self.needs_trace = 0.0 < cfg.probability < 1.0
         self._unsampled_ok = cfg.profile_unsampled_traces
@@ -116,7 +118,7 @@ class EntryDecider:
             if p >= 1.0:
                 return _DECIDE_SAMPLED
             if trace_id is not None:
-                if (trace_id & _TRACE_ID_MAX) < p * (_TRACE_ID_MAX + 1):
+                if (trace_id & _TRACE_ID_MAX) < self._ratio_bound:
                     return _DECIDE_SAMPLED
             elif self._random.random() < p:
                 return _DECIDE_SAMPLED
@@ -158,7 +160,7 @@ class EntryDecider:
             return True
         link = info.link
         if link is not None and link.trace_id:
-            return (link.trace_id & _TRACE_ID_MAX) < p * (_TRACE_ID_MAX + 1)
+            return (link.trace_id & _TRACE_ID_MAX) < self._ratio_bound
         return self._random.random() < p
 
     def chance(self, rate: float) -> bool:
