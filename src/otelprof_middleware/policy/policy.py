@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 
 from .._safety import at_fork_reinit
 from ..config import parse_trigger_limits
+from ..overhead import profiler_cpu_ns
 from .cpu import CpuMonitor, CpuTrigger
 from .decide import TRIGGERS, EntryDecider
 from .governor import Governor
@@ -109,8 +110,6 @@ class Policy:
     # ------------------------------------------------------------------ governor
     def _own_cpu_ns(self) -> int:
         """Sampler thread + export worker(s) + this policy's watchdog thread CPU, ns."""
-        from ..overhead import profiler_cpu_ns  # sampler + export workers
-
         return self.late.watchdog.cpu_ns_self + profiler_cpu_ns()
 
     def _governor_changed(self, level: int) -> None:
