@@ -486,3 +486,14 @@ def test_promoted_request_without_finish_is_reaped(profiler_factory: Any, profil
     assert policy.profiler.active_sessions == 0 and h.session.finished
     assert policy.profiler.stats()["promotions_reaped"] == 1
     assert collected.wait_for(1, 20)
+
+
+def test_a_shut_down_profiler_watches_no_request(profiler_factory: Any, profile_collector: Any) -> None:
+    rp, policy, _ = setup(profiler_factory, profile_collector, slow_threshold=0.1)
+    h = rp.begin(req("/before"))
+    assert h.watched and len(policy.watchdog) == 1
+    h.finish()
+    policy.profiler.shutdown(timeout=1)
+    after = rp.begin(req("/after"))
+    assert not after.watched and not after.profiled and len(policy.watchdog) == 0
+    after.finish()

@@ -295,6 +295,7 @@ class Profiler:
         for session in list(self._active):
             self.finish_session(session)
         self._shut_down = True
+        self.policy.close()
         ok = self._pipeline.shutdown(timeout)
         _live_profilers.discard(self)
         return ok

@@ -137,6 +137,11 @@ class Policy:
             "recording": len(self.late.recording),
         }
 
+    def close(self) -> None:
+        """The profiler shut down: watch no more requests, let the watchdog thread end."""
+        self.entry.watch_unselected = False
+        self.late.watchdog.stop()
+
     def _after_fork(self) -> None:
         # locks, limiters, arming, windows, governor, watchdog and slots re-create their
         # own state through their fork hooks; these belong to the policy itself
