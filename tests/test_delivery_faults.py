@@ -677,6 +677,28 @@ def test_each_cause_is_logged_once_per_minute_with_a_count(caplog):
     ]
 
 
+def test_a_cause_of_drops_is_logged_once_per_minute_whatever_its_details(caplog):
+    """Two batches given up for the same cause after a different number of attempts
+    (so their messages differ): one line, not two."""
+    caplog.set_level(logging.WARNING, logger="otelprof_middleware")
+    backend = FlakyBackend(RetryPolicy(retry_timeout=10))
+    backend.up = True
+
+    def send(prepared: Prepared, timeout: float) -> Attempt:  # batch a: 4 s apart (3 attempts), b: 6 s (2)
+        delay = 4.0 if prepared.profiles[0].name == "a" else 6.0
+        return Attempt(ok=False, retryable=True, retry_after=delay, status="HTTP 503", message="HTTP 503")
+
+    backend.send = send  # type: ignore[method-assign]
+    ch = ExportChannel(backend, Stats(), batch=BatchSettings(batch_size=1, batch_timeout=0), wait=lambda s: True)
+    for name in ("a", "b"):
+        ch.offer(synthetic(name), 10)
+    assert ch.wait_idle(time.monotonic() + 10)
+    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert drops == ["otelprof: flaky exporter dropped 1 profile(s) (export_failed) for "
+                     "http://backend:4318/v1development/profiles: HTTP 503; retry budget (10 s) exhausted after "
+                     "3 attempt(s)"], drops
+
+
 def test_drops_of_each_cause_are_logged_not_only_the_first(profiler_factory, caplog):
     caplog.set_level(logging.WARNING, logger="otelprof_middleware")
     with OTLPReceiver(statuses=[400, 413, 400]) as rx:

@@ -37,6 +37,7 @@ class ExportResult:
     dropped: int = 0
     reason: str = ""
     message: str = ""
+    cause: str = ""  # a short, stable name of what failed ("HTTP 400", "ConnectError"), for log keys
 
 
 class Exporter(Protocol):

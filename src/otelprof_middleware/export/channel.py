@@ -248,7 +248,8 @@ class ExportChannel(QueueWorker):
                 self._count_dropped(reason, profiles, result)
             self._cond.notify_all()
         if result.dropped:
-            self._log_every(f"drop:{reason}:{result.message.split(':')[0]}",
+            cause = result.cause or result.message.split(":")[0].split("(")[0]
+            self._log_every(f"drop:{reason}:{cause}",
                             "otelprof: %s exporter dropped %d profile(s) (%s) for %s: %s",
                             self.name, result.dropped, reason, self.destination, result.message or "-")
         return True
@@ -319,10 +320,11 @@ class ExportChannel(QueueWorker):
                 if attempt.rejected:
                     self.stats.incr("partial_success_responses")
                 result = ExportResult(exported=req.count - rejected, dropped=rejected,
-                                      reason=attempt.partial_reason or "rejected", message=attempt.message)
+                                      reason=attempt.partial_reason or "rejected", message=attempt.message,
+                                      cause=attempt.status)
             else:
                 result = ExportResult(dropped=req.count, reason=attempt.reason or "export_failed",
-                                      message=attempt.message)
+                                      message=attempt.message, cause=attempt.status)
             if not self._settle(token, req.profiles, result):
                 return
 
