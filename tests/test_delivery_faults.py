@@ -440,6 +440,38 @@ def test_a_refusing_backend_is_probed_every_second_and_retried_as_soon_as_it_ans
                what=str([r.getMessage() for r in caplog.records]))
 
 
+def test_the_recovery_line_counts_the_outage_from_its_first_attempt_and_names_the_latest_cause(caplog):
+    caplog.set_level(logging.WARNING, logger="otelprof_middleware")
+    now = [0.0]
+    backend = FlakyBackend(RetryPolicy(export_timeout=10, retry_timeout=600, initial_backoff=1, max_backoff=1))
+    backend.up = True  # (probes connect: plain backoff)
+    answers = [Attempt(ok=False, retryable=True, timed_out=True, status="ReadTimeout", message="ReadTimeout: ..."),
+               Attempt(ok=False, retryable=True, status="ConnectError", message="ConnectError: [Errno 111] "
+                       "Connection refused")]
+
+    def send(prepared: Prepared, timeout: float) -> Attempt:
+        if answers:
+            attempt = answers.pop(0)
+            now[0] += 10.0 if attempt.timed_out else 0.0  # the first attempt hangs to its deadline
+            return attempt
+        return Attempt(ok=True)
+
+    backend.send = send  # type: ignore[method-assign]
+
+    def wait(seconds: float) -> bool:
+        now[0] += seconds
+        return True
+
+    ch = ExportChannel(backend, Stats(), batch=BatchSettings(batch_size=1, batch_timeout=0), wait=wait,
+                       clock=lambda: now[0])
+    ch.offer(synthetic("a"), 10)
+    assert ch.wait_idle(time.monotonic() + 10)
+    wait_until(lambda: any("queued profile(s)" in r.getMessage() for r in caplog.records))
+    (line,) = [r.getMessage() for r in caplog.records if "queued profile(s)" in r.getMessage()]
+    assert 10.5 <= now[0] <= 12.0  # the 10 s attempt, then the backoff waits (a timed-out attempt's counts)
+    assert line.endswith(f"after {now[0]:.0f} s of connection refused"), line
+
+
 def test_retry_after_is_honoured_exactly_even_when_probing_would_say_otherwise():
     backend = FlakyBackend(RetryPolicy(retry_timeout=600))
     backend.up = True  # probes connect...

@@ -54,8 +54,8 @@ LOG_EVERY = 60.0
 
 @dataclass
 class _Outage:
-    since: float  # clock() when the first attempt of this outage failed
-    cause: str  # what the first failure was ("connection refused", "HTTP 503", ...)
+    since: float  # clock() when the first failed attempt of this outage started
+    cause: str  # what the latest failure was ("connection refused", "HTTP 503", ...)
 
 
 @dataclass
@@ -329,6 +329,7 @@ class ExportChannel(QueueWorker):
                 return
 
     def _send(self, req: Prepared, timeout: float) -> Attempt:
+        started = self._clock()
         try:
             attempt = self.exporter.send(req, timeout)
         except Exception as exc:  # an unexpected failure is final: never retry a bug
@@ -337,16 +338,17 @@ class ExportChannel(QueueWorker):
         if attempt.ok:
             self._succeeded()
         elif attempt.reason != "shutdown":
-            self._failed(attempt)
+            self._failed(attempt, started)
         return attempt
 
     # ------------------------------------------------------------ outages and recovery
-    def _failed(self, attempt: Attempt) -> None:
-        now = self._clock()
+    def _failed(self, attempt: Attempt, started: float) -> None:
         drained: Optional[_Drain] = None
         with self._cond:
-            if self._outage is None and attempt.retryable:  # (a final answer such as 400 is no outage)
-                self._outage = _Outage(now, attempt.cause)
+            if attempt.retryable:  # (a final answer such as 400 is no outage)
+                if self._outage is None:
+                    self._outage = _Outage(started, attempt.cause)
+                self._outage.cause = attempt.cause
             if self._drain is not None:  # failing again before the backlog was sent
                 drained, self._drain = self._drain, None
         if drained is not None:
