@@ -181,6 +181,8 @@ class Config:
     output_dir: str = _opt("profiles", "str", doc="folder of the file exporter")
     max_files: int = _opt(1000, "int", 1, 10_000_000, doc="file exporter retention: number of profiles")
     max_bytes: int = _opt(256 * 1024 * 1024, "size", 1024, None, doc="file exporter retention: total bytes")
+    retention: Mapping[str, str] = _opt(dict, "kv", doc="file exporter per-class quotas, e.g. "
+                                        "'probability=1000,slow=500,error=500,header=200'")
     endpoint: str = _opt("", "url", optional=True, doc="full OTLP profiles URL")
     protocol: str = _opt("http/protobuf", "choice", choices=("http/protobuf", "grpc"))
     headers: Mapping[str, str] = _opt(dict, "kv", doc="extra headers for OTLP/Pyroscope")
