@@ -340,9 +340,9 @@ def diff_json(left: StackSet, right: StackSet, *, normalize: bool = True, max_no
 
     With ``normalize`` (the default) each side is divided by its number of
     profiles, so the values are per request and selections of different sizes
-    compare.  ``functions_changed`` lists per function self and total on both sides,
-    and ``regressions`` the ``regressions`` functions whose total grew most in the
-    default metric."""
+    compare.  ``functions_changed`` lists per function self and total on both sides
+    (most grown self value of the default metric first), and ``regressions`` the
+    first ``regressions`` of them that grew."""
     if left.table is not right.table:
         raise ValueError("both sides must share one FunctionTable")
     types = list(left.sample_types)
@@ -432,7 +432,8 @@ def diff_json(left: StackSet, right: StackSet, *, normalize: bool = True, max_no
     ltot, rtot = top["l"], top["r"]
     metric = pick_metric(types, [a + b for a, b in zip(ltot, rtot)])
     mi = names.index(metric) if metric in names else 0
-    changed.sort(key=lambda r: (-r["delta_total"][mi], -r["delta_self"][mi], rows[r["f"]]["name"]))
+    # the culprit of a slowdown is where self time grew; its callers' totals only follow it
+    changed.sort(key=lambda r: (-r["delta_self"][mi], -r["delta_total"][mi], rows[r["f"]]["name"]))
     return {
         "sample_types": [{"type": t, "unit": u} for t, u in types],
         "default_type": metric,
@@ -444,7 +445,7 @@ def diff_json(left: StackSet, right: StackSet, *, normalize: bool = True, max_no
         "functions": rows,
         "tree": top,
         "functions_changed": changed,
-        "regressions": [r for r in changed if r["delta_total"][mi] > 0][:regressions],
+        "regressions": [r for r in changed if r["delta_self"][mi] > 0 or r["delta_total"][mi] > 0][:regressions],
         "truncated_nodes": truncated,
     }
 
