@@ -76,11 +76,12 @@ def _open(directory: str) -> Any:
     return folder
 
 
-def _selector(words: Sequence[str]) -> Any:
+def _selector(words: Sequence[str], *, whole: bool = False) -> Any:
+    """A selector from shell words (each word one term) or, ``whole``, one string."""
     from .store.selector import SelectorError, parse_selector
 
     try:
-        return parse_selector(" ".join(_quote_word(w) for w in words))
+        return parse_selector(" ".join(words) if whole else " ".join(_quote_word(w) for w in words))
     except SelectorError as e:
         raise CLIError(str(e)) from None
 
@@ -396,7 +397,7 @@ def _cmd_diff(args: argparse.Namespace, out: IO[str]) -> int:
     from .store.outputs import OutputError, render_diff
 
     folder = _open(args.dir)
-    a, b = _selector([args.a]), _selector([args.b])
+    a, b = _selector([args.a], whole=True), _selector([args.b], whole=True)
     left = _merge(folder, a, args)
     right = _merge(folder, b, args)
     normalize = not args.no_normalize
@@ -425,8 +426,11 @@ def _cmd_diff(args: argparse.Namespace, out: IO[str]) -> int:
     print(f"A: {safe(a.text) or '(everything)'}  ({left.stacks.profiles} profiles)", file=out)
     print(f"B: {safe(b.text) or '(everything)'}  ({right.stacks.profiles} profiles)", file=out)
     change = f" ({100.0 * (rt - lt) / lt:+.1f}%)" if lt else ""
-    print(f"Type: {metric}, {per}: A {fmt(lt)}  B {fmt(rt)}  change {fmt(rt - lt)}{change}", file=out)
-    rows = sorted(d["functions_changed"], key=lambda r: (-abs(r["delta_total"][mi]), d["functions"][r["f"]]["name"]))
+    sign = "+" if rt > lt else ""
+    print(f"Type: {metric}, {per}: A {fmt(lt)}  B {fmt(rt)}  change {sign}{fmt(rt - lt)}{change}", file=out)
+    # functions whose own time changed first: their callers' totals only follow them
+    rows = sorted(d["functions_changed"], key=lambda r: (-abs(r["delta_self"][mi]), -abs(r["delta_total"][mi]),
+                                                         d["functions"][r["f"]]["name"]))
     rows = [r for r in rows if r["delta_total"][mi] or r["delta_self"][mi]][:args.n]
     if not rows:
         print("(no difference)", file=out)
@@ -436,8 +440,7 @@ def _cmd_diff(args: argparse.Namespace, out: IO[str]) -> int:
     for r in rows:
         fn = d["functions"][r["f"]]
         dt = r["delta_total"][mi]
-        sign = "+" if dt > 0 else ""
-        print(f"{fmt(r['left_total'][mi]):>{w}}  {fmt(r['right_total'][mi]):>{w}}  {sign + fmt(dt):>{w}}  "
+        print(f"{fmt(r['left_total'][mi]):>{w}}  {fmt(r['right_total'][mi]):>{w}}  {('+' if dt > 0 else '') + fmt(dt):>{w}}  "
               f"{('+' if r['delta_self'][mi] > 0 else '') + fmt(r['delta_self'][mi]):>{w}}  {safe(fn['name'])}",
               file=out)
     return 0
@@ -490,8 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50, help="rows (default 50)")
     p.add_argument("--offset", type=int, default=0, help="skip this many rows")
     p.add_argument("--sort", default="-start",
-                   help="start, duration, cpu, wall, samples, name, route, status (prefix - for descending; "
-                        "default -start)")
+                   help="start, duration, cpu, wall, samples, name, route, status; a leading - sorts "
+                        "descending: --sort=-duration is the slowest first (default -start, the newest first)")
     p.add_argument("--count", action="store_true", help="print only how many profiles match")
     p.add_argument("--format", default="text", choices=["text", "json", "jsonl"])
 

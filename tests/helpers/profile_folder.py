@@ -97,3 +97,74 @@ def checkout_specs(n: int, start_ns: int, step_ns: int, *, slow_render: bool, se
                         method="POST", status=status, duration_ms=dur, triggers=("probability",) if i % 3 else ("slow",),
                         trace_id=rng.getrandbits(128) | 1, span_id=rng.getrandbits(64) | 1))
     return out
+
+
+def expected_stacks(specs: Iterable[Spec]) -> dict[tuple[str, ...], list[int]]:
+    """Root-first function names -> [count, cpu_ns, wall_ns] summed over ``specs``."""
+    out: dict[tuple[str, ...], list[int]] = {}
+    for spec in specs:
+        for frames_, values in spec.stacks:
+            key = tuple(n for n, _f in frames_)
+            acc = out.setdefault(key, [0, 0, 0])
+            for i, v in enumerate(values):
+                acc[i] += v
+    return out
+
+
+def expected_paths(stacks: dict[tuple[str, ...], list[int]]) -> dict[tuple[str, ...], list[int]]:
+    """Every call path (prefix) with the sum of the stacks under it."""
+    out: dict[tuple[str, ...], list[int]] = {}
+    for key, values in stacks.items():
+        for depth in range(1, len(key) + 1):
+            acc = out.setdefault(key[:depth], [0] * len(values))
+            for i, v in enumerate(values):
+                acc[i] += v
+    return out
+
+
+def parse_go_raw(text: str) -> tuple[list[str], dict[tuple[str, ...], list[int]]]:
+    """``go tool pprof -raw`` output -> (sample type names, root-first names -> values)."""
+    import re
+
+    lines = text.splitlines()
+    types: list[str] = []
+    samples: list[tuple[list[int], list[int]]] = []
+    locations: dict[int, list[str]] = {}
+    section = ""
+    current: list[str] | None = None
+    for line in lines:
+        if line.startswith("Samples:"):
+            section = "samples"
+            continue
+        if line.startswith("Locations"):
+            section = "locations"
+            continue
+        if line.startswith("Mappings"):
+            section = "mappings"
+            continue
+        if section == "samples":
+            if not types:
+                types = [t.split("/")[0] for t in line.split()]
+                continue
+            m = re.match(r"^\s*([-\d\s]+):\s*([\d\s]*)$", line)
+            if m:
+                values = [int(v) for v in m.group(1).split()]
+                samples.append((values, [int(x) for x in m.group(2).split()]))
+        elif section == "locations":
+            m = re.match(r"^\s*(\d+): 0x[0-9a-f]+ (?:M=\d+ )?(\S+) \S+:\d+ s=", line)
+            if m:
+                current = locations[int(m.group(1))] = [m.group(2)]
+                continue
+            m = re.match(r"^\s+(\S+) \S+:\d+ s=", line)  # an inlined frame of the same location
+            if m and current is not None:
+                current.append(m.group(1))
+    out: dict[tuple[str, ...], list[int]] = {}
+    for values, locs in samples:
+        names: list[str] = []
+        for loc in locs:  # leaf first; inlined frames callee first
+            names.extend(locations[loc])
+        key = tuple(reversed(names))
+        acc = out.setdefault(key, [0] * len(values))
+        for i, v in enumerate(values):
+            acc[i] += v
+    return types, out

@@ -403,8 +403,8 @@ class ViewerServer(ThreadingHTTPServer):
                 n for n in os.listdir(STATIC_DIR) if os.path.isfile(os.path.join(STATIC_DIR, n)))
         except OSError:
             self.static_files = frozenset()
-        super().__init__((host, port), ViewerHandler)
         self._stop = threading.Event()
+        super().__init__((host, port), ViewerHandler)
         self.maybe_sync(force=True)
         # new profiles are indexed in the background: a page never waits for a folder scan
         threading.Thread(target=self._sync_loop, name="otelprof-viewer-sync", daemon=True).start()
