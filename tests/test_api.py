@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import socket
 import time
@@ -250,21 +251,30 @@ def test_top_functions(shop: str, viewer_factory: Any) -> None:
     assert data["functions"][0]["name"] == "render_template"  # most self CPU first
 
 
-def test_timeline_buckets_and_points(shop: str, viewer_factory: Any) -> None:
+@pytest.mark.parametrize("step", [600, 3600])
+def test_timeline_buckets_and_points(shop: str, viewer_factory: Any, step: int) -> None:
     v = viewer_factory(shop)
-    data = v.json(f"/api/v1/timeline?q={q('route=/checkout')}&step=600")
-    assert data["step_s"] == 600
+    data = v.json(f"/api/v1/timeline?q={q('route=/checkout')}&step={step}")
+    assert data["step_s"] == step
     specs = BEFORE + AFTER
     buckets: dict[int, list[float]] = {}
+    cpu: dict[int, float] = {}
     for s in specs:
-        buckets.setdefault(s.start_ns // (600 * 10**9), []).append(s.duration_ms)
-    assert [b["start_unix_nano"] // (600 * 10**9) for b in data["buckets"]] == sorted(buckets)
+        b = s.start_ns // (step * 10**9)
+        buckets.setdefault(b, []).append(s.duration_ms)
+        cpu[b] = cpu.get(b, 0.0) + sum(values[1] for _f, values in s.stacks) / 1e6
+    assert [b["start_unix_nano"] // (step * 10**9) for b in data["buckets"]] == sorted(buckets)
+    assert max(len(d) for d in buckets.values()) >= (2 if step == 600 else 9)  # several per bucket
     for b in data["buckets"]:
-        durs = sorted(buckets[b["start_unix_nano"] // (600 * 10**9)])
-        assert b["profiles"] == len(durs)
-        assert b["p50_ms"] == durs[round(0.5 * (len(durs) - 1))] and b["p95_ms"] == durs[round(0.95 * (len(durs) - 1))]
+        key = b["start_unix_nano"] // (step * 10**9)
+        durs = sorted(buckets[key])
+        assert b["profiles"] == len(durs) and abs(b["cpu_ms"] - cpu[key]) < 1e-3
+        # nearest rank: the value at rank ceil(q * n)
+        assert b["p50_ms"] == durs[max(1, math.ceil(0.5 * len(durs))) - 1]
+        assert b["p95_ms"] == durs[max(1, math.ceil(0.95 * len(durs))) - 1]
     assert len(data["points"]) == len(specs)
     assert {p["duration_ms"] for p in data["points"]} == {s.duration_ms for s in specs}
+    assert [p["start_unix_nano"] for p in data["points"]] == sorted((s.start_ns for s in specs), reverse=True)
 
 
 def test_profile_flame_and_my_code_view(shop: str, viewer_factory: Any) -> None:

@@ -116,8 +116,10 @@ def test_size_depth_and_label_limits() -> None:
         read_stacks(data, FunctionTable(), limits=Limits(max_stack_depth=49))
     assert len(next(iter(read_stacks(data, FunctionTable(), limits=Limits(max_stack_depth=50)).stacks))) == 50
     labelled = build(Spec("l", NOW, [(frames("a"), (1, 1, 1))], trace_id=5, span_id=6))
+    with pytest.raises(PprofLimitError, match="a sample with 4 labels.*max_labels=2"):  # where labels are read
+        read_stacks(encode_pprof(labelled), FunctionTable(), limits=Limits(max_labels=2), with_labels=True)
     with pytest.raises(PprofLimitError, match="max_labels"):
-        read_stacks(encode_pprof(labelled), FunctionTable(), limits=Limits(max_labels=2))
+        read_pprof(encode_pprof(labelled), limits=Limits(max_labels=2))
 
 
 def test_malformed_input_raises_only_pprof_error() -> None:

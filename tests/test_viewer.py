@@ -559,6 +559,5 @@ def test_browser_tooltip_zoom_and_metric_switch(profile_dir: Any, viewer_factory
                                            "windowsVirtualKeyCode": 27})
         assert dt.wait_for("(() => { const s = document.querySelector('#crumbs strong');"
                            " return s && s.textContent === 'all'; })()", "the zoom reset")
-        dt.screenshot("viewer-profile.png", full_height=900)
     finally:
         dt.close()

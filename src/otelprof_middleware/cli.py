@@ -533,6 +533,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Like ``parse_args``, but a command's options may come between its selector terms
+    (``otelprof merge route=/a --format collapsed from=now-1h``)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for i, word in enumerate(argv):
+        if word.startswith("-"):
+            if word in ("-h", "--help", "--version"):
+                break
+            continue
+        command = sub.choices.get(word)
+        if command is None or any(a.startswith("-") for a in argv[:i]):
+            break
+        args = command.parse_intermixed_args(argv[i + 1:])
+        args.command = word
+        return args
+    return parser.parse_args(argv)
+
+
 def main(argv: Optional[Sequence[str]] = None, out: Optional[IO[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["view"]:  # the viewer parses its own options
@@ -540,7 +558,7 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[IO[str]] = None) ->
 
         return viewer_main(argv[1:], prog=f"{_prog()} view")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     out = out or sys.stdout
     commands = {"summary": _cmd_summary, "query": _cmd_query, "top": _cmd_top, "merge": _cmd_merge,
                 "diff": _cmd_diff}

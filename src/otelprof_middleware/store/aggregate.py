@@ -97,6 +97,13 @@ class StackSet:
             for i, v in zip(where, values):
                 acc[i] += v
 
+    def absorb(self, other: "StackSet") -> None:
+        """Add another set's stacks (same function table) and profile count."""
+        profiles = self.profiles
+        self.add(ProfileStacks(sample_types=other.sample_types, stacks=other.stacks))
+        self.profiles = profiles + other.profiles
+        self.by_thread = self.by_thread or other.by_thread
+
     def totals(self) -> list[int]:
         out = [0] * len(self.sample_types)
         for values in self.stacks.values():

@@ -19,12 +19,12 @@ import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from .aggregate import StackSet, fold_library
 from .index import IndexError_, ProfileIndex
 from .layout import PROFILE_FILE_RE
-from .pprof import DEFAULT_LIMITS, FunctionTable, Limits, PprofError, ProfileStacks, read_stacks
+from .pprof import DEFAULT_LIMITS, LINE_BITS, FunctionTable, Limits, PprofError, ProfileStacks, read_stacks
 from .selector import Selector, parse_selector
 
 __all__ = ["ProfileFolder", "NotFound", "Ambiguous", "Busy", "MergeResult", "DEFAULT_MERGE_LIMIT"]
@@ -66,11 +66,128 @@ class MergeResult:
                 "truncated": self.truncated, "skipped": self.skipped}
 
 
+def read_profile_file(directory: str, fname: str, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """An exporter file's bytes: exporter names only, never a symlink or a non-regular
+    file (a FIFO cannot block: it is opened non-blocking), at most ``max_input_bytes``."""
+    if not PROFILE_FILE_RE.match(fname or ""):
+        raise NotFound(fname)
+    path = os.path.join(directory, fname)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise NotFound(fname) from None
+    except OSError as e:  # ELOOP: a symlink
+        raise PprofError(f"cannot open {fname}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise PprofError(f"{fname} is not a regular file")
+        if st.st_size > limits.max_input_bytes:
+            raise PprofError(f"{fname}: file of {st.st_size:,} bytes (limit max_input_bytes="
+                             f"{limits.max_input_bytes:,})")
+        data = f.read(limits.max_input_bytes + 1)
+    if len(data) > limits.max_input_bytes:
+        raise PprofError(f"{fname}: larger than max_input_bytes={limits.max_input_bytes:,}")
+    return data
+
+
+def _file_key(directory: str, fname: str) -> tuple[str, int, int]:
+    try:
+        st = os.lstat(os.path.join(directory, fname))
+    except OSError:
+        return (fname, -1, -1)
+    return (fname, st.st_size, st.st_mtime_ns)
+
+
+def merge_files(directory: str, rows: Sequence[tuple[str, str]], table: FunctionTable, limits: Limits,
+                failures: Optional[Mapping[tuple[str, int, int], str]] = None,
+                ) -> tuple[StackSet, list[str], list[dict[str, str]]]:
+    """``(summed stacks, profile ids used, skipped)`` of ``rows`` (``(profile id, file)``);
+    files in ``failures`` (by name, size, mtime) are skipped without being read again."""
+    ss = StackSet(table)
+    used: list[str] = []
+    skipped: list[dict[str, str]] = []
+    for pid, fname in rows:
+        if failures:
+            known = failures.get(_file_key(directory, fname))
+            if known is not None:
+                skipped.append({"profile_id": pid, "error": known})
+                continue
+        try:
+            ss.add(read_stacks(read_profile_file(directory, fname, limits), table, limits=limits))
+        except NotFound:
+            skipped.append({"profile_id": pid, "error": "file removed"})
+            continue
+        except PprofError as e:
+            skipped.append({"profile_id": pid, "error": str(e)})
+            continue
+        used.append(pid)
+    return ss, used, skipped
+
+
+def merge_in_worker(directory: str, rows: Sequence[tuple[str, str]], limits: Limits) -> tuple[Any, ...]:
+    """:func:`merge_files` in a worker process: plain data back (its own function table)."""
+    table = FunctionTable()
+    ss, used, skipped = merge_files(directory, rows, table, limits)
+    return ss.sample_types, table.functions, ss.stacks, ss.profiles, used, skipped
+
+
+def _absorb(ss: StackSet, part: tuple[Any, ...]) -> tuple[list[str], list[dict[str, str]]]:
+    """Add a worker's merged stacks to ``ss`` (its frames re-interned in ``ss.table``)."""
+    sample_types, functions, stacks, profiles, used, skipped = part
+    remap = [ss.table.intern(*f) << LINE_BITS for f in functions]
+    mask = (1 << LINE_BITS) - 1
+    other = StackSet(ss.table, sample_types)
+    other.stacks = {tuple(remap[k >> LINE_BITS] | (k & mask) for k in key): values for key, values in stacks.items()}
+    other.profiles = profiles
+    ss.absorb(other)
+    return used, skipped
+
+
+class _Worker:
+    """One helper process decoding a share of a large merge (the decoder is pure Python:
+    a second core halves a 1000-profile merge).  Any failure to start or run it means
+    the share is decoded in this process instead."""
+
+    def __init__(self, directory: str, rows: Sequence[tuple[str, str]], limits: Limits) -> None:
+        import pickle
+        import subprocess
+        import sys
+
+        self.rows = rows
+        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+        self.proc = subprocess.Popen([sys.executable, "-m", "otelprof_middleware.store._worker"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     env=env, close_fds=True)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(pickle.dumps((directory, list(rows), limits)))
+        self.proc.stdin.close()
+        self.proc.stdin = None  # communicate() must not touch it again
+
+    def result(self, timeout: float) -> tuple[Any, ...]:
+        import pickle
+
+        try:
+            out, _ = self.proc.communicate(timeout=timeout)
+        except BaseException:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"merge worker exited {self.proc.returncode}")
+        return pickle.loads(out)  # type: ignore[no-any-return]  # from our own child process
+
+
+PARALLEL_MIN_FILES = 200
+
+
 class ProfileFolder:
     """Queries and views over one folder written by the ``file`` exporter."""
 
     def __init__(self, directory: str, *, limits: Limits = DEFAULT_LIMITS, writable: Optional[bool] = None,
-                 decode_timeout: float = 60.0) -> None:
+                 decode_timeout: float = 60.0, parallel: bool = True) -> None:
         directory = os.path.realpath(os.path.abspath(directory))
         if writable is None:
             writable = os.path.isdir(directory) and os.access(directory, os.W_OK)
@@ -78,11 +195,12 @@ class ProfileFolder:
         self.directory = self.index.directory
         self.limits = limits
         self.decode_timeout = decode_timeout
+        self.parallel = parallel
         self._decode = threading.Lock()
         self._table = FunctionTable()
         self._singles: "OrderedDict[tuple[Any, ...], ProfileStacks]" = OrderedDict()
         self._merges: "OrderedDict[tuple[Any, ...], MergeResult]" = OrderedDict()
-        self._failures: "OrderedDict[tuple[Any, ...], str]" = OrderedDict()
+        self._failures: "OrderedDict[tuple[str, int, int], str]" = OrderedDict()
 
     @property
     def exists(self) -> bool:
@@ -135,29 +253,8 @@ class ProfileFolder:
 
     # ------------------------------------------------------------------ files
     def read_bytes(self, fname: str) -> bytes:
-        """An exporter file's bytes: exporter names only, never a symlink or a
-        non-regular file, at most ``limits.max_input_bytes``."""
-        if not PROFILE_FILE_RE.match(fname or ""):
-            raise NotFound(fname)
-        path = os.path.join(self.directory, fname)
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-                         | getattr(os, "O_NONBLOCK", 0))
-        except FileNotFoundError:
-            raise NotFound(fname) from None
-        except OSError as e:  # ELOOP: a symlink
-            raise PprofError(f"cannot open {fname}: {e.strerror}") from None
-        with os.fdopen(fd, "rb") as f:
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise PprofError(f"{fname} is not a regular file")
-            if st.st_size > self.limits.max_input_bytes:
-                raise PprofError(f"{fname}: file of {st.st_size:,} bytes (limit max_input_bytes="
-                                 f"{self.limits.max_input_bytes:,})")
-            data = f.read(self.limits.max_input_bytes + 1)
-        if len(data) > self.limits.max_input_bytes:
-            raise PprofError(f"{fname}: larger than max_input_bytes={self.limits.max_input_bytes:,}")
-        return data
+        """An exporter file's bytes (see :func:`read_profile_file`)."""
+        return read_profile_file(self.directory, fname, self.limits)
 
     def file_of(self, profile_id: str) -> str:
         return str(self.entry(profile_id)["file"])
@@ -173,8 +270,7 @@ class ProfileFolder:
             self._merges.clear()
         return self._table
 
-    def _stacks_of(self, fname: str, *, by_thread: bool = False, with_labels: bool = False,
-                   cache: bool = True) -> ProfileStacks:
+    def _stacks_of(self, fname: str, *, by_thread: bool = False, with_labels: bool = False) -> ProfileStacks:
         """Decoded stacks of one file (caller holds the decode lock)."""
         path = os.path.join(self.directory, fname)
         try:
@@ -182,7 +278,7 @@ class ProfileFolder:
         except FileNotFoundError:
             raise NotFound(fname) from None
         key = (fname, st.st_size, st.st_mtime_ns, by_thread, with_labels)
-        failed = self._failures.get(key[:3])
+        failed = self._failures.get((fname, st.st_size, st.st_mtime_ns))
         if failed is not None:
             raise PprofError(failed)
         hit = self._singles.get(key)
@@ -193,14 +289,13 @@ class ProfileFolder:
             ps = read_stacks(self.read_bytes(fname), self._table_for_use(), limits=self.limits,
                              by_thread=by_thread, with_labels=with_labels)
         except PprofError as e:
-            self._failures[key[:3]] = str(e)
+            self._failures[(fname, st.st_size, st.st_mtime_ns)] = str(e)
             while len(self._failures) > 512:
                 self._failures.popitem(last=False)
             raise
-        if cache:
-            self._singles[key] = ps
-            while len(self._singles) > 16:
-                self._singles.popitem(last=False)
+        self._singles[key] = ps
+        while len(self._singles) > 16:
+            self._singles.popitem(last=False)
         return ps
 
     # ------------------------------------------------------------------ views
@@ -245,20 +340,7 @@ class ProfileFolder:
                 self._merges.move_to_end(key)
                 return MergeResult(hit.stacks, hit.profile_ids, matched, hit.skipped, limit)
             table = self._table_for_use()
-            ss = StackSet(table)
-            used: list[str] = []
-            skipped: list[dict[str, str]] = []
-            for pid, fname in rows:
-                try:
-                    ps = self._stacks_of(fname, cache=False)
-                except NotFound:
-                    skipped.append({"profile_id": pid, "error": "file removed"})
-                    continue
-                except PprofError as e:
-                    skipped.append({"profile_id": pid, "error": str(e)})
-                    continue
-                ss.add(ps)
-                used.append(pid)
+            ss, used, skipped = self._merge_rows(list(rows), table)
             if my_code:
                 ss = fold_library(ss)
             result = MergeResult(ss, used, matched, skipped, limit)
@@ -268,6 +350,50 @@ class ProfileFolder:
             return result
         finally:
             self._decode.release()
+
+    def _merge_rows(self, rows: list[tuple[str, str]], table: FunctionTable,
+                    ) -> tuple[StackSet, list[str], list[dict[str, str]]]:
+        """Decode and sum ``rows``; large selections are shared with helper processes
+        (one per extra core, at most 3), this process decoding its own share meanwhile."""
+        fail = self._failures
+        helpers = min(3, (os.cpu_count() or 1) - 1)
+        if len(rows) < PARALLEL_MIN_FILES or not self.parallel or helpers < 1:
+            return self._remember(rows, *merge_files(self.directory, rows, table, self.limits, fail))
+        chunk = -(-len(rows) // (helpers + 1))
+        shares = [rows[i:i + chunk] for i in range(chunk, len(rows), chunk)]
+        workers: list[Any] = []
+        for share in shares:
+            try:
+                workers.append(_Worker(self.directory, share, self.limits))
+            except Exception:  # cannot start a process here: this process decodes that share
+                workers.append(share)
+        ss, used, skipped = merge_files(self.directory, rows[:chunk], table, self.limits, fail)
+        for w in workers:
+            try:
+                if isinstance(w, list):
+                    raise RuntimeError("no worker")
+                part_used, part_skipped = _absorb(ss, w.result(timeout=self.decode_timeout))
+            except Exception:  # the worker failed: decode its share here
+                share = w if isinstance(w, list) else w.rows
+                extra, part_used, part_skipped = merge_files(self.directory, share, table, self.limits, fail)
+                ss.absorb(extra)
+            used += part_used
+            skipped += part_skipped
+        order = {pid: n for n, (pid, _f) in enumerate(rows)}
+        used.sort(key=order.__getitem__)
+        return self._remember(rows, ss, used, skipped)
+
+    def _remember(self, rows: list[tuple[str, str]], ss: StackSet, used: list[str], skipped: list[dict[str, str]],
+                  ) -> tuple[StackSet, list[str], list[dict[str, str]]]:
+        """Keep unreadable files' errors, so the next merge does not read them again."""
+        if skipped:
+            files = dict(rows)
+            for s in skipped:
+                if s["error"] != "file removed":
+                    self._failures[_file_key(self.directory, files[s["profile_id"]])] = s["error"]
+            while len(self._failures) > 512:
+                self._failures.popitem(last=False)
+        return ss, used, skipped
 
     def selector(self, text: str) -> Selector:
         return parse_selector(text or "")

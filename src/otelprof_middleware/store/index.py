@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import stat
@@ -84,7 +85,8 @@ CREATE TABLE IF NOT EXISTS profiles (
     source TEXT NOT NULL,
     doc TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS profiles_start ON profiles(start_ns);
+CREATE INDEX IF NOT EXISTS profiles_time ON profiles(start_ns, duration_ms, cpu_ms);
+CREATE INDEX IF NOT EXISTS profiles_size ON profiles(size);
 CREATE INDEX IF NOT EXISTS profiles_route ON profiles(route, start_ns);
 CREATE INDEX IF NOT EXISTS profiles_name ON profiles(name, start_ns);
 CREATE INDEX IF NOT EXISTS profiles_trace ON profiles(trace_id);
@@ -750,7 +752,11 @@ class ProfileIndex:
         col = _SORTS.get(sort.lstrip("-+"))
         if col is None:
             raise ValueError(f"unknown sort {sort!r}; sorts: " + ", ".join(sorted(_SORTS)))
-        order = f"{col} IS NULL, {col} {'DESC' if desc else 'ASC'}, start_ns DESC, id DESC"
+        direction = "DESC" if desc else "ASC"
+        if col == "start_ns":  # never NULL: the start index serves the order (rowid breaks ties)
+            order = f"start_ns {direction}, id {direction}"
+        else:
+            order = f"{col} IS NULL, {col} {direction}, start_ns DESC, id DESC"
         with self._db() as conn:
             rows = conn.execute(f"{_SELECT} WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
                                 [*params, limit, offset]).fetchall()
@@ -815,16 +821,18 @@ class ProfileIndex:
         return [(v, n) for v, n in rows]
 
     def timeline(self, sel: Selector, *, step_s: int = 0, points: int = 2000) -> dict[str, Any]:
-        """Per time bucket: profiles, p50/p95 duration, CPU; and the newest ``points`` requests."""
+        """Per time bucket: profiles, p50/p95 duration (nearest rank: the value at rank
+        ``ceil(q * n)``), CPU; and the newest ``points`` requests.  Without a narrower
+        selector the rows come from a covering index, not the table."""
         where, params = sel.to_sql()
         with self._db() as conn:
-            rows = conn.execute(f"SELECT start_ns, duration_ms, cpu_ms FROM profiles WHERE {where} "
-                                "ORDER BY start_ns", params).fetchall()
+            rows = conn.execute(f"SELECT start_ns, duration_ms, cpu_ms FROM profiles WHERE {where}", params).fetchall()
             pts = conn.execute(f"SELECT start_ns, duration_ms, profile_id, status, cpu_ms FROM profiles "
-                               f"WHERE {where} ORDER BY start_ns DESC LIMIT ?", [*params, points]).fetchall()
+                               f"WHERE {where} ORDER BY start_ns DESC, id DESC LIMIT ?", [*params, points]).fetchall()
         if not rows:
             return {"step_s": step_s or 60, "buckets": [], "points": []}
-        lo, hi = rows[0][0], rows[-1][0]
+        lo = min(r[0] for r in rows)
+        hi = max(r[0] for r in rows)
         if sel.from_ns is not None:
             lo = min(lo, sel.from_ns)
         if sel.until_ns is not None:
@@ -841,13 +849,14 @@ class ProfileIndex:
             b[0] += 1
             if dur is not None:
                 b[1].append(dur)
-            b[2] += cpu or 0.0
+            if cpu:
+                b[2] += cpu
         out = []
         for k in sorted(buckets):
             n, durs, cpu = buckets[k]
             durs.sort()
-            out.append({"start_unix_nano": k * step, "profiles": n, "p50_ms": _pct(durs, 0.5),
-                        "p95_ms": _pct(durs, 0.95), "cpu_ms": round(cpu, 3)})
+            out.append({"start_unix_nano": k * step, "profiles": n, "p50_ms": _rank(durs, 0.5),
+                        "p95_ms": _rank(durs, 0.95), "cpu_ms": round(cpu, 3)})
         return {"step_s": step_s, "buckets": out,
                 "points": [{"start_unix_nano": s, "duration_ms": d, "profile_id": p, "status": st, "cpu_ms": c}
                            for s, d, p, st, c in pts]}
@@ -856,11 +865,11 @@ class ProfileIndex:
 _ABANDONED: list[Any] = []
 
 
-def _pct(sorted_values: list[float], q: float) -> Optional[float]:
+def _rank(sorted_values: list[float], q: float) -> Optional[float]:
+    """The nearest-rank ``q`` quantile: the value at rank ``ceil(q * n)``."""
     if not sorted_values:
         return None
-    i = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))
-    return round(sorted_values[i], 3)
+    return round(sorted_values[max(1, math.ceil(q * len(sorted_values))) - 1], 3)
 
 
 def _uri_path(path: str) -> str:

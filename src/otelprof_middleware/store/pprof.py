@@ -12,8 +12,11 @@ bounded in time and memory by :class:`Limits`, and each limit fails with its own
    cheap pass (the scan stops at the first limit exceeded);
 3. only then does the protobuf runtime (its C ``upb`` backend) parse the message
    against a schema built here at import time (no generated code, no encoder
-   internals), and per-sample stack depth and label counts are checked while the
-   samples are read.
+   internals), and per-sample stack depth (and, where labels are read, label
+   counts) are checked while the samples are read.
+
+The scan is skipped for inputs too small to break a count limit (every field takes
+at least two bytes), which is every profile this package writes.
 
 Two views come out: :func:`read_pprof` (a plain :class:`PprofProfile`, for the
 CLI summary and tests) and :func:`read_stacks` (a :class:`ProfileStacks`, the
@@ -259,7 +262,10 @@ def _scan(buf: bytes, limits: Limits) -> None:
 
 def _parse(data: bytes, limits: Limits) -> tuple[Any, list[str]]:
     buf = decompress(data, limits)
-    _scan(buf, limits)
+    # every field takes at least 2 bytes: a small profile cannot exceed a count limit,
+    # and the protobuf runtime checks its wire format itself
+    if len(buf) // 2 > min(limits.max_samples, limits.max_locations, limits.max_functions, limits.max_strings):
+        _scan(buf, limits)
     try:
         msg = _Profile.FromString(buf)
     except (DecodeError, RuntimeError, ValueError) as e:
@@ -443,15 +449,14 @@ def read_stacks(data: bytes, table: FunctionTable, *, limits: Optional[Limits] =
     max_depth = lim.max_stack_depth
     max_labels = lim.max_labels
     for sample in msg.sample:
-        ids = sample.location_id[:]
-        if len(ids) > max_depth or len(sample.label) > max_labels:
+        ids = sample.location_id[::-1]  # root first
+        if len(ids) > max_depth or (need_labels and len(sample.label) > max_labels):
             _check_sample(sample, lim)
         values = sample.value[:]
         if len(values) != ntypes:
             values = (values + [0] * ntypes)[:ntypes]
         if not any(values):
             continue
-        ids.reverse()  # root first
         try:
             key: tuple[Any, ...] = tuple(map(get, ids))
         except KeyError:  # an inlined or unknown location
