@@ -144,7 +144,7 @@ def _top_table(rows: list[dict[str, Any]], index: int, unit: str, total: float, 
     return out
 
 
-def _choose_type(types: list[tuple[str, str]], totals: list[float], wanted: str) -> tuple[int, str]:
+def _choose_type(types: Sequence[tuple[str, str]], totals: Sequence[float], wanted: str) -> tuple[int, str]:
     """``(index, note)``: ``wanted``, else the first of cpu, wall, samples that has data."""
     names = [t for t, _u in types]
     if wanted:

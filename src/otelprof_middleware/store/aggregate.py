@@ -429,13 +429,14 @@ def diff_json(left: StackSet, right: StackSet, *, normalize: bool = True, max_no
             converted = [convert(c) for c in children]
             out["c"] = converted
             stack.extend(zip(children, converted))
-    changed = []
+    changed: list[dict[str, Any]] = []
     for f, (ls, rs, lt, rt) in fn_stats.items():
-        row = {"f": f, "left_self": side_values(ls, sl), "right_self": side_values(rs, sr),
-               "left_total": side_values(lt, sl), "right_total": side_values(rt, sr)}
-        row["delta_self"] = [_num(b - a) for a, b in zip(row["left_self"], row["right_self"])]
-        row["delta_total"] = [_num(b - a) for a, b in zip(row["left_total"], row["right_total"])]
-        changed.append(row)
+        left_self, right_self = side_values(ls, sl), side_values(rs, sr)
+        left_total, right_total = side_values(lt, sl), side_values(rt, sr)
+        changed.append({"f": f, "left_self": left_self, "right_self": right_self, "left_total": left_total,
+                        "right_total": right_total,
+                        "delta_self": [_num(b - a) for a, b in zip(left_self, right_self)],
+                        "delta_total": [_num(b - a) for a, b in zip(left_total, right_total)]})
     ltot, rtot = top["l"], top["r"]
     metric = pick_metric(types, [a + b for a, b in zip(ltot, rtot)])
     mi = names.index(metric) if metric in names else 0
@@ -487,7 +488,7 @@ def top_functions(ss: StackSet, *, scale: Optional[float] = None) -> list[dict[s
             _acc(total_v.setdefault(f, [0] * n), values)
     metric = pick_metric(ss.sample_types, ss.totals())
     mi = [t for t, _u in ss.sample_types].index(metric) if metric else 0
-    rows = []
+    rows: list[dict[str, Any]] = []
     for f, total in total_v.items():
         name, file, start = ss.table.functions[f]
         rows.append({"name": name, "file": file, "start_line": start,

@@ -229,7 +229,7 @@ def row_values(entry: Mapping[str, Any], file: str, size: int, source: str) -> t
         "file": file,
     }
     cls = keep_class(triggers)
-    samples = doc["samples"]
+    samples = _number(entry.get("samples"))
     cols = {
         "profile_id": doc["profile_id"], "file": file, "start_ns": start_ns, "duration_ms": duration,
         "service": doc["service"], "name": doc["name"], "method": _text(attrs.get("http.request.method")).upper(),
@@ -651,12 +651,13 @@ class ProfileIndex:
                 fst = _regular_file(os.path.join(self.directory, fname))
                 if fst is None:
                     continue  # its file is gone (retention): nothing to index
-                if _text(entry.get("profile_id")).lower() != PROFILE_FILE_RE.match(fname).group(8):
+                m = PROFILE_FILE_RE.match(fname)
+                if m is None or _text(entry.get("profile_id")).lower() != m.group(8):
                     continue
                 entries.append((entry, fname, fst.st_size))
         with self.transaction() as conn:
-            for entry, fname, size in entries:
-                cols, _doc = row_values(entry, fname, size, "log")
+            for entry, fname, file_size in entries:
+                cols, _doc = row_values(entry, fname, file_size, "log")
                 if self._insert(conn, cols, replace=False):
                     imported += 1
                     conn.execute("DELETE FROM skipped WHERE file = ?", (fname,))

@@ -262,7 +262,8 @@ class ViewerHandler(BaseHTTPRequestHandler):
     _head = False
 
     def setup(self) -> None:
-        self.timeout = self.server.idle_timeout  # idle keep-alive and slow clients are dropped
+        # idle keep-alive connections and slow clients are dropped after idle_timeout
+        self.request.settimeout(self.server.idle_timeout)
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
