@@ -36,7 +36,7 @@ APP = textwrap.dedent('''
     import json, os, time
     from otelprof_middleware import Profiler
     from otelprof_middleware.policy.policy import policy_for
-    from otelprof_middleware.stats import profiler_cpu_ns
+    from otelprof_middleware.overhead import profiler_cpu_ns
 
     def cpu_work():
         n = 0

@@ -2,8 +2,9 @@
 
 * ``profiler_factory`` -- build :class:`otelprof_middleware.Profiler` objects whose
   files go under ``tmp_path``; every profiler made is shut down after the test.
-* ``profile_collector`` -- install an in-memory exporter on a profiler and wait for
-  the profiles it receives (no encoding, no files).
+* ``profile_collector`` -- add an in-memory exporter
+  (``otelprof_middleware.testing.InMemoryProfileExporter``) to a profiler and wait
+  for the profiles it receives (no encoding, no files).
 * ``otel_tracing`` -- an OpenTelemetry SDK ``TracerProvider`` with an
   ``InMemorySpanExporter``.  OpenTelemetry's global provider can be set only once
   per process, so the provider is a module-level singleton; the exporter is
@@ -19,7 +20,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-import time
 from typing import Any, Callable, Iterator, Optional
 
 import pytest
@@ -47,17 +47,18 @@ def _isolate_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def profiler_factory(tmp_path: Any) -> Iterator[Callable[..., Any]]:
     """``make(**options) -> Profiler``.  Defaults: ``exporter="file"`` and
-    ``output_dir=tmp_path/"profiles"`` unless given.  All profilers made are shut
-    down (timeout 5 s) after the test, and removed as the process default."""
-    from otelprof_middleware import profiler as profiler_mod
+    ``output_dir=tmp_path/"profiles"`` unless given (or ``exporters=``).  All
+    profilers made are shut down (timeout 5 s) after the test, and the process
+    default is reset."""
+    from otelprof_middleware import Profiler, set_profiler
 
     made: list[Any] = []
 
     def make(config: Any = None, **options: Any) -> Any:
-        if config is None:
+        if config is None and "exporters" not in options:
             options.setdefault("exporter", "file")
             options.setdefault("output_dir", str(tmp_path / "profiles"))
-        p = profiler_mod.Profiler(config, **options)
+        p = Profiler(config, **options)
         made.append(p)
         return p
 
@@ -68,54 +69,19 @@ def profiler_factory(tmp_path: Any) -> Iterator[Callable[..., Any]]:
             p.shutdown(timeout=5)
         except Exception:  # pragma: no cover - a broken shutdown must not hide the test result
             pass
-        if profiler_mod._default is p:
-            profiler_mod.set_profiler(None)
-
-
-class CollectingExporter:
-    """An exporter that keeps the :class:`Profile` objects it is given."""
-
-    name = "collect"
-
-    def __init__(self) -> None:
-        self.profiles: list[Any] = []
-        self._cond = threading.Condition()
-        self.shut_down = False
-
-    def export(self, profiles: Any) -> Any:
-        from otelprof_middleware.export.base import ExportResult
-
-        with self._cond:
-            self.profiles.extend(profiles)
-            self._cond.notify_all()
-        return ExportResult(exported=len(profiles))
-
-    def shutdown(self) -> None:
-        self.shut_down = True
-
-    def wait_for(self, n: int, timeout: float = 5.0) -> bool:
-        """True once at least ``n`` profiles arrived (within ``timeout`` seconds)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while len(self.profiles) < n:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return True
-
-    def by_name(self, name: str) -> list[Any]:
-        return [p for p in self.profiles if p.name == name]
+    if made:
+        set_profiler(None)
 
 
 @pytest.fixture
-def profile_collector() -> Callable[[Any], CollectingExporter]:
-    """``install(profiler) -> CollectingExporter``: adds an in-memory exporter to the
-    profiler's export pipeline (next to the configured ones)."""
+def profile_collector() -> Callable[[Any], Any]:
+    """``install(profiler) -> InMemoryProfileExporter``: adds an in-memory exporter to
+    the profiler (next to the configured ones), before its first profile."""
+    from otelprof_middleware.testing import InMemoryProfileExporter
 
-    def install(profiler: Any) -> CollectingExporter:
-        exp = CollectingExporter()
-        profiler._get_pipeline().exporters.append(exp)
+    def install(profiler: Any) -> InMemoryProfileExporter:
+        exp = InMemoryProfileExporter()
+        profiler.add_exporter(exp)
         return exp
 
     return install

@@ -339,8 +339,7 @@ class ExplodingExporter:
 def test_failing_exporter_or_sampler_never_changes_the_response(profiler_factory: Any, monkeypatch: Any) -> None:
     from otelprof_middleware.sampler import get_sampler
 
-    profiler = profiler_factory(probability=1.0, exporter="none")
-    profiler._get_pipeline().exporters.append(ExplodingExporter())
+    profiler = profiler_factory(probability=1.0, exporters=[ExplodingExporter()])
     app = make_app()
     app.add_middleware(ProfilingMiddleware, profiler=profiler)
     with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=30) as client:

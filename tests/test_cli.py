@@ -285,33 +285,3 @@ def test_view_on_a_busy_port_suggests_port_zero(tmp_path: Any) -> None:
     finally:
         busy.close()
 
-
-@pytest.mark.integration
-def test_docs_viewer_try_it_runs_as_written(tmp_path: Any) -> None:
-    """docs/viewer.md's "Try it": its Python block, then each otelprof line of the bash
-    block that follows it (all but the long-running viewer), in a fresh folder."""
-    import re
-
-    doc = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "viewer.md")).read()
-    section = doc[doc.index("## Try it"):doc.index("## The pages")]
-    python_block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    bash_block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
-    env = dict(os.environ)
-    env.pop("OTELPROF_OUTPUT_DIR", None)
-    r = subprocess.run([sys.executable, "-c", python_block], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr
-    commands = [line.split("#")[0].strip() for line in bash_block.splitlines() if line.startswith("otelprof ")]
-    assert len(commands) == 5
-    outputs = {}
-    for command in commands:
-        words = command.split()
-        if words[1] == "view":
-            continue
-        r = subprocess.run([sys.executable, "-m", "otelprof_middleware", *words[1:]], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, (command, r.stderr)
-        outputs[words[1]] = r.stdout
-    assert len(outputs["query"].splitlines()) == 4 and "nightly-import" in outputs["query"]
-    assert "checksum" in outputs["summary"] and "checksum" in outputs["top"]
-    assert (tmp_path / "merged.pb.gz").read_bytes()[:2] == b"\x1f\x8b"

@@ -8,7 +8,9 @@ code asks for are recorded through the channel's ``wait`` hook."""
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
+import logging
 import threading
 import time
 from typing import Any
@@ -16,10 +18,11 @@ from typing import Any
 import pytest
 
 from otelprof_middleware.config import Config
-from otelprof_middleware.export.base import estimate_size
-from otelprof_middleware.export.otlp_http import OTLPHTTPExporter
-from otelprof_middleware.export.pipeline import ExportChannel
-from otelprof_middleware.export.retry import RateLimiter, parse_retry_after
+from otelprof_middleware.export.channel import ExportChannel
+from otelprof_middleware.export.registry import create_exporter
+from otelprof_middleware.export.retry import ByteRateLimiter, parse_retry_after
+from otelprof_middleware.export.settings import BatchSettings, batch_settings
+from otelprof_middleware.export.sizing import estimate_size
 from otelprof_middleware.profile import Profile, ProfileBuilder, SpanLink
 from otelprof_middleware.stats import Stats
 
@@ -74,18 +77,15 @@ class Recorder:
 
 def channel_for(rx: OTLPReceiver, *, wait: Any = None, stats: Any = None, **options: Any) -> ExportChannel:
     config = Config.load(dict(exporter="otlp", endpoint=rx.url, **options), env={})
-    exporter = OTLPHTTPExporter(config)
-    return ExportChannel(exporter, stats or Stats(), queue_size=config.queue_size,
-                         max_queue_bytes=config.max_queue_bytes, batch_size=config.batch_size,
-                         batch_timeout=60, max_upload_rate=0, wait=wait)
+    batch = dataclasses.replace(batch_settings(config), batch_timeout=60, max_upload_rate=0)
+    return ExportChannel(create_exporter("otlp", config), stats or Stats(), batch=batch, wait=wait)
 
 
 def send_all(ch: ExportChannel, profiles: list[Profile]) -> None:
     """Queue ``profiles`` (one batch if they fit ``batch_size``), then flush."""
     for p in profiles:
         assert ch.offer(p, estimate_size(p))
-    ch.hurry(True)
-    assert ch.wait_idle(time.monotonic() + 30)
+    assert ch.force_flush(30)
 
 
 # ----------------------------------------------------------------------------- retry rules
@@ -271,8 +271,11 @@ def test_receiver_that_never_answers_never_blocks_and_bounds_memory(profiler_fac
         t.start()
         assert done.wait(10), "profile() blocked behind a stuck exporter"
         assert not release.is_set()  # ... while the exporter was still stuck
-        # every session built and handed over (the channel itself stays stuck)
-        assert profiler._get_pipeline()._wait_built(time.monotonic() + 10)
+        # every session built and handed over, or dropped before (the channel itself stays stuck)
+        deadline = time.monotonic() + 10
+        while profiler.stats()["profiles_collected"] + profiler.stats()["dropped_total"] < 10:
+            assert time.monotonic() < deadline, profiler.stats()
+            time.sleep(0.01)
         st = profiler.stats()
         # 1 in flight + queue_size queued; everything else dropped and counted, exactly
         assert st["queue_pending"] == 4
@@ -399,7 +402,7 @@ def test_max_queue_bytes_bounds_the_channel():
             pass
 
     stats = Stats()
-    ch = ExportChannel(Blocking(), stats, queue_size=100, max_queue_bytes=1500)
+    ch = ExportChannel(Blocking(), stats, batch=BatchSettings(queue_size=100, max_queue_bytes=1500))
     assert ch.offer(synthetic("a"), 1000)
     assert started.wait(10)
     assert ch.offer(synthetic("b"), 1000)  # fits (the in-flight one left the queue)
@@ -414,14 +417,14 @@ def test_max_queue_bytes_bounds_the_channel():
 
 def test_rate_limiter_smooths_bursts():
     now = [100.0]
-    rl = RateLimiter(1000, clock=lambda: now[0])
+    rl = ByteRateLimiter(1000, clock=lambda: now[0])
     assert rl.delay(600) == 0.0  # within the one-second burst
     assert rl.delay(600) == pytest.approx(0.2)  # 200 bytes of debt at 1000 B/s
     now[0] += 0.2
     assert rl.delay(1000) == pytest.approx(1.0)
     now[0] += 10
     assert rl.delay(500) == 0.0  # refilled, capped at one second's worth
-    assert RateLimiter(0).delay(10**9) == 0.0
+    assert ByteRateLimiter(0).delay(10**9) == 0.0
 
 
 def test_upload_rate_paces_requests_through_the_channel():
@@ -434,9 +437,9 @@ def test_upload_rate_paces_requests_through_the_channel():
             now[0] += seconds
             return wait(seconds)
 
-        ch = ExportChannel(OTLPHTTPExporter(config), Stats(), batch_size=1, batch_timeout=0, max_upload_rate=1024,
-                           wait=wait_and_advance)
-        ch._limiter = RateLimiter(1024, clock=lambda: now[0])
+        ch = ExportChannel(create_exporter("otlp", config), Stats(),
+                           batch=BatchSettings(batch_size=1, batch_timeout=0, max_upload_rate=1024),
+                           wait=wait_and_advance, clock=lambda: now[0])
         profiles = [synthetic(f"p{i}", n_samples=10, fn_name_len=40, seed=i) for i in range(4)]
         for p in profiles:
             ch.offer(p, estimate_size(p))
@@ -488,7 +491,7 @@ def test_otlp_env_headers_and_protocol(monkeypatch):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROFILES_HEADERS", "authorization=Bearer%20abc,x-tenant=t1")
     with OTLPReceiver() as rx:
         config = Config.load(dict(exporter="otlp", endpoint=rx.url))
-        ch = ExportChannel(OTLPHTTPExporter(config), Stats(), batch_timeout=0)
+        ch = ExportChannel(create_exporter("otlp", config), Stats(), batch=BatchSettings(batch_timeout=0))
         send_all(ch, [synthetic("a")])
         r = rx.requests[0]
         assert r.header("authorization") == "Bearer abc" and r.header("x-tenant") == "t1"
@@ -601,3 +604,131 @@ def test_stats_without_sdk_are_plain_numbers(profiler_factory):
     assert st["collection_duration"]["count"] == 1
     assert st["profile_size"]["count"] == 1 and st["profile_size"]["sum"] > 0
     assert isinstance(st["overhead_cpu"], float)
+
+
+# ----------------------------------------------------------------------------- where profiles go
+
+
+def _announced(caplog: Any) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("otelprof: profiles -> ")]
+
+
+def test_where_profiles_go_is_logged_once_with_the_source_of_each_value(profiler_factory, caplog, tmp_path,
+                                                                         monkeypatch):
+    caplog.set_level(logging.INFO, logger="otelprof_middleware")
+    monkeypatch.chdir(tmp_path)
+    from otelprof_middleware import Profiler
+
+    p = Profiler()  # the embedded default
+    try:
+        assert _announced(caplog) == ["otelprof: profiles -> ./profiles (file exporter; exporter: default; "
+                                      "output_dir: default)"]
+    finally:
+        p.shutdown(1)
+    caplog.clear()
+
+    # the newcomer's Quick start: an OTEL endpoint picks the OTLP exporter
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
+    profiler_factory(config=Config.load({}))
+    assert _announced(caplog) == [
+        "otelprof: profiles -> http://localhost:4318/v1development/profiles (otlp exporter over http/protobuf; "
+        "exporter: default, as OTEL_EXPORTER_OTLP_ENDPOINT is set; endpoint: OTEL_EXPORTER_OTLP_ENDPOINT; "
+        "protocol: default)"]
+    caplog.clear()
+
+    # opentelemetry-distro's gRPC default: the line says where "grpc" came from
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://user:pw@localhost:4317")
+    profiler_factory(config=Config.load({}))
+    (line,) = _announced(caplog)
+    assert line.startswith("otelprof: profiles -> http://localhost:4317 (otlp exporter over grpc; ")
+    assert "protocol: OTEL_EXPORTER_OTLP_PROTOCOL" in line and "pw" not in line
+    caplog.clear()
+
+    # keyword arguments, settings and OTELPROF_* variables are named as such
+    monkeypatch.setenv("OTELPROF_EXPORTER", "file,pyroscope")
+    profiler_factory(config=Config.load({"output_dir": str(tmp_path / "out")},
+                                        settings={"pyroscope_endpoint": "http://pyro:4040"}))
+    assert _announced(caplog) == [
+        "otelprof: profiles -> ./out (file exporter; exporter: OTELPROF_EXPORTER; output_dir: keyword "
+        "argument) and http://pyro:4040 (pyroscope exporter; exporter: OTELPROF_EXPORTER; pyroscope_endpoint: "
+        "settings)"]
+
+
+def test_exporter_objects_and_names_are_announced_too(profiler_factory, caplog, tmp_path):
+    caplog.set_level(logging.INFO, logger="otelprof_middleware")
+    from otelprof_middleware.testing import InMemoryProfileExporter
+
+    profiler_factory(exporters=[InMemoryProfileExporter(), "console"])
+    assert _announced(caplog) == ["otelprof: profiles -> memory (otelprof_middleware.testing) (memory exporter, given "
+                                  "in exporters=) and standard error (console exporter; named in exporters=)"]
+
+
+def test_where_profiles_go_reaches_stderr_when_no_logging_is_set_up(tmp_path):
+    import subprocess
+    import sys
+
+    code = "from otelprof_middleware import Profiler; Profiler(exporter='none'); Profiler(output_dir='out')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in __import__("os").environ.items() if not k.startswith("OTEL")})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "otelprof: profiles -> nowhere (exporter=none from keyword argument)",
+        "otelprof: profiles -> ./out (file exporter; exporter: default; output_dir: keyword argument)"]
+
+
+def test_first_failed_export_is_logged_at_once_with_reason_and_endpoint(profiler_factory, caplog):
+    caplog.set_level(logging.WARNING, logger="otelprof_middleware")
+    s = __import__("socket").socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    # a long retry budget and backoff: a line after the budget would come minutes later
+    profiler = profiler_factory(exporter="otlp", endpoint=f"http://user:pw-9f2@127.0.0.1:{port}/v1development/profiles",
+                                retry_timeout=600, retry_initial_backoff=300, retry_max_backoff=300,
+                                min_samples=0, batch_size=1)
+    run_profiles(profiler, ["nowhere"])
+    deadline = time.monotonic() + 20
+    lines: list[str] = []
+    while not lines:
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        time.sleep(0.02)
+        lines = [r.getMessage() for r in caplog.records if "could not deliver" in r.getMessage()]
+    assert lines == [f"otelprof: otlp exporter could not deliver to http://127.0.0.1:{port}/v1development/profiles: "
+                     "ConnectError: [Errno 111] Connection refused; retrying for up to 600 s"]
+    assert profiler.stats()["dropped_total"] == 0  # nothing given up yet: it is still retrying
+    assert profiler.shutdown(timeout=0.5) is False  # the retry wait is cut short ...
+    deadline = time.monotonic() + 10
+    while profiler.stats()["dropped"] != {"shutdown": 1}:  # ... and the profile counted
+        assert time.monotonic() < deadline, profiler.stats()
+        time.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------- built without a Config
+
+
+def test_exporter_and_pipeline_are_built_from_their_own_settings_without_a_config():
+    from otelprof_middleware.export.otlp_http import OTLPHTTPExporter
+    from otelprof_middleware.export.pipeline import ExportPipeline
+    from otelprof_middleware.export.resource import resource_attributes
+    from otelprof_middleware.export.retry import RetryPolicy
+    from otelprof_middleware.export.settings import OTLPTarget
+    from otelprof_middleware.session import Session
+
+    with OTLPReceiver(statuses=[503], retry_after="0") as rx:
+        exporter = OTLPHTTPExporter(OTLPTarget(endpoint=rx.url, headers={"x-team": "t1"}, compression="none"),
+                                    resource=resource_attributes("standalone-svc"),
+                                    retry_policy=RetryPolicy(retry_timeout=30, initial_backoff=0.01))
+        assert "x-team" not in repr(OTLPTarget(endpoint=rx.url, headers={"x-team": "t1"}))  # values are secrets
+        stats = Stats()
+        pipeline = ExportPipeline([exporter], stats, batch=BatchSettings(batch_size=2, batch_timeout=60))
+        sessions = [Session(f"s{i}", hz=100, max_depth=64, max_duration=1.0, max_samples=100) for i in range(2)]
+        assert all(pipeline.submit(s) for s in sessions)
+        assert pipeline.force_flush(20)
+        assert [r.status for r in rx.requests] == [503, 200]  # one batch of two, retried once
+        assert sorted(profile_ids(rx)) == sorted(s.profile_id_hex for s in sessions)
+        assert rx.requests[1].header("x-team") == "t1"
+        res = {kv.key: kv.value.string_value for kv in rx.messages[0].resource_profiles[0].resource.attributes}
+        assert res["service.name"] == "standalone-svc"
+        assert stats.snapshot()["exporters"]["otlp"] == {"exported": 2, "dropped": {}, "requests": 2, "retries": 1}
+        assert pipeline.shutdown(5)

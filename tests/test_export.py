@@ -14,7 +14,8 @@ import pytest
 
 from otelprof_middleware.export.base import ExportResult
 from otelprof_middleware.export.pipeline import ExportPipeline
-from otelprof_middleware.profile import Profile
+from otelprof_middleware.export.settings import BatchSettings
+from otelprof_middleware.session import Session
 from otelprof_middleware.stats import Stats
 
 from helpers.otlp_check import check_request
@@ -296,10 +297,14 @@ def run_in_thread(fn, timeout=5.0):
     return result[0]
 
 
+def unsampled_session(name):
+    """A session that never sampled (it builds into an empty profile)."""
+    return Session(name, hz=100, max_depth=64, max_duration=1.0, max_samples=100)
+
+
 def test_queue_overflow_drops_and_counts_without_blocking(profiler_factory):
-    profiler = profiler_factory(exporter="none", queue_size=2, min_samples=0)
     blocking = BlockingExporter()
-    profiler._get_pipeline().exporters[:] = [blocking]
+    profiler = profiler_factory(exporters=[blocking], queue_size=2, min_samples=0)
 
     def one_profile(name):
         def run():
@@ -316,36 +321,32 @@ def test_queue_overflow_drops_and_counts_without_blocking(profiler_factory):
     for i in range(3):
         run_in_thread(one_profile(f"dropped-{i}"))
 
-    pipeline = profiler._get_pipeline()
-    assert run_in_thread(lambda: pipeline.submit(object())) is False
+    assert run_in_thread(lambda: profiler.finish_session(unsampled_session("one-more"))) is False
     stats = profiler.stats()
     assert stats["dropped"]["queue_full"] == 4
     assert stats["queue_pending"] == 3
     assert stats["profiles_started"] == 6
 
     # shutdown while the exporter is stuck: the two queued profiles are dropped as 'shutdown'
-    assert run_in_thread(lambda: pipeline.shutdown(timeout=0.2)) is False
+    assert run_in_thread(lambda: profiler.shutdown(timeout=0.2)) is False
     stats = profiler.stats()
     assert stats["dropped"]["shutdown"] == 2
     assert stats["dropped"]["queue_full"] == 4
-    assert pipeline.submit(object()) is False  # after shutdown
+    assert profiler.finish_session(unsampled_session("late")) is False  # after shutdown
     assert profiler.stats()["dropped"]["shutdown"] == 3
     blocking.release.set()
-    assert pipeline.force_flush(5)
+    assert profiler.force_flush(5)
     assert [p.name for p in blocking.exported] == ["in-flight"]
 
 
 def test_pipeline_directly_queue_full_exact_counts():
     stats = Stats()
     blocking = BlockingExporter()
-    pipe = ExportPipeline([blocking], stats, queue_size=2)
+    pipe = ExportPipeline([blocking], stats, batch=BatchSettings(queue_size=2))
 
-    def prof(name):
-        return Profile(name=name, start_time_ns=time.time_ns(), duration_ns=1, period_ns=10_000_000)
-
-    assert pipe.submit(prof("a")) is True
+    assert pipe.submit(unsampled_session("a")) is True
     assert blocking.started.wait(5)
-    results = run_in_thread(lambda: [pipe.submit(prof(n)) for n in "bcdefg"])
+    results = run_in_thread(lambda: [pipe.submit(unsampled_session(n)) for n in "bcdefg"])
     assert results == [True, True, False, False, False, False]
     assert stats.snapshot()["dropped"] == {"queue_full": 4}
     assert pipe.pending == 3
@@ -358,10 +359,8 @@ def test_pipeline_directly_queue_full_exact_counts():
 
 
 def test_failing_exporter_never_raises_into_profile(profiler_factory, profile_collector):
-    profiler = profiler_factory(exporter="none", min_samples=0)
     failing = FailingExporter()
-    pipeline = profiler._get_pipeline()
-    pipeline.exporters[:] = [failing]
+    profiler = profiler_factory(exporters=[failing], min_samples=0)
     collected = profile_collector(profiler)  # a second exporter still gets the profile
     for _ in range(2):
         with profiler.profile("boom"):
@@ -396,9 +395,8 @@ def test_force_flush_returns_true_after_the_export(profiler_factory, tmp_path):
 
 
 def test_force_flush_times_out_with_a_stuck_exporter(profiler_factory):
-    profiler = profiler_factory(exporter="none", min_samples=0)
     blocking = BlockingExporter()
-    profiler._get_pipeline().exporters[:] = [blocking]
+    profiler = profiler_factory(exporters=[blocking], min_samples=0)
     with profiler.profile("stuck"):
         export_parse_rows(0.05)
     assert blocking.started.wait(5)

@@ -3,16 +3,17 @@ opentelemetry-proto classes, retryable codes, RetryInfo, metadata, env selection
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
 pytest.importorskip("grpc")
 
 from otelprof_middleware.config import Config
-from otelprof_middleware.export.base import create_exporters, estimate_size
+from otelprof_middleware.export.channel import ExportChannel
 from otelprof_middleware.export.otlp_grpc import OTLPGRPCExporter, grpc_target, parse_retry_info
-from otelprof_middleware.export.pipeline import ExportChannel
+from otelprof_middleware.export.registry import create_exporter, create_exporters
+from otelprof_middleware.export.settings import BatchSettings
+from otelprof_middleware.export.sizing import estimate_size
 from otelprof_middleware.stats import Stats
 
 from helpers.grpc_receiver import GRPCReceiver, status_details
@@ -22,15 +23,14 @@ from test_delivery import Recorder, run_profiles, synthetic
 
 def grpc_channel(rx: GRPCReceiver, wait=None, stats=None, **options):
     config = Config.load(dict(exporter="otlp", protocol="grpc", endpoint=rx.url, **options), env={})
-    return ExportChannel(OTLPGRPCExporter(config), stats or Stats(), batch_size=config.batch_size,
-                         batch_timeout=60, wait=wait)
+    return ExportChannel(create_exporter("otlp", config), stats or Stats(),
+                         batch=BatchSettings(batch_size=config.batch_size, batch_timeout=60), wait=wait)
 
 
 def send_all(ch, profiles):
     for p in profiles:
         assert ch.offer(p, estimate_size(p))
-    ch.hurry(True)
-    assert ch.wait_idle(time.monotonic() + 30)
+    assert ch.force_flush(30)
 
 
 def ids_in(rx: GRPCReceiver) -> list[str]:
@@ -137,7 +137,7 @@ def test_server_down_is_unavailable_and_retried_until_it_comes_up():
     config = Config.load(dict(exporter="otlp", protocol="grpc", endpoint=f"http://127.0.0.1:{dead_port}",
                               export_timeout=2), env={})
     stats = Stats()
-    ch = ExportChannel(OTLPGRPCExporter(config), stats, batch_timeout=60, wait=wait)
+    ch = ExportChannel(create_exporter("otlp", config), stats, batch=BatchSettings(batch_timeout=60), wait=wait)
     holder["ch"] = ch
     try:
         p = synthetic("a")

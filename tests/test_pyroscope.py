@@ -9,9 +9,10 @@ import time
 import pytest
 
 from otelprof_middleware.config import Config
-from otelprof_middleware.export.base import estimate_size
-from otelprof_middleware.export.pipeline import ExportChannel
-from otelprof_middleware.export.pyroscope import PyroscopeExporter
+from otelprof_middleware.export.channel import ExportChannel
+from otelprof_middleware.export.registry import create_exporter
+from otelprof_middleware.export.settings import BatchSettings
+from otelprof_middleware.export.sizing import estimate_size
 from otelprof_middleware.stats import Stats
 
 from helpers.pprof_decode import GO_MISSING, decode_pprof, run_go_pprof, stacks_by_function
@@ -24,15 +25,14 @@ PUSH = "/push.v1.PusherService/Push"
 def pyro_channel(rx, wait=None, stats=None, **options):
     config = Config.load(dict(exporter="pyroscope", pyroscope_endpoint=rx.url, service_name="demo-web", **options),
                          env={})
-    return ExportChannel(PyroscopeExporter(config), stats or Stats(), batch_size=config.batch_size,
-                         batch_timeout=60, wait=wait)
+    return ExportChannel(create_exporter("pyroscope", config), stats or Stats(),
+                         batch=BatchSettings(batch_size=config.batch_size, batch_timeout=60), wait=wait)
 
 
 def send_all(ch, profiles):
     for p in profiles:
         assert ch.offer(p, estimate_size(p))
-    ch.hurry(True)
-    assert ch.wait_idle(time.monotonic() + 30)
+    assert ch.force_flush(30)
 
 
 def pyro_work_loop(seconds):

@@ -6,27 +6,79 @@ environment variable ``OTELPROF_<OPTION_UPPERCASE>``.  Precedence: keyword
 arguments, then settings, then ``OTELPROF_*`` variables, then the standard
 OpenTelemetry variables (``OTEL_SERVICE_NAME``, ``OTEL_EXPORTER_OTLP_*`` ...),
 then the defaults below.  Values are validated once, when the object is built;
-a bad value raises :class:`ConfigError` naming the option, the value and what is
-allowed.
+a bad value raises :class:`ConfigError` naming the option, the value, where it
+came from and what is allowed.
+
+Load-time checks beyond single values, so that mistakes surface at start-up and
+not as dropped profiles minutes later:
+
+* an unknown keyword or settings key raises, with "did you mean ...?" (difflib);
+  an unknown ``OTELPROF_*`` variable is logged once, with the nearest option;
+* the OTLP endpoint is checked from whichever source gave it (``endpoint=``,
+  ``OTELPROF_ENDPOINT``, ``OTEL_EXPORTER_OTLP_[PROFILES_]ENDPOINT``) when the
+  ``otlp`` exporter is used; a port that belongs to the other OTLP protocol
+  (4317 gRPC, 4318 HTTP) is logged once;
+* ``protocol="grpc"`` needs grpcio.  When ``grpc`` comes only from the generic
+  ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``opentelemetry-distro`` sets it by default for
+  every signal) and grpcio is missing, or that variable says ``http/json`` (which
+  we do not speak), profiles use ``http/protobuf`` and a warning names the
+  variable; asked for explicitly, a missing grpcio is a :class:`ConfigError`;
+* ``output_dir`` must be a writable folder (or creatable) when the ``file``
+  exporter is used.  If neither the folder nor the exporter was chosen (the
+  embedded default), a problem is a warning, not an error: adding the
+  middleware with no configuration never stops an app that runs on a
+  read-only file system.
+
+Where each value came from is kept: :meth:`Config.source_of`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib.util
 import math
 import os
 import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Optional
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["Config", "ConfigError", "parse_duration", "parse_size"]
+from ._safety import LogOnce
+
+from ._redact import MASK, mask_key_values, redact_url
+
+__all__ = ["Config", "ConfigError", "parse_duration", "parse_size", "parse_trigger_limits"]
 
 ENV_PREFIX = "OTELPROF_"
 OTLP_PROFILES_PATH = "/v1development/profiles"
 DEFAULT_OTLP_HTTP_ENDPOINT = "http://localhost:4318"
 DEFAULT_OTLP_GRPC_ENDPOINT = "http://localhost:4317"
 EXPORTER_NAMES = ("file", "otlp", "console", "pyroscope", "none")
+#: options whose values are credentials: masked in ``repr(Config)`` and ``ConfigError``
+SECRET_OPTIONS = frozenset({"header_secret", "headers", "pyroscope_headers", "pyroscope_basic_auth",
+                            "pyroscope_token"})
+#: options that may hold a password in their URL (``https://user:password@host``)
+URL_OPTIONS = frozenset({"endpoint", "pyroscope_endpoint"})
+#: triggers that ``trigger_limits`` can cap (the header has ``max_header_profiles_per_minute``)
+LIMITABLE_TRIGGERS = frozenset({"probability", "slow", "error", "high_cpu", "on_demand"})
+GENERIC_PROTOCOL_VAR = "OTEL_EXPORTER_OTLP_PROTOCOL"
+#: ``OTELPROF_*`` variables read by parts of the package that are not options (none
+#: today); listed here so that the unknown-variable warning leaves them alone.
+NON_OPTION_ENV_VARS: frozenset[str] = frozenset()
+#: where a value came from when nobody gave it
+DEFAULT_SOURCE = "default"
+
+# warnings about the configuration: once per process and problem, however many
+# times a configuration is loaded (each middleware, the default profiler, ...)
+_warn_once = LogOnce()
+
+
+def reset_warnings() -> None:
+    """Forget which configuration warnings were already logged (each is logged
+    once per process); for test suites that check them."""
+    global _warn_once
+    _warn_once = LogOnce()
 
 
 class ConfigError(ValueError):
@@ -35,11 +87,22 @@ class ConfigError(ValueError):
 
     def __init__(self, option: str, value: Any, allowed: str, source: str = "") -> None:
         self.option = option
-        self.value = value
+        self.value = _shown_value(option, value)  # credentials masked
         self.allowed = allowed
         self.source = source
         where = f" (from {source})" if source else ""
-        super().__init__(f"invalid option {option}={value!r}{where}: {allowed}")
+        super().__init__(f"invalid option {option}={self.value!r}{where}: {allowed}")
+
+
+def _shown_value(option: str, value: Any) -> Any:
+    """``value`` as it may appear in a message: credentials masked."""
+    if option in SECRET_OPTIONS:
+        if not value:
+            return value
+        return mask_key_values(value) if isinstance(value, (str, Mapping)) and option.endswith("headers") else MASK
+    if option in URL_OPTIONS and isinstance(value, str) and "@" in value:
+        return redact_url(value)
+    return value
 
 
 # --------------------------------------------------------------------------- parsers
@@ -126,6 +189,27 @@ def parse_key_values(value: Any) -> dict[str, str]:
     return result
 
 
+def parse_trigger_limits(raw: Any) -> dict[str, int]:
+    """``{trigger: profiles per minute}`` from ``"high_cpu=10,probability=30"`` or a
+    mapping; ``ConfigError`` for an unknown trigger or a value that is not a whole
+    number >= 0."""
+    out: dict[str, int] = {}
+    items = parse_key_values(raw) if isinstance(raw, str) else dict(raw or {})
+    for k, v in items.items():
+        name = str(k).strip()
+        if name not in LIMITABLE_TRIGGERS:
+            raise ConfigError("trigger_limits", raw, "keys must be among " + ", ".join(sorted(LIMITABLE_TRIGGERS))
+                              + " (the header has max_header_profiles_per_minute)")
+        try:
+            n = int(str(v).strip())
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise ConfigError("trigger_limits", raw, "values must be whole numbers of profiles per minute (>= 0)")
+        out[name] = n
+    return out
+
+
 def _parse_url_list(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -146,7 +230,7 @@ def _parse_url_list(value: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class _Spec:
-    kind: str  # bool, int, float, duration, size, str, choice, url, kv, urls, callable, exporters
+    kind: str  # bool, int, float, duration, size, str, choice, url, kv, limits, urls, callable, exporters
     lo: float | None = None
     hi: float | None = None
     choices: tuple[str, ...] = ()
@@ -185,7 +269,7 @@ class Config:
                                         "'probability=1000,slow=500,error=500,header=200'")
     endpoint: str = _opt("", "url", optional=True, doc="full OTLP profiles URL")
     protocol: str = _opt("http/protobuf", "choice", choices=("http/protobuf", "grpc"))
-    headers: Mapping[str, str] = _opt(dict, "kv", doc="extra headers for OTLP/Pyroscope")
+    headers: Mapping[str, str] = _opt(dict, "kv", doc="extra headers (gRPC metadata) for the OTLP endpoint only")
     compression: str = _opt("gzip", "choice", choices=("gzip", "none"))
     certificate: str = _opt("", "str", doc="CA bundle for TLS")
     insecure: bool = _opt(False, "bool", doc="gRPC without TLS for https-less endpoints")
@@ -204,6 +288,7 @@ class Config:
     pyroscope_basic_auth: str = _opt("", "str", doc="user:password for Pyroscope")
     pyroscope_token: str = _opt("", "str", doc="bearer token for Pyroscope")
     pyroscope_tenant_id: str = _opt("", "str", doc="X-Scope-OrgID for Pyroscope")
+    pyroscope_headers: Mapping[str, str] = _opt(dict, "kv", doc="extra headers for Pyroscope (never the OTLP ones)")
 
     # --- request policy
     probability: float = _opt(0.01, "float", 0.0, 1.0, doc="share of requests profiled")
@@ -231,8 +316,11 @@ class Config:
     should_profile: Optional[Callable[..., Optional[bool]]] = _opt(None, "callable", optional=True)
     excluded_urls: tuple[str, ...] = _opt((), "urls", doc="comma-separated regexes (re.search on the URL)")
     max_overhead: float = _opt(0.05, "float", 0.0, 1.0, doc="profiler CPU / process CPU budget")
-    trigger_limits: Mapping[str, str] = _opt(dict, "kv", doc="per-trigger profiles per minute under "
+    trigger_limits: Mapping[str, int] = _opt(dict, "limits", doc="per-trigger profiles per minute under "
                                              "max_profiles_per_minute, e.g. 'high_cpu=10,probability=30'")
+
+    # where each option's value came from (not an option; see source_of)
+    _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ building
 
@@ -249,16 +337,16 @@ class Config:
         env = os.environ if env is None else env
         kwargs = dict(kwargs or {})
         settings = dict(settings or {})
-        specs = {f.name: f for f in fields(cls)}
+        specs = _specs()
         for source, mapping in (("keyword arguments", kwargs), (settings_name, settings)):
             unknown = sorted(k for k in mapping if k not in specs)
             if unknown:
-                raise ConfigError(unknown[0], mapping[unknown[0]],
-                                  "unknown option; allowed: " + ", ".join(sorted(specs)), source)
+                raise ConfigError(unknown[0], mapping[unknown[0]], _unknown_option_text(unknown[0]), source)
+        _warn_unknown_env(env)
 
         values: dict[str, Any] = {}
-        for name, f in specs.items():
-            spec: _Spec = f.metadata["spec"]
+        sources: dict[str, str] = {}
+        for name, spec in specs.items():
             if name in kwargs:
                 raw, source = kwargs[name], "keyword argument"
             elif name in settings:
@@ -270,51 +358,240 @@ class Config:
                 if std is None:
                     continue
                 raw, source = std
+            if (name == "protocol" and source == GENERIC_PROTOCOL_VAR
+                    and str(raw).strip().lower() == "http/json"):
+                # valid for the SDK's traces, not a transport we offer for profiles
+                values[name], sources[name] = "http/protobuf", source
+                _fallback_note(source, "http/json", "profiles use http/protobuf (they have no JSON transport)")
+                continue
             values[name] = _convert(name, raw, spec, source)
+            sources[name] = source
 
         # standard OpenTelemetry variables that only ever narrow or complete ours
         if _parse_env_bool(env.get("OTEL_SDK_DISABLED")) and "enabled" not in kwargs and "enabled" not in settings:
-            values["enabled"] = False
+            values["enabled"], sources["enabled"] = False, "OTEL_SDK_DISABLED"
         if not values.get("service_name"):
             res = values.get("resource_attributes") or {}
-            values["service_name"] = res.get("service.name") or "unknown_service:python"
-        protocol = values.get("protocol", "http/protobuf")
-        if not values.get("endpoint"):
-            values["endpoint"] = _default_endpoint(env, protocol)
+            if res.get("service.name"):
+                values["service_name"] = res["service.name"]
+                sources["service_name"] = sources["resource_attributes"]
+            else:
+                values["service_name"] = "unknown_service:python"
         if not values.get("exporter"):
-            configured = bool(env.get("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-                              or "endpoint" in kwargs or "endpoint" in settings
-                              or (ENV_PREFIX + "ENDPOINT") in env)
-            values["exporter"] = ("otlp",) if configured else ("file",)
-        return cls(**values)
+            endpoint_var = _endpoint_var(env)
+            values["exporter"] = ("otlp",) if (endpoint_var or values.get("endpoint")) else ("file",)
+            sources["exporter"] = (f"{DEFAULT_SOURCE}, as {endpoint_var or sources['endpoint']} is set"
+                                   if values["exporter"] == ("otlp",) else DEFAULT_SOURCE)
+        uses_otlp = "otlp" in values["exporter"]
+        if (uses_otlp and values.get("protocol") == "grpc" and sources["protocol"] == GENERIC_PROTOCOL_VAR
+                and not grpc_available()):
+            # opentelemetry-distro sets OTEL_EXPORTER_OTLP_PROTOCOL=grpc for every signal; asked
+            # for anywhere else, a missing grpcio is an error (_check)
+            values["protocol"] = "http/protobuf"
+            _fallback_note(GENERIC_PROTOCOL_VAR, "grpc",
+                           "opentelemetry-distro sets this by default, but grpcio is not installed, so "
+                           "profiles use http/protobuf; pip install 'otelprof-middleware[grpc]' for gRPC")
+        if not values.get("endpoint"):
+            endpoint, source, raw = _default_endpoint(env, values.get("protocol", "http/protobuf"))
+            if uses_otlp and source != DEFAULT_SOURCE and not _is_http_url(endpoint):
+                raise ConfigError("endpoint", raw, _url_text("endpoint", source), source)
+            values["endpoint"], sources["endpoint"] = endpoint, source
+        config = cls(**values, _sources=sources)
+        config._check(uses_otlp)
+        return config
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with some options changed (validated like :meth:`load`)."""
-        specs = {f.name: f for f in fields(self)}
+        specs = _specs()
         converted = {}
         for k, v in changes.items():
             if k not in specs:
-                raise ConfigError(k, v, "unknown option; allowed: " + ", ".join(sorted(specs)))
-            converted[k] = _convert(k, v, specs[k].metadata["spec"], "keyword argument")
-        return dataclasses.replace(self, **converted)
+                raise ConfigError(k, v, _unknown_option_text(k), "keyword arguments")
+            converted[k] = _convert(k, v, specs[k], "keyword argument")
+        sources = {**self._sources, **{k: "keyword argument" for k in converted}}
+        config = dataclasses.replace(self, **converted, _sources=sources)
+        config._check("otlp" in config.exporter, changed=set(converted))
+        return config
+
+    def source_of(self, option: str) -> str:
+        """Where ``option``'s value came from: ``"keyword argument"``, a settings
+        name, an environment variable (``"OTELPROF_ENDPOINT"``,
+        ``"OTEL_EXPORTER_OTLP_ENDPOINT"``) or ``"default"``."""
+        if option not in _specs():
+            raise ConfigError(option, None, _unknown_option_text(option))
+        return self._sources.get(option, DEFAULT_SOURCE)
+
+    def __repr__(self) -> str:
+        # credentials never appear in logs of a configuration (security review L9)
+        shown = ", ".join(f"{f.name}={_shown_value(f.name, getattr(self, f.name))!r}" for f in fields(self) if f.repr)
+        return f"Config({shown})"
 
     @staticmethod
     def option_names() -> list[str]:
-        return [f.name for f in fields(Config)]
+        return list(_specs())
 
+    # ------------------------------------------------------------------ load-time checks
+
+    def _check(self, uses_otlp: bool, changed: Optional[set[str]] = None) -> None:
+        """Checks across options and against the machine; ``changed`` limits them to
+        what :meth:`replace` changed."""
+        def wanted(*names: str) -> bool:
+            return changed is None or any(n in changed for n in names)
+
+        if uses_otlp and wanted("protocol", "exporter") and self.protocol == "grpc" and not grpc_available():
+            raise ConfigError("protocol", "grpc", _GRPC_MISSING, _shown_source(self.source_of("protocol")))
+        if uses_otlp and wanted("endpoint", "protocol", "exporter"):
+            _warn_port_mismatch(self.endpoint, self.source_of("endpoint"),
+                                self.protocol, self.source_of("protocol"))
+        problem = _output_dir_problem(self.output_dir) \
+            if "file" in self.exporter and wanted("output_dir", "exporter") else None
+        if problem is not None:
+            dir_source = self.source_of("output_dir")
+            if dir_source != DEFAULT_SOURCE or self.source_of("exporter") != DEFAULT_SOURCE:
+                raise ConfigError("output_dir", self.output_dir, problem, _shown_source(dir_source))
+            # nothing was configured: the embedded default must never stop the app
+            _warn_once(f"output_dir:{os.path.abspath(self.output_dir)}",
+                       "otelprof: the file exporter (the default when no OTLP endpoint is set) cannot "
+                       "write to output_dir=%r (the default): %s; profiles will be dropped. Set "
+                       "OTELPROF_OUTPUT_DIR to a writable folder or choose an exporter (OTELPROF_EXPORTER)",
+                       self.output_dir, problem)
+
+
+def _specs() -> dict[str, _Spec]:
+    """Option name -> spec, in declaration order (private fields are not options)."""
+    return {f.name: f.metadata["spec"] for f in fields(Config) if "spec" in f.metadata}
+
+
+def _shown_source(source: str) -> str:
+    return "" if source in ("keyword argument", DEFAULT_SOURCE) else source
+
+
+_GRPC_MISSING = ("needs grpcio, which is not installed: pip install 'otelprof-middleware[grpc]' "
+                 "(or use protocol http/protobuf)")
+
+
+def grpc_available() -> bool:
+    """True if grpcio can be imported (checked without importing it)."""
+    try:
+        return importlib.util.find_spec("grpc") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _unknown_option_text(name: str) -> str:
+    """``unknown option; did you mean 'probability'?`` (or a pointer to the list)."""
+    key = str(name).strip().lower()
+    if key.startswith(ENV_PREFIX.lower()):
+        key = key[len(ENV_PREFIX):]
+    matches = difflib.get_close_matches(key, list(_specs()), n=3, cutoff=0.6)
+    if not matches:
+        return "unknown option (every option is listed in docs/configuration.md and Config.option_names())"
+    quoted = [repr(m) for m in matches]
+    return "unknown option; did you mean " + (quoted[0] if len(quoted) == 1
+                                              else ", ".join(quoted[:-1]) + " or " + quoted[-1]) + "?"
+
+
+def _warn_unknown_env(env: Mapping[str, str]) -> None:
+    """Log once per variable: an ``OTELPROF_*`` variable that is no option (a typo)."""
+    names = _specs()
+    for var in env:
+        if not var.startswith(ENV_PREFIX) or var in NON_OPTION_ENV_VARS:
+            continue
+        if var[len(ENV_PREFIX):].lower() in names:
+            continue
+        close = difflib.get_close_matches(var[len(ENV_PREFIX):].lower(), list(names), n=1, cutoff=0.6)
+        hint = f"; did you mean {ENV_PREFIX}{close[0].upper()}?" if close else \
+            " (every option is listed in docs/configuration.md)"
+        # the value is not shown: it may be a secret
+        _warn_once(f"unknown-env:{var}", "otelprof: %s is not an otelprof option and is ignored%s", var, hint)
+
+
+def _fallback_note(var: str, value: str, what: str) -> None:
+    _warn_once(f"fallback:{var}={value}",
+               "otelprof: %s=%s: %s. Set OTEL_EXPORTER_OTLP_PROFILES_PROTOCOL (or OTELPROF_PROTOCOL) to choose "
+               "the profiles' protocol and silence this", var, value, what)
+
+
+def _is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with a host (and a numeric port, if any)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def _warn_port_mismatch(endpoint: str, endpoint_source: str, protocol: str, protocol_source: str) -> None:
+    """OTLP/gRPC listens on 4317 and OTLP/HTTP on 4318: the other one is almost always a mistake."""
+    try:
+        port = urlsplit(endpoint).port
+    except ValueError:
+        return
+    usual = {"grpc": 4317, "http/protobuf": 4318}
+    other = {4317: "OTLP/gRPC", 4318: "OTLP/HTTP"}
+    if port not in other or port == usual.get(protocol):
+        return
+    _warn_once(f"port:{endpoint}:{protocol}",
+               "otelprof: endpoint %s (from %s) uses port %d, the usual %s port, but protocol is %s (from %s), "
+               "which usually listens on %d: profiles may not arrive",
+               endpoint, endpoint_source, port, other[port], protocol, protocol_source, usual.get(protocol, 0))
+
+
+def _output_dir_problem(path: str) -> Optional[str]:
+    """Why the file exporter could not write into ``path``, or None."""
+    full = os.path.abspath(path)
+    if os.path.exists(full):
+        if not os.path.isdir(full):
+            return "exists and is not a directory"
+        if not os.access(full, os.W_OK | os.X_OK):
+            return "is a directory that is not writable"
+        return None
+    if os.path.lexists(full):
+        return "is a broken symbolic link"
+    parent = os.path.dirname(full)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable"
+    return None
 
 def _parse_env_bool(value: str | None) -> bool:
     return bool(value) and value.strip().lower() in _TRUE  # type: ignore[union-attr]
 
 
-def _default_endpoint(env: Mapping[str, str], protocol: str) -> str:
-    full = env.get("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT")
-    if full:
-        return full.strip()
-    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
-    if protocol == "grpc":
-        return base or DEFAULT_OTLP_GRPC_ENDPOINT
-    return (base or DEFAULT_OTLP_HTTP_ENDPOINT).rstrip("/") + OTLP_PROFILES_PATH
+def _endpoint_var(env: Mapping[str, str]) -> Optional[str]:
+    """The standard variable that sets the OTLP profiles endpoint, if any."""
+    for var in ("OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        if env.get(var, "").strip():
+            return var
+    return None
+
+
+def _default_endpoint(env: Mapping[str, str], protocol: str) -> tuple[str, str, str]:
+    """``(endpoint, source, value as written)`` from the standard variables, else
+    the protocol's default."""
+    var = _endpoint_var(env)
+    if var is not None:
+        raw = env[var].strip()
+        if var == "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT" or protocol == "grpc":
+            return raw, var, raw
+        return raw.rstrip("/") + OTLP_PROFILES_PATH, var, raw
+    default = DEFAULT_OTLP_GRPC_ENDPOINT if protocol == "grpc" else DEFAULT_OTLP_HTTP_ENDPOINT + OTLP_PROFILES_PATH
+    return default, DEFAULT_SOURCE, default
+
+
+def _url_text(name: str, source: str = "") -> str:
+    """What a URL option accepts, with an example that fits the option and its source."""
+    if name == "pyroscope_endpoint":
+        example = "http://localhost:4040"
+    elif source == "OTEL_EXPORTER_OTLP_ENDPOINT":
+        example = "http://localhost:4318 (" + OTLP_PROFILES_PATH + " is appended)"
+    else:
+        example = "http://localhost:4318" + OTLP_PROFILES_PATH + " (gRPC: http://localhost:4317)"
+    return "must be an absolute http:// or https:// URL such as " + example
 
 
 def _standard_env(name: str, env: Mapping[str, str]) -> tuple[Any, str] | None:
@@ -359,6 +636,13 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
     if isinstance(raw, str) and spec.optional and raw.strip().lower() in ("", "none", "auto"):
         return None
     kind = spec.kind
+    if kind == "limits":
+        try:
+            return parse_trigger_limits(raw)
+        except ConfigError as exc:  # its own, more precise message
+            raise fail(exc.allowed) from None
+        except (TypeError, ValueError):
+            raise fail(_allowed_text(spec)) from None
     v: Any
     try:
         if kind == "bool":
@@ -371,8 +655,8 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
             if not isinstance(raw, str):
                 raise ValueError
             v = raw.strip()
-            if v and not re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", v):
-                raise ValueError
+            if v and not _is_http_url(v):
+                raise fail(_url_text(name, source))
             return v
         if kind == "choice":
             v = str(raw).strip().lower()
@@ -414,6 +698,8 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
             v = parse_size(raw)
         else:  # pragma: no cover - programming error
             raise AssertionError(kind)
+    except ConfigError:
+        raise
     except (ValueError, TypeError, ImportError, AttributeError, re.error):
         raise fail(_allowed_text(spec)) from None
     if (spec.lo is not None and v < spec.lo) or (spec.hi is not None and v > spec.hi):
@@ -438,9 +724,11 @@ def _allowed_text(spec: _Spec) -> str:
     if kind == "exporters":
         return "must be one or more of " + ", ".join(EXPORTER_NAMES) + " (comma-separated)"
     if kind == "url":
-        return "must be an absolute URL such as http://localhost:4318/v1development/profiles"
+        return "must be an absolute http:// or https:// URL"
     if kind == "kv":
         return "must be key=value pairs separated by commas, or a mapping"
+    if kind == "limits":
+        return "must be trigger=N pairs separated by commas, or a mapping"
     if kind == "urls":
         return "must be comma-separated regular expressions"
     if kind == "callable":

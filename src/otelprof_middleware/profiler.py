@@ -9,6 +9,10 @@ results off the hot path.
 Integrations use the lower-level :meth:`Profiler.start_session` /
 :meth:`Profiler.finish_session`.  Nothing here raises into the caller: a
 failure skips the profile, is counted in :meth:`Profiler.stats` and logged once.
+
+This module composes the engine: it builds the exporters (``export.registry``)
+and the export pipeline when a profiler is made, hands the metric instruments to
+its ``Stats`` and registers the sampler's CPU with ``overhead``.
 """
 
 from __future__ import annotations
@@ -19,14 +23,18 @@ import functools
 import inspect
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
-from typing import Any, Callable, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
 from .config import Config
-from .export.base import create_exporters
+from .export.metrics import instruments
 from .export.pipeline import ExportPipeline
+from .export.registry import create_exporter, create_exporters, describe_destination
+from .export.settings import batch_settings
+from .overhead import add_cpu_source, overhead_cpu
 from .profile import AttributeValue, SpanLink
 from .sampler import get_sampler
 from .session import Session
@@ -42,6 +50,30 @@ F = TypeVar("F", bound=Callable[..., Any])
 _CURRENT: contextvars.ContextVar[Optional[Session]] = contextvars.ContextVar("otelprof_session", default=None)
 _USE_CURRENT_SPAN: Any = object()
 
+# Created at import, never first on a worker thread: a fork (gunicorn --preload) while
+# a thread is inside a first import would leave the child waiting on that import lock.
+_INSTRUMENTS = instruments(overhead_cpu)
+
+
+def _sampler_cpu_ns() -> int:
+    return get_sampler().cpu_ns_self
+
+
+add_cpu_source(_sampler_cpu_ns)
+
+
+def _log_start_line(text: str) -> None:
+    """Log a start-up fact at INFO.  While the application has set up no logging at
+    all, Python shows only warnings; then the line goes to stderr directly, so that
+    a new user sees where profiles go."""
+    if log.hasHandlers():
+        log.info(text)
+    else:
+        try:
+            sys.stderr.write(text + "\n")
+        except Exception:  # pragma: no cover - a closed stderr
+            pass
+
 
 def current_session() -> Optional[Session]:
     """The session of the work running in this context (inherited by child tasks
@@ -51,20 +83,71 @@ def current_session() -> Optional[Session]:
 
 
 class Profiler:
-    """Profiles units of work; one per application is typical (``get_profiler()``)."""
+    """Profiles units of work; one per application is typical (``get_profiler()``).
+
+    Options are keyword arguments (or a ``Config``, or ``settings``, a framework
+    settings mapping), else ``OTELPROF_*`` / ``OTEL_*`` variables; all of them are in
+    ``docs/configuration.md``.  The common ones:
+
+    * ``exporter``: ``"file"`` (default, into ``output_dir="profiles"``), ``"otlp"``
+      (default once an endpoint is set), ``"pyroscope"``, ``"console"``, a comma list;
+    * ``endpoint``, ``protocol`` (``"http/protobuf"`` or ``"grpc"``), ``headers``: the
+      OTLP destination; ``pyroscope_endpoint`` and its own ``pyroscope_*`` credentials;
+    * ``service_name``, ``sample_hz`` (default 100), ``min_samples``;
+    * ``exporters``: exporter objects used instead of those the ``exporter`` option
+      names (a string in the list names a built-in one), e.g.
+      ``Profiler(exporters=[InMemoryProfileExporter()])`` in tests.
+
+    A bad value raises :class:`~otelprof_middleware.ConfigError` here, at start-up.
+    Where profiles go is logged once (``otelprof: profiles -> ...``).
+    """
 
     def __init__(self, config: Optional[Config] = None, *, settings: Optional[dict[str, Any]] = None,
-                 **options: Any) -> None:
+                 exporters: Optional[Sequence[Any]] = None, **options: Any) -> None:
         self.config = config if config is not None else Config.load(options, settings=settings)
         if config is not None and options:
             self.config = config.replace(**options)
-        self._stats = Stats()
-        self._pipeline: Optional[ExportPipeline] = None
+        self._stats = Stats(_INSTRUMENTS)
         self._lock = threading.Lock()
         self._active: set[Session] = set()
         self._shut_down = False
         self._logged: set[str] = set()
+        chosen = self._build_exporters(exporters)
+        self._pipeline = ExportPipeline([e for e, _how in chosen], self._stats,
+                                        batch=batch_settings(self.config), min_samples=self.config.min_samples)
+        self._announce(chosen)
         _live_profilers.add(self)
+
+    def _build_exporters(self, given: Optional[Sequence[Any]]) -> list[tuple[Any, str]]:
+        """``(exporter, how it was chosen)``: by the ``exporter`` option, or named or
+        given as an object in ``exporters=``."""
+        if given is None:
+            if not self.config.enabled:
+                return []
+            return [(e, "option") for e in create_exporters(self.config)]
+        if isinstance(given, (str, bytes)):
+            raise TypeError("exporters= takes a list of exporters or names, e.g. exporters=['file']")
+        out: list[tuple[Any, str]] = []
+        for item in given:
+            if isinstance(item, str):
+                out.append((create_exporter(item, self.config), "name"))
+            elif callable(getattr(item, "export", None)) and callable(getattr(item, "shutdown", None)):
+                out.append((item, "object"))
+            else:
+                raise TypeError(f"exporters= takes exporter objects (with export() and shutdown()) or names; "
+                                f"got {item!r}")
+        return out
+
+    def _announce(self, chosen: list[tuple[Any, str]]) -> None:
+        """Say once where profiles go, and where the deciding values came from."""
+        if not self.config.enabled:
+            text = f"otelprof: profiling is off (enabled=false from {self.config.source_of('enabled')})"
+        elif not chosen:
+            text = f"otelprof: profiles -> nowhere (exporter=none from {self.config.source_of('exporter')})"
+        else:
+            text = "otelprof: profiles -> " + " and ".join(
+                describe_destination(self.config, e, chosen_by=how) for e, how in chosen)
+        _log_start_line(text)
 
     # ------------------------------------------------------------------ engine API
     @property
@@ -135,7 +218,7 @@ class Profiler:
                 self._active.discard(session)
             if error is not None and session.error is None:
                 session.error = type(error).__name__
-            return self._get_pipeline().submit(session)
+            return self._pipeline.submit(session)
         except Exception:
             self._fail_once("finish", "otelprof: could not finish a profile; it is skipped")
             return False
@@ -165,26 +248,20 @@ class Profiler:
         return policy_for(self).enable_window(seconds, probability=probability, route=route)
 
     # ------------------------------------------------------------------ lifecycle
-    def _get_pipeline(self) -> ExportPipeline:
-        p = self._pipeline
-        if p is None:
-            with self._lock:
-                if self._pipeline is None:
-                    self._pipeline = ExportPipeline(
-                        create_exporters(self.config, self._stats),
-                        self._stats,
-                        queue_size=self.config.queue_size,
-                        build=lambda s: s.to_profile(),
-                        min_samples=self.config.min_samples,
-                        config=self.config,
-                    )
-                p = self._pipeline
-        return p
+    @property
+    def exporters(self) -> tuple[Any, ...]:
+        """The exporters this profiler delivers to."""
+        return self._pipeline.exporters
+
+    def add_exporter(self, exporter: Any) -> None:
+        """Deliver to ``exporter`` too, next to the configured ones (e.g. an
+        ``otelprof_middleware.testing.InMemoryProfileExporter`` in a test).  Only
+        before the first profile is finished: raises ``RuntimeError`` after that."""
+        self._pipeline.add_exporter(exporter)
 
     def force_flush(self, timeout: Optional[float] = None) -> bool:
         """Export everything finished so far; True if done within ``timeout`` seconds."""
-        p = self._pipeline
-        return True if p is None else p.force_flush(timeout)
+        return self._pipeline.force_flush(timeout)
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Finish running profiles, flush within ``timeout`` (default ``shutdown_timeout``), stop."""
@@ -195,26 +272,26 @@ class Profiler:
         for session in list(self._active):
             self.finish_session(session)
         self._shut_down = True
-        p = self._pipeline
-        ok = True if p is None else p.shutdown(timeout)
+        ok = self._pipeline.shutdown(timeout)
         _live_profilers.discard(self)
         return ok
 
     def stats(self) -> dict[str, Any]:
-        """Counters: profiles started/collected/exported, drops by reason, queue depth."""
+        """A snapshot of the counters as plain numbers: profiles started, collected,
+        exported, dropped by reason, queue depth, per exporter (``docs/delivery.md``)."""
         snap = self._stats.snapshot()
         snap["active_sessions"] = len(self._active)
-        snap["queue_pending"] = self._pipeline.pending if self._pipeline else 0
-        if self._pipeline is not None:
-            for ch in self._pipeline.channels:
-                e = snap["exporters"].setdefault(ch.name, {"exported": 0, "dropped": {}, "requests": 0, "retries": 0})
-                e["queued"] = ch.queued
-                e["in_flight"] = ch.pending - ch.queued
-                e["queued_bytes"] = ch.queued_bytes
+        snap["queue_pending"] = self._pipeline.pending
+        for ch in self._pipeline.channels:
+            e = snap["exporters"].setdefault(ch.name, {"exported": 0, "dropped": {}, "requests": 0, "retries": 0})
+            e["queued"] = ch.queued
+            e["in_flight"] = ch.pending - ch.queued
+            e["queued_bytes"] = ch.queued_bytes
         return snap
 
     @property
-    def counters(self) -> Stats:
+    def stats_recorder(self) -> Stats:
+        """The live counters that components count into (``stats()`` reads them)."""
         return self._stats
 
     def _fail_once(self, key: str, msg: str) -> None:

@@ -1,8 +1,9 @@
 """Self-statistics: what the profiler collected, exported and dropped (and why).
 
-Every number is kept here once and, at the same moment, reported through the
-OpenTelemetry metrics API (:mod:`otelprof_middleware.export.metrics`; no-ops when
-no SDK is set up), so ``Profiler.stats()`` and the metrics always agree:
+Every number is kept here once and, at the same moment, reported to the metric
+instruments the profiler hands in (:mod:`otelprof_middleware.export.metrics`;
+no-ops when no OpenTelemetry SDK is set up), so ``Profiler.stats()`` and the
+metrics always agree:
 
 =====================================  ===========================================
 ``stats()`` key                        metric
@@ -17,22 +18,45 @@ no SDK is set up), so ``Profiler.stats()`` and the metrics always agree:
 
 Drops are counted per destination: a profile that one of two exporters could not
 deliver counts once, under that exporter (``exporters[name]["dropped"]``).
+``overhead_cpu`` comes from :mod:`otelprof_middleware.overhead`.
 """
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from collections import Counter
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
-__all__ = ["Stats", "DROP_REASONS", "HISTOGRAMS"]
+from ._safety import at_fork_reinit
+from .overhead import overhead_cpu
+
+__all__ = ["Stats", "StatsInstruments", "NoInstruments", "DROP_REASONS", "HISTOGRAMS"]
 
 DROP_REASONS = ("queue_full", "export_failed", "rejected", "budget", "shutdown", "too_large", "too_short", "error")
 HISTOGRAMS = ("export_duration", "profile_size", "collection_duration")
 
-_all_stats: "weakref.WeakSet[Stats]" = weakref.WeakSet()
+
+class StatsInstruments(Protocol):
+    """Where :class:`Stats` reports each change as a metric (see ``export.metrics``)."""
+
+    def collected(self, n: int) -> None: ...
+
+    def dropped(self, reason: str, n: int, exporter: Optional[str]) -> None: ...
+
+    def record(self, name: str, value: float, exporter: Optional[str]) -> None: ...
+
+
+class NoInstruments:
+    """Instruments that record nothing (no metrics)."""
+
+    def collected(self, n: int) -> None:
+        pass
+
+    def dropped(self, reason: str, n: int, exporter: Optional[str]) -> None:
+        pass
+
+    def record(self, name: str, value: float, exporter: Optional[str]) -> None:
+        pass
 
 
 class _Histogram:
@@ -55,16 +79,18 @@ class _Histogram:
 
 
 class Stats:
-    """Thread-safe counters.  ``snapshot()`` returns plain numbers for ``Profiler.stats()``."""
+    """Thread-safe counters.  ``snapshot()`` returns plain numbers for ``Profiler.stats()``.
+    ``instruments`` receive the same changes as metrics (none by default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, instruments: Optional[StatsInstruments] = None) -> None:
+        self._metrics: StatsInstruments = instruments if instruments is not None else NoInstruments()
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
         self._declined: Counter[str] = Counter()
         self._hist: dict[str, _Histogram] = {name: _Histogram() for name in HISTOGRAMS}
         self._by_exporter: dict[str, dict[str, Any]] = {}
-        _all_stats.add(self)
+        at_fork_reinit(self._after_fork)
 
     def _exporter_locked(self, name: str) -> dict[str, Any]:
         e = self._by_exporter.get(name)
@@ -76,8 +102,12 @@ class Stats:
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
-        if name == "profiles_collected":
-            _metrics().collected(n)
+
+    def collected(self, n: int = 1) -> None:
+        """``n`` profiles were built from finished sessions (``profiles_collected``)."""
+        with self._lock:
+            self._counts["profiles_collected"] += n
+        self._metrics.collected(n)
 
     def dropped(self, reason: str, n: int = 1, *, exporter: Optional[str] = None) -> None:
         if n <= 0:
@@ -86,7 +116,7 @@ class Stats:
             self._dropped[reason] += n
             if exporter is not None:
                 self._exporter_locked(exporter)["dropped"][reason] += n
-        _metrics().dropped(reason, n, exporter)
+        self._metrics.dropped(reason, n, exporter)
 
     def declined(self, reason: str, n: int = 1) -> None:
         with self._lock:
@@ -114,7 +144,7 @@ class Stats:
         """Add one value to a histogram (``export_duration``, ``profile_size``, ``collection_duration``)."""
         with self._lock:
             self._hist[name].add(value)
-        _metrics().record(name, value, exporter)
+        self._metrics.record(name, value, exporter)
 
     def get(self, name: str) -> int:
         with self._lock:
@@ -145,62 +175,3 @@ class Stats:
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
-
-
-# ------------------------------------------------------------------ profiler CPU
-
-_cpu_lock = threading.Lock()
-_worker_cpu_ns = 0
-
-
-def add_worker_cpu(ns: int) -> None:
-    """Export worker threads report the CPU they used (for ``overhead_cpu``)."""
-    global _worker_cpu_ns
-    if ns > 0:
-        with _cpu_lock:
-            _worker_cpu_ns += ns
-
-
-def profiler_cpu_ns() -> int:
-    """CPU used by the profiler's own threads (sampler + export workers) in this process."""
-    try:
-        from .sampler import get_sampler
-
-        sampler_ns = get_sampler().cpu_ns_self
-    except Exception:  # pragma: no cover
-        sampler_ns = 0
-    return sampler_ns + _worker_cpu_ns
-
-
-def overhead_cpu() -> float:
-    """The profiler's share of this process' CPU time since it started (0..1)."""
-    try:
-        total = __import__("time").process_time_ns()
-    except Exception:  # pragma: no cover
-        return 0.0
-    if total <= 0:
-        return 0.0
-    return min(1.0, profiler_cpu_ns() / total)
-
-
-def _metrics() -> Any:
-    return _instruments()
-
-
-def _after_fork_in_child() -> None:
-    global _cpu_lock, _worker_cpu_ns
-    _cpu_lock = threading.Lock()
-    _worker_cpu_ns = 0
-    for s in list(_all_stats):
-        s._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-# Imported and created eagerly, never first on a worker thread: a fork (gunicorn
-# --preload) that happens while a thread is inside a first import would leave the
-# child waiting forever on that module's import lock.
-from .export.metrics import instruments as _instruments  # noqa: E402
-
-_instruments()

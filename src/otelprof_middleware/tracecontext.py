@@ -75,31 +75,3 @@ def set_span_attributes(span: Any, attributes: dict[str, Any]) -> None:
             span.set_attributes(attributes)
     except Exception:
         pass
-
-
-class suppressed_instrumentation:
-    """Context manager: OpenTelemetry instrumentations (httpx, grpc ...) create no spans inside.
-    Our own exports must never be traced."""
-
-    def __enter__(self) -> "suppressed_instrumentation":
-        self._token = None
-        try:
-            from opentelemetry import context
-
-            try:
-                from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY as key
-            except ImportError:  # pragma: no cover - very old API
-                key = "suppress_instrumentation"
-            self._token = context.attach(context.set_value(key, True))
-        except Exception:
-            self._token = None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._token is not None:
-            try:
-                from opentelemetry import context
-
-                context.detach(self._token)
-            except Exception:
-                pass

@@ -1,7 +1,19 @@
-"""Export: a bounded queue and a worker thread per profiler, and the exporters
-(file, OTLP/HTTP, console) that turn finished profiles into bytes somewhere."""
+"""Export: where finished profiles go.
 
-from .base import Exporter, ExportResult, create_exporters
+* :mod:`.base` -- the interfaces (``Exporter``, ``NetworkExporter``, ``ExportResult``);
+* :mod:`.registry` -- which exporter each ``exporter=`` name stands for;
+* :mod:`.settings` -- the typed settings each component takes, built from ``Config``;
+* :mod:`.pipeline` and :mod:`.channel` -- the bounded queues and worker threads;
+* the exporters: :mod:`.file` (local folder), :mod:`.otlp_http`, :mod:`.otlp_grpc`,
+  :mod:`.pyroscope` and :mod:`.console`; the in-memory one for tests is
+  :mod:`otelprof_middleware.testing`;
+* helpers: :mod:`.retry` (OTLP retry rules, upload pacing), :mod:`.resource`,
+  :mod:`.sizing` (size estimate, trimming), :mod:`.metrics` (self-metrics),
+  ``_http`` and ``_otlp`` (what the network exporters share).
+"""
+
+from .base import Exporter, ExportResult, NetworkExporter
 from .pipeline import ExportPipeline
+from .registry import create_exporters
 
-__all__ = ["Exporter", "ExportResult", "ExportPipeline", "create_exporters"]
+__all__ = ["Exporter", "ExportResult", "ExportPipeline", "NetworkExporter", "create_exporters"]

@@ -1,51 +1,30 @@
-"""The exporter interfaces, the resource description, request sizing and the exporter factory.
+"""The exporter interfaces: what the export pipeline calls.
 
 Two kinds of exporters plug into the pipeline:
 
-* a plain :class:`Exporter` (file, console, your own): ``export(profiles) -> ExportResult``
-  is called with each profile as soon as it is built;
+* a plain :class:`Exporter` (file, console, in-memory, your own): ``export(profiles)
+  -> ExportResult`` is called with each profile as soon as it is built;
 * a :class:`NetworkExporter` (OTLP/HTTP, OTLP/gRPC, Pyroscope): the pipeline batches
   profiles (``batch_size``/``batch_timeout``), asks it to :meth:`~NetworkExporter.prepare`
   requests no larger than ``max_request_bytes`` and sends each with
   :meth:`~NetworkExporter.send`, retrying by the OTLP rules
   (:mod:`~otelprof_middleware.export.retry`) and pacing uploads to ``max_upload_rate``.
+
+Which exporter a name stands for is in :mod:`.registry`; this module knows no
+implementation.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import platform
-import socket
-import sys
 import time
-import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence, Union
+from typing import Any, Optional, Protocol, Sequence
 
-from .._version import __version__
-from ..profile import Profile, ProfileBuilder
+from ..profile import Profile
 from .retry import Attempt, RetryPolicy, run_with_retry
+from .sizing import trim_profile
 
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..stats import Stats
-
-__all__ = [
-    "Exporter",
-    "ExportResult",
-    "NetworkExporter",
-    "Prepared",
-    "create_exporters",
-    "resource_attributes",
-    "estimate_size",
-    "trim_profile",
-]
-
-log = logging.getLogger("otelprof_middleware")
-
-SCOPE_NAME = "otelprof_middleware"
-SCOPE_VERSION = __version__
+__all__ = ["Exporter", "ExportResult", "NetworkExporter", "Prepared"]
 
 
 @dataclass
@@ -60,9 +39,13 @@ class ExportResult:
 
 
 class Exporter(Protocol):
+    """A plain exporter.  ``name`` keys its counters in ``Profiler.stats()["exporters"]``.
+    Optional: ``destination`` (where profiles go, for the start-up log line) and
+    ``after_fork()`` (forget what belongs to the parent process)."""
+
     name: str
 
-    def export(self, profiles: Sequence["Profile"]) -> ExportResult: ...
+    def export(self, profiles: Sequence[Profile]) -> ExportResult: ...
 
     def shutdown(self) -> None: ...
 
@@ -87,15 +70,16 @@ class NetworkExporter:
     """Base of the exporters that send requests over the network.
 
     Subclasses implement ``encode(profiles) -> (uncompressed_size, state)``,
-    ``wrap(profiles, state) -> Prepared`` and ``send(prepared, timeout) -> Attempt``."""
+    ``wrap(profiles, state) -> Prepared`` and ``send(prepared, timeout) -> Attempt``,
+    and set ``destination`` (the endpoint, without credentials, for log lines)."""
 
     name = "network"
-    batching = True
+    destination = ""
 
-    def __init__(self, config: "Config") -> None:
-        self.max_request_bytes = config.max_request_bytes
-        self.retry_policy = RetryPolicy.from_config(config)
-        self.export_timeout = config.export_timeout
+    def __init__(self, *, max_request_bytes: int = 4 * 1024 * 1024,
+                 retry_policy: Optional[RetryPolicy] = None) -> None:
+        self.max_request_bytes = max_request_bytes
+        self.retry_policy = retry_policy if retry_policy is not None else RetryPolicy()
 
     # ---------------------------------------------------------------- subclass API
     def encode(self, profiles: Sequence[Profile]) -> tuple[int, Any]:  # pragma: no cover - abstract
@@ -176,102 +160,6 @@ class NetworkExporter:
                 result.reason = attempt.reason
                 result.message = attempt.message
         return result
-
-
-def estimate_size(profile: Profile) -> int:
-    """A cheap estimate of a profile's size in bytes (for ``max_queue_bytes``)."""
-    size = 256 + 24 * len(profile.samples) + 12 * len(profile.locations)
-    for fn in profile.functions:
-        size += 24 + len(fn.name) + len(fn.filename)
-    for st in profile.stacks:
-        size += 8 + 2 * len(st)
-    for s in profile.samples:
-        size += len(s.thread_name) // 4  # names are interned; a little per sample
-    return size
-
-
-def trim_profile(profile: Profile, keep_ratio: float) -> Optional[Profile]:
-    """A copy of ``profile`` with only its heaviest samples (about ``keep_ratio`` of
-    them) and the functions/locations/stacks they use.  None if nothing can go."""
-    n = len(profile.samples)
-    keep = int(n * keep_ratio)
-    if keep >= n:
-        keep = n - 1
-    if keep < 1:
-        return None
-    ranked = sorted(profile.samples, key=lambda s: (s.cpu_ns, s.count, s.wall_ns), reverse=True)[:keep]
-    attrs = dict(profile.attributes)
-    attrs["otelprof.truncated"] = "max_request_bytes"
-    out = dataclasses.replace(profile, functions=[], locations=[], stacks=[], samples=[],
-                              attributes=attrs, truncated="max_request_bytes")
-    b = ProfileBuilder(out)
-    fn_map: dict[int, int] = {}
-    loc_map: dict[int, int] = {}
-    for s in ranked:
-        locs = []
-        for li in profile.stacks[s.stack_index]:
-            nl = loc_map.get(li)
-            if nl is None:
-                loc = profile.locations[li]
-                nf = fn_map.get(loc.function_index)
-                if nf is None:
-                    fn = profile.functions[loc.function_index]
-                    nf = fn_map[loc.function_index] = b.function(fn.name, fn.filename, fn.start_line)
-                nl = loc_map[li] = b.location(nf, loc.line)
-            locs.append(nl)
-        b.add(b.stack(locs), s.thread_name, s.count, s.cpu_ns, s.wall_ns)
-    return out
-
-
-def resource_attributes(config: "Config") -> dict[str, Union[str, int]]:
-    """The OpenTelemetry resource of this process (plain key/value, as Pyroscope reads it)."""
-    attrs: dict[str, Union[str, int]] = {
-        "telemetry.sdk.language": "python",
-        "telemetry.sdk.name": SCOPE_NAME,
-        "telemetry.sdk.version": __version__,
-        "process.runtime.name": sys.implementation.name,
-        "process.runtime.version": platform.python_version(),
-        "process.pid": os.getpid(),
-        "process.executable.name": os.path.basename(sys.executable or "python"),
-    }
-    try:
-        attrs["host.name"] = socket.gethostname()
-    except OSError:
-        pass
-    attrs.update(config.resource_attributes)
-    attrs["service.name"] = config.service_name
-    return attrs
-
-
-def create_exporters(config: "Config", stats: Optional["Stats"] = None) -> list[Any]:
-    """The exporters named by ``config.exporter`` (``otlp`` honours ``protocol``)."""
-    from .console import ConsoleExporter
-    from .file import FileExporter
-
-    out: list[Any] = []
-    for name in config.exporter:
-        if name == "file":
-            out.append(FileExporter(config))
-        elif name == "otlp":
-            if config.protocol == "grpc":
-                from .otlp_grpc import OTLPGRPCExporter
-
-                out.append(OTLPGRPCExporter(config))
-            else:
-                from .otlp_http import OTLPHTTPExporter
-
-                out.append(OTLPHTTPExporter(config))
-        elif name == "pyroscope":
-            from .pyroscope import PyroscopeExporter
-
-            out.append(PyroscopeExporter(config))
-        elif name == "console":
-            out.append(ConsoleExporter())
-        elif name == "none":
-            continue
-        else:
-            raise NotImplementedError(f"exporter {name!r} is not available in this version")
-    return out
 
 
 def _sleep_then_go_on(seconds: float) -> bool:

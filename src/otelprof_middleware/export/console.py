@@ -36,6 +36,7 @@ class ConsoleExporter:
 
     def __init__(self, stream: Optional[IO[str]] = None) -> None:
         self.stream = stream
+        self.destination = "standard error" if stream is None else getattr(stream, "name", "a stream")
 
     def export(self, profiles: Sequence["Profile"]) -> ExportResult:
         out = self.stream or sys.stderr

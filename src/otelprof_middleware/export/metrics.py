@@ -2,9 +2,12 @@
 
 The instruments are created once per process on the global meter provider (a proxy
 until an SDK ``MeterProvider`` is installed, so they are no-ops without an SDK and
-start reporting as soon as one is set).  :class:`~otelprof_middleware.stats.Stats`
+start reporting as soon as one is set).  The profiler creates them when it is
+imported and hands them to its :class:`~otelprof_middleware.stats.Stats`, which
 calls them at the same moment it updates the numbers that ``Profiler.stats()``
-returns, so both always agree.
+returns, so both always agree.  The overhead gauge reads a callable passed in
+(:func:`otelprof_middleware.overhead.overhead_cpu`); this module imports nothing
+that reports into it.
 
 * ``otelprof.profiles.collected`` (counter, ``{profile}``): profiles built from a
   finished unit of work.
@@ -25,9 +28,10 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from .._version import __version__
+from ..stats import NoInstruments, StatsInstruments
 
 __all__ = ["instruments", "Instruments", "METRIC_NAMES"]
 
@@ -41,20 +45,15 @@ METRIC_NAMES = {
 }
 
 
-class _Noop:
-    def collected(self, n: int) -> None:
-        pass
+class Instruments(NoInstruments):
+    """The OpenTelemetry instruments; ``overhead()`` is observed by the overhead gauge."""
 
-    def dropped(self, reason: str, n: int, exporter: Optional[str]) -> None:
-        pass
-
-    def record(self, name: str, value: float, exporter: Optional[str]) -> None:
-        pass
-
-
-class Instruments(_Noop):
-    def __init__(self) -> None:
+    def __init__(self, overhead: Callable[[], float]) -> None:
         from opentelemetry import metrics
+        from opentelemetry.metrics import Observation
+
+        def observe_overhead(options: Any) -> Iterator[Observation]:
+            yield Observation(overhead())
 
         meter = metrics.get_meter("otelprof_middleware", __version__)
         self._collected = meter.create_counter(
@@ -71,7 +70,7 @@ class Instruments(_Noop):
                 description="Time to build a profile from a finished session"),
         }
         meter.create_observable_gauge(
-            METRIC_NAMES["overhead_cpu"], callbacks=[_observe_overhead], unit="1",
+            METRIC_NAMES["overhead_cpu"], callbacks=[observe_overhead], unit="1",
             description="Profiler threads' CPU time / process CPU time")
 
     def collected(self, n: int) -> None:
@@ -99,15 +98,7 @@ class Instruments(_Noop):
             pass
 
 
-def _observe_overhead(options: Any) -> Any:
-    from opentelemetry.metrics import Observation
-
-    from ..stats import overhead_cpu
-
-    yield Observation(overhead_cpu())
-
-
-_instruments: Optional[_Noop] = None
+_instruments: Optional[StatsInstruments] = None
 _lock = threading.Lock()
 # Held around every call into the metrics API/SDK, and across fork(): a child never
 # inherits an SDK lock taken by one of the parent's threads in the middle of a call.
@@ -128,21 +119,25 @@ def _after_fork_in_child() -> None:
     _lock = threading.Lock()
 
 
+# Not ``_safety.at_fork_reinit``: the call lock must also be *held* across the fork.
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
                         after_in_child=_after_fork_in_child)
 
 
-def instruments() -> _Noop:
-    """The process-wide instruments (no-ops if the metrics API is unusable)."""
+def instruments(overhead: Callable[[], float]) -> StatsInstruments:
+    """The process-wide instruments (no-ops if the metrics API is unusable), made on
+    the first call; ``overhead`` feeds the gauge.  Call it at import time, never
+    first on a worker thread: a fork (gunicorn ``--preload``) while a thread is
+    inside a first import would leave the child waiting on that import's lock."""
     global _instruments
     inst = _instruments
     if inst is None:
         with _lock:
             if _instruments is None:
                 try:
-                    _instruments = Instruments()
+                    _instruments = Instruments(overhead)
                 except Exception:  # pragma: no cover - no/old opentelemetry-api
-                    _instruments = _Noop()
+                    _instruments = NoInstruments()
             inst = _instruments
     return inst

@@ -2,26 +2,28 @@
 ``opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export``,
 default port 4317, gzip compression, headers sent as metadata.
 
-TLS: ``http://`` endpoints and ``insecure=True`` use a plaintext channel;
-``https://`` endpoints use TLS with the system roots or ``certificate`` (a PEM CA
-bundle).  Retryable status codes follow the OTLP specification (formats.md §1.8);
-``google.rpc.RetryInfo`` in the status details sets the delay before the retry."""
+TLS, as the OTLP specification says: an ``https://`` endpoint always uses TLS
+(with the system roots or ``certificate``, a PEM CA bundle) and an ``http://``
+endpoint never does; ``insecure`` only decides for an endpoint without a scheme.
+Retryable status codes follow the OTLP specification ("Failures" in the OTLP
+protocol document); ``google.rpc.RetryInfo`` in the status details sets the delay
+before the retry.  The request body is the one OTLP/HTTP sends (:mod:`._otlp`)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
-from .base import NetworkExporter, Prepared
-from .otlp_http import OTLPHTTPExporter, parse_export_response, rejected_to_profiles
+from .._redact import Scrubber
 from ..encoding._protowire import iter_fields
-from .retry import Attempt
-
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..profile import Profile
+from ..profile import Profile
+from ._otlp import encode_request, partial_success
+from .base import NetworkExporter, Prepared
+from .resource import refresh_pid, resource_attributes
+from .retry import Attempt, RetryPolicy
+from .settings import OTLPTarget
 
 __all__ = ["OTLPGRPCExporter", "EXPORT_METHOD", "parse_retry_info", "grpc_target"]
 
@@ -30,7 +32,7 @@ log = logging.getLogger("otelprof_middleware")
 EXPORT_METHOD = "/opentelemetry.proto.collector.profiles.v1development.ProfilesService/Export"
 RETRY_INFO_TYPE = "type.googleapis.com/google.rpc.RetryInfo"
 
-# grpc.StatusCode names (formats.md §1.8)
+# grpc.StatusCode names the OTLP specification lists as retryable
 RETRYABLE_CODES = frozenset({"CANCELLED", "DEADLINE_EXCEEDED", "ABORTED", "OUT_OF_RANGE", "UNAVAILABLE", "DATA_LOSS"})
 
 
@@ -65,32 +67,39 @@ def parse_retry_info(status_details: Optional[bytes]) -> Optional[float]:
     return None
 
 
-def grpc_target(endpoint: str) -> tuple[str, bool]:
-    """``(host:port, tls)`` for a gRPC endpoint URL (default port 4317)."""
-    parts = urlsplit(endpoint if "://" in endpoint else "http://" + endpoint)
+def grpc_target(endpoint: str, insecure: bool = False) -> tuple[str, bool]:
+    """``(host:port, tls)`` for a gRPC endpoint (default port 4317).  ``https://``
+    means TLS and ``http://`` plaintext whatever ``insecure`` says; without a scheme,
+    TLS unless ``insecure``."""
+    has_scheme = "://" in endpoint
+    parts = urlsplit(endpoint if has_scheme else "//" + endpoint)
     host = parts.hostname or "localhost"
     if ":" in host:  # IPv6 literal
         host = f"[{host}]"
     port = parts.port or 4317
-    return f"{host}:{port}", parts.scheme == "https"
+    scheme = parts.scheme.lower()
+    tls = scheme == "https" if has_scheme else not insecure
+    return f"{host}:{port}", tls
 
 
 class OTLPGRPCExporter(NetworkExporter):
     name = "otlp"
 
-    def __init__(self, config: "Config") -> None:
+    def __init__(self, target: OTLPTarget, *, resource: Optional[Mapping[str, Union[str, int]]] = None,
+                 max_request_bytes: int = 4 * 1024 * 1024, retry_policy: Optional[RetryPolicy] = None) -> None:
         try:
             import grpc  # noqa: F401
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError("protocol='grpc' needs grpcio: pip install 'otelprof-middleware[grpc]'") from exc
-        super().__init__(config)
-        self.endpoint = config.endpoint
-        self.target, tls = grpc_target(config.endpoint)
-        self.tls = tls and not config.insecure
-        self.certificate = config.certificate
-        self.gzip = config.compression == "gzip"
-        self.metadata = tuple((k.lower(), v) for k, v in config.headers.items())
-        self._encoder = OTLPHTTPExporter(config)  # request encoding is shared with OTLP/HTTP
+        super().__init__(max_request_bytes=max_request_bytes, retry_policy=retry_policy)
+        self.endpoint = target.endpoint
+        self.target, self.tls = grpc_target(target.endpoint, target.insecure)
+        self.destination = ("https://" if self.tls else "http://") + self.target  # the scheme says TLS or not
+        self.certificate = target.certificate
+        self.gzip = target.compression == "gzip"
+        self.metadata = tuple((k.lower(), v) for k, v in target.headers.items())
+        self.scrub = Scrubber(target.headers.values())
+        self.resource = dict(resource) if resource is not None else resource_attributes()
         self._channel: Any = None
         self._call: Any = None
         self._pid = os.getpid()
@@ -116,11 +125,11 @@ class OTLPGRPCExporter(NetworkExporter):
             self._call = self._channel.unary_unary(EXPORT_METHOD)
         return self._call
 
-    def encode(self, profiles: Sequence["Profile"]) -> tuple[int, Any]:
-        raw = self._encoder.encode_request(profiles)
+    def encode(self, profiles: Sequence[Profile]) -> tuple[int, Any]:
+        raw = encode_request(profiles, self.resource)
         return len(raw), raw
 
-    def wrap(self, profiles: list["Profile"], state: Any) -> Prepared:
+    def wrap(self, profiles: list[Profile], state: Any) -> Prepared:
         return Prepared(profiles=profiles, body=state, size=len(state))
 
     def send(self, prepared: Prepared, timeout: float) -> Attempt:
@@ -133,11 +142,8 @@ class OTLPGRPCExporter(NetworkExporter):
             response = self._stub()(prepared.body, **kwargs)
         except grpc.RpcError as exc:
             return self._classify(exc)
-        rejected, message = parse_export_response(response or b"")
-        if rejected:
-            return Attempt(ok=True, rejected=rejected_to_profiles(rejected, prepared.count),
-                           message=f"server rejected {rejected} OTLP profile(s): {message}", status="partial_success")
-        return Attempt(ok=True)
+        partial, _warning = partial_success(response or b"", prepared.count)
+        return partial if partial is not None else Attempt(ok=True)
 
     def _classify(self, exc: Any) -> Attempt:
         try:
@@ -156,13 +162,13 @@ class OTLPGRPCExporter(NetworkExporter):
                     delay = parse_retry_info(value if isinstance(value, bytes) else None)
         except Exception:
             delay = None
-        message = f"gRPC {name} from {self.target}" + (f": {details}" if details else "")
+        message = f"gRPC {name}" + (f": {self.scrub(details)}" if details else "")
         retryable = name in RETRYABLE_CODES or (name == "RESOURCE_EXHAUSTED" and delay is not None)
         return Attempt(ok=False, retryable=retryable, retry_after=delay, message=message, status=name)
 
     def after_fork(self) -> None:
         # never close the parent's channel from the child
-        self._encoder.after_fork()
+        refresh_pid(self.resource)
         self._channel = None
         self._call = None
         self._pid = os.getpid()

@@ -10,7 +10,9 @@ When the push API is unavailable (404, 415, 501 or Connect ``unimplemented``: an
 server or a proxy that only forwards ``/ingest``) the exporter switches to the legacy
 ``POST /ingest?format=pprof`` for good, one request per profile.  Authentication:
 ``pyroscope_basic_auth`` (``user:password``), ``pyroscope_token`` (bearer) and
-``pyroscope_tenant_id`` (``X-Scope-OrgID``), plus ``headers``.
+``pyroscope_tenant_id`` (``X-Scope-OrgID``), plus ``pyroscope_headers``.  The OTLP
+``headers`` (often a vendor's API key, from ``OTEL_EXPORTER_OTLP_HEADERS``) are
+never sent here.
 """
 
 from __future__ import annotations
@@ -20,17 +22,16 @@ import json
 import logging
 import uuid
 import zlib
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Optional, Sequence
 
+from .._redact import redact_url
 from ..encoding import encode_pprof
 from ..encoding._protowire import field_bytes
+from ..profile import Profile
+from ._http import HTTPTransport
 from .base import NetworkExporter, Prepared
-from .otlp_http import HTTPTransport
-from .retry import Attempt, classify_http_status
-
-if TYPE_CHECKING:
-    from ..config import Config
-    from ..profile import Profile
+from .retry import Attempt, RetryPolicy, classify_http_status
+from .settings import PyroscopeTarget
 
 __all__ = ["PyroscopeExporter", "encode_push_request", "PUSH_PATH", "INGEST_PATH", "PROFILE_NAME"]
 
@@ -65,33 +66,36 @@ def _gzip(data: bytes) -> bytes:
 class PyroscopeExporter(NetworkExporter):
     name = "pyroscope"
 
-    def __init__(self, config: "Config") -> None:
-        super().__init__(config)
-        base = config.pyroscope_endpoint.rstrip("/")
+    def __init__(self, target: PyroscopeTarget, *, max_request_bytes: int = 4 * 1024 * 1024,
+                 retry_policy: Optional[RetryPolicy] = None) -> None:
+        super().__init__(max_request_bytes=max_request_bytes, retry_policy=retry_policy)
+        base = target.endpoint.rstrip("/")
         self.push_url = base + PUSH_PATH
         self.ingest_url = base + INGEST_PATH
-        self.service_name = config.service_name
-        headers = dict(config.headers)
-        if config.pyroscope_basic_auth:
-            token = base64.b64encode(config.pyroscope_basic_auth.encode()).decode()
+        self.destination = redact_url(base)
+        self.service_name = target.service_name
+        headers = dict(target.headers)
+        if target.basic_auth:
+            token = base64.b64encode(target.basic_auth.encode()).decode()
             headers["Authorization"] = "Basic " + token
-        elif config.pyroscope_token:
-            headers["Authorization"] = "Bearer " + config.pyroscope_token
-        if config.pyroscope_tenant_id:
-            headers["X-Scope-OrgID"] = config.pyroscope_tenant_id
+        elif target.token:
+            headers["Authorization"] = "Bearer " + target.token
+        if target.tenant_id:
+            headers["X-Scope-OrgID"] = target.tenant_id
         self.headers = headers
         self.mode = "push"
-        self.http = HTTPTransport(verify=config.certificate or True)
+        secrets = [*target.headers.values(), target.basic_auth, target.token, headers.get("Authorization", "")]
+        self.http = HTTPTransport(verify=target.certificate or True, secrets=secrets)
 
-    def series_labels(self, profile: "Profile") -> list[tuple[str, str]]:
+    def series_labels(self, profile: Profile) -> list[tuple[str, str]]:
         return [("__name__", PROFILE_NAME), ("service_name", self.service_name)]
 
     # ---------------------------------------------------------------- encoding
-    def encode(self, profiles: Sequence["Profile"]) -> tuple[int, Any]:
+    def encode(self, profiles: Sequence[Profile]) -> tuple[int, Any]:
         raws = [encode_pprof(p, compress=False) for p in profiles]
         return sum(len(r) for r in raws) + 128 * len(raws), raws
 
-    def wrap(self, profiles: list["Profile"], state: Any) -> Prepared:
+    def wrap(self, profiles: list[Profile], state: Any) -> Prepared:
         parts = [(p, _gzip(raw)) for p, raw in zip(profiles, state)]
         body = encode_push_request([(self.series_labels(p), gz, str(uuid.uuid4())) for p, gz in parts])
         return Prepared(profiles=profiles, body=body, size=sum(len(r) for r in state), parts=parts)
@@ -106,9 +110,9 @@ class PyroscopeExporter(NetworkExporter):
             if 200 <= resp.status_code < 300:
                 return Attempt(ok=True)
             if not self._push_unavailable(resp):
-                return classify_http_status(resp.status_code, resp.headers, self.push_url)
+                return classify_http_status(resp.status_code, resp.headers, PUSH_PATH)
             log.warning("otelprof: %s answered HTTP %d: push API unavailable, using %s from now on",
-                        self.push_url, resp.status_code, self.ingest_url)
+                        redact_url(self.push_url), resp.status_code, redact_url(self.ingest_url))
             self.mode = "ingest"
         return self._send_ingest(prepared, timeout)
 
@@ -141,7 +145,7 @@ class PyroscopeExporter(NetworkExporter):
                 failed += 1
                 message = resp.message
             elif not 200 <= resp.status_code < 300:
-                attempt = classify_http_status(resp.status_code, resp.headers, self.ingest_url)
+                attempt = classify_http_status(resp.status_code, resp.headers, INGEST_PATH)
                 if attempt.retryable:
                     return attempt
                 failed += 1

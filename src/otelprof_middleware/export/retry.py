@@ -26,7 +26,7 @@ from typing import Callable, Mapping, Optional
 __all__ = [
     "Attempt",
     "RetryPolicy",
-    "RateLimiter",
+    "ByteRateLimiter",
     "RETRYABLE_HTTP_STATUSES",
     "classify_http_status",
     "parse_retry_after",
@@ -51,8 +51,8 @@ class Attempt:
     rejected: int = 0
     message: str = ""
     reason: str = "export_failed"
-    status: str = ""
-    partial_reason: str = "rejected"  # drop reason of the ``rejected`` items of a success  # "HTTP 503", "UNAVAILABLE", "ConnectError" ... for logs
+    status: str = ""  # "HTTP 503", "UNAVAILABLE", "ConnectError" ... for logs
+    partial_reason: str = "rejected"  # drop reason of the ``rejected`` items of a success
 
 
 def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
@@ -99,7 +99,8 @@ def classify_http_status(status: int, headers: Mapping[str, str], where: str = "
 
 
 class RetryPolicy:
-    """Timing of retries for one exporter."""
+    """Timing of retries for one exporter (built from ``Config`` by
+    :func:`otelprof_middleware.export.settings.retry_policy`)."""
 
     def __init__(
         self,
@@ -117,15 +118,6 @@ class RetryPolicy:
         self.max_backoff = max(max_backoff, initial_backoff)
         self.multiplier = multiplier
         self._rng = rng or random.Random()
-
-    @classmethod
-    def from_config(cls, config: object) -> "RetryPolicy":
-        return cls(
-            export_timeout=getattr(config, "export_timeout", 10.0),
-            retry_timeout=getattr(config, "retry_timeout", 60.0),
-            initial_backoff=getattr(config, "retry_initial_backoff", 1.0),
-            max_backoff=getattr(config, "retry_max_backoff", 30.0),
-        )
 
     def backoff(self, retry_number: int) -> float:
         """Delay before retry ``retry_number`` (0 = the first retry): exponential with
@@ -175,8 +167,8 @@ def run_with_retry(
         spent += delay
 
 
-class RateLimiter:
-    """A token bucket of ``rate`` bytes/s holding at most one second of bytes.
+class ByteRateLimiter:
+    """Upload pacing: a token bucket of ``rate`` bytes/s holding at most one second of bytes.
 
     ``delay(n)`` takes ``n`` bytes and returns how long to wait before sending them;
     a request larger than the bucket goes into debt, so later ones wait for it."""

@@ -1,9 +1,9 @@
 """The overhead governor: keeps the profiler's own CPU under ``max_overhead`` of the
 process's CPU.
 
-Own CPU = the sampler thread's CPU (``Sampler.cpu_ns_self``) + the export worker's
-(``ExportPipeline.cpu_ns_self``) + the policy's helper threads (watchdog), read from
-per-thread CPU clocks.  Process CPU = ``time.process_time_ns()``.  Both are read at
+Own CPU = the sampler thread's and the export workers' CPU
+(:func:`otelprof_middleware.overhead.profiler_cpu_ns`) + the policy's helper threads
+(watchdog), read from per-thread CPU clocks.  Process CPU = ``time.process_time_ns()``.  Both are read at
 most once per ``interval`` seconds (lazily, when a profile is about to start, and by
 the watchdog), kept in a sliding window of ``window`` seconds, and compared as a
 ratio of the deltas across the window.

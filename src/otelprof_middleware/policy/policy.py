@@ -35,6 +35,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from ..config import parse_trigger_limits
 from .cpu import CpuMonitor, CpuTrigger, get_cpu_monitor
 from .governor import Governor
 from .limits import RateLimiter
@@ -50,7 +51,6 @@ __all__ = ["Policy", "TRUTHY", "TRIGGERS", "policy_for"]
 
 TRUTHY = frozenset({"1", "true", "yes", "on"})
 TRIGGERS = ("header", "probability", "slow", "error", "high_cpu", "on_demand", "custom")
-_LIMITABLE = frozenset({"probability", "slow", "error", "high_cpu", "on_demand"})
 _TRACE_ID_MAX = (1 << 64) - 1
 _NO_TAIL = frozenset({"excluded", "custom", "disabled"})
 
@@ -72,25 +72,6 @@ def policy_for(profiler: "Profiler") -> "Policy":
 
 
 _policy_lock = threading.Lock()
-
-
-def _parse_trigger_limits(raw: Any) -> dict[str, int]:
-    from ..config import ConfigError
-
-    out: dict[str, int] = {}
-    for k, v in dict(raw or {}).items():
-        name = str(k).strip()
-        if name not in _LIMITABLE:
-            raise ConfigError("trigger_limits", raw, "keys must be among " + ", ".join(sorted(_LIMITABLE))
-                              + " (the header has max_header_profiles_per_minute)")
-        try:
-            n = int(str(v).strip())
-        except ValueError:
-            n = -1
-        if n < 0:
-            raise ConfigError("trigger_limits", raw, "values must be whole numbers of profiles per minute (>= 0)")
-        out[name] = n
-    return out
 
 
 class Policy:
@@ -121,7 +102,7 @@ class Policy:
         self.header_limiter = RateLimiter(cfg.max_header_profiles_per_minute, clock=clock)
         self.profile_limiter = RateLimiter(cfg.max_profiles_per_minute, clock=clock)
         self.trigger_limiters = {name: RateLimiter(n, clock=clock)
-                                 for name, n in _parse_trigger_limits(getattr(cfg, "trigger_limits", {})).items()}
+                                 for name, n in parse_trigger_limits(cfg.trigger_limits).items()}
         self._random = rng if rng is not None else random.Random()
         self._lock = threading.Lock()
 
@@ -218,7 +199,7 @@ class Policy:
 
     # ------------------------------------------------------------------ decision
     def decide(self, info: RequestInfo) -> Decision:
-        stats = self.profiler.counters
+        stats = self.profiler.stats_recorder
         if not self.profiler.enabled:
             return Decision.no("disabled")
         if self.excluded(info):
@@ -268,7 +249,7 @@ class Policy:
 
     def admit(self, triggers: list[str], header_requested: bool = False) -> Decision:
         """Apply the sub-limits and global budgets to a request some trigger selected."""
-        stats = self.profiler.counters
+        stats = self.profiler.stats_recorder
         exempt = "header" in triggers or "custom" in triggers
         if self.trigger_limiters and not exempt:
             kept = [t for t in triggers if t not in self.trigger_limiters]
@@ -308,7 +289,7 @@ class Policy:
         """Profile matching requests (all, or those of ``route``: a route template or a
         path) with ``probability`` for ``seconds`` (capped by ``max_window``)."""
         window = self.windows.open(seconds, probability, route, self.config.max_window)
-        self.profiler.counters.incr("windows_opened")
+        self.profiler.stats_recorder.incr("windows_opened")
         return window
 
     # ------------------------------------------------------------------ lifecycle hooks
@@ -352,10 +333,10 @@ class Policy:
             route = handle.info.route or handle.info.path
             if slow and cfg.slow_route_arming:
                 self.arming.arm(route, "slow", cfg.slow_profile_duration, 1.0, now)
-                self.profiler.counters.incr("routes_armed.slow")
+                self.profiler.stats_recorder.incr("routes_armed.slow")
             if failed and cfg.error_profile_duration > 0 and cfg.error_sample_rate > 0:
                 self.arming.arm(route, "error", cfg.error_profile_duration, cfg.error_sample_rate, now)
-                self.profiler.counters.incr("routes_armed.error")
+                self.profiler.stats_recorder.incr("routes_armed.error")
         if handle._recording and proceed:
             self._finish_recording(handle, slow, failed)
         return proceed
@@ -363,19 +344,19 @@ class Policy:
     # ------------------------------------------------------------------ flight recorder
     def _start_recording(self, handle: "RequestHandle") -> None:
         if len(self._recording) >= self.recorder_max:
-            self.profiler.counters.incr("recordings_skipped.max_inflight")
+            self.profiler.stats_recorder.incr("recordings_skipped.max_inflight")
             return
         gov = self.governor
         if gov.enabled:
             gov.update()
             if gov.declining:
-                self.profiler.counters.incr("recordings_skipped.overhead")
+                self.profiler.stats_recorder.incr("recordings_skipped.overhead")
                 return
         session = handle.start_profile((), hz=gov.hz(self.recorder_hz, min_hz=1))
         if session is not None:
             handle._recording = True
             self._recording.add(session)
-            self.profiler.counters.incr("recordings_started")
+            self.profiler.stats_recorder.incr("recordings_started")
 
     def _finish_recording(self, handle: "RequestHandle", slow: bool, failed: bool) -> None:
         session = handle.session
@@ -396,7 +377,7 @@ class Policy:
             for t in keep:
                 session.add_trigger(t)
             session.attributes["otelprof.flight_recorder_hz"] = self.recorder_hz
-            self.profiler.counters.incr("recordings_kept")
+            self.profiler.stats_recorder.incr("recordings_kept")
             return
         self.profiler.discard_session(session)
         handle.session = None
@@ -412,7 +393,7 @@ class Policy:
 
     def _admit_kept(self, triggers: list[str]) -> bool:
         """Budget check for a recording kept at the end (it already ran: only rates apply)."""
-        stats = self.profiler.counters
+        stats = self.profiler.stats_recorder
         limited = [t for t in triggers if t in self.trigger_limiters]
         if limited and len(limited) == len(triggers) and not any(
                 self.trigger_limiters[t].try_acquire() for t in limited):
@@ -453,7 +434,7 @@ class Policy:
         except Exception:
             self.profiler._fail_once("promote", "otelprof: promoting a slow request failed")
         if ok:
-            self.profiler.counters.incr("promotions")
+            self.profiler.stats_recorder.incr("promotions")
         with wd.lock:
             finished = handle._tail_state == DONE
             if not finished:
@@ -466,21 +447,13 @@ class Policy:
     # ------------------------------------------------------------------ governor
     def _own_cpu_ns(self) -> int:
         """Sampler thread + export worker(s) + this policy's watchdog thread CPU, ns."""
-        own = self.watchdog.cpu_ns_self
-        try:
-            from ..stats import profiler_cpu_ns  # sampler + export workers
+        from ..overhead import profiler_cpu_ns  # sampler + export workers
 
-            return own + profiler_cpu_ns()
-        except ImportError:  # pragma: no cover - older engine
-            from ..sampler import get_sampler
-
-            own += get_sampler().cpu_ns_self
-            pipeline = self.profiler._pipeline
-            return own + int(getattr(pipeline, "cpu_ns_self", 0) or 0)
+        return self.watchdog.cpu_ns_self + profiler_cpu_ns()
 
     def _governor_changed(self, level: int) -> None:
         """Apply a new rate to the running profiles of this profiler."""
-        stats = self.profiler.counters
+        stats = self.profiler.stats_recorder
         stats.incr("governor_steps")
         base = self.config.sample_hz
         for session in list(self.profiler._active):

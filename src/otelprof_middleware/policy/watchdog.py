@@ -139,7 +139,7 @@ class Watchdog:
                 del self._promoted[key]
                 if session is not None and not session.finished:
                     self.reaped += 1
-                    policy.profiler.counters.incr("promotions_reaped")
+                    policy.profiler.stats_recorder.incr("promotions_reaped")
                     handle.finish()
 
     def _start(self) -> None:
