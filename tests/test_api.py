@@ -394,7 +394,7 @@ def test_l15_idle_connections_time_out_and_concurrent_ones_are_capped(tmp_path: 
     idle = [socket.create_connection(("127.0.0.1", v.port), timeout=30) for _ in range(4)]
     try:
         deadline = time.monotonic() + 30
-        while v.server._slots._value > 0 and time.monotonic() < deadline:  # all 4 accepted and holding a slot
+        while v.server.active_connections < 4 and time.monotonic() < deadline:  # all 4 accepted, holding a slot
             time.sleep(0.02)
         extra = socket.create_connection(("127.0.0.1", v.port), timeout=30)
         reply = extra.recv(4096)
@@ -407,6 +407,6 @@ def test_l15_idle_connections_time_out_and_concurrent_ones_are_capped(tmp_path: 
         for s in idle:
             s.close()
     deadline = time.monotonic() + 30
-    while v.server._slots._value < 4 and time.monotonic() < deadline:
+    while v.server.active_connections > 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert v.json("/api/v1/count")["count"] == 1  # and serves normally again

@@ -396,6 +396,8 @@ class ViewerServer(ThreadingHTTPServer):
         self.sync_interval = sync_interval
         self.check_host = _is_loopback(host)
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._count_lock = threading.Lock()
+        self.active_connections = 0  # connections holding a handler thread now
         self._sync_lock = threading.Lock()
         self._last_sync = 0.0
         self.rejected_connections = 0
@@ -451,17 +453,24 @@ class ViewerServer(ThreadingHTTPServer):
                 pass
             self.shutdown_request(request)
             return
+        with self._count_lock:
+            self.active_connections += 1
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._release()
             raise
+
+    def _release(self) -> None:
+        with self._count_lock:
+            self.active_connections -= 1
+        self._slots.release()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._release()
 
     @property
     def url(self) -> str:
