@@ -30,7 +30,7 @@ import sys
 import zlib
 from typing import Any, Iterable, Optional, Sequence
 
-from .pprof import LINE_BITS, FunctionTable, ProfileStacks
+from .pprof import LINE_BITS, FunctionTable, ProfileStacks, column_sums
 
 __all__ = [
     "StackSet",
@@ -105,11 +105,7 @@ class StackSet:
         self.by_thread = self.by_thread or other.by_thread
 
     def totals(self) -> list[int]:
-        out = [0] * len(self.sample_types)
-        for values in self.stacks.values():
-            for i, v in enumerate(values):
-                out[i] += v
-        return out
+        return column_sums(self.stacks.values(), len(self.sample_types))
 
     def type_index(self, metric: str) -> int:
         for i, (t, _u) in enumerate(self.sample_types):
@@ -230,6 +226,59 @@ class _Functions:
         return i
 
 
+class _Tree:
+    """Stacks merged into a tree by function, for :func:`flame_json` and :func:`diff_json`.
+
+    A node is ``[f, children, name, line counts, *value lists]`` (``lists`` lists of
+    ``width`` values each); beyond ``max_nodes`` nodes, :meth:`child` returns None and
+    the caller folds the rest of that stack into the last node it reached."""
+
+    def __init__(self, lists: int, width: int, max_nodes: int) -> None:
+        self.lists = lists
+        self.width = width
+        self.max_nodes = max_nodes
+        self.root = self._node(-1, "all")
+        self.nodes = 1
+        self.truncated = 0
+
+    def _node(self, f: int, name: Optional[str]) -> list[Any]:
+        return [f, {}, name, {}, *([0] * self.width for _ in range(self.lists))]
+
+    def child(self, node: list[Any], key: Any, f: int, name: Optional[str] = None) -> Optional[list[Any]]:
+        child = node[1].get(key)
+        if child is None:
+            if self.nodes >= self.max_nodes:
+                self.truncated += 1
+                return None
+            child = node[1][key] = self._node(f, name)
+            self.nodes += 1
+        return child
+
+    def step(self, node: Optional[list[Any]], f: int) -> Optional[list[Any]]:
+        """Function ``f``'s child of ``node``; None from the moment a stack hits ``max_nodes``."""
+        return None if node is None else self.child(node, f, f)
+
+    def export(self, rows: list[dict[str, Any]], convert: Any) -> dict[str, Any]:
+        """JSON-ready dicts (``convert(node)`` each, children under ``"c"``), without
+        recursion: a tree may be thousands of frames deep."""
+        top = convert(self.root)
+        stack: list[tuple[list[Any], dict[str, Any]]] = [(self.root, top)]
+        while stack:
+            node, out = stack.pop()
+            children = sorted(node[1].values(), key=lambda c: (c[2] or rows[c[0]]["name"], c[0]))
+            if children:
+                converted = [convert(c) for c in children]
+                out["c"] = converted
+                stack.extend(zip(children, converted))
+        return top
+
+
+def _split_thread(key: tuple[Any, ...]) -> tuple[Optional[str], tuple[Any, ...]]:
+    if key and isinstance(key[0], str):
+        return key[0], key[1:]
+    return None, key
+
+
 def flame_json(ss: StackSet, *, max_nodes: int = 200_000, scale: Optional[float] = None) -> dict[str, Any]:
     """Our flame tree of ``ss`` (see the module docstring and docs/viewer.md).
 
@@ -240,102 +289,68 @@ def flame_json(ss: StackSet, *, max_nodes: int = 200_000, scale: Optional[float]
     (``truncated_nodes`` counts the stacks that were cut)."""
     ntypes = len(ss.sample_types)
     fns = _Functions(ss.table)
-    root: list[Any] = [-1, [0] * ntypes, [0] * ntypes, {}, {}, "all"]
-    nodes = 1
-    truncated = 0
+    tree = _Tree(2, ntypes, max_nodes)  # value lists: 4 = total, 5 = self
     self_by_fn: dict[int, list[int]] = {}
     total_by_fn: dict[int, list[int]] = {}
     threads: dict[str, list[int]] = {}
     for key, values in ss.stacks.items():
-        node = root
-        _acc(node[1], values)
-        frames: Iterable[Any] = key
-        if key and isinstance(key[0], str):
-            thread = key[0]
-            frames = key[1:]
+        node: Optional[list[Any]] = tree.root
+        _acc(tree.root[4], values)
+        thread, frames = _split_thread(key)
+        if thread is not None:
             _acc(threads.setdefault(thread, [0] * ntypes), values)
-            tkey = ("thread", thread)
-            child = node[3].get(tkey)
-            if child is None:
-                child = node[3][tkey] = [-2, [0] * ntypes, [0] * ntypes, {}, {}, f"thread: {thread or '?'}"]
-                nodes += 1
-            node = child
-            _acc(node[1], values)
+            node = tree.child(tree.root, ("thread", thread), -2, f"thread: {thread or '?'}")
+            if node is not None:
+                _acc(node[4], values)
+        last = node if node is not None else tree.root
         seen: set[int] = set()
         f = -1
-        stopped = False
         for k in frames:
             f = fns(k >> LINE_BITS)
             if f not in seen:
                 seen.add(f)
                 _acc(total_by_fn.setdefault(f, [0] * ntypes), values)
-            if stopped:
+            node = tree.step(node, f)
+            if node is None:
                 continue
-            child = node[3].get(f)
-            if child is None:
-                if nodes >= max_nodes:
-                    truncated += 1
-                    stopped = True
-                    continue
-                child = node[3][f] = [f, [0] * ntypes, [0] * ntypes, {}, {}, None]
-                nodes += 1
-            node = child
-            _acc(node[1], values)
+            last = node
+            _acc(node[4], values)
             line = k & _LINE_MASK
             if line:
-                node[4][line] = node[4].get(line, 0) + (values[0] if values else 1)
-        _acc(node[2], values)
+                node[3][line] = node[3].get(line, 0) + (values[0] if values else 1)
+        _acc(last[5], values)
         if f >= 0:
             _acc(self_by_fn.setdefault(f, [0] * ntypes), values)
+
+    def convert(node: list[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"f": node[0], "v": _scaled(node[4], scale)}
+        if any(node[5]):
+            out["s"] = _scaled(node[5], scale)
+        if node[2] is not None:
+            out["name"] = node[2]
+        if node[3]:
+            out["line"] = max(node[3].items(), key=lambda kv: (kv[1], -kv[0]))[0]
+        return out
+
     zero = [0] * ntypes
-    totals = root[1]
+    totals = tree.root[4]
     return {
         "sample_types": [{"type": t, "unit": u} for t, u in ss.sample_types],
         "default_type": pick_metric(ss.sample_types, totals),
         "totals": _scaled(totals, scale),
         "profiles": ss.profiles,
         "functions": fns.rows,
-        "tree": _export_tree(root, fns.rows, scale),
+        "tree": tree.export(fns.rows, convert),
         "top": [{"f": f, "self": _scaled(self_by_fn.get(f, zero), scale),
                  "total": _scaled(total_by_fn.get(f, zero), scale)} for f in range(len(fns.rows))],
         "threads": [{"name": k, "v": _scaled(v, scale)} for k, v in sorted(threads.items())],
-        "truncated_nodes": truncated,
+        "truncated_nodes": tree.truncated,
     }
 
 
 def _acc(acc: list[int], values: Sequence[int]) -> None:
     for i, v in enumerate(values):
         acc[i] += v
-
-
-def _sort_key(rows: list[dict[str, Any]]) -> Any:
-    return lambda c: (c[5] or rows[c[0]]["name"], c[0])
-
-
-def _export_tree(root: list[Any], rows: list[dict[str, Any]], scale: Optional[float]) -> dict[str, Any]:
-    """The internal tree as JSON-ready dicts, without recursion (deep stacks)."""
-
-    def convert(node: list[Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"f": node[0], "v": _scaled(node[1], scale)}
-        if any(node[2]):
-            out["s"] = _scaled(node[2], scale)
-        if node[5] is not None:
-            out["name"] = node[5]
-        if node[4]:
-            out["line"] = max(node[4].items(), key=lambda kv: (kv[1], -kv[0]))[0]
-        return out
-
-    top = convert(root)
-    stack: list[tuple[list[Any], dict[str, Any]]] = [(root, top)]
-    key = _sort_key(rows)
-    while stack:
-        node, out = stack.pop()
-        children = sorted(node[3].values(), key=key)
-        if children:
-            converted = [convert(c) for c in children]
-            out["c"] = converted
-            stack.extend(zip(children, converted))
-    return top
 
 
 # --------------------------------------------------------------------------- diff
@@ -361,10 +376,7 @@ def diff_json(left: StackSet, right: StackSet, *, normalize: bool = True, max_no
     scales = [(1.0 / side.profiles if normalize and side.profiles else 1.0) for side in (left, right)]
     n = len(types)
     fns = _Functions(left.table)
-    # node: [f, [left values], [right values], [left self], [right self], children, name]
-    root: list[Any] = [-1, [0] * n, [0] * n, [0] * n, [0] * n, {}, "all"]
-    nodes = 1
-    truncated = 0
+    tree = _Tree(4, n, max_nodes)  # value lists: 4 left, 5 right, 6 left self, 7 right self
     fn_stats: dict[int, list[list[int]]] = {}  # f -> [l self, r self, l total, r total]
     for side, ss in enumerate((left, right)):
         where = maps[side]
@@ -372,15 +384,12 @@ def diff_json(left: StackSet, right: StackSet, *, normalize: bool = True, max_no
             values = [0] * n
             for i, v in zip(where, raw):
                 values[i] = v
-            node = root
-            _acc(node[1 + side], values)
-            frames: Iterable[Any] = key
-            if key and isinstance(key[0], str):
-                frames = key[1:]
+            node: Optional[list[Any]] = tree.root
+            last = tree.root
+            _acc(tree.root[4 + side], values)
             seen: set[int] = set()
             f = -1
-            stopped = False
-            for k in frames:
+            for k in _split_thread(key)[1]:
                 f = fns(k >> LINE_BITS)
                 st = fn_stats.get(f)
                 if st is None:
@@ -388,19 +397,12 @@ def diff_json(left: StackSet, right: StackSet, *, normalize: bool = True, max_no
                 if f not in seen:
                     seen.add(f)
                     _acc(st[2 + side], values)
-                if stopped:
+                node = tree.step(node, f)
+                if node is None:
                     continue
-                child = node[5].get(f)
-                if child is None:
-                    if nodes >= max_nodes:
-                        truncated += 1
-                        stopped = True
-                        continue
-                    child = node[5][f] = [f, [0] * n, [0] * n, [0] * n, [0] * n, {}, None]
-                    nodes += 1
-                node = child
-                _acc(node[1 + side], values)
-            _acc(node[3 + side], values)
+                last = node
+                _acc(node[4 + side], values)
+            _acc(last[6 + side], values)
             if f >= 0:
                 _acc(fn_stats[f][side], values)
     sl, sr = scales
@@ -409,26 +411,18 @@ def diff_json(left: StackSet, right: StackSet, *, normalize: bool = True, max_no
         return [_num(v * scale) for v in values]
 
     def convert(node: list[Any]) -> dict[str, Any]:
-        lv, rv = side_values(node[1], sl), side_values(node[2], sr)
+        lv, rv = side_values(node[4], sl), side_values(node[5], sr)
         out: dict[str, Any] = {"f": node[0], "l": lv, "r": rv, "d": [_num(b - a) for a, b in zip(lv, rv)]}
-        if any(node[3]):
-            out["ls"] = side_values(node[3], sl)
-        if any(node[4]):
-            out["rs"] = side_values(node[4], sr)
-        if node[6] is not None:
-            out["name"] = node[6]
+        if any(node[6]):
+            out["ls"] = side_values(node[6], sl)
+        if any(node[7]):
+            out["rs"] = side_values(node[7], sr)
+        if node[2] is not None:
+            out["name"] = node[2]
         return out
 
-    top = convert(root)
-    stack: list[tuple[list[Any], dict[str, Any]]] = [(root, top)]
     rows = fns.rows
-    while stack:
-        node, out = stack.pop()
-        children = sorted(node[5].values(), key=lambda c: (c[6] or rows[c[0]]["name"], c[0]))
-        if children:
-            converted = [convert(c) for c in children]
-            out["c"] = converted
-            stack.extend(zip(children, converted))
+    top = tree.export(rows, convert)
     changed: list[dict[str, Any]] = []
     for f, (ls, rs, lt, rt) in fn_stats.items():
         left_self, right_self = side_values(ls, sl), side_values(rs, sr)
@@ -454,7 +448,7 @@ def diff_json(left: StackSet, right: StackSet, *, normalize: bool = True, max_no
         "tree": top,
         "functions_changed": changed,
         "regressions": [r for r in changed if r["delta_self"][mi] > 0 or r["delta_total"][mi] > 0][:regressions],
-        "truncated_nodes": truncated,
+        "truncated_nodes": tree.truncated,
     }
 
 

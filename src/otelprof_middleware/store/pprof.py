@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
@@ -205,6 +205,22 @@ _COUNTED = {2: ("max_samples", "samples"), 4: ("max_locations", "locations"),
             5: ("max_functions", "functions"), 6: ("max_strings", "strings")}
 
 
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it (IndexError when truncated)."""
+    b = buf[pos]
+    pos += 1
+    value = b & 0x7F
+    shift = 7
+    while b & 0x80:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        shift += 7
+        if shift > 63:
+            raise PprofError("malformed profile: varint too long")
+    return value, pos
+
+
 def _scan(buf: bytes, limits: Limits) -> None:
     """Walk the top-level fields once: wire format checks and element counts."""
     caps = {num: getattr(limits, name) for num, (name, _what) in _COUNTED.items()}
@@ -213,32 +229,12 @@ def _scan(buf: bytes, limits: Limits) -> None:
     pos = 0
     try:
         while pos < n:
-            b = buf[pos]
-            pos += 1
-            key = b & 0x7F
-            shift = 7
-            while b & 0x80:
-                b = buf[pos]
-                pos += 1
-                key |= (b & 0x7F) << shift
-                shift += 7
-                if shift > 63:
-                    raise PprofError("malformed profile: varint too long")
+            key, pos = _varint(buf, pos)
             num, wt = key >> 3, key & 7
             if num == 0:
                 raise PprofError("malformed profile: field number 0")
             if wt == 2 or wt == 0:
-                b = buf[pos]
-                pos += 1
-                value = b & 0x7F
-                shift = 7
-                while b & 0x80:
-                    b = buf[pos]
-                    pos += 1
-                    value |= (b & 0x7F) << shift
-                    shift += 7
-                    if shift > 63:
-                        raise PprofError("malformed profile: varint too long")
+                value, pos = _varint(buf, pos)
                 if wt == 2:
                     pos += value
                     if pos > n:
@@ -378,11 +374,16 @@ class ProfileStacks:
     threads: dict[str, list[int]] = field(default_factory=dict)
 
     def totals(self) -> list[int]:
-        out = [0] * len(self.sample_types)
-        for values in self.stacks.values():
-            for i, v in enumerate(values):
-                out[i] += v
-        return out
+        return column_sums(self.stacks.values(), len(self.sample_types))
+
+
+def column_sums(rows: Iterable[Sequence[int]], width: int) -> list[int]:
+    """Per-column sums of value lists."""
+    out = [0] * width
+    for values in rows:
+        for i, v in enumerate(values):
+            out[i] += v
+    return out
 
 
 class _LocationFrames(dict):  # type: ignore[type-arg]  # location id -> tuple of frame keys, leaf first
