@@ -400,3 +400,29 @@ def test_two_writer_processes_and_a_reader_share_one_folder(tmp_path: Any, max_f
     if max_files == 1000:
         idx = ProfileIndex(d)
         assert idx.count(parse_selector("route=/a")) == n and idx.count(parse_selector("route=/b")) == n
+
+
+def test_flame_tree_beyond_max_nodes_keeps_exact_totals() -> None:
+    from otelprof_middleware.store.aggregate import StackSet, flame_json
+
+    spec = Spec("wide", NOW, [(frames("main", f"branch{i}", f"leaf{i}"), (i + 1, i + 1, i + 1)) for i in range(50)])
+    table = FunctionTable()
+    ss = StackSet(table)
+    ss.add(read_stacks(encode_pprof(build(spec)), table))
+    tree = flame_json(ss, max_nodes=40)
+    assert tree["truncated_nodes"] > 0
+    total = sum(i + 1 for i in range(50))
+    assert tree["tree"]["v"] == [total] * 3 and tree["totals"] == [total] * 3
+    stack = [tree["tree"]]
+    count = 0
+    while stack:  # every node's value is its children's plus its self value, even where cut
+        node = stack.pop()
+        count += 1
+        kids = node.get("c", [])
+        assert [sum(k["v"][i] for k in kids) + node.get("s", [0, 0, 0])[i] for i in range(3)] == node["v"]
+        stack.extend(kids)
+    assert count == 40
+    # the per-function table still counts every function exactly
+    names = [f["name"] for f in tree["functions"]]
+    self_by = {names[r["f"]]: r["self"][0] for r in tree["top"]}
+    assert self_by["leaf49"] == 50 and sum(self_by.values()) == total

@@ -267,8 +267,10 @@ class ViewerHandler(BaseHTTPRequestHandler):
         super().setup()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        if self.server.verbose:
-            super().log_message(format, *args)
+        if self.server.verbose:  # request lines come from clients: no control characters on the terminal
+            from ..cli import safe
+
+            sys.stderr.write(safe(f"{self.address_string()} - - [{self.log_date_time_string()}] {format % args}") + "\n")
 
     def do_GET(self) -> None:
         self._handle(head=False)
