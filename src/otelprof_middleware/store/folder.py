@@ -14,6 +14,7 @@ single profiles are cached, and an unreadable file's error is remembered by
 from __future__ import annotations
 
 import hashlib
+import operator
 import os
 import stat
 import threading
@@ -32,6 +33,10 @@ __all__ = ["ProfileFolder", "NotFound", "Ambiguous", "Busy", "MergeResult", "DEF
 DEFAULT_MERGE_LIMIT = 1000
 MAX_MERGE_LIMIT = 20_000
 _MAX_FUNCTIONS = 2_000_000  # the shared function table is started afresh beyond this
+_MAX_STACKS = 4_000_000  # and so is the stack table of the digest cache
+
+
+_ADD = operator.add
 
 
 class NotFound(LookupError):
@@ -115,7 +120,7 @@ def merge_files(directory: str, rows: Sequence[tuple[str, str]], table: Function
                 skipped.append({"profile_id": pid, "error": known})
                 continue
         try:
-            ss.add(read_stacks(read_profile_file(directory, fname, limits), table, limits=limits))
+            ss.add_pprof(read_profile_file(directory, fname, limits), limits)
         except NotFound:
             skipped.append({"profile_id": pid, "error": "file removed"})
             continue
@@ -180,6 +185,53 @@ class _Worker:
         return pickle.loads(out)  # type: ignore[no-any-return]  # from our own child process
 
 
+class _Digests:
+    """Decoded profiles kept compact for repeated merges: every distinct stack gets a
+    small id (one table per folder reader), and a profile is kept as one flat
+    ``array('q')`` of ``[stack id, value, value, ...]`` rows (about 10 KB for 300
+    stacks), up to ``budget`` bytes, least recently used first out.  Merging a cached
+    profile is then a few integer-keyed additions per stack instead of a decode."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+        self.stack_ids: dict[tuple[Any, ...], int] = {}
+        self.stacks: list[tuple[Any, ...]] = []
+        self.entries: "OrderedDict[tuple[str, int, int], tuple[tuple[tuple[str, str], ...], Any]]" = OrderedDict()
+
+    def clear(self) -> None:
+        self.size = 0
+        self.stack_ids.clear()
+        self.stacks.clear()
+        self.entries.clear()
+
+    def get(self, key: tuple[str, int, int]) -> Optional[tuple[tuple[tuple[str, str], ...], Any]]:
+        hit = self.entries.get(key)
+        if hit is not None:
+            self.entries.move_to_end(key)
+        return hit
+
+    def put(self, key: tuple[str, int, int], ps: ProfileStacks) -> tuple[tuple[tuple[str, str], ...], Any]:
+        from array import array
+
+        ids = self.stack_ids
+        rows: list[int] = []
+        for stack, values in ps.stacks.items():
+            sid = ids.get(stack)
+            if sid is None:
+                sid = ids[stack] = len(self.stacks)
+                self.stacks.append(stack)
+            rows.append(sid)
+            rows.extend(values)
+        entry = (tuple(ps.sample_types), array("q", rows))
+        self.entries[key] = entry
+        self.size += len(rows) * 8
+        while self.size > self.budget and self.entries:
+            _k, (_t, old) = self.entries.popitem(last=False)
+            self.size -= len(old) * 8
+        return entry
+
+
 PARALLEL_MIN_FILES = 200
 
 
@@ -187,7 +239,7 @@ class ProfileFolder:
     """Queries and views over one folder written by the ``file`` exporter."""
 
     def __init__(self, directory: str, *, limits: Limits = DEFAULT_LIMITS, writable: Optional[bool] = None,
-                 decode_timeout: float = 60.0, parallel: bool = True) -> None:
+                 decode_timeout: float = 60.0, parallel: bool = True, digest_budget: int = 48 * 1024 * 1024) -> None:
         directory = os.path.realpath(os.path.abspath(directory))
         if writable is None:
             writable = os.path.isdir(directory) and os.access(directory, os.W_OK)
@@ -201,6 +253,9 @@ class ProfileFolder:
         self._singles: "OrderedDict[tuple[Any, ...], ProfileStacks]" = OrderedDict()
         self._merges: "OrderedDict[tuple[Any, ...], MergeResult]" = OrderedDict()
         self._failures: "OrderedDict[tuple[str, int, int], str]" = OrderedDict()
+        self._digests = _Digests(digest_budget)
+        #: how the last merge got its profiles: from the digest cache, decoded here, by helpers
+        self.last_merge = {"from_digests": 0, "decoded": 0, "by_helpers": 0}
 
     @property
     def exists(self) -> bool:
@@ -264,10 +319,11 @@ class ProfileFolder:
             raise Busy("the viewer is busy with another large request; try again")
 
     def _table_for_use(self) -> FunctionTable:
-        if len(self._table) > _MAX_FUNCTIONS:
+        if len(self._table) > _MAX_FUNCTIONS or len(self._digests.stacks) > _MAX_STACKS:
             self._table = FunctionTable()
             self._singles.clear()
             self._merges.clear()
+            self._digests.clear()
         return self._table
 
     def _stacks_of(self, fname: str, *, by_thread: bool = False, with_labels: bool = False) -> ProfileStacks:
@@ -326,8 +382,10 @@ class ProfileFolder:
                 entry[key] = values[0]
         return {"profile": entry, **tree}
 
-    def merge(self, sel: Selector, *, limit: int = DEFAULT_MERGE_LIMIT, my_code: bool = False) -> MergeResult:
-        """The newest ``limit`` profiles matching ``sel``, summed."""
+    def merge(self, sel: Selector, *, limit: int = DEFAULT_MERGE_LIMIT, my_code: bool = False,
+              reuse: bool = True) -> MergeResult:
+        """The newest ``limit`` profiles matching ``sel``, summed (``reuse``: answer a
+        repeated request from the last few merges)."""
         limit = max(1, min(int(limit), MAX_MERGE_LIMIT))
         rows = self.index.files(sel, limit=limit)
         matched = self.index.count(sel) if len(rows) >= limit else len(rows)
@@ -335,7 +393,7 @@ class ProfileFolder:
         key = (hashlib.sha1("\n".join(ids).encode()).hexdigest(), len(ids), my_code)
         self._acquire()
         try:
-            hit = self._merges.get(key)
+            hit = self._merges.get(key) if reuse else None
             if hit is not None and hit.stacks.table is self._table:
                 self._merges.move_to_end(key)
                 return MergeResult(hit.stacks, hit.profile_ids, matched, hit.skipped, limit)
@@ -353,35 +411,121 @@ class ProfileFolder:
 
     def _merge_rows(self, rows: list[tuple[str, str]], table: FunctionTable,
                     ) -> tuple[StackSet, list[str], list[dict[str, str]]]:
-        """Decode and sum ``rows``; large selections are shared with helper processes
-        (one per extra core, at most 3), this process decoding its own share meanwhile."""
-        fail = self._failures
+        """Decode and sum ``rows``: profiles in the digest cache are added from it; the
+        others are decoded (and kept in the cache).  When many are not cached, helper
+        processes (one per extra core, at most 3) decode a share each meanwhile."""
+        cached: list[tuple[str, Any]] = []
+        todo: list[tuple[str, str]] = []
+        keys: dict[str, tuple[str, int, int]] = {}
+        for pid, fname in rows:
+            k = keys[pid] = _file_key(self.directory, fname)
+            entry = self._digests.get(k) if k[1] >= 0 else None
+            if entry is not None:
+                cached.append((pid, entry))
+            else:
+                todo.append((pid, fname))
+        ss = StackSet(table)
+        used: list[str] = []
+        skipped: list[dict[str, str]] = []
+        stats = self.last_merge = {"from_digests": len(cached), "decoded": 0, "by_helpers": 0}
         helpers = min(3, (os.cpu_count() or 1) - 1)
-        if len(rows) < PARALLEL_MIN_FILES or not self.parallel or helpers < 1:
-            return self._remember(rows, *merge_files(self.directory, rows, table, self.limits, fail))
-        chunk = -(-len(rows) // (helpers + 1))
-        shares = [rows[i:i + chunk] for i in range(chunk, len(rows), chunk)]
         workers: list[Any] = []
-        for share in shares:
+        if len(todo) >= PARALLEL_MIN_FILES and self.parallel and helpers >= 1:
+            chunk = -(-len(todo) // (helpers + 1))
+            for share in (todo[i:i + chunk] for i in range(chunk, len(todo), chunk)):
+                try:
+                    workers.append(_Worker(self.directory, share, self.limits))
+                except Exception:  # cannot start a process here: this process decodes that share
+                    workers.append(share)
+            todo = todo[:chunk]
+        for pid, fname in todo:  # this process's share, digested for next time
+            k = keys[pid]
+            known = self._failures.get(k)
+            if known is not None:
+                skipped.append({"profile_id": pid, "error": known})
+                continue
             try:
-                workers.append(_Worker(self.directory, share, self.limits))
-            except Exception:  # cannot start a process here: this process decodes that share
-                workers.append(share)
-        ss, used, skipped = merge_files(self.directory, rows[:chunk], table, self.limits, fail)
+                ps = read_stacks(read_profile_file(self.directory, fname, self.limits), table, limits=self.limits)
+            except NotFound:
+                skipped.append({"profile_id": pid, "error": "file removed"})
+                continue
+            except PprofError as e:
+                skipped.append({"profile_id": pid, "error": str(e)})
+                continue
+            cached.append((pid, self._digests.put(k, ps)))
+            stats["decoded"] += 1
+        self._add_digests(ss, [e for _pid, e in cached])
+        used += [pid for pid, _e in cached]
         for w in workers:
             try:
                 if isinstance(w, list):
                     raise RuntimeError("no worker")
                 part_used, part_skipped = _absorb(ss, w.result(timeout=self.decode_timeout))
+                stats["by_helpers"] += len(part_used)
             except Exception:  # the worker failed: decode its share here
                 share = w if isinstance(w, list) else w.rows
-                extra, part_used, part_skipped = merge_files(self.directory, share, table, self.limits, fail)
+                extra, part_used, part_skipped = merge_files(self.directory, share, table, self.limits,
+                                                             self._failures)
                 ss.absorb(extra)
+                stats["decoded"] += len(part_used)
             used += part_used
             skipped += part_skipped
         order = {pid: n for n, (pid, _f) in enumerate(rows)}
         used.sort(key=order.__getitem__)
         return self._remember(rows, ss, used, skipped)
+
+    def _add_digests(self, ss: StackSet, entries: Sequence[tuple[tuple[tuple[str, str], ...], Any]]) -> None:
+        """Sum digested profiles by stack id, then add each distinct stack once."""
+        by_types: dict[tuple[tuple[str, str], ...], dict[int, list[int]]] = {}
+        counts: dict[tuple[tuple[str, str], ...], int] = {}
+        for types, rows in entries:
+            acc = by_types.get(types)
+            if acc is None:
+                acc = by_types[types] = {}
+            counts[types] = counts.get(types, 0) + 1
+            width = len(types) + 1
+            get = acc.get
+            for i in range(0, len(rows), width):
+                sid = rows[i]
+                values = rows[i + 1:i + width]
+                old = get(sid)
+                if old is None:
+                    acc[sid] = values.tolist()
+                else:
+                    acc[sid] = list(map(_ADD, old, values))
+        stacks = self._digests.stacks
+        for types, acc in by_types.items():
+            part = StackSet(ss.table, list(types))
+            part.stacks = {stacks[sid]: values for sid, values in acc.items()}
+            part.profiles = counts[types]
+            ss.absorb(part)
+
+    def prefill(self, *, newest: int = 2000, budget: int = 100) -> int:
+        """Digest up to ``budget`` of the ``newest`` profiles that are not cached yet (the
+        viewer calls this in the background, so a merge of stored profiles rarely has to
+        decode).  Returns how many were digested."""
+        done = 0
+        for pid, fname in self.index.files(parse_selector(""), limit=newest):
+            if done >= budget:
+                break
+            k = _file_key(self.directory, fname)
+            if k[1] < 0 or self._digests.get(k) is not None or k in self._failures:
+                continue
+            if self._digests.size >= self._digests.budget * 0.9:
+                break  # full: digesting more would only push out others
+            if not self._decode.acquire(timeout=1.0):
+                break  # a request is decoding: leave the processor to it
+            try:
+                table = self._table_for_use()
+                ps = read_stacks(read_profile_file(self.directory, fname, self.limits), table, limits=self.limits)
+                self._digests.put(k, ps)
+                done += 1
+            except (NotFound, PprofError) as e:
+                if isinstance(e, PprofError):
+                    self._failures[k] = str(e)
+            finally:
+                self._decode.release()
+        return done
 
     def _remember(self, rows: list[tuple[str, str]], ss: StackSet, used: list[str], skipped: list[dict[str, str]],
                   ) -> tuple[StackSet, list[str], list[dict[str, str]]]:

@@ -26,6 +26,7 @@ summed at once, frames are interned in a shared :class:`FunctionTable`).
 
 from __future__ import annotations
 
+import operator
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional, Sequence
@@ -50,6 +51,7 @@ __all__ = [
 ]
 
 MiB = 1024 * 1024
+_add = operator.add
 LINE_BITS = 24  # a frame key is function_id << LINE_BITS | line
 _LINE_MASK = (1 << LINE_BITS) - 1
 
@@ -386,15 +388,23 @@ def column_sums(rows: Iterable[Sequence[int]], width: int) -> list[int]:
     return out
 
 
-class _LocationFrames(dict):  # type: ignore[type-arg]  # location id -> tuple of frame keys, leaf first
-    __slots__ = ("table",)
+class _LocationFrames(dict):  # type: ignore[type-arg]  # location id -> frame keys, leaf first
+    """The slow path of a sample: inlined locations expand to several frames, unknown
+    ids become a placeholder frame."""
 
-    def __init__(self, table: FunctionTable) -> None:
+    __slots__ = ("table", "flat", "multi")
+
+    def __init__(self, table: FunctionTable, flat: dict[int, int], multi: dict[int, tuple[int, ...]]) -> None:
         super().__init__()
         self.table = table
+        self.flat = flat
+        self.multi = multi
 
-    def __missing__(self, loc_id: int) -> tuple[int, ...]:  # a sample names an unknown location
-        key = (self.table.intern(f"<location {loc_id}>") << LINE_BITS,)
+    def __missing__(self, loc_id: int) -> tuple[int, ...]:
+        key = self.multi.get(loc_id)
+        if key is None:
+            one = self.flat.get(loc_id)
+            key = (one,) if one is not None else (self.table.intern(f"<location {loc_id}>") << LINE_BITS,)
         self[loc_id] = key
         return key
 
@@ -404,13 +414,21 @@ def _frame(fid: int, line: int) -> int:
 
 
 def read_stacks(data: bytes, table: FunctionTable, *, limits: Optional[Limits] = None,
-                by_thread: bool = False, with_labels: bool = False) -> ProfileStacks:
-    """Decode a pprof into summed stacks, frames interned in ``table``."""
+                by_thread: bool = False, with_labels: bool = False,
+                into: Optional[tuple[Sequence[tuple[str, str]], dict[tuple[Any, ...], list[int]]]] = None,
+                ) -> ProfileStacks:
+    """Decode a pprof into summed stacks, frames interned in ``table``.
+
+    ``into=(sample_types, stacks)``: when the profile has exactly those sample types,
+    its stacks are added to that dict directly (a merge then skips a second pass);
+    ``out.stacks is stacks`` tells that it happened."""
     lim = limits or DEFAULT_LIMITS
     msg, strings = _parse(data, lim)
     s = _Strings(strings)
     out = ProfileStacks(sample_types=[], stacks={})
     _header(msg, s, out)
+    if into is not None and list(into[0]) == out.sample_types:
+        out.stacks = into[1]
     ntypes = len(out.sample_types)
     intern = table.intern
     functions: dict[int, int] = {}
@@ -423,25 +441,24 @@ def read_stacks(data: bytes, table: FunctionTable, *, limits: Optional[Limits] =
             g = functions[fid] = intern(f"<function {fid}>")
         return g
 
-    locs = _LocationFrames(table)
     flat: dict[int, int] = {}  # location id -> its one frame key (the common case: no inlining)
+    multi: dict[int, tuple[int, ...]] = {}  # location id -> frame keys, innermost first (inlined)
     for loc in msg.location:
-        lines = loc.line
-        if len(lines) == 1:
-            ln = lines[0]
-            fid = functions.get(ln.function_id)
-            if fid is None:
-                fid = function_of(ln.function_id)
-            line = ln.line
-            key1 = fid << LINE_BITS | (line if 0 <= line <= _LINE_MASK else 0)
-            flat[loc.id] = key1
-            locs[loc.id] = (key1,)
-        elif not lines:
-            name = f"0x{loc.address:x}" if loc.address else f"<location {loc.id}>"
-            flat[loc.id] = key1 = intern(name) << LINE_BITS
-            locs[loc.id] = (key1,)
-        else:  # inlined frames, innermost first like the sample's own order
-            locs[loc.id] = tuple(_frame(function_of(ln.function_id), ln.line) for ln in lines)
+        try:
+            (ln,) = loc.line
+        except ValueError:  # no line (an address only) or inlined frames
+            lines = loc.line
+            if lines:
+                multi[loc.id] = tuple(_frame(function_of(x.function_id), x.line) for x in lines)
+            else:
+                flat[loc.id] = intern(f"0x{loc.address:x}" if loc.address else f"<location {loc.id}>") << LINE_BITS
+            continue
+        fid = functions.get(ln.function_id)
+        if fid is None:
+            fid = function_of(ln.function_id)
+        line = ln.line
+        flat[loc.id] = fid << LINE_BITS | line if 0 <= line <= _LINE_MASK else fid << LINE_BITS
+    locs = _LocationFrames(table, flat, multi)
     get = flat.__getitem__
     stacks = out.stacks
     need_labels = by_thread or with_labels
@@ -484,6 +501,5 @@ def read_stacks(data: bytes, table: FunctionTable, *, limits: Optional[Limits] =
         if acc is None:
             stacks[key] = values
         else:
-            for i, v in enumerate(values):
-                acc[i] += v
+            stacks[key] = list(map(_add, acc, values))
     return out

@@ -437,6 +437,12 @@ class ViewerServer(ThreadingHTTPServer):
     def _sync_loop(self) -> None:
         while not self._stop.wait(self.sync_interval):
             self.maybe_sync()
+            try:  # digest the newest profiles while nobody asks, so merges seldom decode
+                while not self._stop.is_set() and self.folder.prefill(budget=50):
+                    pass
+            except Exception as e:  # never let the background work take the viewer down
+                if self.verbose:
+                    print(f"otelprof viewer: background decoding failed: {e}", file=sys.stderr)
 
     def server_close(self) -> None:
         self._stop.set()
