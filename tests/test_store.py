@@ -484,3 +484,52 @@ def test_a_large_merge_shared_with_a_helper_process(tmp_path: Any) -> None:
     got = {tuple(table.functions[k >> 24][0] for k in key): v for key, v in r.stacks.stacks.items()}
     assert got == expected_stacks(specs) and r.stacks.profiles == 24
     assert len(r.profile_ids) == 24 and r.skipped == []
+
+
+_FORKER = textwrap.dedent("""
+    import os, sys, threading, time
+    sys.path[:0] = [{tests!r}, {src!r}]
+    from helpers.profile_folder import Spec, build, frames
+    from otelprof_middleware.config import Config
+    from otelprof_middleware.export.file import FileExporter
+
+    d = sys.argv[1]
+    exporter = FileExporter(Config.load(dict(exporter="file", output_dir=d), env={{}}))
+    stop = threading.Event()
+
+    def keep_exporting():  # the parent writes profiles all the time, as a busy master would
+        i = 0
+        while not stop.is_set():
+            exporter.export([build(Spec(f"parent-{{i}}", time.time_ns(), [(frames("main", "p"), (1, 1, 1))]))])
+            i += 1
+
+    t = threading.Thread(target=keep_exporting)
+    t.start()
+    children = []
+    for n in range(12):
+        time.sleep(0.005)
+        pid = os.fork()
+        if pid == 0:  # the child exports through the inherited exporter, then leaves
+            exporter.export([build(Spec(f"child-{{n}}", time.time_ns(), [(frames("main", "c"), (1, 1, 1))]))])
+            os._exit(0)
+        children.append(pid)
+    codes = [os.waitpid(pid, 0)[1] for pid in children]
+    stop.set()
+    t.join()
+    print(codes)
+""")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forking_while_the_exporter_writes_leaves_no_child_stuck(tmp_path: Any) -> None:
+    """A process that forks while its file exporter writes (gunicorn --preload): every
+    child can still export, and the index has every child's profile."""
+    d = str(tmp_path / "p")
+    script = tmp_path / "forker.py"
+    script.write_text(_FORKER.format(tests=TESTS, src=SRC))
+    r = subprocess.run([sys.executable, str(script), d], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str([0] * 12)
+    names = {row["name"] for row in ProfileIndex(d).query(parse_selector("name=child-*"), limit=100)}
+    assert names == {f"child-{n}" for n in range(12)}

@@ -30,19 +30,9 @@ import time
 from typing import IO, Any, Optional, Sequence
 
 from ._version import __version__
+from .viewer.text import safe
 
 __all__ = ["main", "read_index", "safe", "summarize_file"]
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
-_TYPE_LABELS = {"cpu": "CPU", "wall": "wall", "samples": "samples"}
-
-
-def safe(value: Any) -> str:
-    """``str(value)`` with control characters (C0, C1, DEL, bidi overrides) escaped."""
-    text = "" if value is None else str(value)
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                        else f"\\u{ord(m.group()):04x}", text)
-
 
 def _prog() -> str:
     base = os.path.basename(sys.argv[0] or "")

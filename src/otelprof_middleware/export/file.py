@@ -26,6 +26,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .._safety import LogOnce, at_fork_reinit
@@ -76,13 +77,15 @@ class FileExporter:
                                    quotas=parse_retention(getattr(config, "retention", None)))
         self._lock = threading.Lock()
         self._index: Optional[ProfileIndex] = None
+        self._held_for_fork = False
         at_fork_reinit(self.after_fork)
+        _guard_fork(self)
 
     # ------------------------------------------------------------------ index
     def _open(self) -> ProfileIndex:
         if self._index is None:
             created = not os.path.isdir(self.dir)
-            index = ProfileIndex(self.dir, create_dir=True)
+            index = ProfileIndex(self.dir, create_dir=True, keep_open=False)  # no SQLite state across fork
             if created:
                 _log_once("file-dir:" + self.dir, "otelprof: created %s (mode 0700) for the file exporter", self.dir,
                           level=logging.INFO)
@@ -160,6 +163,7 @@ class FileExporter:
         # the parent's worker may have held the lock at fork time; the parent's
         # SQLite connections must not be used (nor closed) in the child
         self._lock = threading.Lock()
+        self._held_for_fork = False
         if self._index is not None:
             self._index.abandon()
         self._index = None
@@ -167,6 +171,32 @@ class FileExporter:
     def shutdown(self) -> None:
         if self._index is not None:
             self._index.close()
+
+
+FORK_WAIT_S = 5.0
+
+
+def _guard_fork(exporter: FileExporter) -> None:
+    """Fork only between two exports.  SQLite keeps process-wide locks and file state
+    that a child inherits as they were: a fork in the middle of an export (gunicorn
+    ``--preload`` forks its workers while the master's first profile is written) can
+    leave the child's SQLite stuck.  Before a fork, wait (at most ``FORK_WAIT_S``) for
+    the export in progress to end; ``_safety.at_fork_reinit`` only runs after it."""
+    ref = weakref.ref(exporter)
+
+    def before() -> None:
+        e = ref()
+        if e is not None:
+            e._held_for_fork = e._lock.acquire(timeout=FORK_WAIT_S)
+
+    def after_in_parent() -> None:
+        e = ref()
+        if e is not None and e._held_for_fork:
+            e._held_for_fork = False
+            e._lock.release()
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=before, after_in_parent=after_in_parent)
 
 
 def _cut(text: str, limit: int) -> str:

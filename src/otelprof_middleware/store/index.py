@@ -317,11 +317,13 @@ class ProfileIndex:
     ``writable=False`` never creates or changes anything: when the folder has no
     usable database, an in-memory copy is built from ``index.jsonl`` and the files."""
 
-    def __init__(self, directory: str, *, writable: bool = True, create_dir: bool = False) -> None:
+    def __init__(self, directory: str, *, writable: bool = True, create_dir: bool = False,
+                 keep_open: bool = True) -> None:
         self.directory = os.path.realpath(os.path.abspath(directory))
         self.path = os.path.join(self.directory, INDEX_DB)
         self.log_path = os.path.join(self.directory, INDEX_LOG)
         self.writable = writable
+        self.keep_open = keep_open
         if create_dir and not os.path.isdir(self.directory):
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self._local = threading.local()
@@ -399,12 +401,18 @@ class ProfileIndex:
 
     @contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
-        """A connection for this thread (the in-memory copy is shared under a lock)."""
+        """A connection for this thread (the in-memory copy is shared under a lock).
+
+        Without ``keep_open`` the connection lives only as long as the outermost use:
+        an exporter in a process that forks (gunicorn ``--preload``) then holds no
+        SQLite state across a fork, which SQLite does not support."""
         if self._memory is None:
             conn = getattr(self._local, "conn", None)
+            opened = False
             if conn is None:
                 try:
                     conn = self._connect()
+                    opened = True
                 except (sqlite3.Error, IndexError_, OSError) as e:
                     if self.writable:
                         raise IndexError_(f"cannot use {self.path}: {e}") from e
@@ -412,7 +420,12 @@ class ProfileIndex:
                 if conn is not None:
                     self._local.conn = conn
             if conn is not None:
-                yield conn
+                try:
+                    yield conn
+                finally:
+                    if opened and not self.keep_open:
+                        self._local.conn = None
+                        conn.close()
                 return
         with self._memory_lock:
             yield self._memory_db()
@@ -457,7 +470,7 @@ class ProfileIndex:
 
         Returns the file names retention removed."""
         cols, _doc = row_values(entry, fname, size, "exporter")
-        with self.transaction() as conn:
+        with self._db(), self.transaction() as conn:
             os.replace(tmp_path, os.path.join(self.directory, fname))
             self._insert(conn, cols, replace=True)
             offset = self._append_log(line)
@@ -603,12 +616,13 @@ class ProfileIndex:
                 if self.writable:
                     raise
             stats = FolderStats()
-            stats.imported = self._import_log()
-            listing_key = _dir_key(self.directory)
-            if force or listing_key != self._last_listing:
-                self._reconcile(stats, budget)
-                if not stats.pending:
-                    self._last_listing = listing_key
+            with self._db():
+                stats.imported = self._import_log()
+                listing_key = _dir_key(self.directory)
+                if force or listing_key != self._last_listing:
+                    self._reconcile(stats, budget)
+                    if not stats.pending:
+                        self._last_listing = listing_key
             self._generation += 1
             return stats
 

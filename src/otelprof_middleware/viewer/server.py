@@ -40,6 +40,7 @@ from ..store.jsonout import dumps
 from ..store.outputs import OutputError, render_diff, render_merge
 from ..store.pprof import PprofError
 from ..store.selector import SelectorError, parse_selector
+from .text import safe
 
 __all__ = ["ViewerServer", "make_server", "serve", "DEFAULT_HOST", "DEFAULT_PORT", "API_PREFIX"]
 
@@ -268,8 +269,6 @@ class ViewerHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         if self.server.verbose:  # request lines come from clients: no control characters on the terminal
-            from ..cli import safe
-
             sys.stderr.write(safe(f"{self.address_string()} - - [{self.log_date_time_string()}] {format % args}") + "\n")
 
     def do_GET(self) -> None:
