@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import calendar
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import pytest
 

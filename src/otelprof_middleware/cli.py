@@ -552,7 +552,7 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[IO[str]] = None) ->
     out = out or sys.stdout
     commands = {"summary": _cmd_summary, "query": _cmd_query, "top": _cmd_top, "merge": _cmd_merge,
                 "diff": _cmd_diff}
-    from .store.index import IndexError_
+    from .store.index import IndexUnusable
     from .store.pprof import PprofError
 
     try:
@@ -563,7 +563,7 @@ def main(argv: Optional[Sequence[str]] = None, out: Optional[IO[str]] = None) ->
     except PprofError as e:
         print(f"{parser.prog} {args.command}: unreadable profile: {safe(e)}", file=sys.stderr)
         return 1
-    except IndexError_ as e:
+    except IndexUnusable as e:
         print(f"{parser.prog} {args.command}: {safe(e)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `otelprof query | head`

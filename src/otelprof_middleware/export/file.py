@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .._safety import LogOnce, at_fork_reinit
 from ..encoding import encode_pprof
-from ..store.index import IndexError_, ProfileIndex, Retention, clean_attributes, parse_retention, write_private
+from ..store.index import IndexUnusable, ProfileIndex, Retention, clean_attributes, parse_retention, write_private
 from ..store.layout import INDEX_DB, INDEX_LOG, PROFILE_FILE_RE, profile_file_name
 from .base import ExportResult
 
@@ -92,7 +92,7 @@ class FileExporter:
             self._remove_stale_tmp()
             try:
                 index.sync(budget=100)  # a folder from an older version, or lines the index missed
-            except (sqlite3.Error, IndexError_, OSError) as e:
+            except (sqlite3.Error, IndexUnusable, OSError) as e:
                 self._index_failed(index, e)
             self._index = index
         return self._index
@@ -115,7 +115,7 @@ class FileExporter:
     def _index_failed(self, index: ProfileIndex, exc: BaseException) -> None:
         corrupt = isinstance(exc, sqlite3.DatabaseError) and any(
             m in str(exc).lower() for m in ("not a database", "malformed", "corrupt"))
-        cause = exc.__cause__ if isinstance(exc, IndexError_) and exc.__cause__ is not None else exc
+        cause = exc.__cause__ if isinstance(exc, IndexUnusable) and exc.__cause__ is not None else exc
         if not corrupt and isinstance(cause, sqlite3.DatabaseError):
             corrupt = any(m in str(cause).lower() for m in ("not a database", "malformed", "corrupt"))
         if corrupt:
@@ -151,7 +151,7 @@ class FileExporter:
                 line = (json.dumps(entry, separators=(",", ":"), default=str) + "\n").encode("utf-8", "replace")
                 try:
                     index.add(fname, tmp, len(data), entry, line, self.retention)
-                except (sqlite3.Error, IndexError_) as e:
+                except (sqlite3.Error, IndexUnusable) as e:
                     self._index_failed(index, e)
                     if os.path.exists(tmp):  # not moved yet: keep the profile, log it, index it later
                         os.replace(tmp, os.path.join(self.dir, fname))

@@ -28,7 +28,7 @@ import os
 import re
 import sys
 import zlib
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from .pprof import LINE_BITS, FunctionTable, ProfileStacks, column_sums, read_stacks
 

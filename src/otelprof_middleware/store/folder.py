@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 from .aggregate import StackSet, fold_library
-from .index import IndexError_, ProfileIndex
+from .index import IndexUnusable, ProfileIndex
 from .layout import PROFILE_FILE_RE
 from .pprof import DEFAULT_LIMITS, LINE_BITS, FunctionTable, Limits, PprofError, ProfileStacks, read_stacks
 from .selector import Selector, parse_selector
@@ -266,7 +266,7 @@ class ProfileFolder:
             return None
         try:
             return self.index.sync(budget=budget, force=force)
-        except IndexError_:
+        except IndexUnusable:
             if self.index.writable:  # e.g. a folder we may not write after all: read it as it is
                 self.index = ProfileIndex(self.directory, writable=False)
                 return self.index.sync(budget=budget, force=force)

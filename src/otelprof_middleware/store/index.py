@@ -40,12 +40,14 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from .layout import INDEX_DB, INDEX_LOG, PROFILE_FILE_RE, file_stamp_ns
-from .selector import Selector
 
-__all__ = ["ProfileIndex", "Retention", "IndexError_", "KEEP_ORDER", "RETENTION_KEYS", "keep_class",
+if TYPE_CHECKING:  # the exporter imports this module; it never parses selectors
+    from .selector import Selector
+
+__all__ = ["ProfileIndex", "Retention", "IndexUnusable", "KEEP_ORDER", "RETENTION_KEYS", "keep_class",
            "parse_retention", "SCHEMA_VERSION", "entry_from_row"]
 
 log = logging.getLogger("otelprof_middleware")
@@ -110,7 +112,7 @@ _SORTS = {"start": "start_ns", "duration": "duration_ms", "cpu": "cpu_ms", "wall
           "name": "name", "route": "route", "status": "status", "trigger": "triggers", "method": "method"}
 
 
-class IndexError_(RuntimeError):
+class IndexUnusable(RuntimeError):
     """The index database cannot be used (locked for too long, corrupt, newer schema)."""
 
 
@@ -331,7 +333,6 @@ class ProfileIndex:
         self._memory_lock = threading.RLock()
         self._sync_lock = threading.Lock()
         self._last_listing: Optional[tuple[int, int]] = None
-        self._generation = 0
 
     # ------------------------------------------------------------------ connections
     def _connect(self) -> sqlite3.Connection:
@@ -341,7 +342,7 @@ class ProfileIndex:
             except FileExistsError:
                 pass
         if not os.path.exists(self.path):
-            raise IndexError_(f"no index database in {self.directory}")
+            raise IndexUnusable(f"no index database in {self.directory}")
         uri = "file:" + _uri_path(self.path) + ("" if self.writable else "?mode=ro")
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False)
@@ -364,7 +365,7 @@ class ProfileIndex:
         if version == SCHEMA_VERSION:
             return
         if version is not None and version > SCHEMA_VERSION:
-            raise IndexError_(f"{self.path} was written by a newer otelprof-middleware (schema {version})")
+            raise IndexUnusable(f"{self.path} was written by a newer otelprof-middleware (schema {version})")
         conn.execute("BEGIN IMMEDIATE")
         try:
             for stmt in _SCHEMA.split(";"):
@@ -386,7 +387,7 @@ class ProfileIndex:
 
     def _check_schema(self, conn: sqlite3.Connection) -> None:
         if self._schema_version(conn) != SCHEMA_VERSION:
-            raise IndexError_(f"{self.path} has no usable index (schema)")
+            raise IndexUnusable(f"{self.path} has no usable index (schema)")
 
     def _memory_db(self) -> sqlite3.Connection:
         with self._memory_lock:
@@ -413,9 +414,9 @@ class ProfileIndex:
                 try:
                     conn = self._connect()
                     opened = True
-                except (sqlite3.Error, IndexError_, OSError) as e:
+                except (sqlite3.Error, IndexUnusable, OSError) as e:
                     if self.writable:
-                        raise IndexError_(f"cannot use {self.path}: {e}") from e
+                        raise IndexUnusable(f"cannot use {self.path}: {e}") from e
                     conn = None
                 if conn is not None:
                     self._local.conn = conn
@@ -612,7 +613,7 @@ class ProfileIndex:
             try:
                 with self._db():
                     pass
-            except IndexError_:
+            except IndexUnusable:
                 if self.writable:
                     raise
             stats = FolderStats()
@@ -623,7 +624,6 @@ class ProfileIndex:
                     self._reconcile(stats, budget)
                     if not stats.pending:
                         self._last_listing = listing_key
-            self._generation += 1
             return stats
 
     def _import_log(self) -> int:
@@ -743,10 +743,6 @@ class ProfileIndex:
         stats.unreadable = len(unreadable)
 
     # ------------------------------------------------------------------ reading
-    def generation(self) -> int:
-        """Changes after every :meth:`sync` (cache keys)."""
-        return self._generation
-
     def summary(self) -> dict[str, Any]:
         with self._db() as conn:
             count, total = conn.execute("SELECT count(*), total(size) FROM profiles").fetchone()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import calendar
 import datetime as _dt
-import difflib
 import re
 import time
 from dataclasses import dataclass, field
@@ -269,6 +268,8 @@ def _duration_ms(value: str) -> float:
 
 
 def _suggest(key: str) -> str:
+    import difflib
+
     names = list(KEYS) + list(_ALIASES) + ["attr.<key>"]
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..store.folder import DEFAULT_MERGE_LIMIT, Ambiguous, Busy, NotFound, ProfileFolder
-from ..store.index import IndexError_
+from ..store.index import IndexUnusable
 from ..store.jsonout import dumps
 from ..store.outputs import OutputError, render_diff, render_merge
 from ..store.pprof import PprofError
@@ -307,7 +307,7 @@ class ViewerHandler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": f"unreadable profile: {e}"})
         except Busy as e:
             self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(e)}, extra=(("Retry-After", "2"),))
-        except IndexError_ as e:
+        except IndexUnusable as e:
             self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": f"the folder's index is not usable: {e}"})
         except (UnicodeDecodeError, ValueError):
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": "bad request"})
