@@ -28,7 +28,6 @@ from helpers.pprof_decode import decode_pprof, stacks_by_function
 from helpers.profile_folder import Spec, build, checkout_specs, frames, write
 from otelprof_middleware.config import Config, ConfigError
 from otelprof_middleware.encoding import encode_pprof
-from otelprof_middleware.export.file import FileExporter
 from otelprof_middleware.store.folder import ProfileFolder
 from otelprof_middleware.store.index import ProfileIndex
 from otelprof_middleware.store.layout import INDEX_DB, INDEX_LOG, PROFILE_FILE_RE, profile_file_name
@@ -235,10 +234,12 @@ def test_retention_quotas_per_class(tmp_path: Any) -> None:
     assert len(classes["slow"]) == 10  # no quota: only max_files
     assert classes["probability"] == ["GET /p39", "GET /p35", "GET /p31"]  # the newest of each class
     assert len(_files(d)) == 19 and len(_log(d)) == 19
-    with pytest.raises(ConfigError, match=r"retention=.*unknown class 'slo'"):
-        FileExporter(Config.load({"retention": "slo=3"}, env={}))
-    with pytest.raises(ConfigError, match="counts must be whole numbers"):
-        FileExporter(Config.load({"retention": "slow=-1"}, env={}))
+    # mistakes fail when the configuration is loaded, naming option, value and source
+    with pytest.raises(ConfigError, match=r"invalid option retention='slo=3': unknown class 'slo'; classes: header"):
+        Config.load({"retention": "slo=3"}, env={})
+    with pytest.raises(ConfigError, match=r"retention='slow=-1' \(from OTELPROF_RETENTION\): slow='-1': counts must"):
+        Config.load(env={"OTELPROF_RETENTION": "slow=-1"})
+    assert Config.load(env={"OTELPROF_RETENTION": "Probability=5, slow=2"}).retention == {"probability": 5, "slow": 2}
 
 
 def test_l6_retention_deletes_only_files_the_exporter_wrote(tmp_path: Any) -> None:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from .._safety import LogOnce, at_fork_reinit
 from ..encoding import encode_pprof
-from ..store.index import IndexUnusable, ProfileIndex, Retention, clean_attributes, parse_retention, write_private
+from ..store.index import IndexUnusable, ProfileIndex, Retention, clean_attributes, write_private
 from ..store.layout import INDEX_DB, INDEX_LOG, PROFILE_FILE_RE, profile_file_name
 from .base import ExportResult
 
@@ -74,7 +74,7 @@ class FileExporter:
         self.dir = os.path.abspath(config.output_dir)
         self.service = config.service_name
         self.retention = Retention(max_files=config.max_files, max_bytes=config.max_bytes,
-                                   quotas=parse_retention(getattr(config, "retention", None)))
+                                   quotas=dict(config.retention))
         self._lock = threading.Lock()
         self._index: Optional[ProfileIndex] = None
         self._held_for_fork = False

@@ -42,20 +42,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Optional, Sequence
 
+from ..config import RETENTION_CLASSES
 from .layout import INDEX_DB, INDEX_LOG, PROFILE_FILE_RE, file_stamp_ns
 
 if TYPE_CHECKING:  # the exporter imports this module; it never parses selectors
     from .selector import Selector
 
-__all__ = ["ProfileIndex", "Retention", "IndexUnusable", "KEEP_ORDER", "RETENTION_KEYS", "keep_class",
-           "parse_retention", "SCHEMA_VERSION", "entry_from_row"]
+__all__ = ["ProfileIndex", "Retention", "IndexUnusable", "KEEP_ORDER", "keep_class",
+           "SCHEMA_VERSION", "entry_from_row"]
 
 log = logging.getLogger("otelprof_middleware")
 
 SCHEMA_VERSION = 1
 #: retention classes, strongest first: a profile belongs to the first of its triggers found here
-KEEP_ORDER = ("header", "error", "slow", "high_cpu", "on_demand", "custom", "manual", "probability")
-RETENTION_KEYS = KEEP_ORDER + ("other",)
+KEEP_ORDER = RETENTION_CLASSES[:-1]
 _BASELINE = ("probability", "other")  # evicted first under max_files / max_bytes pressure
 BUSY_TIMEOUT_S = 10.0
 MAX_TEXT = 512  # longest name/route/method/service stored
@@ -124,30 +124,6 @@ class Retention:
     max_files: int = 1000
     max_bytes: int = 256 * 1024 * 1024
     quotas: Mapping[str, int] = field(default_factory=dict)
-
-
-def parse_retention(raw: Any) -> dict[str, int]:
-    """Per-class quotas from ``"probability=1000,slow=500"`` or a mapping; raises
-    ``ConfigError`` for the option ``retention``."""
-    from ..config import ConfigError, parse_key_values
-
-    try:
-        items = parse_key_values(raw) if raw else {}
-    except ValueError:
-        raise ConfigError("retention", raw, "must be class=count pairs, e.g. 'probability=1000,slow=500'") from None
-    out: dict[str, int] = {}
-    for k, v in items.items():
-        key = k.strip().lower()
-        if key not in RETENTION_KEYS:
-            raise ConfigError("retention", raw, f"unknown class {k!r}; classes: {', '.join(RETENTION_KEYS)}")
-        try:
-            n = int(str(v).strip())
-        except ValueError:
-            n = -1
-        if n < 0:
-            raise ConfigError("retention", raw, f"{k}={v!r}: counts must be whole numbers >= 0")
-        out[key] = n
-    return out
 
 
 def keep_class(triggers: Iterable[str]) -> str:

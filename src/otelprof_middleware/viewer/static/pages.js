@@ -361,7 +361,7 @@
   function showExplore(app) {
     document.title = 'Explore — otelprof viewer';
     O.setNav('explore');
-    var q = O.param('q', 'from=now-1h'), agg = O.param('aggregate', 'average'), myCode = O.param('view') === 'mycode';
+    var q = O.param('q', 'from=now-24h'), agg = O.param('aggregate', 'average'), myCode = O.param('view') === 'mycode';
     app.textContent = '';
     var bar = selectorBar({ value: q, onApply: function (sel) { O.setURL({ q: sel }); showExplore(app); } });
     var aggSel = el('select', { id: 'aggregate', 'aria-label': 'Aggregate' }, el('option', { value: 'average', text: 'per request (average)' }), el('option', { value: 'total', text: 'total (sum)' }));
