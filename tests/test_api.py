@@ -339,7 +339,7 @@ def test_m6_bomb_in_the_folder_is_refused_by_the_viewer(tmp_path: Any, viewer_fa
     v = viewer_factory(str(d))
     for _ in range(2):  # the second time the failure is remembered, not parsed again
         status, _h, body = v.request(f"/api/v1/profiles/{'bb' * 16}/flame")
-        assert status == 422 and "limit max_samples=1,000,000" in json.loads(body)["error"]
+        assert status == 422 and "limit max_samples=250,000" in json.loads(body)["error"]
     assert v.json("/api/v1/merge")["merge"]["skipped"][0]["profile_id"] == "bb" * 16
 
 

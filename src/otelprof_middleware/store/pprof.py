@@ -61,11 +61,11 @@ class Limits:
     """What one profile may hold before it is refused (each limit has its own error)."""
 
     max_input_bytes: int = 10 * MiB
-    max_decompressed_bytes: int = 32 * MiB
-    max_samples: int = 1_000_000
-    max_locations: int = 1_000_000
-    max_functions: int = 1_000_000
-    max_strings: int = 1_000_000
+    max_decompressed_bytes: int = 16 * MiB
+    max_samples: int = 250_000
+    max_locations: int = 250_000
+    max_functions: int = 250_000
+    max_strings: int = 500_000
     max_stack_depth: int = 4096  # location ids per sample (our profiles allow 2048 frames)
     max_labels: int = 64  # labels per sample
 
@@ -389,8 +389,8 @@ def column_sums(rows: Iterable[Sequence[int]], width: int) -> list[int]:
 
 
 class _LocationFrames(dict):  # type: ignore[type-arg]  # location id -> frame keys, leaf first
-    """The slow path of a sample: inlined locations expand to several frames, unknown
-    ids become a placeholder frame."""
+    """The slow path of a sample: inlined locations expand to several frames; an
+    unknown location id is an error."""
 
     __slots__ = ("table", "flat", "multi")
 
@@ -404,7 +404,9 @@ class _LocationFrames(dict):  # type: ignore[type-arg]  # location id -> frame k
         key = self.multi.get(loc_id)
         if key is None:
             one = self.flat.get(loc_id)
-            key = (one,) if one is not None else (self.table.intern(f"<location {loc_id}>") << LINE_BITS,)
+            if one is None:  # as go tool pprof does; it also keeps frames bounded by max_locations
+                raise PprofError(f"malformed profile: a sample names location {loc_id}, which does not exist")
+            key = (one,)
         self[loc_id] = key
         return key
 
