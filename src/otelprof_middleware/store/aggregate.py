@@ -30,7 +30,7 @@ import sys
 import zlib
 from typing import Any, Optional, Sequence
 
-from .pprof import LINE_BITS, FunctionTable, ProfileStacks, column_sums, read_stacks
+from .pprof import LINE_BITS, FunctionTable, ProfileStacks, column_sums
 
 __all__ = [
     "StackSet",
@@ -75,15 +75,6 @@ class StackSet:
                     values.append(0)
             out.append(names.index(t))
         return out
-
-    def add_pprof(self, data: bytes, limits: Any = None) -> None:
-        """Decode one pprof and add its stacks (straight into this set when its sample
-        types are this set's)."""
-        ps = read_stacks(data, self.table, limits=limits, into=(self.sample_types, self.stacks))
-        if ps.stacks is self.stacks:
-            self.profiles += 1
-        else:
-            self.add(ps)
 
     def add(self, ps: ProfileStacks) -> None:
         """Add one profile's stacks."""

@@ -105,29 +105,37 @@ def _file_key(directory: str, fname: str) -> tuple[str, int, int]:
     return (fname, st.st_size, st.st_mtime_ns)
 
 
+def _read_row(directory: str, pid: str, fname: str, table: FunctionTable, limits: Limits,
+              failures: Optional[Mapping[tuple[str, int, int], str]], skipped: list[dict[str, str]],
+              ) -> Optional[ProfileStacks]:
+    """One selected profile decoded, or None with the reason added to ``skipped``; files
+    in ``failures`` (by name, size, mtime) are not read again."""
+    if failures:
+        known = failures.get(_file_key(directory, fname))
+        if known is not None:
+            skipped.append({"profile_id": pid, "error": known})
+            return None
+    try:
+        return read_stacks(read_profile_file(directory, fname, limits), table, limits=limits)
+    except NotFound:
+        skipped.append({"profile_id": pid, "error": "file removed"})
+    except PprofError as e:
+        skipped.append({"profile_id": pid, "error": str(e)})
+    return None
+
+
 def merge_files(directory: str, rows: Sequence[tuple[str, str]], table: FunctionTable, limits: Limits,
                 failures: Optional[Mapping[tuple[str, int, int], str]] = None,
                 ) -> tuple[StackSet, list[str], list[dict[str, str]]]:
-    """``(summed stacks, profile ids used, skipped)`` of ``rows`` (``(profile id, file)``);
-    files in ``failures`` (by name, size, mtime) are skipped without being read again."""
+    """``(summed stacks, profile ids used, skipped)`` of ``rows`` (``(profile id, file)``)."""
     ss = StackSet(table)
     used: list[str] = []
     skipped: list[dict[str, str]] = []
     for pid, fname in rows:
-        if failures:
-            known = failures.get(_file_key(directory, fname))
-            if known is not None:
-                skipped.append({"profile_id": pid, "error": known})
-                continue
-        try:
-            ss.add_pprof(read_profile_file(directory, fname, limits), limits)
-        except NotFound:
-            skipped.append({"profile_id": pid, "error": "file removed"})
-            continue
-        except PprofError as e:
-            skipped.append({"profile_id": pid, "error": str(e)})
-            continue
-        used.append(pid)
+        ps = _read_row(directory, pid, fname, table, limits, failures, skipped)
+        if ps is not None:
+            ss.add(ps)
+            used.append(pid)
     return ss, used, skipped
 
 
@@ -439,21 +447,10 @@ class ProfileFolder:
                     workers.append(share)
             todo = todo[:chunk]
         for pid, fname in todo:  # this process's share, digested for next time
-            k = keys[pid]
-            known = self._failures.get(k)
-            if known is not None:
-                skipped.append({"profile_id": pid, "error": known})
-                continue
-            try:
-                ps = read_stacks(read_profile_file(self.directory, fname, self.limits), table, limits=self.limits)
-            except NotFound:
-                skipped.append({"profile_id": pid, "error": "file removed"})
-                continue
-            except PprofError as e:
-                skipped.append({"profile_id": pid, "error": str(e)})
-                continue
-            cached.append((pid, self._digests.put(k, ps)))
-            stats["decoded"] += 1
+            ps = _read_row(self.directory, pid, fname, table, self.limits, self._failures, skipped)
+            if ps is not None:
+                cached.append((pid, self._digests.put(keys[pid], ps)))
+                stats["decoded"] += 1
         self._add_digests(ss, [e for _pid, e in cached])
         used += [pid for pid, _e in cached]
         for w in workers:

@@ -416,21 +416,13 @@ def _frame(fid: int, line: int) -> int:
 
 
 def read_stacks(data: bytes, table: FunctionTable, *, limits: Optional[Limits] = None,
-                by_thread: bool = False, with_labels: bool = False,
-                into: Optional[tuple[Sequence[tuple[str, str]], dict[tuple[Any, ...], list[int]]]] = None,
-                ) -> ProfileStacks:
-    """Decode a pprof into summed stacks, frames interned in ``table``.
-
-    ``into=(sample_types, stacks)``: when the profile has exactly those sample types,
-    its stacks are added to that dict directly (a merge then skips a second pass);
-    ``out.stacks is stacks`` tells that it happened."""
+                by_thread: bool = False, with_labels: bool = False) -> ProfileStacks:
+    """Decode a pprof into summed stacks, frames interned in ``table``."""
     lim = limits or DEFAULT_LIMITS
     msg, strings = _parse(data, lim)
     s = _Strings(strings)
     out = ProfileStacks(sample_types=[], stacks={})
     _header(msg, s, out)
-    if into is not None and list(into[0]) == out.sample_types:
-        out.stacks = into[1]
     ntypes = len(out.sample_types)
     intern = table.intern
     functions: dict[int, int] = {}
