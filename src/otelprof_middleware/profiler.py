@@ -7,12 +7,16 @@ results off the hot path.
     profiler.force_flush(timeout=5); profiler.shutdown(timeout=5)
 
 Integrations use the lower-level :meth:`Profiler.start_session` /
-:meth:`Profiler.finish_session`.  Nothing here raises into the caller: a
-failure skips the profile, is counted in :meth:`Profiler.stats` and logged once.
+:meth:`Profiler.finish_session`, :func:`activate_session` (the session of the
+work running in this context) and :meth:`Profiler.report_failure` (their error
+firewall); the request policy is :attr:`Profiler.policy`.  Nothing here raises
+into the caller: a failure skips the profile, is counted in
+:meth:`Profiler.stats` and logged once.
 
 This module composes the engine: it builds the exporters (``export.registry``)
 and the export pipeline when a profiler is made, hands the metric instruments to
-its ``Stats`` and registers the sampler's CPU with ``overhead``.
+its ``Stats`` and registers the sampler's CPU with ``overhead``; its request
+policy is made here too.
 """
 
 from __future__ import annotations
@@ -29,19 +33,21 @@ import time
 import weakref
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
+from ._safety import Firewall
 from .config import Config
 from .export.metrics import instruments
 from .export.pipeline import ExportPipeline
 from .export.registry import create_exporter, create_exporters, describe_destination
 from .export.settings import batch_settings
 from .overhead import add_cpu_source, overhead_cpu
+from .policy import Policy
 from .profile import AttributeValue, SpanLink
 from .sampler import get_sampler
 from .session import Session
 from .stats import Stats
 from .tracecontext import current_link
 
-__all__ = ["Profiler", "get_profiler", "current_session"]
+__all__ = ["Profiler", "get_profiler", "current_session", "activate_session", "deactivate_session"]
 
 log = logging.getLogger("otelprof_middleware")
 
@@ -82,6 +88,22 @@ def current_session() -> Optional[Session]:
     return s if s is not None and not s.finished else None
 
 
+def activate_session(session: Optional[Session]) -> "contextvars.Token[Optional[Session]]":
+    """Make ``session`` the session of the work running in this context (what
+    :func:`current_session` returns here, in child tasks and in thread-pool work);
+    undo with :func:`deactivate_session`."""
+    return _CURRENT.set(session)
+
+
+def deactivate_session(token: "contextvars.Token[Optional[Session]]") -> None:
+    """Undo :func:`activate_session` (a no-op when called from another context, e.g.
+    at the end of a streamed body)."""
+    try:
+        _CURRENT.reset(token)
+    except ValueError:
+        pass
+
+
 class Profiler:
     """Profiles units of work; one per application is typical (``get_profiler()``).
 
@@ -111,11 +133,14 @@ class Profiler:
         self._lock = threading.Lock()
         self._active: set[Session] = set()
         self._shut_down = False
-        self._logged: set[str] = set()
+        self._firewall = Firewall(lambda key: self._stats.dropped("error"))
         chosen = self._build_exporters(exporters)
         self._pipeline = ExportPipeline([e for e, _how in chosen], self._stats,
                                         batch=batch_settings(self.config), min_samples=self.config.min_samples)
         self._announce(chosen)
+        #: the request policy (triggers, budgets); replace it before building a
+        #: middleware to inject clocks or random sources (tests)
+        self.policy: Policy = Policy(self)
         _live_profilers.add(self)
 
     def _build_exporters(self, given: Optional[Sequence[Any]]) -> list[tuple[Any, str]]:
@@ -202,7 +227,7 @@ class Profiler:
             self._stats.incr("profiles_started")
             return session
         except Exception:
-            self._fail_once("start", "otelprof: could not start a profile; the work runs unprofiled")
+            self.report_failure("start", "otelprof: could not start a profile; the work runs unprofiled")
             return None
 
     def finish_session(self, session: Optional[Session], *, error: Optional[BaseException] = None) -> bool:
@@ -220,7 +245,7 @@ class Profiler:
                 session.error = type(error).__name__
             return self._pipeline.submit(session)
         except Exception:
-            self._fail_once("finish", "otelprof: could not finish a profile; it is skipped")
+            self.report_failure("finish", "otelprof: could not finish a profile; it is skipped")
             return False
 
     def discard_session(self, session: Optional[Session]) -> None:
@@ -236,16 +261,14 @@ class Profiler:
                 self._active.discard(session)
             self._stats.incr("profiles_discarded")
         except Exception:
-            self._fail_once("discard", "otelprof: could not discard a profile")
+            self.report_failure("discard", "otelprof: could not discard a profile")
 
     def enable_window(self, seconds: float, probability: float = 1.0, route: Optional[str] = None) -> Any:
         """On-demand profiling (admin tooling): profile requests matching ``route`` (a
         route template or a path; None = all) with ``probability`` for ``seconds``,
         capped by ``max_window``.  Budgets still apply.  Returns the window; its
         ``close()`` ends it early.  Raises ValueError for bad arguments."""
-        from .policy.policy import policy_for
-
-        return policy_for(self).enable_window(seconds, probability=probability, route=route)
+        return self.policy.enable_window(seconds, probability=probability, route=route)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -272,6 +295,7 @@ class Profiler:
         for session in list(self._active):
             self.finish_session(session)
         self._shut_down = True
+        self.policy.close()
         ok = self._pipeline.shutdown(timeout)
         _live_profilers.discard(self)
         return ok
@@ -294,11 +318,11 @@ class Profiler:
         """The live counters that components count into (``stats()`` reads them)."""
         return self._stats
 
-    def _fail_once(self, key: str, msg: str) -> None:
-        self._stats.dropped("error")
-        if key not in self._logged:
-            self._logged.add(key)
-            log.exception(msg)
+    def report_failure(self, key: str, message: str) -> None:
+        """The error firewall of every entry point into the profiler: count the failure
+        (``stats()["dropped"]["error"]``) and log it once per ``key`` with its
+        traceback.  Call it from an ``except Exception`` block; it never raises."""
+        self._firewall.report(key, message)
 
 
 class ProfileBlock:
@@ -325,7 +349,7 @@ class ProfileBlock:
             return outer
         session = self._profiler.start_session(self._name or "profile", attributes=self._attributes,
                                                triggers=(self._trigger,) if self._trigger else ())
-        token = _CURRENT.set(session) if session is not None else None
+        token = activate_session(session) if session is not None else None
         self._stack.append((session, token, "own"))
         self.session = session
         return session
@@ -336,10 +360,7 @@ class ProfileBlock:
             return
         if kind == "own":
             if token is not None:
-                try:
-                    _CURRENT.reset(token)
-                except ValueError:  # exited in another context; nothing to restore
-                    pass
+                deactivate_session(token)  # (exited in another context: nothing to restore)
             self._profiler.finish_session(session, error=exc)
         elif kind == "nested-thread":
             session.detach_thread()
