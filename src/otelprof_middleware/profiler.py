@@ -279,7 +279,7 @@ class Profiler:
         finally:
             with self._lock:
                 self._finishing -= 1
-                if not self._finishing:
+                if not self._finishing and self._closing is not None:  # a shutdown waits for it
                     self._finished_cond.notify_all()
 
     def discard_session(self, session: Optional[Session]) -> None:

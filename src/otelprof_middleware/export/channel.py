@@ -207,7 +207,7 @@ class ExportChannel(QueueWorker):
                         continue
                 batch: list[Profile] = []
                 while self._queue and len(batch) < self.batch_size:
-                    batch.append(self._queue.pop()[0])
+                    batch.append(self._queue.pop()[0])  # (highest priority first)
                 token = object()
                 self._current = token
                 self._flight = {p.profile_id: p for p in batch}

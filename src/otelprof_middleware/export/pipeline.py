@@ -212,8 +212,7 @@ class ExportPipeline(QueueWorker):
                     self._cond.wait_for(self._must_not_linger, timeout=BUILD_LINGER)
                 if not self._queue:  # abandoned by shutdown meanwhile
                     continue
-                session, _size = self._queue.pop()
-                priority = priority_of(session)
+                session, _size, priority = self._queue.pop()
                 if priority is Priority.PROMISED:
                     self._urgency.withdraw(Urgency.PROMPT)
                 token = object()
