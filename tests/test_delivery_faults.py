@@ -663,8 +663,12 @@ def test_fault_matrix_every_profile_is_delivered_once_or_counted_once(profiler_f
     for level in (st["dropped_by_priority"], otlp["dropped_by_priority"]):
         assert "queue_full" not in level.get("promised", {}), st
     promised = {pid for pid, kind in ids.items() if kind == "promised"}
-    if mode == "400":  # final: the two batches that met it are dropped, whatever their priority
-        assert set(otlp["dropped"]) <= {"export_failed", "queue_full"} and otlp["dropped"]["export_failed"] == 4
+    if mode == "400":  # final: the two requests that met it are dropped, whatever their priority
+        refused = [p.profile_id.hex() for r in rx.requests[:2] if r.message is not None
+                   for rp in r.message.resource_profiles for sp in rp.scope_profiles for p in sp.profiles[::2]]
+        assert [r.status for r in rx.requests[:2]] == [400, 400] and refused and not set(refused) & set(acked)
+        assert set(otlp["dropped"]) <= {"export_failed", "queue_full"}
+        assert otlp["dropped"]["export_failed"] == len(refused)
     elif mode == "budget-exhausted":
         assert otlp["dropped"]["export_failed"] >= 2, st  # the batch(es) given up after 1.2 s
         assert set(otlp["dropped"]) <= {"export_failed", "queue_full"}
