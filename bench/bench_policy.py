@@ -2,7 +2,9 @@
 
 1. Micro: cost of ``RequestProfiling.begin()`` + ``finish()`` for a request that is
    NOT profiled (probability 0), with the defaults (slow promotion, route arming,
-   CPU trigger on), with every late trigger off, and with the flight recorder.
+   CPU trigger on), with every late trigger off, and with the flight recorder;
+   and the entry decision of a request on an armed route with 1 and with 256
+   routes armed (one dict lookup by template: the same cost).
 2. Server: throughput of a ~5 ms CPU endpoint (raw ASGI app + the project's ASGI
    middleware, uvicorn, 1 process, wrk on loopback), side by side in one run,
    rounds interleaved:
@@ -35,7 +37,6 @@ from typing import Any
 APP = textwrap.dedent('''
     import json, os, time
     from otelprof_middleware import Profiler
-    from otelprof_middleware.policy.policy import policy_for
     from otelprof_middleware.overhead import profiler_cpu_ns
 
     def cpu_work():
@@ -55,8 +56,8 @@ APP = textwrap.dedent('''
             body = b"{}"
             if profiler is not None:
                 st = profiler.stats()
-                st["policy"] = policy_for(profiler).state()
-                st["own_cpu_ns"] = profiler_cpu_ns() + policy_for(profiler).watchdog.cpu_ns_self
+                st["policy"] = profiler.policy.state()
+                st["own_cpu_ns"] = profiler_cpu_ns() + profiler.policy.watchdog.cpu_ns_self
                 st["process_cpu_ns"] = time.process_time_ns()
                 body = json.dumps(st, default=str).encode()
         else:
@@ -115,6 +116,32 @@ def micro(n: int = 20000) -> dict[str, float]:
         results[label] = statistics.median(runs)
         p.shutdown(1)
     return results
+
+
+def armed_lookup(n: int = 20000) -> dict[int, float]:
+    """Median µs of the entry decision of a request whose route is armed, with 1 and
+    256 routes armed (templates; the request's template comes from its router)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+    from otelprof_middleware import Profiler
+    from otelprof_middleware.policy import RequestInfo
+
+    out = {}
+    for armed in (1, 256):
+        p = Profiler(exporter="none", probability=0.0, error_sample_rate=1e-9, cpu_trigger=False, max_overhead=1.0)
+        pol = p.policy
+        now = pol.clock()
+        for i in range(armed - 1):
+            pol.arming.arm_route(f"/other{i}/{{id}}", "error", 600, 1e-9, now)
+        pol.arming.arm_route("/items/{item_id}", "error", 600, 1e-9, now)
+        runs = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            for _ in range(n // 10):
+                pol.decide(RequestInfo(path="/items/7", route_resolver=lambda: "/items/{item_id}"))
+            runs.append((time.perf_counter() - t0) / (n // 10) * 1e6)
+        out[armed] = statistics.median(runs)
+        p.shutdown(1)
+    return out
 
 
 def _free_port() -> int:
@@ -189,6 +216,9 @@ def main() -> None:
     print("## micro: begin()+finish() of an unprofiled request (probability 0), median of 7 x 2000")
     for label, us in micro().items():
         print(f"  {label:55s} {us:7.2f} µs")
+    print("## micro: entry decision of a request on an armed route (template), median of 7 x 2000")
+    for armed, us in armed_lookup().items():
+        print(f"  {armed:4d} routes armed{'':37s} {us:7.2f} µs")
     if args.micro_only:
         return
     if not shutil.which("wrk"):

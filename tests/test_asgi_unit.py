@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
 
 from otelprof_middleware.asgi import ProfilingMiddleware
 from otelprof_middleware.integrations.asgi import HEADER_BOOST_HZ, HEADER_BOOST_SECONDS
+from otelprof_middleware.policy import Policy
 from otelprof_middleware.profiler import current_session
 
 
@@ -90,7 +92,7 @@ def test_lifespan_messages_pass_and_flush_runs_off_loop_before_shutdown_complete
         events.append(("flush", timeout, threading.get_ident() != loop_thread["id"]))
         return True
 
-    monkeypatch.setattr(profiler, "force_flush", fake_flush)
+    monkeypatch.setattr(profiler, "shutdown", fake_flush)
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         assert scope["type"] == "lifespan"
@@ -245,16 +247,17 @@ def test_streaming_child_task_is_attached_at_send(profiler_factory: Any) -> None
 
 
 def test_header_requests_are_sampled_faster_then_decay(profiler_factory: Any) -> None:
-    from otelprof_middleware.sampler import get_sampler
-
     profiler = profiler_factory(probability=1.0, sample_hz=100)
     rates: list = []
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         s = current_session()
         rates.append(s.hz)
-        # the sampler ends the boost at its first tick past HEADER_BOOST_SECONDS
-        get_sampler().tick(s.start_mono_ns + int(HEADER_BOOST_SECONDS * 1e9) + 1)
+        if s.hz == HEADER_BOOST_HZ:  # the sampler ends the boost at its first tick past HEADER_BOOST_SECONDS
+            deadline = time.monotonic() + 10
+            while s.hz != 100 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert time.monotonic() - s.start_mono_ns / 1e9 >= HEADER_BOOST_SECONDS
         rates.append(s.hz)
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
@@ -263,6 +266,33 @@ def test_header_requests_are_sampled_faster_then_decay(profiler_factory: Any) ->
     run(mw, http_scope(headers=[("X-Enable-Profiling", "1")]))
     run(mw, http_scope())  # probability: no boost
     assert rates == [HEADER_BOOST_HZ, 100, 100, 100]
+
+
+def test_header_boost_respects_the_governors_rate(profiler_factory: Any) -> None:
+    """Security review L14: while the overhead governor has lowered the rate, a
+    header-triggered request is sampled at that rate, not at the 1 kHz boost."""
+    clock = [0.0]
+    own = [0]
+    proc = [0]
+    profiler = profiler_factory(probability=0.0, sample_hz=100, max_overhead=0.05)
+    profiler.policy = Policy(profiler, clock=lambda: clock[0], governor_sources=(lambda: own[0], lambda: proc[0]),
+                             start_threads=False)
+    governor = profiler.policy.governor
+    for _ in range(3):  # 30 % overhead for a few seconds: one step down
+        clock[0] += 1.0
+        proc[0] += 1_000_000_000
+        own[0] += 300_000_000
+        governor.update()
+    assert governor.level >= 1 and not governor.declining
+    rates: list = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        rates.append(current_session().hz)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run(ProfilingMiddleware(app, profiler=profiler), http_scope(headers=[("X-Enable-Profiling", "1")]))
+    assert rates == [governor.hz(100)] and rates[0] < 100
 
 
 def test_route_from_scope(profiler_factory: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from otelprof_middleware.asgi import ProfilingMiddleware as ASGIMiddleware
-from otelprof_middleware.tracecontext import parse_traceparent
+from otelprof_middleware.tracecontext import parse_traceparent, trace_of_traceparent
 from otelprof_middleware.wsgi import ProfilingMiddleware as WSGIMiddleware
 
 BAD_TRACEPARENTS = [
@@ -42,6 +42,15 @@ ODD_HEADERS = [
 @pytest.mark.parametrize("value", BAD_TRACEPARENTS)
 def test_bad_traceparent_is_ignored(value: str) -> None:
     assert parse_traceparent(value) is None
+
+
+@pytest.mark.parametrize("value", BAD_TRACEPARENTS + [
+    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-" + flags for flags in ("00", "01", "02", "03", "0b", "ff")
+] + ["00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01", " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+     "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-later-fields"])
+def test_the_entry_fast_path_reads_traceparent_like_the_full_parser(value: str) -> None:
+    link = parse_traceparent(value)
+    assert trace_of_traceparent(value) == ((link.trace_id, link.sampled) if link is not None else None)
 
 
 def test_good_traceparent_parses() -> None:

@@ -44,6 +44,7 @@ URLS = textwrap.dedent('''
         path("items/<int:item_id>", views.item),
         path("beta", views.beta),
         path("async", views.async_view),
+        path("await", views.async_wait),
         path("stream", views.stream),
         path("astream", views.astream),
         path("boom", views.boom),
@@ -108,6 +109,11 @@ VIEWS = textwrap.dedent('''
 
     def django_async_work():
         return burn_cpu(0.2)
+
+
+    async def async_wait(request):
+        await asyncio.sleep(0.15)
+        return HttpResponse("waited")
 
 
     def stream(request):
@@ -227,6 +233,36 @@ def test_django_gunicorn_wsgi(django_dir: Any) -> None:
         assert line["attributes"]["http.response.status_code"] == 500
         assert "django_failing_helper" in functions_in(decoded)
         assert len(read_index(profiles, 3)) == 3
+
+
+@pytest.mark.integration
+def test_django_async_views_under_wsgi_show_their_frames(django_dir: Any) -> None:
+    """Under WSGI, Django runs an ``async def`` view with ``async_to_sync`` in a helper
+    thread's event loop: its task is sampled (frames while it works and while it
+    waits), and the request thread blocked meanwhile is not counted twice."""
+    from helpers.pprof_decode import stacks_by_function
+
+    profiles = django_dir / "profiles"
+    with start_server(gunicorn_argv("djproj.wsgi:application", worker_class="gthread", threads=4),
+                      cwd=django_dir, env=_env(django_dir)) as server:
+        status, headers, body = server.get("/async", headers=HEADER)
+        assert status == 200 and body == b"async", body
+        work_id = headers["x-profile-id"]
+        status, headers, body = server.get("/await", headers=HEADER)
+        assert status == 200 and body == b"waited", body
+        wait_id = headers["x-profile-id"]
+
+        _line, decoded = profile_by_id(profiles, work_id)
+        assert {"async_view", "django_async_work", "burn_cpu"} <= functions_in(decoded), functions_in(decoded)
+        line, decoded = profile_by_id(profiles, wait_id)
+        names = functions_in(decoded)
+        assert "async_wait" in names, names
+        wall = decoded.sample_types.index(("wall", "nanoseconds"))
+        stacks = stacks_by_function(decoded)
+        total = sum(v[wall] for _n, v, _l in stacks)
+        waiting = sum(v[wall] for n, v, _l in stacks if any(x.endswith("async_wait") for x in n))
+        assert waiting >= 0.6 * total, (waiting, total)
+        assert total <= 1.3 * line["duration_ms"] * 1e6  # one timeline, not two threads' worth
 
 
 @pytest.mark.integration

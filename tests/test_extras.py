@@ -115,13 +115,7 @@ def _run(case: str, tmp_path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param("django", marks=pytest.mark.xfail(
-        strict=True, raises=DjangoImportsFlask,
-        reason="bug (issue 10 item 4, newcomer review finding 1): the Django integration imports "
-               "framework_excluded_urls from integrations/flask.py, which imports flask")),
-    "flask", "starlette", "wsgi",
-])
+@pytest.mark.parametrize("case", ["django", "flask", "starlette", "wsgi"])
 def test_integration_works_without_the_other_frameworks(case: str, tmp_path) -> None:
     result = _run(case, tmp_path)
     assert result["status"] == 200, result

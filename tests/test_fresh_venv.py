@@ -149,15 +149,7 @@ def _import_check(result: Result, modules: tuple[str, ...], others: tuple[str, .
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", [
-    "fastapi",
-    pytest.param("django", marks=pytest.mark.xfail(
-        strict=True, raises=DjangoImportsFlask,
-        reason="bug (issue 10 item 4, newcomer review finding 1): the Django integration imports "
-               "framework_excluded_urls from integrations/flask.py, which imports flask")),
-    "flask",
-    "zerocode",
-])
+@pytest.mark.parametrize("name", ["fastapi", "django", "flask", "zerocode"])
 def test_quick_start_in_a_fresh_virtualenv(venv_results: Any, name: str) -> None:
     result = _result(venv_results, name)
     assert result.folder is not None

@@ -4,7 +4,11 @@ windows, route arming, high CPU, sub-limits, budgets and the overhead governor."
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import sys
+import threading
 from typing import Any, Optional
 
 import pytest
@@ -36,15 +40,17 @@ def make_policy(profiler_factory: Any, clock: Optional[FakeClock] = None, cpu: A
     p = profiler_factory(**options)
     policy = Policy(p, clock=clock or FakeClock(), rng=random.Random(seed), cpu_monitor=cpu,
                     governor_sources=gov, start_threads=False)
-    p._policy = policy
+    p.policy = policy  # the public seam: the profiler's policy, replaced before any middleware uses it
     return policy
 
 
 def req(path: str = "/x", route: Optional[str] = None, headers: Optional[dict[str, str]] = None,
-        link: Optional[SpanLink] = None, url: str = "") -> RequestInfo:
+        link: Optional[SpanLink] = None, url: str = "", template: Optional[str] = None) -> RequestInfo:
+    """A request; ``route`` is a template known at entry, ``template`` one the
+    framework's router answers when asked (as the integrations do while a route is armed)."""
     h = {k.lower(): v for k, v in (headers or {}).items()}
     return RequestInfo(method="GET", path=path, url=url or ("http://127.0.0.1" + path), route=route,
-                       header=h.get, link=link)
+                       header=h.get, link=link, route_resolver=(lambda: template) if template else None)
 
 
 def trace(tid: int, sampled: bool = True) -> SpanLink:
@@ -107,7 +113,7 @@ def test_excluded_urls_never_profiled(profiler_factory: Any) -> None:
     pol = make_policy(profiler_factory, probability=1.0, excluded_urls="/healthz,^http://[^/]+/metrics",
                       should_profile=lambda info: calls.append(info.path) or True)
     pol.enable_window(60)
-    pol.arming.arm("/healthz", "slow", 60, 1.0, pol.clock())
+    pol.arming.arm_path("/healthz", "slow", 60, 1.0, pol.clock())
     for path in ("/healthz", "/api/healthz/deep", "/metrics"):
         d = pol.decide(req(path, headers={"X-Enable-Profiling": "1"}))
         assert not d.profile and d.declined == "excluded"
@@ -177,7 +183,8 @@ def test_on_demand_window_route_and_probability(profiler_factory: Any) -> None:
     assert pol.decide(req("/items/42", route="/items/{item_id}")).profile
     assert not pol.decide(req("/items/42/children")).profile
     assert not pol.decide(req("/other")).profile
-    pol.windows._windows.clear()
+    for w in pol.windows.open_windows():
+        w.close()
     pol.profiler.enable_window(10, probability=0.2, route="/p")
     n = sum(pol.decide(req("/p")).profile for _ in range(2000))
     assert 300 < n < 500
@@ -207,21 +214,59 @@ def test_route_patterns() -> None:
 def test_route_arming_arms_and_disarms_after_duration(profiler_factory: Any) -> None:
     clock = FakeClock()
     pol = make_policy(profiler_factory, clock, max_profiles_per_minute=1000, error_sample_rate=1.0)
-    pol.arming.arm("/slow/{n}", "slow", 10.0, 1.0, clock.t)
-    assert pol.decide(req("/slow/3")).triggers == ("slow",)
+    pol.arming.arm_route("/slow/{n}", "slow", 10.0, 1.0, clock.t)
+    # the template of a request comes from the framework: known at entry, or asked for
+    assert pol.decide(req("/slow/3", template="/slow/{n}")).triggers == ("slow",)
     assert pol.decide(req("/slow/3", route="/slow/{n}")).triggers == ("slow",)
-    assert not pol.decide(req("/fast")).profile
+    assert not pol.decide(req("/fast", template="/fast")).profile
+    assert not pol.decide(req("/slow/3")).profile  # no template: only literal paths can match
     clock.advance(9.99)
-    assert pol.decide(req("/slow/4")).profile
+    assert pol.decide(req("/slow/4", template="/slow/{n}")).profile
     clock.advance(0.02)
-    assert not pol.decide(req("/slow/4")).profile
+    assert not pol.decide(req("/slow/4", template="/slow/{n}")).profile
     assert len(pol.arming) == 0  # expired entries dropped
+
+
+def test_literal_path_arming_is_literal(profiler_factory: Any) -> None:
+    """Security review M3: a path armed without a template is matched as text, after
+    normalisation; braces and angle brackets in it are not placeholders."""
+    clock = FakeClock()
+    pol = make_policy(profiler_factory, clock, max_profiles_per_minute=1000)
+    pol.arming.arm_path("/<path:x>", "slow", 10.0, 1.0, clock.t)
+    pol.arming.arm_path("/{a}", "slow", 10.0, 1.0, clock.t)
+    pol.arming.arm_path("//reports/./daily/", "slow", 10.0, 1.0, clock.t)
+    for path in ("/admin/users", "/checkout/42", "/anything/else", "/x"):
+        assert not pol.decide(req(path)).profile, path
+    assert pol.decide(req("/<path:x>")).triggers == ("slow",)
+    assert pol.decide(req("/{a}")).triggers == ("slow",)
+    assert pol.decide(req("/reports/daily")).triggers == ("slow",)
+    assert pol.decide(req("/reports//daily/")).triggers == ("slow",)
+    assert not pol.decide(req("/reports/daily/x")).profile
+
+
+def test_route_template_resolved_only_while_a_template_is_armed(profiler_factory: Any) -> None:
+    clock = FakeClock()
+    pol = make_policy(profiler_factory, clock, max_profiles_per_minute=1000)
+    asked: list[str] = []
+
+    def routed(path: str) -> RequestInfo:
+        return RequestInfo(method="GET", path=path, route_resolver=lambda: asked.append(path) or "/items/{id}")
+
+    assert not pol.decide(routed("/items/1")).profile
+    pol.arming.arm_path("/other", "error", 10.0, 1.0, clock.t)
+    assert not pol.decide(routed("/items/2")).profile
+    assert asked == []  # nothing armed by template: the router is never asked
+    for i in range(300):  # many armed templates: still one dict lookup per request
+        pol.arming.arm_route(f"/r{i}/{{id}}", "slow", 10.0, 1.0, clock.t)
+    pol.arming.arm_route("/items/{id}", "slow", 10.0, 1.0, clock.t)
+    assert pol.decide(routed("/items/3")).triggers == ("slow",)
+    assert asked == ["/items/3"]  # asked once
 
 
 def test_error_arming_uses_error_sample_rate(profiler_factory: Any) -> None:
     clock = FakeClock()
     pol = make_policy(profiler_factory, clock, max_profiles_per_minute=100000)
-    pol.arming.arm("/e", "error", 10.0, 0.5, clock.t)
+    pol.arming.arm_path("/e", "error", 10.0, 0.5, clock.t)
     n = sum(pol.decide(req("/e")).profile for _ in range(2000))
     assert 880 < n < 1120
 
@@ -229,10 +274,13 @@ def test_error_arming_uses_error_sample_rate(profiler_factory: Any) -> None:
 def test_route_arming_is_bounded() -> None:
     arming = RouteArming(max_routes=4)
     for i in range(10):
-        arming.arm(f"/r{i}", "slow", 10.0 + i, 1.0, 0.0)
+        arming.arm_route(f"/r{i}", "slow", 10.0 + i, 1.0, 0.0)
     assert len(arming) == 4
     assert {r for (_, r) in arming.armed(0.0)} == {"/r6", "/r7", "/r8", "/r9"}
-    assert not arming.arm("", "slow", 10, 1.0, 0.0) and not arming.arm("/x", "slow", 0, 1.0, 0.0)
+    arming.arm_path("/p", "error", 100.0, 1.0, 0.0)  # paths and templates share the bound
+    assert len(arming) == 4 and ("error", "/p") in arming.armed(0.0)
+    assert not arming.arm_route("", "slow", 10, 1.0, 0.0) and not arming.arm_route("/x", "slow", 0, 1.0, 0.0)
+    assert not arming.arm_path("", "slow", 10, 1.0, 0.0)
 
 
 # ----------------------------------------------------------------------------- high CPU
@@ -333,7 +381,7 @@ def test_trigger_sub_limits(profiler_factory: Any) -> None:
     pol.enable_window(10)
     ds = [pol.decide(req()) for _ in range(10)]
     assert [d.triggers for d in ds if d.profile] == [("on_demand",), ("on_demand",)]
-    pol.arming.arm("/x", "slow", 10, 1.0, clock.t)  # slow has no sub-limit
+    pol.arming.arm_path("/x", "slow", 10, 1.0, clock.t)  # slow has no sub-limit
     assert pol.decide(req("/x")).triggers == ("slow",)
 
 
@@ -421,6 +469,113 @@ def test_governor_off_at_budget_one(profiler_factory: Any) -> None:
 
 def test_policy_state_snapshot(profiler_factory: Any) -> None:
     pol = make_policy(profiler_factory)
-    pol.arming.arm("/a", "error", 5, 0.5, pol.clock())
+    pol.arming.arm_route("/a", "error", 5, 0.5, pol.clock())
     st = pol.state()
     assert st["armed_routes"] == {"error:/a": 5.0} and st["governor_level"] == 0
+
+
+# ----------------------------------------------------------------------------- security review L1, L12, L13
+
+def test_concurrency_cap_holds_under_simultaneous_starts(profiler_factory: Any) -> None:
+    """L1: requests deciding at the same moment never overshoot max_concurrent_profiles
+    (the slot is checked and taken in one step)."""
+    from otelprof_middleware.integrations.lifecycle import RequestProfiling
+
+    pol = make_policy(profiler_factory, probability=1.0, max_concurrent_profiles=2,
+                      max_profiles_per_minute=100000, slow_promotion=False, slow_route_arming=False,
+                      error_profile_duration=0)
+    rp = RequestProfiling(pol.profiler)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL over as often as possible
+    try:
+        for _trial in range(5):
+            barrier = threading.Barrier(24)
+            handles: list[Any] = []
+            lock = threading.Lock()
+
+            def request() -> None:
+                barrier.wait()
+                h = rp.begin(req())
+                with lock:
+                    handles.append(h)
+
+            threads = [threading.Thread(target=request) for _ in range(24)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            assert len(handles) == 24
+            assert sum(h.profiled for h in handles) == 2
+            assert pol.profiler.active_sessions == 2
+            for h in handles:
+                h.finish()
+            assert pol.profiler.active_sessions == 0
+    finally:
+        sys.setswitchinterval(switch)
+    assert pol.profiler.stats()["declined"]["concurrency"] == 5 * 22
+
+
+def test_header_value_with_a_lone_surrogate_never_raises(profiler_factory: Any) -> None:
+    """L12: with header_secret set, any header value is compared safely; the request
+    still goes through every other trigger."""
+    pol = make_policy(profiler_factory, probability=1.0, header_secret="s3cret", max_profiles_per_minute=1000)
+    d = pol.decide(req(headers={"X-Enable-Profiling": "s3cret\udcff"}))
+    assert d.profile and d.triggers == ("probability",)
+    assert pol.decide(req(headers={"X-Enable-Profiling": "\ud800"})).triggers == ("probability",)
+    assert pol.decide(req(headers={"X-Enable-Profiling": "s3cret"})).triggers == ("header", "probability")
+    assert pol.profiler.stats()["dropped"].get("error", 0) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_policy_state_is_fresh_after_fork(profiler_factory: Any) -> None:
+    """L13: in a child process the policy's locks, budgets, slots and recordings are
+    its own: a lock another thread held at fork time, a slot a parent's profile holds
+    and the parent's recordings do not carry over."""
+    from otelprof_middleware.integrations.lifecycle import RequestProfiling
+
+    pol = make_policy(profiler_factory, probability=1.0, max_concurrent_profiles=1, max_profiles_per_minute=1000,
+                      tail_sampling_hz=10)
+    rp = RequestProfiling(pol.profiler)
+    parent_request = rp.begin(req("/parent"))
+    recording = rp.begin(req("/recorded"))
+    assert parent_request.profiled and recording.recording  # the only slot is taken; one recording runs
+    held, release = threading.Event(), threading.Event()
+    stop = threading.Event()
+
+    def hold_the_lock() -> None:
+        with pol.late.lock:
+            held.set()
+            release.wait(30)
+
+    def busy() -> None:  # another thread deciding all the time (limiter, slot and arming locks)
+        while not stop.is_set():
+            rp.begin(req("/busy")).finish()
+
+    threads = [threading.Thread(target=hold_the_lock), threading.Thread(target=busy)]
+    for t in threads:
+        t.start()
+    assert held.wait(10)
+    try:
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:  # the child: exit 0 when everything works, and fast (no deadlock)
+                signal.alarm(10)
+                code = 1
+                try:
+                    with pol.late.lock:
+                        pass
+                    h = rp.begin(req("/child"))
+                    ok = h.profiled and len(pol.late.recording) == 0 and pol.entry.slots.available() is False
+                    h.finish()
+                    code = 0 if ok and pol.entry.slots.available() else 2
+                finally:
+                    os._exit(code)
+            _pid, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        stop.set()
+        for t in threads:
+            t.join(10)
+        parent_request.finish()
+        recording.finish()

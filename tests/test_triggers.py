@@ -14,7 +14,7 @@ from typing import Any, Optional
 import pytest
 
 from otelprof_middleware.integrations.lifecycle import RequestProfiling
-from otelprof_middleware.policy import Policy, RequestInfo
+from otelprof_middleware.policy import Policy, RequestInfo, TailState
 from otelprof_middleware.policy.cpu import CpuMonitor, available_cores
 
 
@@ -37,13 +37,16 @@ def setup(profiler_factory: Any, profile_collector: Any, clock: Any = None, star
     options.setdefault("max_overhead", 1.0)
     p = profiler_factory(**options)
     policy = Policy(p, clock=clock or time.monotonic, rng=random.Random(3), start_threads=start_threads)
-    p._policy = policy
+    p.policy = policy  # the public seam: replaced before the request layer is built
     collected = profile_collector(p)
     return RequestProfiling(p), policy, collected
 
 
-def req(path: str = "/x", route: Optional[str] = None) -> RequestInfo:
-    return RequestInfo(method="GET", path=path, url="http://127.0.0.1" + path, route=route)
+def req(path: str = "/x", route: Optional[str] = None, template: Optional[str] = None) -> RequestInfo:
+    """A request; ``route`` is a template known at entry, ``template`` one the
+    framework's router answers when asked (as the integrations do while a route is armed)."""
+    return RequestInfo(method="GET", path=path, url="http://127.0.0.1" + path, route=route,
+                       route_resolver=(lambda: template) if template else None)
 
 
 def burn_in_marker_function(seconds: float) -> int:
@@ -152,14 +155,14 @@ def test_promotion_racing_with_finish_before_start(profiler_factory: Any, profil
     rp, policy, collected = setup(profiler_factory, profile_collector, clock, slow_threshold=0.1)
     h = rp.begin(req("/race"))
     clock.advance(1)
-    original_admit = policy.admit
+    original_admit = policy.entry.admit
 
     def admit_while_request_ends(triggers: list[str], **kw: Any) -> Any:
         h.finish()  # the request ends while the watchdog decides
-        assert h._tail_state == 4
+        assert h.tail_state is TailState.DONE
         return original_admit(triggers, **kw)
 
-    policy.admit = admit_while_request_ends  # type: ignore[method-assign]
+    policy.entry.admit = admit_while_request_ends  # type: ignore[method-assign]
     assert not policy.watchdog.scan() < 0
     assert h.session is None  # too late: no profile started for an ended request
     assert policy.profiler.active_sessions == 0
@@ -177,7 +180,7 @@ def test_promotion_racing_with_finish_hands_over(profiler_factory: Any, profile_
         session = original(*a, **kw)
         h.set_status(201)
         h.finish()  # ends between the profile's start and the hand-over
-        assert h._tail_state == 4
+        assert h.tail_state is TailState.DONE
         return session
 
     profiler.start_session = start_then_request_ends  # type: ignore[method-assign]
@@ -234,17 +237,18 @@ def test_slow_request_arms_route_then_disarms(profiler_factory: Any, profile_col
     rp, policy, _ = setup(profiler_factory, profile_collector, clock, slow_threshold=0.5, slow_promotion=False,
                           slow_profile_duration=10, max_profiles_per_minute=1000)
     h = rp.begin(req("/items/5"))
-    h.set_route("/items/{id}")
+    h.set_route("/items/{id}")  # the router reports the template
     clock.advance(0.6)
     h.set_status(200)
     h.finish()
     assert not h.profiled  # promotion off: the slow one itself is not profiled
-    nxt = rp.begin(req("/items/9"))  # route unknown at entry: the template matches the path
+    nxt = rp.begin(req("/items/9", template="/items/{id}"))  # the router is asked at entry
     assert nxt.profiled and nxt.session.triggers == ("slow",)
     nxt.finish()
-    assert not rp.begin(req("/other")).profiled
+    assert not rp.begin(req("/other", template="/other")).profiled
+    assert not rp.begin(req("/items/9")).profiled  # no template: the armed template cannot match
     clock.advance(10.1)
-    later = rp.begin(req("/items/9"))
+    later = rp.begin(req("/items/9", template="/items/{id}"))
     assert not later.profiled
     later.finish()
 
@@ -293,7 +297,7 @@ def test_flight_recorder_keeps_only_slow_or_failed(profiler_factory: Any, profil
 
     def request(path: str, status: int) -> Any:
         h = rp.begin(req(path))
-        assert h.profiled and h._recording
+        assert h.profiled and h.recording
         burn_in_marker_function(0.08)
         h.set_status(status)
         h.finish()
@@ -311,7 +315,7 @@ def test_flight_recorder_keeps_only_slow_or_failed(profiler_factory: Any, profil
     assert "burn_in_marker_function" in function_names(prof)  # the head of the request is there
     st = policy.profiler.stats()
     assert st["recordings_started"] == 2 and st["recordings_kept"] == 1 and st["profiles_discarded"] == 1
-    assert policy.profiler.active_sessions == 0 and not policy._recording
+    assert policy.profiler.active_sessions == 0 and len(policy.late.recording) == 0
 
 
 def test_flight_recorder_error_by_exception_and_slow(profiler_factory: Any, profile_collector: Any) -> None:
@@ -340,7 +344,8 @@ def test_flight_recorder_promotion_raises_rate(profiler_factory: Any, profile_co
     clock.advance(1.2)
     policy.watchdog.scan()
     assert h.session.hz == 250 and h.session.triggers == ("slow",)
-    assert not policy._recording  # now a real profile, counted by the concurrency budget
+    assert len(policy.late.recording) == 0  # now a real profile, counted by the concurrency budget
+    assert len(policy.entry.slots) == 1
     burn_in_marker_function(0.1)
     h.finish()
     assert collected.wait_for(1, 20)
@@ -351,9 +356,9 @@ def test_flight_recorder_promotion_raises_rate(profiler_factory: Any, profile_co
 def test_flight_recorder_rate_budget_and_cap(profiler_factory: Any, profile_collector: Any) -> None:
     rp, policy, collected = setup(profiler_factory, profile_collector, tail_sampling_hz=10, slow_promotion=False,
                                   max_profiles_per_minute=2, error_profile_duration=0)
-    policy.recorder_max = 3
+    policy.late.recording.limit = 3
     hs = [rp.begin(req()) for _ in range(5)]
-    assert sum(h._recording for h in hs) == 3
+    assert sum(h.recording for h in hs) == 3
     assert policy.profiler.stats()["recordings_skipped.max_inflight"] == 2
     for h in hs:
         h.set_status(500)
@@ -372,7 +377,7 @@ def test_cpu_trigger_fires_under_real_burn_and_cools_down(profiler_factory: Any)
                          cpu_threshold=min(0.9, 0.2 / available_cores()), cpu_profile_duration=0.5,
                          cpu_cooldown=600, max_overhead=1.0)
     policy = Policy(p, cpu_monitor=mon, start_threads=False)
-    p._policy = policy
+    p.policy = policy
     mon.ensure_running()
     # idle (this test only sleeps): readings stay low, nothing fires
     assert wait_until(lambda: mon.readings >= 6, 10)
@@ -466,8 +471,10 @@ def test_abandoned_request_is_not_promoted(profiler_factory: Any, profile_collec
 
 def test_promoted_request_without_finish_is_reaped(profiler_factory: Any, profile_collector: Any) -> None:
     clock = FakeClock()
+    # max_profile_duration long enough that two scans in a row come well before it, even
+    # on a loaded machine
     rp, policy, collected = setup(profiler_factory, profile_collector, clock, slow_threshold=0.1,
-                                  max_profile_duration=0.05, min_samples=0)
+                                  max_profile_duration=1.0, min_samples=0)
     h = rp.begin(req("/lost"))
     clock.advance(1)
     policy.watchdog.scan()
@@ -479,3 +486,14 @@ def test_promoted_request_without_finish_is_reaped(profiler_factory: Any, profil
     assert policy.profiler.active_sessions == 0 and h.session.finished
     assert policy.profiler.stats()["promotions_reaped"] == 1
     assert collected.wait_for(1, 20)
+
+
+def test_a_shut_down_profiler_watches_no_request(profiler_factory: Any, profile_collector: Any) -> None:
+    rp, policy, _ = setup(profiler_factory, profile_collector, slow_threshold=0.1)
+    h = rp.begin(req("/before"))
+    assert h.watched and len(policy.watchdog) == 1
+    h.finish()
+    policy.profiler.shutdown(timeout=1)
+    after = rp.begin(req("/after"))
+    assert not after.watched and not after.profiled and len(policy.watchdog) == 0
+    after.finish()

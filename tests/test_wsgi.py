@@ -107,17 +107,32 @@ def test_unprofiled_request_returns_app_iterable(profiler_factory: Any) -> None:
 
 def test_watched_request_reports_status_and_ends(profiler_factory: Any) -> None:
     """With late triggers on (the default), an unprofiled request is still followed to
-    its end, so the policy sees its status (500 arms error profiling for the route)."""
+    its end, so the policy sees its status (500 arms error profiling for the route).
+    A body the application produced in full (a list) ends the request when the
+    application returns, and is handed back as it is; any other iterable at close()."""
     from otelprof_middleware.wsgi import ProfilingMiddleware
 
     profiler = profiler_factory(probability=0)
-    mw = ProfilingMiddleware(lambda e, sr: (sr("500 Internal Server Error", []), [b"x"])[1], profiler=profiler)
+    listed = [b"x"]
+    mw = ProfilingMiddleware(lambda e, sr: (sr("500 Internal Server Error", []), listed)[1], profiler=profiler)
     seen, body, environ = _call(mw, "/fails")
     handle = environ["otelprof.handle"]
-    assert list(body) == [b"x"] and seen["status"].startswith("500")
-    assert handle.status == 500
+    assert body is listed and seen["status"].startswith("500")
+    assert handle.status == 500 and handle.finished
+    armed = profiler.policy.state()["armed_routes"]
+    assert list(armed) == ["error:/fails"] and 9 < armed["error:/fails"] <= 10  # error_profile_duration
+
+    def streamed(environ: Any, start_response: Any) -> Any:
+        start_response("503 Service Unavailable", [])
+        return iter([b"a", b"b"])
+
+    seen, body, environ = _call(ProfilingMiddleware(streamed, profiler=profiler), "/later")
+    handle = environ["otelprof.handle"]
+    assert list(body) == [b"a", b"b"] and handle.status == 503
+    assert not handle.finished  # iterated, not closed yet
     body.close()
-    assert handle._done
+    assert handle.finished
+    assert set(profiler.policy.state()["armed_routes"]) == {"error:/fails", "error:/later"}
 
 
 def test_file_wrapper_kept(profiler_factory: Any, tmp_path: Any) -> None:
@@ -188,7 +203,7 @@ def test_gunicorn_preload_two_workers_both_export(tmp_path: Any) -> None:
     by_pid: dict[str, list[str]] = {}
     with start_server(gunicorn_argv("preload_app:application", workers=2, preload=True),
                       cwd=tmp_path, env=env) as server:
-        for _ in range(40):
+        for _ in range(200):  # a loaded machine may hand many requests in a row to one worker
             status, headers, body = server.get("/work", headers={**HEADER, "Connection": "close"})
             assert status == 200
             by_pid.setdefault(body.decode(), []).append(headers["x-profile-id"])

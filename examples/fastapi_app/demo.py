@@ -7,6 +7,10 @@
 2. sends a few requests with ``X-Enable-Profiling: 1`` and a W3C ``traceparent``;
 3. stops the server cleanly (profiles in flight are flushed at lifespan shutdown);
 4. prints where the profiles are and a ``go tool pprof -top``-style summary of one.
+
+The ``/error`` response carries no ``X-Profile-Id``: FastAPI renders its 500 page
+outside the middleware.  Its profile (status 500, ``error.type``) is found in the
+index by the request's trace id, as the demo shows.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def main() -> int:
                 time.sleep(0.1)
         print(f"uvicorn serving examples/fastapi_app/app.py on {base}\n")
         chosen = None
+        unnamed: dict[str, str] = {}  # trace id -> path, for responses without X-Profile-Id
         with httpx.Client(base_url=base, timeout=30) as client:
             for path, what in REQUESTS:
                 trace_id = secrets.token_hex(16)
@@ -80,6 +85,8 @@ def main() -> int:
                 print(f"GET {path:22} -> {r.status_code}  X-Profile-Id: {pid}  trace_id: {trace_id}  ({what})")
                 if chosen is None and r.status_code == 200 and pid != "-":
                     chosen = pid
+                if pid == "-":
+                    unnamed[trace_id] = path
         if args.keep_running:
             print(f"\nserver still running on {base}; Ctrl-C to stop")
             try:
@@ -102,6 +109,12 @@ def main() -> int:
     print(f"\n{len(entries)} profile(s) in {output_dir} (one .pb.gz per profile + index.jsonl)")
     if not entries:
         return 1
+    for entry in entries:  # a 500 rendered outside the middleware: find its profile by trace id
+        path = unnamed.get(entry.get("trace_id", ""))
+        if path is not None:
+            status = (entry.get("attributes") or {}).get("http.response.status_code")
+            print(f"GET {path} had no X-Profile-Id (FastAPI renders the 500 outside the middleware); "
+                  f"by its trace id: profile {entry['profile_id']} (status {status})")
     print("\n--- python -m otelprof_middleware summary " + os.path.relpath(output_dir) + " --profile-id " + str(chosen))
     rc = cli_main(["summary", output_dir, "--profile-id", chosen or "", "--top", "12"])
     print("\nMore: python -m otelprof_middleware summary " + os.path.relpath(output_dir) + " --list"

@@ -340,9 +340,9 @@ class Sampler:
                     # time with the last CPU sample instead of a sample of its own
                     table.add_to(target.last_key, wall_ns=off_cpu)
                     continue
-                key = table.add(name, codes, lastis, 0, off_cpu)
-                if target.last_key is None:
-                    target.last_key = key
+                # not a place for CPU remainders: where a running thread is seen by this
+                # thread is where it let go of the GIL, not where its CPU went
+                table.add(name, codes, lastis, 0, off_cpu)
                 continue
             if tid not in cpu_now:
                 cpu_now[tid] = thread_cpu_ns(tid, target.native_id)

@@ -13,9 +13,14 @@ from opentelemetry import trace as _trace
 
 from .profile import SpanLink
 
-__all__ = ["current_link", "current_span", "parse_traceparent", "set_span_attributes"]
+__all__ = ["current_link", "current_span", "link_from_span", "parse_traceparent", "trace_of_traceparent",
+           "set_span_attributes"]
 
 _TRACEPARENT = re.compile(r"^\s*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\s*$")
+# the canonical version-00 shape (any case, as parse_traceparent accepts)
+_CANONICAL = re.compile(r"00-[0-9a-fA-F]{32}-[0-9a-fA-F]{16}-[0-9a-fA-F]{2}")
+_NO_SPAN_ID = "0" * 16
+_SAMPLED_LAST_DIGIT = frozenset("13579bdfBDF")  # an odd flags byte: the sampled bit is set
 _TRACEPARENT_MAX = 512  # later versions may append fields; nothing legitimate is this long
 
 
@@ -66,6 +71,20 @@ def parse_traceparent(value: Optional[str]) -> Optional[SpanLink]:
     if not trace_id or not span_id:
         return None
     return SpanLink(trace_id, span_id, sampled=bool(int(m.group(4), 16) & 1), source="traceparent")
+
+
+def trace_of_traceparent(value: str) -> Optional[tuple[int, bool]]:
+    """``(trace id, sampled)`` of a ``traceparent`` header, or None when it is not
+    valid: what an entry decision needs, without building a link (it runs for every
+    request that comes with a ``traceparent`` and no span).  The canonical version-00
+    shape is checked with one anchored match; any other shape gets the full rules."""
+    if len(value) == 55 and _CANONICAL.fullmatch(value) is not None:
+        trace_id = int(value[3:35], 16)
+        if not trace_id or value[36:52] == _NO_SPAN_ID:
+            return None
+        return trace_id, value[54] in _SAMPLED_LAST_DIGIT
+    link = parse_traceparent(value)
+    return (link.trace_id, link.sampled) if link is not None else None
 
 
 def set_span_attributes(span: Any, attributes: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ import base64
 import json
 import logging
 import re
+import time
 import uuid
 import zlib
 from typing import Any, Mapping, Optional, Sequence
@@ -42,7 +43,7 @@ from .._redact import redact_url
 from ..encoding import encode_pprof
 from ..encoding._protowire import field_bytes
 from ..profile import Profile, clean_text
-from ._http import HTTPTransport
+from ._http import HTTPTransport, Reply
 from .base import NetworkExporter, Prepared
 from .resource import refresh_pid, resource_attributes
 from .retry import Attempt, RetryPolicy, classify_http_status
@@ -142,7 +143,7 @@ class PyroscopeExporter(NetworkExporter):
         self.headers = headers
         self.mode = "push"
         secrets = [*target.headers.values(), target.basic_auth, target.token, headers.get("Authorization", "")]
-        self.http = HTTPTransport(verify=target.certificate or True, secrets=secrets)
+        self.http = HTTPTransport(certificate=target.certificate, secrets=secrets)
 
     def series_labels(self, profile: Profile, name: str = PROFILE_NAME) -> list[tuple[str, str]]:
         return [("__name__", name), ("service_name", self.service_name)] + self.resource_labels
@@ -167,30 +168,39 @@ class PyroscopeExporter(NetworkExporter):
 
     # ---------------------------------------------------------------- sending
     def send(self, prepared: Prepared, timeout: float) -> Attempt:
+        """One attempt within ``timeout`` seconds in all (the ``/ingest`` requests of a
+        batch share it)."""
+        deadline = time.monotonic() + timeout
         if self.mode == "push":
             headers = {**self.headers, "Content-Type": "application/proto", "Connect-Protocol-Version": "1"}
             resp = self.http.post(self.push_url, content=prepared.body, headers=headers, timeout=timeout)
-            if isinstance(resp, Attempt):
+            if not isinstance(resp, Reply):
                 return resp
-            if 200 <= resp.status_code < 300:
+            if 200 <= resp.status < 300:
                 return Attempt(ok=True)
             if not self._push_unavailable(resp):
-                return classify_http_status(resp.status_code, resp.headers, PUSH_PATH)
+                return classify_http_status(resp.status, resp.headers, PUSH_PATH)
             log.warning("otelprof: %s answered HTTP %d: push API unavailable, using %s from now on",
-                        redact_url(self.push_url), resp.status_code, redact_url(self.ingest_url))
+                        redact_url(self.push_url), resp.status, redact_url(self.ingest_url))
             self.mode = "ingest"
-        return self._send_ingest(prepared, timeout)
+        return self._send_ingest(prepared, deadline)
 
     @staticmethod
-    def _push_unavailable(resp: Any) -> bool:
-        if resp.status_code in _PUSH_UNAVAILABLE:
+    def _push_unavailable(resp: Reply) -> bool:
+        if resp.status in _PUSH_UNAVAILABLE:
             return True
         if "json" in resp.headers.get("content-type", ""):
             try:
-                return json.loads(resp.content or b"{}").get("code") == "unimplemented"
+                return json.loads(resp.body or b"{}").get("code") == "unimplemented"
             except (ValueError, AttributeError):
                 return False
         return False
+
+    def probe_address(self) -> tuple[str, int]:
+        return self.http.probe_address(self.push_url)
+
+    def interrupt(self) -> None:
+        self.http.interrupt()
 
     def _ingest_name(self) -> str:
         """``service{k=v,...}``: the series labels in the legacy API's name (values that
@@ -198,10 +208,11 @@ class PyroscopeExporter(NetworkExporter):
         pairs = [f"{k}={v}" for k, v in self.resource_labels if not set(v) & set(",{}=")]
         return self.service_name + ("{" + ",".join(pairs) + "}" if pairs else "")
 
-    def _send_ingest(self, prepared: Prepared, timeout: float) -> Attempt:
+    def _send_ingest(self, prepared: Prepared, deadline: float) -> Attempt:
         """One ``/ingest`` request per series (the server names it after its sample
-        type: ``process_cpu`` or ``wall``); a retry resumes after those delivered."""
-        failed = 0
+        type: ``process_cpu`` or ``wall``), all before ``deadline``; a retry resumes
+        after those delivered."""
+        failed: set[int] = set()  # profiles with a series the server refused
         message = ""
         headers = {**self.headers, "Content-Type": "application/octet-stream"}
         name = self._ingest_name()
@@ -211,21 +222,22 @@ class PyroscopeExporter(NetworkExporter):
             until_s = -(-(profile.start_time_ns + profile.duration_ns) // 1_000_000_000)
             params = {"name": name, "from": str(start_s), "until": str(max(until_s, start_s + 1)),
                       "format": "pprof", "spyName": SPY_NAME}
-            resp = self.http.post(self.ingest_url, content=gz, headers=headers, timeout=timeout, params=params)
-            if isinstance(resp, Attempt):
-                if resp.retryable:
+            resp = self.http.post(self.ingest_url, content=gz, headers=headers, timeout=deadline - time.monotonic(),
+                                  params=params)
+            if not isinstance(resp, Reply):
+                if resp.retryable or resp.reason == "shutdown":
                     return resp
-                failed += 1
+                failed.add(id(profile))
                 message = resp.message
-            elif not 200 <= resp.status_code < 300:
-                attempt = classify_http_status(resp.status_code, resp.headers, INGEST_PATH)
+            elif not 200 <= resp.status < 300:
+                attempt = classify_http_status(resp.status, resp.headers, INGEST_PATH)
                 if attempt.retryable:
                     return attempt
-                failed += 1
+                failed.add(id(profile))
                 message = attempt.message
             prepared.sent_parts += 1
         if failed:
-            return Attempt(ok=True, rejected=failed, partial_reason="export_failed", message=message)
+            return Attempt(ok=True, rejected=len(failed), partial_reason="export_failed", message=message)
         return Attempt(ok=True)
 
     def after_fork(self) -> None:

@@ -10,11 +10,16 @@ What it does per ``http`` request (``lifespan`` and ``websocket`` scopes pass
 through untouched):
 
 * asks the shared policy (:mod:`..policy`) whether to profile, through the one
-  request lifecycle every integration uses (:mod:`.lifecycle`);
+  request lifecycle every integration uses (:mod:`.lifecycle`); a request that is
+  neither profiled nor watched by the late triggers gets the server's ``send``
+  untouched;
+* per watched or profiled request, one small responder object (:class:`ASGIRequest`)
+  holds its state; its ``send`` records the status and hands the message on
+  (returning the server's own awaitable: no extra coroutine per message);
 * when profiled, the request's asyncio **task** is sampled (not the loop thread,
   which other requests share), tasks that send the response for it (Starlette runs a
   ``StreamingResponse`` body in a child task) are attached at their first ``send``,
-  and thread-pool work started for it is followed (:func:`.threads.install`);
+  and thread-pool work started for it is followed (:mod:`.threads`);
 * the profile covers the request until the application returns (the last body
   chunk and Starlette background tasks included), also when it raises (the error
   propagates unchanged) or is cancelled;
@@ -22,12 +27,16 @@ through untouched):
   at the first ``send`` (our middleware may sit outside the OTel one), else the
   incoming ``traceparent`` (link source ``traceparent``);
 * the response is passed on untouched, except for ``X-Profile-Id`` added to
-  ``http.response.start`` when ``expose_profile_id`` applies;
+  ``http.response.start`` when ``expose_profile_id`` applies (never twice);
+* an exception that escapes the application is recorded with status 500: under
+  Starlette/FastAPI the 500 page is rendered outside this middleware (by
+  ``ServerErrorMiddleware``), so that response carries no ``X-Profile-Id``; find
+  the profile by its trace id or in the profile list (``error.type`` set);
 * header-triggered requests are sampled at :data:`HEADER_BOOST_HZ` for their first
   :data:`HEADER_BOOST_SECONDS`, then at ``sample_hz``, so that a request of a few
   milliseconds still gets samples;
-* at ``lifespan`` shutdown, after the application handled it, finished profiles
-  are flushed (``force_flush(shutdown_timeout)``) in a worker thread.
+* at ``lifespan`` shutdown, after the application handled it, the profiler is
+  shut down (``shutdown(shutdown_timeout)``: flush, count what is left) in a worker thread.
 
 Nothing here does I/O, encoding or blocking work on the event loop, and no
 profiler failure ever reaches the application: it is counted and logged once.
@@ -36,19 +45,17 @@ profiler failure ever reaches the application: it is counted and logged once.
 from __future__ import annotations
 
 import asyncio
-import logging
+import threading
 from typing import Any, Awaitable, Callable, MutableMapping, Optional
 
 from ..policy import RequestInfo
 from ..profile import SpanLink
 from ..profiler import Profiler
 from ..tracecontext import current_span
-from .lifecycle import HEADER_BOOST_HZ, HEADER_BOOST_SECONDS, PROFILE_ID_HEADER, RequestHandle, RequestProfiling
-from .threads import install as install_thread_hooks
+from ._http import full_url
+from .lifecycle import HEADER_BOOST_HZ, HEADER_BOOST_SECONDS, RequestHandle, RequestProfiling, with_route_of
 
-__all__ = ["ProfilingMiddleware", "HEADER_BOOST_HZ", "HEADER_BOOST_SECONDS"]
-
-log = logging.getLogger("otelprof_middleware")
+__all__ = ["ProfilingMiddleware", "ASGIRequest", "HEADER_BOOST_HZ", "HEADER_BOOST_SECONDS"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -56,10 +63,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-
-_PROFILE_ID_HEADER = PROFILE_ID_HEADER.lower().encode("latin-1")
 _TRACEPARENT = b"traceparent"
-_HOST = b"host"
+_get_ident = threading.get_ident
+_asyncio_current_task = asyncio.current_task
 
 
 class ProfilingMiddleware:
@@ -70,200 +76,59 @@ class ProfilingMiddleware:
     ``exporter="otlp"``, ``header_secret=...``) for a profiler of this middleware,
     and with neither the process-wide default profiler (configured from the
     environment) is used.  A bad option raises ``ConfigError`` here, at start-up.
+
+    ``route_of(scope)`` may give the route template of a request for routers other
+    than Starlette's (whose routes are matched without help); it is asked only while
+    some route is armed.
     """
 
-    def __init__(self, app: ASGIApp, profiler: Optional[Profiler] = None, **options: Any) -> None:
+    def __init__(self, app: ASGIApp, profiler: Optional[Profiler] = None, *,
+                 route_of: Optional[Callable[[Scope], Optional[str]]] = None, **options: Any) -> None:
         self.app = app
-        self.profiling = RequestProfiling(profiler, **options)
-        config = self.profiling.config
-        self._header = self.profiling.policy.header_name.encode("latin-1")
-        self._need_url = bool(config.excluded_urls)
+        self.request_profiling = RequestProfiling(profiler, **options)
+        self._request_class = ASGIRequest if route_of is None else with_route_of(ASGIRequest, route_of)
+        self._header = self.request_profiling.config.header.lower().encode("latin-1")
         self._flushing = False
-        install_thread_hooks()
 
     @property
     def profiler(self) -> Profiler:
-        return self.profiling.profiler
+        return self.request_profiling.profiler
 
-    # ------------------------------------------------------------------ ASGI entry
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http":
             if kind == "lifespan":
-                await self._lifespan(scope, receive, send)
+                await _Lifespan(self).run(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
             return
-
+        rp = self.request_profiling
+        handle: Optional[ASGIRequest] = None
         try:
-            handle: Optional[RequestHandle] = self._begin(scope)
+            wanted = self._header
+            value = traceparent = None
+            for name, raw in scope.get("headers") or ():
+                if name == wanted:
+                    value = raw
+                elif name == _TRACEPARENT:
+                    traceparent = raw
+            tp = traceparent.decode("latin-1") if traceparent else None
+            verdict, span = rp.screen(value.decode("latin-1") if value is not None else None, tp)
+            if verdict:
+                handle = self._request_class(rp, scope, send)
+                if not handle.open(verdict, span, tp):
+                    handle = None
         except Exception:
-            self.profiler._fail_once("asgi-begin", "otelprof: could not read the ASGI request; it runs unprofiled")
+            rp.report_failure("asgi-begin", "otelprof: could not read the ASGI request; it runs unprofiled")
             handle = None
-        if handle is None:
+        if handle is None:  # the application gets the server's own send, untouched
             await self.app(scope, receive, send)
             return
-        if not handle.watched:
-            # Not profiled: the application gets the server's own send, untouched.
-            try:
-                await self.app(scope, receive, send)
-            except BaseException as exc:
-                handle.finish(error=exc)
-                raise
-            handle.finish()
-            return
-        if handle.session is None:
-            await self._watched(handle, scope, receive, send)
-        else:
-            await self._profiled(handle, scope, receive, send)
+        await handle.acall(self.app, scope, receive, handle.send)
+        handle.finish()
 
-    async def _watched(self, handle: RequestHandle, scope: Scope, receive: Receive, send: Send) -> None:
-        """Not profiled at entry, but late triggers watch it: record the status, and
-        hand over to the profiled path if the watchdog promotes the request meanwhile."""
-        promoted: list[Any] = []
-
-        async def status_send(message: Message) -> None:
-            if handle.session is not None:  # promoted while it ran
-                if not promoted:  # the request's own task was attached by the promotion
-                    target = getattr(handle, "_target", None)
-                    promoted.append(target[1] if target else None)
-                try:
-                    message = self._on_send(handle, scope, message, promoted, {"first": False})
-                except Exception:
-                    self.profiler._fail_once("asgi-send", "otelprof: profiling failed while sending a response; "
-                                             "the response is unchanged")
-            elif message["type"] == "http.response.start":
-                handle.status = message.get("status")
-            await send(message)
-
-        try:
-            await self.app(scope, receive, status_send)
-        except BaseException as exc:
-            self._end(handle, scope, exc)
-            raise
-        self._end(handle, scope, None)
-
-    def _begin(self, scope: Scope) -> RequestHandle:
-        wanted = self._header
-        value = traceparent = host = None
-        headers = scope.get("headers") or ()
-        for name, raw in headers:
-            if name == wanted:
-                value = raw
-            elif name == _TRACEPARENT:
-                traceparent = raw
-            elif name == _HOST:
-                host = raw
-        header_value = value.decode("latin-1") if value is not None else None
-        header_name = self.profiling.policy.header_name
-
-        def header(name: str) -> Optional[str]:
-            if name.lower() == header_name:
-                return header_value
-            return _find_header(headers, name)
-
-        path = scope.get("path") or "/"
-        info = RequestInfo(
-            method=scope.get("method") or "GET",
-            path=path,
-            url=_full_url(scope, host) if self._need_url else "",
-            header=header,
-        )
-        return self.profiling.begin(info, traceparent=traceparent.decode("latin-1") if traceparent else None)
-
-    # ------------------------------------------------------------------ profiled request
-    async def _profiled(self, handle: RequestHandle, scope: Scope, receive: Receive, send: Send) -> None:
-        fail = self.profiler._fail_once
-        request_task = _current_task()
-        attached: list[Any] = [request_task]
-        state = {"first": True}
-
-        async def profiling_send(message: Message) -> None:
-            try:
-                message = self._on_send(handle, scope, message, attached, state)
-            except Exception:
-                fail("asgi-send", "otelprof: profiling failed while sending a response; the response is unchanged")
-            await send(message)
-
-        try:
-            await self.app(scope, receive, profiling_send)
-        except BaseException as exc:
-            self._end(handle, scope, exc)
-            raise
-        self._end(handle, scope, None)
-
-    def _on_send(self, handle: RequestHandle, scope: Scope, message: Message,
-                 attached: list[Any], state: dict[str, bool]) -> Message:
-        if handle.session is None:  # not (yet) profiled: only what late triggers need
-            if message.get("type") == "http.response.start":
-                handle.set_status(message.get("status"))  # type: ignore[arg-type]
-                route = _scope_route(scope)
-                if route:
-                    handle.info.route = route
-            return message
-        if state["first"]:
-            state["first"] = False
-            if handle.span is None:
-                _pick_up_span(handle)
-        task = _current_task()
-        if task is not None and task not in attached and handle.session is not None:
-            # e.g. Starlette's StreamingResponse produces the body in a child task
-            attached.append(task)
-            handle.session.attach_current()
-        kind = message.get("type")
-        if kind == "http.response.start":
-            handle.set_status(message.get("status"))  # type: ignore[arg-type]
-            _set_route(handle, scope)
-            extra = handle.response_headers()
-            if extra:
-                new = dict(message)
-                new["headers"] = list(message.get("headers") or ()) + [
-                    (_PROFILE_ID_HEADER if k == PROFILE_ID_HEADER else k.lower().encode("latin-1"),
-                     v.encode("latin-1"))
-                    for k, v in extra
-                ]
-                return new
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            # The OTel ASGI middleware ends its span right after this message: end the
-            # profile here, so the summary put on the span is the finished profile's
-            # (the same numbers as pprof and OTLP), not the samples so far.
-            handle.finish()
-        return message
-
-    def _end(self, handle: RequestHandle, scope: Scope, error: Optional[BaseException]) -> None:
-        try:
-            _set_route(handle, scope)
-            if isinstance(error, asyncio.CancelledError) and handle.session is not None:
-                handle.session.attributes["otelprof.cancelled"] = True
-        except Exception:
-            pass
-        handle.finish(error=error)
-
-    # ------------------------------------------------------------------ lifespan
-    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state = {"shutdown": False, "flushed": False}
-
-        async def lifespan_receive() -> Message:
-            message = await receive()
-            if message.get("type") == "lifespan.shutdown":
-                state["shutdown"] = True
-            return message
-
-        async def lifespan_send(message: Message) -> None:
-            if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed") and not state["flushed"]:
-                state["flushed"] = True
-                await self._flush()  # before the server is told it may stop
-            await send(message)
-
-        try:
-            await self.app(scope, lifespan_receive, lifespan_send)
-        finally:
-            if state["shutdown"] and not state["flushed"]:
-                state["flushed"] = True
-                await self._flush()
-
-    async def _flush(self) -> None:
-        """``force_flush`` in a worker thread: the event loop never waits on export I/O."""
+    async def flush(self) -> None:
+        """``shutdown`` in a worker thread: the event loop never waits on export I/O."""
         profiler = self.profiler
         if self._flushing:
             return
@@ -273,13 +138,146 @@ class ProfilingMiddleware:
             try:
                 import anyio.to_thread
 
-                await anyio.to_thread.run_sync(profiler.force_flush, timeout)
+                await anyio.to_thread.run_sync(profiler.shutdown, timeout)
             except ImportError:
-                await asyncio.get_running_loop().run_in_executor(None, profiler.force_flush, timeout)
+                await asyncio.get_running_loop().run_in_executor(None, profiler.shutdown, timeout)
         except Exception:
-            profiler._fail_once("asgi-flush", "otelprof: flushing profiles at shutdown failed")
+            profiler.report_failure("asgi-flush", "otelprof: flushing profiles at shutdown failed")
         finally:
             self._flushing = False
+
+
+class ASGIRequest(RequestHandle):
+    """The responder of one watched or profiled request: its scope, the server's
+    ``send``, the tasks sending for it."""
+
+    _attached: Optional[list[Any]] = None  # tasks attached to the profile (the request's own first)
+    #: ``route_of(scope) -> template or None`` for routers other than Starlette's
+    route_of: Optional[Callable[[Scope], Optional[str]]] = None
+
+    def __init__(self, rp: RequestProfiling, scope: Scope, send: Send) -> None:
+        self.rp = rp
+        self.scope = scope
+        self._send = send
+        self.thread_id = _get_ident()
+        try:
+            self.task = _asyncio_current_task()
+        except RuntimeError:  # not running on asyncio
+            pass
+
+    def describe(self) -> RequestInfo:
+        scope = self.scope
+        headers = scope.get("headers") or ()
+        path = scope.get("path") or "/"
+        return RequestInfo(method=scope.get("method") or "GET", path=path,
+                           header=lambda name: _find_header(headers, name),
+                           url_builder=lambda: _full_url(scope, headers),
+                           route_resolver=self.resolve_route)
+
+    def resolve_route(self) -> Optional[str]:
+        custom = self.route_of
+        return custom(self.scope) if custom is not None else route_of(self.scope)
+
+    def send(self, message: Message) -> Awaitable[None]:
+        """The application's ``send``: returns the server's awaitable for ``message``
+        (with ``X-Profile-Id`` added when exposed)."""
+        try:
+            if self.session is not None:
+                message = self._profiled_message(message)
+            elif message.get("type") == "http.response.start":
+                self.status = message.get("status")
+        except Exception:
+            self.rp.report_failure("asgi-send", "otelprof: profiling failed while sending a response; "
+                                   "the response is unchanged")
+        return self._send(message)
+
+    def _profiled_message(self, message: Message) -> Message:
+        attached = self._attached
+        if attached is None:  # the first send of a profiled (or just promoted) request
+            attached = self._attached = [self.task or _current_task()]
+            if self.span is None:
+                self._pick_up_span_at_send()
+        task = _current_task()
+        if task is not None and task not in attached and self.session is not None:
+            # e.g. Starlette's StreamingResponse produces the body in a child task
+            attached.append(task)
+            self.session.attach_current()
+        kind = message.get("type")
+        if kind == "http.response.start":
+            self.set_status(message.get("status"))
+            self._set_route()
+            headers = message.get("headers") or ()
+            present = {k.lower() for k, _ in headers}
+            extra = self.response_headers(lambda name: name.lower().encode("latin-1") in present)
+            if extra:
+                new = dict(message)
+                new["headers"] = list(headers) + [(k.lower().encode("latin-1"), v.encode("latin-1"))
+                                                  for k, v in extra]
+                return new
+        elif kind == "http.response.body" and not message.get("more_body", False):
+            # The OTel ASGI middleware ends its span right after this message: end the
+            # profile here, so the summary put on the span is the finished profile's
+            # (the same numbers as pprof and OTLP), not the samples so far.
+            self.finish()
+        return message
+
+    def on_profiled_end(self, error: Optional[BaseException]) -> None:
+        self._set_route()
+        if isinstance(error, asyncio.CancelledError) and self.session is not None:
+            self.session.attributes["otelprof.cancelled"] = True
+
+    def _set_route(self) -> None:
+        self.set_route(self.resolve_route())
+
+    def _pick_up_span_at_send(self) -> None:
+        """Find the span late, at the first ``send`` (our middleware sits outside the OTel one).
+
+        opentelemetry-instrumentation-asgi ends its ``<name> http send`` child span
+        before it calls the server's ``send`` (0.66b1), so the current span here is
+        the SERVER span.  Older releases called ``send`` *inside* that child span:
+        then we link to its parent (the SERVER span: same trace id and span id)
+        without annotating it, since only its context is reachable."""
+        span = current_span()
+        if span is None:
+            return
+        parent = _instrumentation_child_parent(span)
+        if parent is None:
+            self.pick_up_span()
+            return
+        self.pick_up_link(SpanLink(parent.trace_id, parent.span_id, sampled=bool(parent.trace_flags & 0x01),
+                                   source="span"))
+
+
+class _Lifespan:
+    """Passes the ``lifespan`` scope through and flushes finished profiles at
+    shutdown, after the application handled it and before the server is told it
+    may stop."""
+
+    def __init__(self, middleware: ProfilingMiddleware) -> None:
+        self.middleware = middleware
+        self.shutdown = False
+        self.flushed = False
+
+    async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._receive_from, self._send_to = receive, send
+        try:
+            await self.middleware.app(scope, self.receive, self.send)
+        finally:
+            if self.shutdown and not self.flushed:
+                self.flushed = True
+                await self.middleware.flush()
+
+    async def receive(self) -> Message:
+        message = await self._receive_from()
+        if message.get("type") == "lifespan.shutdown":
+            self.shutdown = True
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message.get("type") in ("lifespan.shutdown.complete", "lifespan.shutdown.failed") and not self.flushed:
+            self.flushed = True
+            await self.middleware.flush()
+        await self._send_to(message)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -300,25 +298,11 @@ def _find_header(headers: Any, name: str) -> Optional[str]:
     return None
 
 
-def _full_url(scope: Scope, host: Optional[bytes]) -> str:
-    """``scheme://host/root_path/path?query`` as the OTel ASGI instrumentation builds it."""
-    scheme = scope.get("scheme") or "http"
-    if host:
-        netloc = host.decode("latin-1")
-    else:
-        server = scope.get("server")
-        if server:
-            h, port = server[0], server[1]
-            default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
-            netloc = h if port is None or port == default else f"{h}:{port}"
-        else:
-            netloc = ""
-    path = (scope.get("root_path") or "") + (scope.get("path") or "/")
+def _full_url(scope: Scope, headers: Any) -> str:
+    server = scope.get("server") or (None, None)
     query = scope.get("query_string") or b""
-    url = f"{scheme}://{netloc}{path}"
-    if query:
-        url += "?" + query.decode("latin-1")
-    return url
+    return full_url(scope.get("scheme"), _find_header(headers, "host"), server[0], server[1],
+                    (scope.get("root_path") or "") + (scope.get("path") or "/"), query.decode("latin-1"))
 
 
 def _scope_route(scope: Scope) -> Optional[str]:
@@ -333,24 +317,26 @@ def route_of(scope: Scope) -> Optional[str]:
     """The route template of the request, when the framework exposes it.
 
     FastAPI (and Starlette subclasses that do the same) put the matched route in
-    ``scope["route"]``; plain Starlette only sets ``scope["endpoint"]``, so the
-    application's routes are matched again (as the OTel FastAPI instrumentation
-    does) — only for profiled requests, at most twice per request.
+    ``scope["route"]``; plain Starlette only sets ``scope["endpoint"]``, and before
+    routing nothing at all, so the application's routes are matched (as the OTel
+    FastAPI instrumentation does) — only for profiled requests and while a route is
+    armed.
     """
     path = _scope_route(scope)
     if path:
         return path
     app = scope.get("app")
     routes = getattr(app, "routes", None)
-    if not routes or "endpoint" not in scope:
+    if not routes:
         return None
     try:
         from starlette.routing import Match
     except ImportError:  # pragma: no cover - scope["app"] is a Starlette app
         return None
+    match_scope = scope if "type" in scope else dict(scope, type="http")
     for r in routes:
         try:
-            match, _child = r.matches(scope)
+            match, _child = r.matches(match_scope)
         except Exception:
             continue
         if match == Match.FULL:
@@ -359,46 +345,12 @@ def route_of(scope: Scope) -> Optional[str]:
     return None
 
 
-def _set_route(handle: RequestHandle, scope: Scope) -> None:
-    if handle.session is None:
-        route = _scope_route(scope)  # no route matching for requests that are not profiled
-        if route:
-            handle.info.route = route
-        return
-    route = route_of(scope)
-    if route and route != handle.info.route:
-        handle.set_route(route)
-
-
-def _pick_up_span(handle: RequestHandle) -> None:
-    """Find the span late, at the first ``send`` (our middleware sits outside the OTel one).
-
-    opentelemetry-instrumentation-asgi ends its ``<name> http send`` child span before
-    it calls the server's ``send`` (0.66b1), so the current span here is the SERVER
-    span.  Older releases called ``send`` *inside* that child span: then we link to
-    its parent (the SERVER span: same trace id and span id) without annotating it,
-    since only its context is reachable.
-    """
-    span = current_span()
-    if span is None:
-        return
-    parent = _instrumentation_child_parent(span)
-    if parent is None:
-        handle.pick_up_span()
-        return
-    handle.pick_up_link(SpanLink(parent.trace_id, parent.span_id, sampled=bool(parent.trace_flags & 0x01),
-                                 source="span"))
-
-
 def _instrumentation_child_parent(span: Any) -> Any:
     """The parent context when ``span`` is an ASGI instrumentation send/receive child span."""
-    try:
-        attributes = getattr(span, "attributes", None) or {}
-        if "asgi.event.type" not in attributes:
-            return None
-        parent = getattr(span, "parent", None)
-        if parent is None or not parent.is_valid or parent.is_remote:
-            return None
-        return parent
-    except Exception:
+    attributes = getattr(span, "attributes", None) or {}
+    if "asgi.event.type" not in attributes:
         return None
+    parent = getattr(span, "parent", None)
+    if parent is None or not parent.is_valid or parent.is_remote:
+        return None
+    return parent

@@ -6,15 +6,18 @@ and configure it with one settings dict::
 
 Option names are the same as everywhere else; ``should_profile`` may be a dotted
 path.  Without ``OTELPROF`` the process-wide profiler configured from the
-environment is used.
+environment is used.  Only Django is imported here (a ``[django]``-only install
+works).
 
 The middleware is sync- and async-capable: Django runs it in the handler's own
 mode, with no adapter thread hop.  ``StreamingHttpResponse`` bodies (sync and
 async iterators) are covered until they end; ``FileResponse`` until the server
 closes it.  Under ASGI, sync views that Django runs through ``sync_to_async``
-are attributed to the request (the thread-pool hook of
+are attributed to the request; under WSGI, ``async def`` views (run by
+``async_to_sync`` in a helper thread's event loop) too, as a task (see
 :mod:`otelprof_middleware.integrations.threads`).  ``http.route`` comes from the
-resolver's route pattern, as in the OpenTelemetry Django instrumentation.
+resolver's route pattern, as in the OpenTelemetry Django instrumentation.  An
+exception Django turns into its 500 page is recorded by ``process_exception``.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ import asyncio
 import threading
 from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Optional
 
-from ..config import Config
+from ..config import ConfigError
 from ..policy import RequestInfo
-from ..profiler import Profiler
+from ._http import environ_key, full_url
 from .lifecycle import RequestHandle, RequestProfiling
+from .settings import profiler_from_settings
 
 __all__ = ["ProfilingMiddleware", "MIDDLEWARE_PATH", "request_profiling_from_settings"]
 
@@ -34,7 +38,6 @@ MIDDLEWARE_PATH = "otelprof_middleware.django.ProfilingMiddleware"
 #: every spelling of our middleware in MIDDLEWARE
 MIDDLEWARE_PATHS = (MIDDLEWARE_PATH, "otelprof_middleware.integrations.django.ProfilingMiddleware")
 _REQUEST_ATTR = "_otelprof_handle"
-_SAFE = "/;=,:@!$&'()*+~"
 
 try:  # asgiref >= 3.8 / Django >= 5.0
     from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -42,6 +45,7 @@ except ImportError:  # pragma: no cover - older asgiref
     from asyncio import iscoroutinefunction  # type: ignore[assignment]
 
     def markcoroutinefunction(func: Any) -> Any:  # type: ignore[misc]
+        # what asgiref does: the marker asyncio.iscoroutinefunction() looks for
         func._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
         return func
 
@@ -61,50 +65,96 @@ def request_profiling_from_settings() -> RequestProfiling:
     with _cache_lock:
         if _cache is not None and _cache[0] is raw:
             return _cache[1]
-        from .flask import framework_excluded_urls
-
         if raw is not None and not isinstance(raw, dict):
-            from ..config import ConfigError
-
             raise ConfigError("OTELPROF", raw, "must be a dict of options, e.g. {'probability': 0.01}", "settings")
-        settings_map = dict(raw or {})
-        options = framework_excluded_urls("DJANGO", {}, settings_map)
-        if not settings_map and not options:
-            rp = RequestProfiling()  # the process-wide default profiler (environment)
-        else:
-            rp = RequestProfiling(profiler=Profiler(Config.load(options, settings=settings_map,
-                                                                settings_name="settings.OTELPROF")))
+        rp = RequestProfiling(profiler_from_settings("DJANGO", {}, dict(raw or {}), "settings.OTELPROF"))
         _cache = (raw, rp)
         return rp
-
-
-def _request_info(request: Any) -> RequestInfo:
-    meta = request.META
-    get = meta.get
-    path = request.path or "/"
-
-    def header(name: str) -> Optional[str]:
-        return get("HTTP_" + name.upper().replace("-", "_"))
-
-    # not request.build_absolute_uri(): it validates ALLOWED_HOSTS and may raise
-    try:
-        from urllib.parse import quote
-
-        scheme = "https" if get("wsgi.url_scheme") == "https" or request.is_secure() else "http"
-        host = get("HTTP_HOST") or f"{get('SERVER_NAME', 'localhost')}:{get('SERVER_PORT', '')}".rstrip(":")
-        url = f"{scheme}://{host}{quote(path, safe=_SAFE)}"
-        qs = get("QUERY_STRING")
-        if qs:
-            url += "?" + qs
-    except Exception:
-        url = path
-    return RequestInfo(method=request.method or "GET", path=path, url=url, header=header)
 
 
 def _route(request: Any) -> Optional[str]:
     match = getattr(request, "resolver_match", None)
     route = getattr(match, "route", None) if match is not None else None
     return route or None
+
+
+def _otel_middleware_inside() -> bool:
+    """True when OpenTelemetry's Django middleware is listed after ours (it runs inside
+    ours, so its span appears only after our entry); True when unsure."""
+    try:
+        from django.conf import settings
+
+        listed = list(getattr(settings, "MIDDLEWARE", None) or ())
+        ours = [i for i, m in enumerate(listed) if m in MIDDLEWARE_PATHS]
+        if not ours:
+            return True
+        return any(str(m).startswith("opentelemetry.") for m in listed[ours[0] + 1:])
+    except Exception:
+        return True
+
+
+class DjangoRequest(RequestHandle):
+    """One Django request, described from ``request.META`` on demand."""
+
+    def __init__(self, rp: RequestProfiling, request: Any) -> None:
+        self.rp = rp
+        self.source = request
+        self.thread_id = threading.get_ident()
+
+    @property
+    def request(self) -> Any:
+        """The Django request (None once the request ended)."""
+        return self.source
+
+    def describe(self) -> RequestInfo:
+        request = self.request
+        get = request.META.get
+        path = request.path or "/"
+
+        def url() -> str:  # not request.build_absolute_uri(): it validates ALLOWED_HOSTS and may raise
+            scheme = "https" if get("wsgi.url_scheme") == "https" or request.is_secure() else "http"
+            return full_url(scheme, get("HTTP_HOST"), get("SERVER_NAME"), get("SERVER_PORT"), path,
+                            get("QUERY_STRING"))
+
+        return RequestInfo(method=request.method or "GET", path=path, header=lambda name: get(environ_key(name)),
+                           url_builder=url, route_resolver=self.resolve_route)
+
+    def resolve_route(self) -> Optional[str]:
+        route = _route(self.request)
+        if route is None:
+            from django.urls import Resolver404, resolve
+
+            try:
+                route = resolve(self.request.path_info, getattr(self.request, "urlconf", None)).route
+            except Resolver404:
+                return None
+        return route or None
+
+    def respond(self, response: Any) -> Any:
+        """The response is there: status, route, ``X-Profile-Id``; the request ends now,
+        or with its streamed body."""
+        try:
+            self.set_status(int(response.status_code))
+            if self.session is not None:
+                self.set_route(_route(self.request))
+                for name, value in self.response_headers(response.has_header):
+                    response[name] = value
+            if getattr(response, "streaming", False):
+                _cover_streaming(self, response)
+            else:
+                self.finish()
+        except Exception:
+            self.rp.report_failure("django-response", "otelprof: could not read a Django response")
+            self.finish()
+        return response
+
+
+class AsyncDjangoRequest(DjangoRequest):
+    """A request Django handles in async mode (ASGI): its task is what a promotion attaches."""
+
+    def __init__(self, rp: RequestProfiling, request: Any) -> None:
+        super().__init__(rp, request)
+        self.task = asyncio.current_task()
 
 
 # ---------------------------------------------------------------------- middleware
@@ -119,14 +169,15 @@ class ProfilingMiddleware:
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
         self.request_profiling = request_profiling_from_settings()
+        self._header_key = environ_key(self.request_profiling.config.header)
         self.async_mode = iscoroutinefunction(get_response)
+        self.request_class = AsyncDjangoRequest if self.async_mode else DjangoRequest
         if self.async_mode:
             markcoroutinefunction(self)
-            # process_view must match the handler's mode, or Django wraps it in sync_to_async
-            self.process_view = self._process_view_async  # type: ignore[method-assign, assignment]
-        from . import threads
-
-        threads.install()
+        if _otel_middleware_inside():
+            # the span appears inside us: pick it up when the view is about to run
+            # (process_view must match the handler's mode, or Django wraps it in sync_to_async)
+            self.process_view = self._pick_up_span_async if self.async_mode else self._pick_up_span
 
     # ---------------------------------------------------------- request
     def __call__(self, request: Any) -> Any:
@@ -135,81 +186,55 @@ class ProfilingMiddleware:
         handle = self._begin(request)
         if handle is None:
             return self.get_response(request)
-        try:
-            response = self.get_response(request)
-        except BaseException as exc:  # only when DEBUG_PROPAGATE_EXCEPTIONS or a broken handler
-            handle.finish(error=exc)
-            raise
-        return self._respond(handle, request, response)
+        return handle.respond(handle.call(self.get_response, request))
 
     async def __acall__(self, request: Any) -> Any:
         handle = self._begin(request)
         if handle is None:
             return await self.get_response(request)
-        try:
-            response = await self.get_response(request)
-        except BaseException as exc:
-            handle.finish(error=exc)
-            raise
-        return self._respond(handle, request, response)
+        return handle.respond(await handle.acall(self.get_response, request))
 
-    def _begin(self, request: Any) -> Optional[RequestHandle]:
-        """The request's handle if it is profiled, else None (never raises)."""
+    def _begin(self, request: Any) -> Optional[DjangoRequest]:
+        """The request's handle if it is profiled or watched, else None (never raises)."""
+        rp = self.request_profiling
         try:
-            handle = self.request_profiling.begin(_request_info(request),
-                                                  traceparent=request.META.get("HTTP_TRACEPARENT"))
+            meta = request.META
+            traceparent = meta.get("HTTP_TRACEPARENT")
+            verdict, span = rp.screen(meta.get(self._header_key), traceparent)
+            if not verdict:
+                return None
+            handle = self.request_class(rp, request)
+            if not handle.open(verdict, span, traceparent):
+                return None
             setattr(request, _REQUEST_ATTR, handle)
-            return handle if handle.watched else None
+            return handle
         except Exception:
+            rp.report_failure("django-begin", "otelprof: could not read the Django request; it runs unprofiled")
             return None
 
     # ---------------------------------------------------------- hooks
-    def process_view(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
-        _on_view(request)
+    def _pick_up_span(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
+        handle = getattr(request, _REQUEST_ATTR, None)
+        if handle is not None and handle.session is not None and handle.span is None:
+            try:
+                handle.pick_up_span()  # our middleware sits outside OpenTelemetry's
+            except Exception:
+                self.request_profiling.report_failure("django-view", "otelprof: could not read the span")
         return None
 
-    async def _process_view_async(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
-        _on_view(request)
-        return None
+    async def _pick_up_span_async(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
+        return self._pick_up_span(request, view_func, view_args, view_kwargs)
 
     def process_exception(self, request: Any, exception: Exception) -> None:
         handle = getattr(request, _REQUEST_ATTR, None)
-        if handle is not None and handle.error is None:
-            handle.error = exception
+        if handle is not None:
+            handle.set_error(exception)
         return None  # Django goes on to produce its normal 500 response
-
-    # ---------------------------------------------------------- response
-    def _respond(self, handle: RequestHandle, request: Any, response: Any) -> Any:
-        try:
-            handle.set_status(int(response.status_code))
-            handle.set_route(_route(request))
-            for name, value in handle.response_headers():
-                if not response.has_header(name):
-                    response[name] = value
-            if getattr(response, "streaming", False):
-                _cover_streaming(handle, response)
-            else:
-                handle.finish()
-        except Exception:
-            handle.finish()
-        return response
-
-
-def _on_view(request: Any) -> None:
-    handle = getattr(request, _REQUEST_ATTR, None)
-    if handle is None:
-        return
-    try:
-        handle.set_route(_route(request))
-        if handle.session is not None:
-            handle.pick_up_span()  # our middleware may sit outside OpenTelemetry's
-    except Exception:
-        pass
 
 
 def _cover_streaming(handle: RequestHandle, response: Any) -> None:
     """End the profile when the streamed body ends (or the response is closed)."""
-    closers = getattr(response, "_resource_closers", None)
+    closers = getattr(response, "_resource_closers", None)  # Django's list of close() callbacks
     if closers is not None:
         closers.append(handle.finish)  # backstop: client went away, body never iterated
     if getattr(response, "file_to_stream", None) is not None:
@@ -228,11 +253,11 @@ def _follow_body(handle: RequestHandle) -> None:
     """The body may be consumed elsewhere than the view ran (under ASGI: the handler's
     task, or a ``sync_to_async(list)`` thread for a sync iterator): sample that too."""
     session = handle.session
-    if session is not None and not session.finished:
-        try:
+    try:
+        if session is not None and not session.finished:
             session.attach_current()
-        except Exception:
-            pass
+    except Exception:
+        handle.rp.report_failure("django-body", "otelprof: could not follow a streamed body")
 
 
 def _iter_profiled(content: Iterable[bytes], handle: RequestHandle) -> Iterator[bytes]:

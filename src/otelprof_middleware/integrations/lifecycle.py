@@ -1,31 +1,56 @@
 """The request lifecycle shared by every integration (ASGI, WSGI, Django, Flask).
 
-    rp = RequestProfiling(profiler=None, **options)     # one per middleware instance
-    handle = rp.begin(info)                             # at request entry; never raises
-    handle.pick_up_span()                               # later, if the span appears late
-    extra = handle.response_headers()                   # when the response starts
-    handle.set_status(200)
-    handle.finish(error=None)                           # when the body is done
+Adapters use the fast entry; a custom adapter (or a test) may use the generic one::
 
-A handle exists for every request (cheap when not profiled) so that triggers that
-decide late (slow, error) can act on it.
+    rp = RequestProfiling(profiler=None, **options)       # one per middleware instance
+
+    # fast entry (the project's adapters): nothing is allocated for a request that
+    # is neither profiled nor watched
+    verdict, span = rp.screen(header_value, traceparent)
+    if verdict:                                           # Screen.SKIP is 0
+        handle = MyRequest(rp, ...)                       # a RequestHandle subclass
+        if handle.open(verdict, span, traceparent):       # False: neither profiled nor watched
+            ...
+
+    # generic entry
+    handle = rp.begin(RequestInfo(...), traceparent=...)  # never raises
+
+    handle.set_route("/items/{id}")                       # when the framework knows it
+    extra = handle.response_headers(present)              # when the response starts
+    handle.set_status(200)
+    handle.finish(error=None)                             # when the body is done
+
+A handle exists for a request that is profiled, or watched by the late triggers
+(which must see its status and end).  :class:`RequestHandle` implements what the
+policy needs of a request (:class:`~otelprof_middleware.policy.ProfilableRequest`);
+adapters subclass it to describe their request lazily (:meth:`RequestHandle.describe`).
+
+Every entry point (begin, each ASGI send, finish) has one error firewall:
+``except Exception`` → :meth:`RequestProfiling.report_failure` (counted, logged
+once); the code inside lets errors rise to it.
 """
 
 from __future__ import annotations
 
-import logging
+import asyncio
+import threading
 import time
-from typing import Any, Optional
+import weakref
+from typing import Any, Awaitable, Callable, Optional, TypeVar, cast
 
-from ..policy import Decision, RequestInfo
+from opentelemetry import trace as _trace
+
+from ..policy import Decision, Policy, RequestInfo, Screen, TailState, TailTicket
 from ..profile import SpanLink
-from ..profiler import _CURRENT, Profiler, get_profiler
+from ..profiler import Profiler, activate_session, deactivate_session, get_profiler
 from ..session import Session, session_summary
-from ..tracecontext import current_span, link_from_span, parse_traceparent, set_span_attributes
+from ..tracecontext import link_from_span, parse_traceparent, set_span_attributes, trace_of_traceparent
+from . import threads
+from ._http import headers_to_add
 
 __all__ = ["RequestProfiling", "RequestHandle", "PROFILE_ID_HEADER", "HEADER_BOOST_HZ", "HEADER_BOOST_SECONDS"]
 
-log = logging.getLogger("otelprof_middleware")
+T = TypeVar("T")
 
 PROFILE_ID_HEADER = "X-Profile-Id"
 #: Sampling rate of a header-triggered request at its start (1 sample per ms) ...
@@ -33,9 +58,25 @@ HEADER_BOOST_HZ = 1000
 #: ... for this long; then ``sample_hz`` (or the governor's rate).
 HEADER_BOOST_SECONDS = 0.2
 
+_WATCH, _DECIDE_SAMPLED = Screen.WATCH, Screen.DECIDE_SAMPLED
+_REGISTERED = TailState.REGISTERED
+_NOT_STARTED = Decision.no("not_started")
+_get_current_span = _trace.get_current_span
+_INVALID_SPAN = _trace.INVALID_SPAN
+#: what a screen without a span answers (no allocation)
+_NO_TRACE: tuple[Optional[int], bool] = (None, True)
+_follow_hops = threads.follow_hops
+_ref = weakref.ref
+_reset_hops = threads.reset_hops
+
 
 class RequestProfiling:
-    """Profiler + policy for one middleware instance."""
+    """A profiler and its policy, as one middleware instance uses them.
+
+    ``profiler`` shares an existing :class:`~otelprof_middleware.Profiler`; otherwise
+    ``options`` configure a profiler of this middleware, and with neither the
+    process-wide default profiler (configured from the environment) is used.  A bad
+    option raises ``ConfigError`` here, at start-up."""
 
     def __init__(self, profiler: Optional[Profiler] = None, **options: Any) -> None:
         if profiler is not None and options:
@@ -43,54 +84,126 @@ class RequestProfiling:
         if profiler is None:
             profiler = Profiler(**options) if options else get_profiler()
         self.profiler = profiler
-        self.policy = policy_for(profiler)
         # Header-triggered requests are sampled at this rate for their first
         # HEADER_BOOST_SECONDS, so that a request of a few milliseconds still gets
         # samples (the caller was promised a profile id); None: no boost.
-        cfg = profiler.config
-        self.header_boost_hz: Optional[int] = HEADER_BOOST_HZ if HEADER_BOOST_HZ > cfg.sample_hz else None
+        self.header_boost_hz: Optional[int] = HEADER_BOOST_HZ if HEADER_BOOST_HZ > profiler.config.sample_hz else None
+        threads.install()  # the one place the thread-pool hooks are installed
 
     @property
     def config(self) -> Any:
         return self.profiler.config
 
+    @property
+    def policy(self) -> Policy:
+        """The profiler's policy (read on every request, so a test may replace it)."""
+        return self.profiler.policy
+
+    @property
+    def header_name(self) -> str:
+        """The trigger header, lower case."""
+        return self.profiler.policy.header_name
+
+    def report_failure(self, key: str, message: str) -> None:
+        """The error firewall of the adapters' entry points (counted, logged once)."""
+        self.profiler.report_failure(key, message)
+
+    # ------------------------------------------------------------ entry
+    def screen(self, header_value: Optional[str], traceparent: Optional[str]) -> tuple[Screen, Any]:
+        """The cheap first answer for a request (``Screen.SKIP`` is falsy), with the
+        current span (when there is one) for :meth:`RequestHandle.open`.  Allocates
+        nothing for most requests."""
+        entry = self.profiler.policy.entry
+        span: Any = _get_current_span()
+        if span is _INVALID_SPAN:
+            span = None
+        trace = _NO_TRACE
+        if entry.needs_trace:
+            ctx = span.get_span_context() if span is not None else None
+            if ctx is not None and ctx.is_valid:
+                trace = ctx.trace_id, bool(ctx.trace_flags & 0x01)
+            elif traceparent:
+                trace = trace_of_traceparent(traceparent) or _NO_TRACE
+        return entry.screen(header_value, trace[0], trace[1]), span
+
     def begin(self, info: RequestInfo, *, traceparent: Optional[str] = None) -> "RequestHandle":
+        """The generic entry: a handle for ``info`` (profiled, watched, or neither).
+        Never raises."""
         handle = RequestHandle(self, info)
         try:
-            handle._begin(traceparent)
+            verdict, span = self.screen(info.header(self.header_name), traceparent)
+            if verdict:
+                handle.open(verdict, span, traceparent)
         except Exception:
-            self.profiler._fail_once("begin", "otelprof: request profiling failed at start; request unprofiled")
+            self.report_failure("begin", "otelprof: request profiling failed at start; request unprofiled")
         return handle
 
 
-from ..policy.policy import policy_for  # noqa: E402  (one policy per profiler; kept importable from here)
+class RequestHandle(TailTicket):
+    """One request's profiling state (plain attributes with class defaults, so a
+    watched request sets only what it uses).  Adapters subclass it: their
+    constructor records ``thread_id`` (and ``task``), what a promotion must attach;
+    ``describe()`` builds the :class:`RequestInfo` when the policy needs it."""
 
+    decision: Decision = _NOT_STARTED
+    #: the framework's request object (an adapter's), let go when the request ends:
+    #: it usually refers back to this handle, and no reference cycle must remain
+    source: Any = None
+    session: Optional[Session] = None
+    span: Any = None
+    traceparent: Optional[str] = None
+    status: Optional[int] = None
+    error: Optional[BaseException] = None
+    thread_id: Optional[int] = None
+    task: Any = None
+    _info: Optional[RequestInfo] = None
+    _link: Optional[SpanLink] = None
+    _token: Any = None
+    _hop_token: Any = None
+    _hops: Optional[list[list[Any]]] = None
+    _linked = False
+    _done = False
+    _span_marked = False
 
-class RequestHandle:
-    """One request's profiling state."""
-
-    __slots__ = ("rp", "info", "decision", "session", "span", "status", "error",
-                 "start_ns", "_token", "_traceparent", "_done", "_span_start_set",
-                 "_t0", "_target", "_tail_state", "_recording")
-
-    def __init__(self, rp: RequestProfiling, info: RequestInfo) -> None:
+    def __init__(self, rp: RequestProfiling, info: Optional[RequestInfo] = None) -> None:
         self.rp = rp
-        self.info = info
-        self.decision: Decision = Decision.no("not_started")
-        self.session: Optional[Session] = None
-        self.span: Any = None
-        self.status: Optional[int] = None
-        self.error: Optional[BaseException] = None
-        self.start_ns = time.monotonic_ns()
-        self._token: Any = None
-        self._traceparent: Optional[SpanLink] = None
-        self._done = False
-        self._span_start_set = False
-        # late triggers (policy.request_started / request_finished / the watchdog)
-        self._t0: Optional[float] = None
-        self._target: Any = None
-        self._tail_state = 0
-        self._recording = False
+        if info is not None:
+            self._info = info
+        self.capture_target()
+
+    # ------------------------------------------------------------ description
+    def describe(self) -> RequestInfo:
+        """The request's description (adapters override this; built at most once)."""
+        return RequestInfo()
+
+    @property
+    def info(self) -> RequestInfo:
+        """The request's description, with its trace link (built on first use)."""
+        info = self._info
+        if info is None or not self._linked:
+            if info is None:
+                info = self._info = self.describe()
+            if info.link is None:
+                info.link = self._link_now()
+            self._linked = True
+        return info
+
+    def _link_now(self) -> Optional[SpanLink]:
+        link = link_from_span(self.span) if self.span is not None else None
+        if link is None:
+            link = self._link
+            if link is None and self.traceparent:
+                link = self._link = parse_traceparent(self.traceparent)
+        return link
+
+    def capture_target(self) -> None:
+        """Record the thread (and asyncio task) serving the request, for a promotion
+        that runs on the watchdog thread (adapters do it in their constructor)."""
+        self.thread_id = threading.get_ident()
+        try:
+            self.task = asyncio.current_task()
+        except RuntimeError:  # no event loop in this thread
+            pass
 
     @property
     def profiled(self) -> bool:
@@ -98,40 +211,62 @@ class RequestHandle:
 
     @property
     def watched(self) -> bool:
-        """True when the request is profiled, or the policy watches it (late triggers:
-        slow promotion, flight recorder, route arming) and so must see its status and end.
-        An integration may skip every hook of a request that is not watched."""
-        return self.session is not None or self._t0 is not None or bool(self._tail_state)
+        """True when the request is profiled, or the late triggers watch it (slow
+        promotion, flight recorder, route arming) and so must see its status and
+        end.  An integration may skip every hook of a request that is not watched."""
+        return self.session is not None or self.tail_t0 is not None
 
     @property
     def profile_id(self) -> Optional[str]:
         return self.session.profile_id_hex if self.session is not None else None
 
+    @property
+    def finished(self) -> bool:
+        """True once :meth:`finish` ran."""
+        return self._done
+
     # ------------------------------------------------------------ start
-    def _begin(self, traceparent: Optional[str]) -> None:
-        self.span = current_span()
-        link = link_from_span(self.span) if self.span is not None else None
-        if link is None and traceparent:
-            self._traceparent = parse_traceparent(traceparent)
-        self.info.link = link or self._traceparent
-        self.decision = self.rp.policy.decide(self.info)
-        decision = self.decision
+    def open(self, verdict: Screen, span: Any, traceparent: Optional[str] = None) -> bool:
+        """Enter the request: watch it (``Screen.WATCH``) or decide in full.  True when
+        the integration must follow the request (:attr:`watched`).  ``span`` comes
+        from :meth:`RequestProfiling.screen`; ``traceparent`` is the incoming header
+        (the link when there is no span)."""
+        self.span = span
+        if traceparent is not None:
+            self.traceparent = traceparent
+        rp = self.rp
+        policy = rp.profiler.policy
+        late = policy.late
+        if verdict is _WATCH:  # the common case: nothing selected it, the late triggers watch it
+            late.watch(self)
+            if late.promotes:
+                self._hop_token = _follow_hops(_ref(self))  # the watchdog's cached weak reference
+            return True
+        info = self.info
+        entry = policy.entry
+        decision = self.decision = entry.decide(info, True if verdict is _DECIDE_SAMPLED else None)
+        if decision.profile and not entry.claim(decision):
+            decision = self.decision = Decision.no("concurrency", decision.header_requested)
         if decision.profile:
-            boost = self.rp.header_boost_hz if "header" in decision.triggers else None
-            base = decision.hz or self.rp.config.sample_hz
+            boost = rp.header_boost_hz if "header" in decision.triggers and decision.hz is None else None
             session = self.start_profile(decision.triggers, hz=boost or decision.hz)
+            entry.bind(session)
             if session is not None:
                 if boost:
-                    session.return_to(base, HEADER_BOOST_SECONDS)
+                    session.return_to(rp.config.sample_hz, HEADER_BOOST_SECONDS)
                 if decision.expose_profile_id:
                     session.keep_if_empty = True  # its id goes to the client: always export it
-        self.rp.policy.request_started(self)  # flight recorder, watchdog registration
+        late.started(self)  # flight recorder, watchdog registration
+        if self.tail_state == _REGISTERED:
+            self._hop_token = _follow_hops(_ref(self))
+        return self.session is not None or self.tail_t0 is not None
 
     def start_profile(self, triggers: tuple[str, ...], hz: Optional[int] = None, *,
-                      target: Any = None) -> Optional[Session]:
+                      remote: bool = False) -> Optional[Session]:
         """Start sampling this request (at entry, or later for a late trigger).
-        ``target`` = ``(thread_id, task, loop)`` captured at entry: attach that
-        instead of the caller (promotion runs on the watchdog thread)."""
+        ``remote``: called from another thread (a promotion on the watchdog thread),
+        so the request's own thread or task is attached, with the pool threads it is
+        working in."""
         if self.session is not None or self._done:
             return self.session
         info = self.info
@@ -139,146 +274,222 @@ class RequestHandle:
         if info.route:
             attrs["http.route"] = info.route
         name = f"{info.method} {info.route or info.path}"
-        link = link_from_span(self.span) if self.span is not None else self._traceparent
-        session = self.rp.profiler.start_session(name, link=link, attributes=attrs, triggers=tuple(triggers), hz=hz,
-                                                 attach=target is None)
+        session = self.rp.profiler.start_session(name, link=info.link, attributes=attrs, triggers=tuple(triggers),
+                                                 hz=hz, attach=not remote)
         if session is None:
             return None
-        self.session = session
-        if target is not None:
-            thread_id, task, loop = target
-            if task is not None:
-                session.attach_task(task, loop, thread_id)
-            else:
-                session.attach_thread(thread_id)
-            self._annotate_span_start()
-            return session
-        self._token = _CURRENT.set(session)
-        self._annotate_span_start()
+        if remote:
+            if self.task is not None:
+                session.attach_task(self.task, self.task.get_loop(), self.thread_id)
+            elif self.thread_id is not None:
+                session.attach_thread(self.thread_id)
+            with _hop_lock:
+                self.session = session
+                for hop in self._hops or ():
+                    session.attach_thread(hop[0])
+                    hop[1] = session
+        else:
+            self.session = session
+            self._token = activate_session(session)
+        self._mark_span()
         return session
 
-    def _annotate_span_start(self) -> None:
-        if self.session is None or self.span is None or self._span_start_set:
+    def _mark_span(self) -> None:
+        if self.session is None or self.span is None or self._span_marked:
             return
         link = self.session.link
         if link is not None and link.source == "span":
             set_span_attributes(self.span, {"pyroscope.profile.id": link.span_id_hex})
-            self._span_start_set = True
+            self._span_marked = True
 
+    def bind_hop(self, fn: Callable[..., T]) -> Callable[..., T]:
+        """Wrap ``fn``, handed to another thread while the request is watched: that
+        thread is attached if the request is (or gets) promoted while ``fn`` runs."""
+
+        def run_hop(*args: Any, **kwargs: Any) -> T:
+            hop: list[Any] = [threading.get_ident(), None]
+            try:
+                with _hop_lock:
+                    if self._hops is None:
+                        self._hops = []
+                    self._hops.append(hop)
+                    session = self.session
+                    if session is not None and not session.finished:
+                        session.attach_thread(hop[0])
+                        hop[1] = session
+            except Exception:  # the hook's firewall: the work itself always runs
+                self.rp.report_failure("hop", "otelprof: could not follow work into a thread pool")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                try:
+                    with _hop_lock:
+                        if self._hops is not None and hop in self._hops:
+                            self._hops.remove(hop)
+                        if hop[1] is not None:
+                            hop[1].detach_thread(hop[0])
+                except Exception:
+                    self.rp.report_failure("hop", "otelprof: could not follow work into a thread pool")
+
+        return run_hop
+
+    # ------------------------------------------------------------ span
     def pick_up_span(self) -> None:
         """Read the current span again (our middleware may sit outside the OTel one)."""
         if self.span is not None:
             return
-        try:
-            span = current_span()
-            if span is None:
-                return
-            self.span = span
-            link = link_from_span(span)
-            if link is None:
-                return
-            self.info.link = link
-            if self.session is not None and (self.session.link is None or self.session.link.source != "span"):
-                self.session.link = link
-                self._annotate_span_start()
-        except Exception:
-            pass
+        span = _get_current_span()
+        if span is _INVALID_SPAN or not span.get_span_context().is_valid:
+            return
+        self.span = span
+        self.pick_up_link(link_from_span(span))
 
     def pick_up_link(self, link: Optional[SpanLink], span: Any = None) -> None:
         """Use ``link`` (a span found by the integration, e.g. the parent of an
         instrumentation's child span) when no span was known yet; ``span`` is the
         span object to annotate, if the integration has it."""
-        if self.span is not None or link is None:
+        if link is None:
             return
-        try:
-            self.info.link = link
-            if span is not None:
-                self.span = span
-            if self.session is not None and (self.session.link is None or self.session.link.source != "span"):
-                self.session.link = link
-                self._annotate_span_start()
-        except Exception:
-            pass
+        if span is not None:
+            self.span = span
+        if self._info is not None:
+            self._info.link = link
+        session = self.session
+        if session is not None and (session.link is None or session.link.source != "span"):
+            session.link = link
+            self._mark_span()
 
     # ------------------------------------------------------------ response
-    def set_status(self, status: int) -> None:
+    def set_status(self, status: Optional[int]) -> None:
         self.status = status
 
-    def set_route(self, route: Optional[str]) -> None:
-        if route:
-            self.info.route = route
-            if self.session is not None:
-                self.session.attributes["http.route"] = route
-                self.session.name = f"{self.info.method} {route}"
+    def set_error(self, error: BaseException) -> None:
+        """Record an exception the framework turned into its error page (the first one wins)."""
+        if self.error is None:
+            self.error = error
 
-    def response_headers(self) -> list[tuple[str, str]]:
-        """Headers to add to the response (only ``X-Profile-Id`` when exposed)."""
+    def set_route(self, route: Optional[str]) -> None:
+        """The route template, as the framework's router reported it."""
+        if not route:
+            return
+        info = self.info
+        info.route = route
+        if self.session is not None:
+            self.session.attributes["http.route"] = route
+            self.session.name = f"{info.method} {route}"
+
+    def response_headers(self, present: Callable[[str], bool] = lambda name: False) -> list[tuple[str, str]]:
+        """Headers to add to the response (only ``X-Profile-Id`` when exposed), minus
+        those it already has (``present(name)``, any case)."""
         if self.session is not None and self.decision.expose_profile_id:
-            return [(PROFILE_ID_HEADER, self.session.profile_id_hex)]
+            return headers_to_add([(PROFILE_ID_HEADER, self.session.profile_id_hex)], present)
         return []
 
     # ------------------------------------------------------------ end
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)``; if it raises, the request ends with that error (re-raised)."""
+        try:
+            return fn(*args)
+        except BaseException as exc:
+            self.finish(error=exc)
+            raise
+
+    async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """``await fn(*args)``; if it raises, the request ends with that error (re-raised)."""
+        try:
+            return await fn(*args)
+        except BaseException as exc:
+            self.finish(error=exc)
+            raise
+
     def finish(self, error: Optional[BaseException] = None) -> None:
-        """End of the request (body sent, or failed).  Idempotent, never raises."""
+        """End of the request (body sent, or failed).  Idempotent, never raises.
+        An exception that no response was sent for counts as status 500 (the server
+        or an outer error middleware turns it into one), a cancellation does not."""
         if self._done:
             return
         self._done = True
         try:
-            self._finish(error)
-        except Exception:
-            self.rp.profiler._fail_once("finish-request", "otelprof: request profiling failed at finish")
-
-    def _finish(self, error: Optional[BaseException]) -> None:
-        if error is not None:
-            self.error = error
-        try:
+            if error is not None:
+                self.set_error(error)
+                if self.status is None and isinstance(error, Exception):
+                    self.status = 500
+            token = self._hop_token
+            if token is not None:
+                self._hop_token = None
+                try:
+                    _reset_hops(token)
+                except ValueError:  # ended in another context than it began (a streamed body)
+                    pass
+            if self.session is not None:
+                self.on_profiled_end(error)
             # outcome -> route arming, flight-recorder keep/discard; False: the
             # watchdog is promoting this request right now and finalises it itself
-            if not self.rp.policy.request_finished(self):
-                return
+            if (self.tail_t0 is None or self.rp.profiler.policy.late.finished(self)) and self.session is not None:
+                self.finalize()
         except Exception:
-            self.rp.profiler._fail_once("finish-policy", "otelprof: request outcome could not be judged")
-        self._finalize()
+            self.rp.report_failure("finish", "otelprof: request profiling failed at finish")
+        self.source = None
 
-    def _finalize(self) -> None:
+    def on_profiled_end(self, error: Optional[BaseException]) -> None:
+        """Adapters' last look at a profiled request before it ends (the route)."""
+
+    def finalize(self) -> None:
+        """Finish the request's profile (status, duration, error on it) and export it."""
         session = self.session
         if session is None:
             return
         self.pick_up_span()
         if self._token is not None:
-            try:
-                _CURRENT.reset(self._token)
-            except ValueError:  # finished in another context (e.g. a streaming body)
-                pass
+            deactivate_session(self._token)  # (finished in another context, e.g. a streamed body: nothing to do)
             self._token = None
+        attrs = session.attributes
         if self.status is not None:
-            session.attributes["http.response.status_code"] = self.status
-        session.attributes["otelprof.duration_ms"] = round((time.monotonic_ns() - self.start_ns) / 1e6, 3)
+            attrs["http.response.status_code"] = self.status
+        attrs["otelprof.duration_ms"] = round((time.monotonic_ns() - session.start_mono_ns) / 1e6
+                                              + float(attrs.get("otelprof.unsampled_head_ms", 0.0)), 3)
         if self.error is not None:
-            session.attributes["error.type"] = type(self.error).__name__
+            attrs["error.type"] = type(self.error).__name__
         elif self.status is not None and self.status >= 500:
-            session.attributes["error.type"] = str(self.status)
+            attrs["error.type"] = str(self.status)
         self.rp.profiler.finish_session(session, error=self.error)
         self.annotate_span()
+
+    def drop_profile(self) -> None:
+        """Throw the profile away (a flight recording that was not worth keeping)."""
+        session = self.session
+        if session is None:
+            return
+        self.rp.profiler.discard_session(session)
+        self.session = None
+        if self._token is not None:
+            deactivate_session(self._token)
+            self._token = None
 
     def annotate_span(self) -> None:
         """Set the profile summary attributes on the span (if it still records).
         Called by :meth:`finish`; integrations whose span ends before the request
         does (the OTel ASGI span ends at the last body chunk) call it just before
-        that, with the samples so far.  Never raises."""
+        that, with the samples so far."""
         session = self.session
-        if session is None or self.span is None:
+        if session is None or self.span is None or not self.span.is_recording():
             return
-        try:
-            if not self.span.is_recording():
-                return
-            summary = session_summary(session)
-            set_span_attributes(self.span, {
-                "otelprof.profile_id": session.profile_id_hex,
-                "otelprof.samples": summary["samples"],
-                "otelprof.cpu_ms": summary["cpu_ms"],
-                "otelprof.wall_ms": summary["wall_ms"],
-                "otelprof.top_frame": summary["top_frame"],
-            })
-        except Exception:
-            pass
+        summary = session_summary(session)
+        set_span_attributes(self.span, {
+            "otelprof.profile_id": session.profile_id_hex,
+            "otelprof.samples": summary["samples"],
+            "otelprof.cpu_ms": summary["cpu_ms"],
+            "otelprof.wall_ms": summary["wall_ms"],
+            "otelprof.top_frame": summary["top_frame"],
+        })
+
+
+_hop_lock = threading.Lock()
+
+H = TypeVar("H", bound=RequestHandle)
+
+
+def with_route_of(cls: type[H], route_of: Callable[[Any], Optional[str]]) -> type[H]:
+    """``cls`` whose requests ask ``route_of(source)`` (the application's router) for
+    their route template; one class per middleware, so no request pays for it."""
+    return cast("type[H]", type(cls.__name__, (cls,), {"route_of": staticmethod(route_of)}))

@@ -3,139 +3,190 @@
     from otelprof_middleware.wsgi import ProfilingMiddleware
     application = ProfilingMiddleware(application, probability=0.01)
 
-Every request goes through the shared :class:`RequestProfiling` lifecycle.  A
+Every request goes through the shared lifecycle (:mod:`.lifecycle`).  A request
+that is neither profiled nor watched gets the application's own iterable back,
+untouched.  A watched request (the late triggers need its status and its end) is
+followed through ``start_response`` and ends when the application returns a list,
+else when the server closes its iterable (iteration itself is not wrapped).  A
 profiled request ends when the server has consumed the response iterable and
-called its ``close()`` (streamed bodies included; nothing is buffered).  The
-status comes from ``start_response``, where ``X-Profile-Id`` is added when the
-policy exposes it.  Exceptions raised by the application or by its iterable
-propagate unchanged.  Unprofiled requests get the application's own iterable
-back (no wrapper), so ``wsgi.file_wrapper`` responses keep their fast path; a
-profiled ``wsgi.file_wrapper`` response keeps its type too (the profile ends
-when the wrapped file is closed).
+called its ``close()`` (streamed bodies included; nothing is buffered); a profiled
+``wsgi.file_wrapper`` response keeps its type (the profile ends when the wrapped
+file is closed), so the server's sendfile fast path still applies.  The status
+comes from ``start_response``, where ``X-Profile-Id`` is added when the policy
+exposes it.  Exceptions raised by the application or by its iterable propagate
+unchanged; one raised before any response counts as status 500.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Iterable, Iterator, Optional
-from urllib.parse import quote
 
 from ..policy import RequestInfo
 from ..profiler import Profiler
-from .lifecycle import RequestHandle, RequestProfiling
+from ._http import environ_key, full_url
+from .lifecycle import RequestHandle, RequestProfiling, with_route_of
 
-__all__ = ["ProfilingMiddleware", "request_info_from_environ", "ENVIRON_KEY"]
+__all__ = ["ProfilingMiddleware", "WSGIRequest", "ENVIRON_KEY"]
 
-#: where the request's :class:`RequestHandle` is kept in the WSGI environ
+#: where the request's :class:`WSGIRequest` is kept in the WSGI environ
 ENVIRON_KEY = "otelprof.handle"
+_get_ident = threading.get_ident
+_ENDED: dict[str, Any] = {}  # the environ of a request that ended (its own is let go)
+# status line -> code; apps pass the same few constant strings, so a dict lookup
+# replaces parsing (bounded: odd status lines are parsed every time)
+_STATUS_CODES: dict[str, int] = {}
 
 
-def request_info_from_environ(environ: dict[str, Any]) -> RequestInfo:
-    """A :class:`RequestInfo` for a WSGI request (headers read lazily from the environ)."""
-    path = (environ.get("SCRIPT_NAME") or "") + (environ.get("PATH_INFO") or "")
-    path = path or "/"
-    get = environ.get
-
-    def header(name: str) -> Optional[str]:
-        return get("HTTP_" + name.upper().replace("-", "_"))
-
-    return RequestInfo(
-        method=environ.get("REQUEST_METHOD") or "GET",
-        path=path,
-        url=_full_url(environ, path),
-        header=header,
-    )
-
-
-_SAFE = "/;=,:@!$&'()*+~"
-
-
-def _full_url(environ: dict[str, Any], path: str) -> str:
-    """The request URL as the OpenTelemetry WSGI instrumentation spells it."""
+def _status_code(status: Any) -> int:
+    """The code of a status line (0 for an odd one, which is the application's business)."""
     try:
-        scheme = environ.get("wsgi.url_scheme") or "http"
-        host = environ.get("HTTP_HOST")
-        if not host:
-            host = environ.get("SERVER_NAME") or "localhost"
-            port = str(environ.get("SERVER_PORT") or "")
-            if port and not ((scheme == "http" and port == "80") or (scheme == "https" and port == "443")):
-                host += ":" + port
-        url = f"{scheme}://{host}{quote(path, safe=_SAFE)}"
-        qs = environ.get("QUERY_STRING")
-        return url + "?" + qs if qs else url
-    except Exception:
-        return path
+        code = int(status[:3])
+    except (TypeError, ValueError):
+        return 0
+    if len(_STATUS_CODES) < 512 and isinstance(status, str):
+        _STATUS_CODES[status] = code
+    return code
+
+
+class WSGIRequest(RequestHandle):
+    """One WSGI request: its environ, and the ``start_response`` hook."""
+
+    #: ``route_of(environ) -> template or None``: the application's router, asked
+    #: only while a route is armed (plain WSGI has none; Flask's is its URL map)
+    route_of: Optional[Callable[[dict[str, Any]], Optional[str]]] = None
+
+    def __init__(self, rp: RequestProfiling, environ: dict[str, Any], start_response: Callable[..., Any]) -> None:
+        self.rp = rp
+        self.source = environ
+        self._start_response = start_response
+        self.thread_id = _get_ident()
+
+    @property
+    def environ(self) -> dict[str, Any]:
+        """The request's environ (empty once the request ended)."""
+        return self.source or _ENDED
+
+    def describe(self) -> RequestInfo:
+        environ = self.environ
+        get = environ.get
+        path = ((get("SCRIPT_NAME") or "") + (get("PATH_INFO") or "")) or "/"
+        return RequestInfo(method=get("REQUEST_METHOD") or "GET", path=path,
+                           header=lambda name: get(environ_key(name)),
+                           url_builder=lambda: full_url(get("wsgi.url_scheme"), get("HTTP_HOST"), get("SERVER_NAME"),
+                                                        get("SERVER_PORT"), path, get("QUERY_STRING")),
+                           route_resolver=self.resolve_route)
+
+    def resolve_route(self) -> Optional[str]:
+        """The route template, when the application's router can tell."""
+        route_of = self.route_of
+        return route_of(self.source) if route_of is not None and self.source is not None else None
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        """The application's ``start_response``: the status, and ``X-Profile-Id``."""
+        code = _STATUS_CODES.get(status)
+        if code is None:
+            code = _status_code(status)
+        if code:
+            self.status = code
+        if self.session is not None:
+            try:
+                headers = self.profiled_headers(headers)
+            except Exception:
+                self.rp.report_failure("wsgi-start-response", "otelprof: profiling failed at start_response; "
+                                       "the response is unchanged")
+        if exc_info is None:
+            return self._start_response(status, headers)
+        return self._start_response(status, headers, exc_info)
+
+    def profiled_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        self.pick_up_span()  # the framework's span is current here even when we sit outside it
+        present = {k.lower() for k, _ in headers}
+        extra = self.response_headers(lambda name: name.lower() in present)
+        return list(headers) + extra if extra else headers
+
+    def respond(self, app: Callable[..., Iterable[bytes]]) -> Iterable[bytes]:
+        """Run ``app`` for this request and hand back its iterable, followed to its end."""
+        environ = self.source
+        result = self.call(app, environ, self.start_response)
+        try:
+            if self.session is None:  # watched only
+                if type(result) is list:  # produced in full: the request's work is done
+                    self.finish()
+                    return result
+                return _ClosingBody(result, self)
+            file_wrapper = environ.get("wsgi.file_wrapper")
+            if (file_wrapper is not None and isinstance(file_wrapper, type) and type(result) is file_wrapper
+                    and getattr(result, "filelike", None) is not None):
+                return _keep_file_wrapper(result, self)
+            return ProfiledBody(result, self)
+        except Exception:  # never lose the response because of us
+            self.finish()
+            return result
 
 
 class ProfilingMiddleware:
-    """WSGI middleware that profiles the requests the shared policy selects."""
+    """WSGI middleware that profiles the requests the shared policy selects.
+
+    ``route_of(environ)`` may give the route template of a request (its router's
+    answer, e.g. ``"/items/{id}"``): a slow or failing request then arms its route,
+    not only its literal path.  It is asked only while some route is armed."""
+
+    request_class: type[WSGIRequest] = WSGIRequest
 
     def __init__(self, app: Callable[..., Iterable[bytes]], profiler: Optional[Profiler] = None, *,
-                 request_profiling: Optional[RequestProfiling] = None, **options: Any) -> None:
+                 request_profiling: Optional[RequestProfiling] = None,
+                 route_of: Optional[Callable[[dict[str, Any]], Optional[str]]] = None, **options: Any) -> None:
         self.app = app
         if request_profiling is None:
             request_profiling = RequestProfiling(profiler, **options)
         self.request_profiling = request_profiling
-        from . import threads
-
-        threads.install()
+        self._header_key = environ_key(request_profiling.config.header)
+        if route_of is not None:  # this middleware's requests know their router
+            self.request_class = with_route_of(self.request_class, route_of)
 
     @property
     def profiler(self) -> Profiler:
         return self.request_profiling.profiler
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        handle: Optional[RequestHandle] = None
+        rp = self.request_profiling
+        handle: Optional[WSGIRequest] = None
         try:
-            handle = self.request_profiling.begin(request_info_from_environ(environ),
-                                                  traceparent=environ.get("HTTP_TRACEPARENT"))
-            environ[ENVIRON_KEY] = handle
+            traceparent = environ.get("HTTP_TRACEPARENT")
+            verdict, span = rp.screen(environ.get(self._header_key), traceparent)
+            if verdict:
+                handle = self.request_class(rp, environ, start_response)
+                if handle.open(verdict, span, traceparent):
+                    environ[ENVIRON_KEY] = handle
+                else:
+                    handle = None
         except Exception:
+            rp.report_failure("wsgi-begin", "otelprof: could not read the WSGI request; it runs unprofiled")
             handle = None
-        if handle is None or not handle.watched:
+        if handle is None:
             return self.app(environ, start_response)
-        return self._profiled(handle, environ, start_response)
-
-    def _profiled(self, handle: RequestHandle, environ: dict[str, Any],
-                  start_response: Callable[..., Any]) -> Iterable[bytes]:
-        def profiled_start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            try:
-                extra = _on_start_response(handle, status, headers)
-                if extra:
-                    headers = list(headers) + extra
-            except Exception:
-                pass
-            if exc_info is None:
-                return start_response(status, headers)
-            return start_response(status, headers, exc_info)
-
-        try:
-            result = self.app(environ, profiled_start_response)
-        except BaseException as exc:
-            handle.finish(error=exc)
-            raise
-        try:
-            file_wrapper = environ.get("wsgi.file_wrapper")
-            if (file_wrapper is not None and isinstance(file_wrapper, type) and type(result) is file_wrapper
-                    and getattr(result, "filelike", None) is not None):
-                return _keep_file_wrapper(result, handle)
-            return ProfiledBody(result, handle)
-        except Exception:  # never lose the response because of us
-            handle.finish()
-            return result
+        return handle.respond(self.app)
 
 
-def _on_start_response(handle: RequestHandle, status: str, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    try:
-        handle.set_status(int(str(status)[:3]))
-    except ValueError:
-        pass
-    if handle.session is not None:
-        handle.pick_up_span()  # the framework's span is current here even when we sit outside it
-    extra = handle.response_headers()
-    if extra:
-        present = {k.lower() for k, _ in headers}
-        extra = [(k, v) for k, v in extra if k.lower() not in present]
-    return extra
+class _ClosingBody:
+    """The iterable of a watched (not profiled) request: iteration goes straight to
+    the application's iterator; ``close()`` also ends the request."""
+
+    __slots__ = ("_result", "_handle")
+
+    def __init__(self, result: Iterable[bytes], handle: RequestHandle) -> None:
+        self._result = result
+        self._handle = handle
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        _close_then_finish(self._result, self._handle)
+
+    # (no __del__: a server that never calls close() drops the handle with this
+    # object, and the watchdog sees a request that ended without its end)
 
 
 class ProfiledBody:
@@ -167,9 +218,7 @@ class ProfiledBody:
             it = iter(self)._iter  # type: ignore[union-attr]
         try:
             return next(it)  # type: ignore[arg-type]
-        except StopIteration:
-            raise
-        except GeneratorExit:
+        except (StopIteration, GeneratorExit):
             raise
         except BaseException as exc:
             self._error = exc
@@ -186,10 +235,7 @@ class ProfiledBody:
         self._handle.finish(error=self._error)
 
     def __del__(self) -> None:  # a server that never calls close(): don't leave the profile running
-        try:
-            self._handle.finish(error=self._error)
-        except Exception:
-            pass
+        self._handle.finish(error=self._error)
 
 
 class _ClosingFile:
@@ -203,12 +249,17 @@ class _ClosingFile:
         return getattr(self._filelike, name)
 
     def close(self) -> None:
-        try:
-            close = getattr(self._filelike, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._handle.finish()
+        _close_then_finish(self._filelike, self._handle)
+
+
+def _close_then_finish(closable: Any, handle: RequestHandle) -> None:
+    """``closable.close()`` (if it has one), and the request ends, whatever happens."""
+    try:
+        close = getattr(closable, "close", None)
+        if close is not None:
+            close()
+    finally:
+        handle.finish()
 
 
 def _keep_file_wrapper(result: Any, handle: RequestHandle) -> Any:

@@ -1,7 +1,15 @@
-"""Request policy: should this request be profiled, and why (see docs/triggers.md)."""
+"""Request policy: should this request be profiled, and why (see docs/triggers.md).
 
-from .limits import RateLimiter
-from .policy import TRIGGERS, Policy, policy_for
-from .request import Decision, RequestInfo
+:class:`Policy` composes the entry decision (:mod:`.decide`), the late triggers
+(:mod:`.tail`, with :mod:`.watchdog`), armed routes and windows (:mod:`.triggers`),
+the high-CPU trigger (:mod:`.cpu`) and the overhead governor (:mod:`.governor`).
+"""
 
-__all__ = ["Decision", "Policy", "RateLimiter", "RequestInfo", "TRIGGERS", "policy_for"]
+from .decide import TRIGGERS, Screen
+from .limits import ConcurrencySlots, PerMinuteLimiter
+from .policy import Policy
+from .request import Decision, PolicyHost, ProfilableRequest, RequestInfo
+from .tail import TailState, TailTicket
+
+__all__ = ["ConcurrencySlots", "Decision", "PerMinuteLimiter", "Policy", "PolicyHost", "ProfilableRequest",
+           "RequestInfo", "Screen", "TRIGGERS", "TailState", "TailTicket"]

@@ -9,7 +9,8 @@ available to the process (``os.sched_getaffinity``, narrowed by a cgroup v2
 The monitor thread is a process-wide daemon started lazily by the first
 :class:`CpuTrigger` that needs it; with no live subscriber it blocks on a
 condition (no wake-ups).  After ``fork`` the child starts its own thread on first
-use.  The numbers are **per process**: with several worker processes each one
+use.  The trigger keeps a ``firing`` flag that the readings update, so a request
+checks one attribute (no clock read) while the trigger is quiet.  The numbers are **per process**: with several worker processes each one
 decides for itself.
 
 :class:`CpuTrigger` is the state machine: utilisation above ``cpu_threshold`` for
@@ -20,7 +21,6 @@ method takes ``now`` explicitly so tests drive it with a fake clock.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import threading
@@ -28,9 +28,9 @@ import time
 import weakref
 from typing import Callable, Optional
 
-__all__ = ["CpuMonitor", "CpuTrigger", "available_cores", "get_cpu_monitor"]
+from .._safety import LogOnce, at_fork_reinit
 
-log = logging.getLogger("otelprof_middleware")
+__all__ = ["CpuMonitor", "CpuTrigger", "available_cores", "get_cpu_monitor"]
 
 
 def available_cores() -> float:
@@ -61,12 +61,16 @@ class CpuTrigger:
         self.ready_at = -math.inf  # end of the cooldown
         self.above_since: Optional[float] = None
         self.last_utilisation: Optional[float] = None
+        #: True from a firing until the first reading past ``active_until`` (requests
+        #: confirm with the clock only while it is set)
+        self.firing = False
         self.fired = 0
         self.alive: Callable[[], bool] = lambda: True  # false once the owning profiler is shut down
 
     def observe(self, utilisation: float, start: float, now: float) -> bool:
         """One reading covering ``[start, now]``.  True when this reading fires the trigger."""
         self.last_utilisation = utilisation
+        self.firing = now < self.active_until
         if utilisation < self.threshold:
             self.above_since = None
             return False
@@ -79,6 +83,7 @@ class CpuTrigger:
             self.active_until = now + self.duration
             self.ready_at = self.active_until + self.cooldown
             self.above_since = None
+            self.firing = self.duration > 0
             return True
         return False
 
@@ -98,7 +103,7 @@ class CpuMonitor:
                  interval: float = 1.0) -> None:
         self.read_cpu = read_cpu
         self.clock = clock
-        self.cores = cores if cores is not None else available_cores()
+        self._cores = cores
         self.interval = interval
         self._subscribers: "weakref.WeakSet[CpuTrigger]" = weakref.WeakSet()
         self._cond = threading.Condition(threading.Lock())
@@ -106,6 +111,19 @@ class CpuMonitor:
         self._last: Optional[tuple[float, int]] = None
         self.readings = 0
         self.errors = 0
+        self._log = LogOnce(every=300.0)
+        at_fork_reinit(self._after_fork)
+
+    @property
+    def cores(self) -> float:
+        """Cores available to the process (read on first use)."""
+        if self._cores is None:
+            self._cores = available_cores()
+        return self._cores
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
 
     def subscribe(self, trigger: CpuTrigger) -> None:
         with self._cond:
@@ -153,10 +171,9 @@ class CpuMonitor:
                     cond.wait()
             try:
                 self.poll()
-            except Exception:  # never let the monitor die of a bug
+            except Exception:  # the worker loop's firewall: never let the monitor die of a bug
                 self.errors += 1
-                if self.errors == 1:
-                    log.exception("otelprof: CPU monitor reading failed")
+                self._log("cpu-monitor", "otelprof: CPU monitor reading failed", exc=True)
             time.sleep(self.interval)
 
     def _after_fork(self) -> None:
@@ -165,28 +182,9 @@ class CpuMonitor:
         self._last = None
 
 
-_monitor: Optional[CpuMonitor] = None
-_monitor_lock = threading.Lock()
+_monitor = CpuMonitor()  # no thread and no file read until a trigger needs it
 
 
 def get_cpu_monitor() -> CpuMonitor:
     """The process-wide monitor (its thread starts on first need)."""
-    global _monitor
-    m = _monitor
-    if m is None:
-        with _monitor_lock:
-            if _monitor is None:
-                _monitor = CpuMonitor()
-            m = _monitor
-    return m
-
-
-def _after_fork_in_child() -> None:
-    global _monitor_lock
-    _monitor_lock = threading.Lock()
-    if _monitor is not None:
-        _monitor._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    return _monitor

@@ -2,8 +2,8 @@
 process's CPU.
 
 Own CPU = the sampler thread's and the export workers' CPU
-(:func:`otelprof_middleware.overhead.profiler_cpu_ns`) + the policy's helper threads
-(watchdog), read from per-thread CPU clocks.  Process CPU = ``time.process_time_ns()``.  Both are read at
+(:func:`otelprof_middleware.overhead.profiler_cpu_ns`) + the policy's helper thread
+(the watchdog), read from per-thread CPU clocks (the policy passes the source in).  Process CPU = ``time.process_time_ns()``.  Both are read at
 most once per ``interval`` seconds (lazily, when a profile is about to start, and by
 the watchdog), kept in a sliding window of ``window`` seconds, and compared as a
 ratio of the deltas across the window.
@@ -27,6 +27,8 @@ import collections
 import threading
 import time
 from typing import Callable, Optional
+
+from .._safety import at_fork_reinit
 
 __all__ = ["Governor"]
 
@@ -61,6 +63,13 @@ class Governor:
         self._lock = threading.Lock()
         self.rate_lowered = 0
         self.on_change: Optional[Callable[[int], None]] = None
+        at_fork_reinit(self._after_fork)
+
+    def _after_fork(self) -> None:
+        # the parent's readings mean nothing here (and its lock may be held)
+        self._lock = threading.Lock()
+        self._points = collections.deque()
+        self._next = -1e300
 
     @property
     def enabled(self) -> bool:

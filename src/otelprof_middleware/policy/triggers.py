@@ -1,14 +1,22 @@
 """Time-boxed triggers: route arming (after a slow or failing request) and on-demand
 windows (``Profiler.enable_window``).
 
-Both answer "does this request match?" from its route template when the
-integration knows it at entry, else from its path: an armed route template such
-as ``/items/{item_id}`` (Starlette/FastAPI), ``/items/<int:id>`` (Flask, Django)
-is turned into a regular expression matched against the path, because ASGI
-routing usually happens after the middleware has to decide.
+Route arming is keyed by the **route template** the framework reported for the
+request that went wrong (``/items/{item_id}``, ``/items/<int:id>``,
+``items/<int:item_id>``): later requests are matched by their own template, one
+dict lookup whatever the number of armed routes.  Integrations resolve a
+request's template at entry only while some template is armed (the router is
+asked once).  A request whose framework reports no template (plain WSGI/ASGI, a
+path no route matches) arms only its own literal, normalised path: template
+syntax in a raw path is literal text, so no client can arm more than the path it
+asked for.
+
+On-demand windows are opened by the operator: their ``route`` may be a template
+or a path, and a template is also matched against the path (its placeholders as
+wildcards) when the request's template is not known at entry.
 
 Checking costs one truthiness test while nothing is armed or open.  The number of
-armed routes is bounded (``max_routes``); expired entries are dropped lazily.
+armed entries is bounded (``max_routes``); expired entries are dropped lazily.
 """
 
 from __future__ import annotations
@@ -18,14 +26,18 @@ import re
 import threading
 from typing import Callable, Optional
 
-__all__ = ["RouteArming", "OnDemandWindow", "OnDemandWindows", "route_pattern"]
+from .._safety import at_fork_reinit
+from .request import RequestInfo
+
+__all__ = ["RouteArming", "OnDemandWindow", "OnDemandWindows", "route_pattern", "normalise_path"]
 
 _PLACEHOLDER = re.compile(r"\{[^{}/]+\}|<[^<>/]+>")
 
 
 def route_pattern(route: str) -> Optional["re.Pattern[str]"]:
     """A regex matching the paths of a route template, or None for a literal path.
-    Placeholders whose converter says ``path`` match across slashes."""
+    Placeholders whose converter says ``path`` match across slashes.  Used for
+    on-demand windows only (their route comes from the operator)."""
     if not _PLACEHOLDER.search(route):
         return None
     out = []
@@ -42,77 +54,141 @@ def route_pattern(route: str) -> Optional["re.Pattern[str]"]:
         return None
 
 
-class _Armed:
-    __slots__ = ("route", "pattern", "until", "rate", "trigger")
+def normalise_path(path: str) -> str:
+    """``path`` with repeated slashes collapsed, ``.``/``..`` segments resolved and
+    no trailing slash, so spellings of one path arm one entry."""
+    if path.startswith("/") and "//" not in path and "/." not in path and (path == "/" or path[-1] != "/"):
+        return path
+    segments: list[str] = []
+    for seg in path.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(seg)
+    return "/" + "/".join(segments)
 
-    def __init__(self, route: str, until: float, rate: float, trigger: str) -> None:
-        self.route = route
-        self.pattern = route_pattern(route)
+
+class _Armed:
+    __slots__ = ("until", "rate")
+
+    def __init__(self, until: float, rate: float) -> None:
         self.until = until
         self.rate = rate
-        self.trigger = trigger
 
 
 class RouteArming:
-    """Routes armed by a trigger (``slow``, ``error``) until a deadline, at a sample rate."""
+    """Route templates (and literal paths) armed by a trigger (``slow``, ``error``)
+    until a deadline, at a sample rate."""
 
     def __init__(self, max_routes: int = 256) -> None:
         self.max_routes = max_routes
-        self._armed: dict[tuple[str, str], _Armed] = {}
+        # key -> {trigger: entry}; templates and literal paths kept apart, so a path
+        # can never be read as a template
+        self._routes: dict[str, dict[str, _Armed]] = {}
+        self._paths: dict[str, dict[str, _Armed]] = {}
+        #: armed entries (read on every request: a plain attribute, no call)
+        self.count = 0
         self._lock = threading.Lock()
+        at_fork_reinit(self._after_fork)
 
     def __bool__(self) -> bool:
-        return bool(self._armed)
+        return self.count > 0
 
     def __len__(self) -> int:
-        return len(self._armed)
+        return self.count
 
-    def arm(self, route: str, trigger: str, duration: float, rate: float, now: float) -> bool:
-        """Arm ``route`` for ``duration`` seconds from ``now``; extends an armed one."""
-        if duration <= 0 or rate <= 0 or not route:
+    @property
+    def has_routes(self) -> bool:
+        """True while some route template is armed (then integrations resolve templates)."""
+        return bool(self._routes)
+
+    def arm_route(self, route: str, trigger: str, duration: float, rate: float, now: float) -> bool:
+        """Arm the route template ``route`` for ``duration`` s from ``now``; extends an armed one."""
+        return self._arm(self._routes, route, trigger, duration, rate, now)
+
+    def arm_path(self, path: str, trigger: str, duration: float, rate: float, now: float) -> bool:
+        """Arm one literal path (normalised; braces and angle brackets are plain text)."""
+        return self._arm(self._paths, normalise_path(path) if path else "", trigger, duration, rate, now)
+
+    def _arm(self, table: dict[str, dict[str, _Armed]], key: str, trigger: str, duration: float, rate: float,
+             now: float) -> bool:
+        if duration <= 0 or rate <= 0 or not key:
             return False
         until = now + duration
-        key = (trigger, route)
         with self._lock:
-            entry = self._armed.get(key)
+            entries = table.get(key)
+            entry = entries.get(trigger) if entries is not None else None
             if entry is not None:
                 entry.until = max(entry.until, until)
                 entry.rate = rate
                 return True
-            if len(self._armed) >= self.max_routes:
+            if self.count >= self.max_routes:
                 self._expire_locked(now)
-                if len(self._armed) >= self.max_routes:  # drop the one that ends first
-                    oldest = min(self._armed, key=lambda k: self._armed[k].until)
-                    del self._armed[oldest]
-            self._armed[key] = _Armed(route, until, rate, trigger)
+                if self.count >= self.max_routes:  # drop the one that ends first
+                    _t, k, trig = min(((e.until, k, trig) for tab in (self._routes, self._paths)
+                                       for k, es in tab.items() for trig, e in es.items()), key=lambda x: x[0])
+                    tab = self._routes if k in self._routes and trig in self._routes[k] else self._paths
+                    self._drop_locked(tab, k, trig)
+            table.setdefault(key, {})[trigger] = _Armed(until, rate)
+            self.count += 1
             return True
 
-    def _expire_locked(self, now: float) -> None:
-        for k in [k for k, e in self._armed.items() if e.until <= now]:
-            del self._armed[k]
+    def _drop_locked(self, table: dict[str, dict[str, _Armed]], key: str, trigger: str) -> None:
+        entries = table.get(key)
+        if entries is not None and entries.pop(trigger, None) is not None:
+            self.count -= 1
+            if not entries:
+                del table[key]
 
-    def match(self, route: Optional[str], path: str, now: float) -> list[tuple[str, float]]:
-        """``[(trigger, rate), ...]`` for the armed entries this request matches."""
+    def _expire_locked(self, now: float) -> None:
+        for table in (self._routes, self._paths):
+            for key, entries in list(table.items()):
+                for trigger, e in list(entries.items()):
+                    if e.until <= now:
+                        self._drop_locked(table, key, trigger)
+
+    def match(self, info: RequestInfo, now: float) -> list[tuple[str, float]]:
+        """``[(trigger, rate), ...]`` for the armed entries this request matches: its
+        route template (resolved only while a template is armed), its literal path."""
         hits: list[tuple[str, float]] = []
         expired = False
-        for entry in list(self._armed.values()):
-            if entry.until <= now:
-                expired = True
-                continue
-            if route is not None:
-                ok = route == entry.route
-            else:
-                ok = path == entry.route or (entry.pattern is not None and entry.pattern.match(path) is not None)
-            if ok:
-                hits.append((entry.trigger, entry.rate))
+        if self._routes:
+            route = info.resolve_route()
+            entries = self._routes.get(route) if route else None
+            if entries:
+                for trigger, e in list(entries.items()):
+                    if e.until <= now:
+                        expired = True
+                    else:
+                        hits.append((trigger, e.rate))
+        if self._paths:
+            entries = self._paths.get(normalise_path(info.path))
+            if entries:
+                for trigger, e in list(entries.items()):
+                    if e.until <= now:
+                        expired = True
+                    elif all(t != trigger for t, _ in hits):
+                        hits.append((trigger, e.rate))
         if expired:
             with self._lock:
                 self._expire_locked(now)
         return hits
 
     def armed(self, now: float) -> dict[tuple[str, str], float]:
-        """``{(trigger, route): seconds left}`` (for stats and tests)."""
-        return {k: e.until - now for k, e in list(self._armed.items()) if e.until > now}
+        """``{(trigger, template or path): seconds left}`` (for stats and tests)."""
+        out: dict[tuple[str, str], float] = {}
+        for table in (self._routes, self._paths):
+            for key, entries in list(table.items()):
+                for trigger, e in list(entries.items()):
+                    if e.until > now:
+                        out[(trigger, key)] = e.until - now
+        return out
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
 
 class OnDemandWindow:
@@ -153,11 +229,13 @@ class OnDemandWindows:
     def __init__(self, clock: Callable[[], float], max_windows: int = 64) -> None:
         self._clock = clock
         self.max_windows = max_windows
-        self._windows: list[OnDemandWindow] = []
+        #: the windows (replaced, never changed in place; read on every request)
+        self.windows: list[OnDemandWindow] = []
         self._lock = threading.Lock()
+        at_fork_reinit(self._after_fork)
 
     def __bool__(self) -> bool:
-        return bool(self._windows)
+        return bool(self.windows)
 
     def open(self, seconds: float, probability: float, route: Optional[str], max_window: float) -> OnDemandWindow:
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) \
@@ -171,29 +249,32 @@ class OnDemandWindows:
         now = self._clock()
         window = OnDemandWindow(self, now + min(float(seconds), max_window), float(probability), route or None, now)
         with self._lock:
-            self._windows = [w for w in self._windows if w.until > now]
-            if len(self._windows) >= self.max_windows:
-                self._windows.pop(0)
-            self._windows = self._windows + [window]
+            self.windows = [w for w in self.windows if w.until > now]
+            if len(self.windows) >= self.max_windows:
+                self.windows.pop(0)
+            self.windows = self.windows + [window]
         return window
 
     def _drop(self, window: OnDemandWindow) -> None:
         with self._lock:
-            self._windows = [w for w in self._windows if w is not window]
+            self.windows = [w for w in self.windows if w is not window]
 
     def match(self, route: Optional[str], path: str, now: float) -> list[OnDemandWindow]:
         hits = []
         expired = False
-        for w in self._windows:
+        for w in self.windows:
             if w.until <= now:
                 expired = True
             elif w.matches(route, path):
                 hits.append(w)
         if expired:
             with self._lock:
-                self._windows = [w for w in self._windows if w.until > now]
+                self.windows = [w for w in self.windows if w.until > now]
         return hits
 
     def open_windows(self, now: Optional[float] = None) -> list[OnDemandWindow]:
         now = self._clock() if now is None else now
-        return [w for w in self._windows if w.until > now]
+        return [w for w in self.windows if w.until > now]
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()

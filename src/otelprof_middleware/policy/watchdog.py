@@ -1,13 +1,18 @@
-"""In-flight slow promotion: a watchdog thread notices requests still running past
-``slow_threshold`` and starts sampling them for the rest of their life.
+"""The watchdog thread: notices requests still running past ``slow_threshold`` and
+hands each one, once, to a callback (in-flight slow promotion).
 
-Every request the policy may promote is registered at entry with one dict
-insert (``id(handle) -> handle``) and removed at the end with one ``dict.pop``;
+Every request that may be promoted is registered at entry with one dict insert
+(keyed by a weak reference to it) and removed at the end with one ``dict.pop``;
 both are atomic in CPython, so the request path takes no lock.  The watchdog
-*claims* a request by popping it; if the request's own ``pop`` then finds nothing
-it knows the watchdog has it and hands over under :attr:`Watchdog.lock` (states
-below), so a profile is never started for a request that already ended nor left
-running after it.
+*claims* a request by popping it; what happens next (the hand-over with the
+request, should it end at that very moment) is the callback's business
+(:mod:`.tail`).  Only a weak reference is kept: a request that an integration
+dropped without ending it is freed, and the watchdog sees a dead reference
+instead of promoting a thread that now serves other work.
+
+A request the callback promoted is checked again on every scan (``on_check``),
+so a promoted request whose end never comes can be finished by the late triggers
+(a safety net against a lost end of request in an integration).
 
 The thread is started lazily by the first registration (and again in a child after
 ``fork``).  It sleeps until the oldest watched request can become slow (at most
@@ -16,94 +21,86 @@ The thread is started lazily by the first registration (and again in a child aft
 
 from __future__ import annotations
 
-import logging
-import os
-import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
-if TYPE_CHECKING:
-    from ..integrations.lifecycle import RequestHandle
-    from .policy import Policy
+from .._safety import LogOnce, at_fork_reinit
 
-_REFCOUNTS = sys.implementation.name == "cpython" and hasattr(sys, "getrefcount")
-
-
-def _calibrate() -> int:
-    """getrefcount() of an object only a local variable holds (interpreter dependent)."""
-    class _Probe:
-        pass
-
-    d = {1: _Probe()}
-    probe = d.pop(1)
-    return sys.getrefcount(probe) if _REFCOUNTS else -1
-
-
-_ALONE = _calibrate()
-
-__all__ = ["Watchdog", "REGISTERED", "PROMOTING", "PROMOTED", "DONE"]
-
-log = logging.getLogger("otelprof_middleware")
-
-# RequestHandle._tail_state
-REGISTERED = 1  # watched
-PROMOTING = 2  # the watchdog is starting its profile
-PROMOTED = 3  # profile started (or promotion declined): no longer watched
-DONE = 4  # the request finished
+__all__ = ["Watchdog"]
 
 
 class Watchdog:
-    def __init__(self, policy: "Policy", threshold: float, clock: Callable[[], float], *,
+    """``on_due(ticket, now) -> bool`` is called on the watchdog thread for a request
+    that became slow (True: keep it for ``on_check``); ``on_check(ticket) -> bool``
+    for a promoted one on later scans (True: done with it).  ``t0_of(ticket)`` is its
+    start time on ``clock``."""
+
+    def __init__(self, on_due: Callable[[Any, float], bool], threshold: float, clock: Callable[[], float], *,
+                 t0_of: Callable[[Any], Optional[float]],
+                 on_check: Callable[[Any], bool] = lambda ticket: True,
                  autostart: bool = True, min_sleep: float = 0.005, max_sleep: float = 0.25) -> None:
-        self._policy_ref = weakref.ref(policy)
+        # weak: the watchdog thread must not keep the owner of the callbacks alive
+        self._on_due = _weak_callable(on_due)
+        self._on_check = _weak_callable(on_check)
+        self._t0_of = t0_of
         self.threshold = threshold
         self.clock = clock
         self.autostart = autostart
         self.min_sleep = min_sleep
         self.max_sleep = max_sleep
-        self.lock = threading.Lock()
-        self._inflight: dict[int, Any] = {}
-        self._thread: Optional[threading.Thread] = None
-        self._start_lock = threading.Lock()
+        #: the registry: ``weakref.ref(ticket) -> True``; the request side inserts and pops
+        #: (:meth:`register`, :meth:`unregister`, or directly: both are atomic).  Keyed by
+        #: the weak reference, so a request freed without an end stays visible as one
+        #: (a new request at the same address gets a different key)
+        self.inflight: dict["weakref.ref[Any]", bool] = {}
         self._promoted: dict[int, Any] = {}
+        self._thread: Optional[threading.Thread] = None
+        #: True once the thread was started (False again in a child after ``fork``)
+        self.running = False
+        self._start_lock = threading.Lock()
+        self._stop = False
+        self._log = LogOnce(every=300.0)
         self.cpu_ns_self = 0
         self.scans = 0
         self.abandoned = 0
-        self.reaped = 0
-        _watchdogs.add(self)
+        at_fork_reinit(self._after_fork)
 
     def __len__(self) -> int:
-        return len(self._inflight)
+        return len(self.inflight)
+
 
     # ------------------------------------------------------------ request side (hot path)
-    def register(self, handle: "RequestHandle") -> None:
-        self._inflight[id(handle)] = handle
-        if self._thread is None and self.autostart:
-            self._start()
+    def register(self, ticket: Any) -> None:
+        self.inflight[weakref.ref(ticket)] = True
+        if self._thread is None:
+            self.start()
 
-    def unregister(self, handle: "RequestHandle") -> bool:
+    def unregister(self, ticket: Any) -> bool:
         """True if the request was still ours; False if the watchdog claimed it."""
-        return self._inflight.pop(id(handle), None) is not None
+        return self.inflight.pop(weakref.ref(ticket), None) is not None
 
     # ------------------------------------------------------------ watchdog side
     def scan(self, now: Optional[float] = None) -> float:
-        """Promote the requests that became slow; the seconds until the next one can."""
-        policy = self._policy_ref()
-        if policy is None:
+        """Hand the requests that became slow to ``on_due``; the seconds until the next one can."""
+        on_due, on_check = self._on_due(), self._on_check()
+        if on_due is None or on_check is None:  # the owner is gone
+            self._stop = True
             return self.max_sleep
         if now is None:
             now = self.clock()
         self.scans += 1
         wait = self.max_sleep
         threshold = self.threshold
-        inflight = self._inflight
+        inflight = self.inflight
         for key in list(inflight):
-            handle = inflight.get(key)
-            if handle is None:
+            ticket = key()
+            if ticket is None:  # dropped by its integration without an end
+                if inflight.pop(key, None) is not None:
+                    self.abandoned += 1
                 continue
-            t0 = handle._t0
+            t0 = self._t0_of(ticket)
             if t0 is None:
                 continue
             due = t0 + threshold
@@ -112,78 +109,51 @@ class Watchdog:
                 continue
             if inflight.pop(key, None) is None:
                 continue  # finished meanwhile
-            if _REFCOUNTS and sys.getrefcount(handle) <= _ALONE:
-                # only we hold it (here + the call's argument): the integration dropped the
-                # request without finish(); never profile a thread that serves other work now
-                self.abandoned += 1
-                continue
-            try:
-                if policy.promote(handle, now):
-                    self._promoted[key] = handle
-            except Exception:  # pragma: no cover - promote never raises
-                pass
-        if self._promoted:
-            self._reap(policy, now)
+            if on_due(ticket, now):
+                self._promoted[id(ticket)] = ticket
+        for ident, promoted in list(self._promoted.items()):
+            if on_check(promoted):
+                del self._promoted[ident]
         return max(wait, self.min_sleep)
 
-    def _reap(self, policy: "Policy", now: float) -> None:
-        """Safety net: a promoted request whose finish() never comes (a lost end of
-        request in an integration) is finished once its profile hit
-        ``max_profile_duration``, so it cannot hold a profiling slot forever."""
-        for key, handle in list(self._promoted.items()):
-            if handle._done:
-                del self._promoted[key]
-                continue
-            session = handle.session
-            if session is None or session.finished or session.duration_ns > session.max_duration_ns:
-                del self._promoted[key]
-                if session is not None and not session.finished:
-                    self.reaped += 1
-                    policy.profiler.stats_recorder.incr("promotions_reaped")
-                    handle.finish()
-
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the thread (no-op when running, or with ``autostart=False``)."""
+        if not self.autostart:
+            return
         with self._start_lock:
             if self._thread is not None:
                 return
             t = threading.Thread(target=self._run, name="otelprof-watchdog", daemon=True)
             self._thread = t
+            self.running = True
             t.start()
 
+    def stop(self) -> None:
+        """Let the thread end (used when the owning policy goes away)."""
+        self._stop = True
+
     def _run(self) -> None:
-        errors = 0
-        while True:
-            if self._policy_ref() is None:
-                return
+        while not self._stop:
             try:
                 wait = self.scan()
-            except Exception:
-                errors += 1
-                if errors == 1:
-                    log.exception("otelprof: watchdog scan failed")
+            except Exception:  # the worker loop's firewall: never let the watchdog die
+                self._log("watchdog", "otelprof: watchdog scan failed", exc=True)
                 wait = self.max_sleep
-            try:
-                self.cpu_ns_self = time.thread_time_ns()
-            except Exception:  # pragma: no cover
-                pass
+            self.cpu_ns_self = time.thread_time_ns()
             time.sleep(wait)
 
     def _after_fork(self) -> None:
-        self.lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._thread = None
-        self._inflight = {}  # the parent's requests are not ours
+        self.running = False
+        self.inflight.clear()  # the parent's requests are not ours (cleared in place: shared with the late triggers)
         self._promoted = {}
         self.cpu_ns_self = 0
 
 
-_watchdogs: "weakref.WeakSet[Watchdog]" = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for wd in list(_watchdogs):
-        wd._after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+def _weak_callable(fn: Callable[..., Any]) -> Callable[[], Optional[Callable[..., Any]]]:
+    """A getter for ``fn`` that holds a bound method's object weakly."""
+    if getattr(fn, "__self__", None) is not None:
+        ref = weakref.WeakMethod(fn)  # type: ignore[arg-type]
+        return ref
+    return lambda: fn
