@@ -30,6 +30,7 @@ turning them into a profile happens later, on the export worker.
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 import time
@@ -410,11 +411,26 @@ class _Frames:
                 codes = tuple(UNKNOWN if c is None else c for c in codes)
             return cap_depth(codes, lastis, max_depth, omitted)
         if self._py is None:
-            self._py = sys._current_frames()
+            self._py = _current_frames()
         frame = self._py.get(tid)
         if frame is None or (stop is not None and not _on_stack(frame, stop)):
             return None
         return _walk_thread(frame, stop, max_depth)
+
+
+def _current_frames() -> dict[int, FrameType]:
+    """``sys._current_frames()`` with the garbage collector off meanwhile: a collection
+    started inside it (it allocates while holding the runtime's thread-list lock) can
+    deadlock the process on CPython before 3.11.9 / 3.12.3 (python/cpython#106883, the
+    fix there does the same)."""
+    was = gc.isenabled()
+    if was:
+        gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if was:
+            gc.enable()
 
 
 def bill_remainder(session: Session, target: Target, cpu_ns: int) -> None:
