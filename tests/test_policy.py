@@ -4,6 +4,7 @@ windows, route arming, high CPU, sub-limits, budgets and the overhead governor."
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -151,8 +152,12 @@ def test_header_with_secret_and_rate(profiler_factory: Any) -> None:
     d = pol.decide(req(headers={"X-Enable-Profiling": "s3cret"}))
     assert not d.profile and d.header_requested
     assert pol.profiler.stats()["declined"]["header_rate"] == 1
-    clock.advance(30)  # one token back
+    clock.advance(59.9)  # a sliding window: still two within the last 60 s
+    assert not pol.decide(req(headers={"X-Enable-Profiling": "s3cret"})).profile
+    clock.advance(0.1)  # the first two are 60 s old
     assert pol.decide(req(headers={"X-Enable-Profiling": "s3cret"})).profile
+    assert pol.decide(req(headers={"X-Enable-Profiling": "s3cret"})).profile
+    assert not pol.decide(req(headers={"X-Enable-Profiling": "s3cret"})).profile
 
 
 # ----------------------------------------------------------------------------- on demand
@@ -349,12 +354,14 @@ def test_cpu_monitor_feeds_trigger_and_policy(profiler_factory: Any) -> None:
 def test_budgets_hold_under_flood_exact_counts(profiler_factory: Any) -> None:
     clock = FakeClock()
     pol = make_policy(profiler_factory, clock, probability=1.0, max_profiles_per_minute=25,
-                      max_concurrent_profiles=1000)
+                      max_concurrent_profiles=1000, trigger_limits="probability=25")
     admitted = sum(pol.decide(req()).profile for _ in range(5000))
     assert admitted == 25
-    assert pol.profiler.stats()["declined"] == {"rate": 4975}
-    clock.advance(6.0)  # 25/min -> 2.5 tokens in 6 s
-    assert sum(pol.decide(req()).profile for _ in range(100)) == 2
+    assert pol.profiler.stats()["declined"] == {"trigger_rate": 4975}
+    clock.advance(59.0)  # a sliding window: nothing comes back before the first are 60 s old
+    assert sum(pol.decide(req()).profile for _ in range(100)) == 0
+    clock.advance(1.0)
+    assert sum(pol.decide(req()).profile for _ in range(100)) == 25
 
 
 def test_concurrency_budget_counts_running_profiles(profiler_factory: Any) -> None:
@@ -470,8 +477,17 @@ def test_governor_off_at_budget_one(profiler_factory: Any) -> None:
 def test_policy_state_snapshot(profiler_factory: Any) -> None:
     pol = make_policy(profiler_factory)
     pol.arming.arm_route("/a", "error", 5, 0.5, pol.clock())
+    pol.enable_window(30, probability=0.5, route="/b")
     st = pol.state()
-    assert st["armed_routes"] == {"error:/a": 5.0} and st["governor_level"] == 0
+    assert st.armed_routes == {"error:/a": 5.0} and st.governor_level == 0
+    assert [(w.route, w.probability, w.seconds_left) for w in st.windows] == [("/b", 0.5, 30.0)]
+    assert st.budgets == {"header": (0, 60), "total": (0, 60), "probability": (0, 30), "high_cpu": (0, 30)}
+    with pytest.raises(TypeError):
+        st.armed_routes["error:/b"] = 1.0  # type: ignore[index]  # read-only
+    with pytest.raises(AttributeError):
+        st.governor_level = 3  # type: ignore[misc]
+    assert st.as_dict()["budgets"]["probability"] == {"used": 0, "limit": 30}
+    json.dumps(st.as_dict())
 
 
 # ----------------------------------------------------------------------------- security review L1, L12, L13
