@@ -357,7 +357,7 @@ def test_budgets_hold_under_flood_exact_counts(profiler_factory: Any) -> None:
                       max_concurrent_profiles=1000, trigger_limits="probability=25")
     admitted = sum(pol.decide(req()).profile for _ in range(5000))
     assert admitted == 25
-    assert pol.profiler.stats()["declined"] == {"trigger_rate": 4975}
+    assert pol.profiler.stats()["declined"] == {"rate": 4975}
     clock.advance(59.0)  # a sliding window: nothing comes back before the first are 60 s old
     assert sum(pol.decide(req()).profile for _ in range(100)) == 0
     clock.advance(1.0)

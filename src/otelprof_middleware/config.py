@@ -295,8 +295,8 @@ class Config:
     # --- request policy
     probability: float = _opt(0.01, "float", 0.0, 1.0, doc="share of requests profiled")
     profile_unsampled_traces: bool = _opt(False, "bool")
-    probability_source: str = _opt("trace_id", "choice", choices=("trace_id", "random"),
-                                   doc="the probability coin: the trace id, or a random draw per request")
+    trace_id_ratio: bool = _opt(True, "bool", doc="probability decided from the trace id (the same answer in "
+                                "every service of a trace); false: a random draw per request (edge services)")
     header: str = _opt("X-Enable-Profiling", "str", doc="request header that asks for a profile")
     header_secret: str = _opt("", "str", doc="if set, the header value must equal it")
     header_trust: str = _opt("debug", "choice", choices=("debug", "any", "off"),

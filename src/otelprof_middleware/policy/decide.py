@@ -9,7 +9,7 @@ Order of evaluation (:meth:`EntryDecider.decide`):
    ``header`` (the header may ask: with ``header_secret`` its value must be the
    secret; without one, ``header_trust`` decides: by default only while the
    framework runs in debug mode), ``probability`` (from the trace id when there
-   is one and ``probability_source`` is ``trace_id``), ``on_demand`` (an open
+   is one and ``trace_id_ratio`` is on), ``on_demand`` (an open
    window), ``slow`` / ``error`` (the route was armed by a slow / failing
    request), ``high_cpu`` (the process CPU trigger is active);
 4. the budgets: the overhead governor (``max_overhead``), a free slot of
@@ -108,7 +108,7 @@ class EntryDecider:
         # a trace id's low 64 bits under this bound: selected (a trace-id-ratio sampler's rule)
         self._ratio_bound = cfg.probability * (_TRACE_ID_MAX + 1)
         #: the probability coin is the trace id (else a random draw per request)
-        self.by_trace_id = cfg.probability_source == "trace_id"
+        self.by_trace_id = cfg.trace_id_ratio
         self._unsampled_ok = cfg.profile_unsampled_traces
         #: the probability trigger needs the request's trace id or its sampled flag
         self.needs_trace = 0.0 < cfg.probability < 1.0 and (self.by_trace_id or not self._unsampled_ok)
@@ -199,7 +199,7 @@ class EntryDecider:
 
     def probability_hit(self, info: RequestInfo) -> bool:
         """Trace-id ratio when there is a trace (same trace, same answer in every
-        service) and ``probability_source`` is ``trace_id``, random otherwise."""
+        service) and ``trace_id_ratio`` is on, random otherwise."""
         p = self.probability
         if p <= 0.0:
             return False
@@ -273,8 +273,11 @@ class EntryDecider:
         if probability_hit:
             triggers.append("probability")
         now = self.clock()
-        if self.windows:
-            for w in self.windows.match(info.route, info.path, now):
+        windows = self.windows
+        if windows:
+            # a window for a route template: ask the framework's router (as route arming does)
+            route = info.resolve_route() if windows.for_routes else info.route
+            for w in windows.match(route, info.path, now):
                 if self.chance(w.probability):
                     triggers.append("on_demand")
                     break
@@ -325,12 +328,10 @@ class EntryDecider:
         if not stamps and "custom" not in triggers:
             # automatic triggers: the exhausted shares drop out, one share and the total pay
             within = self.budget.within_shares(triggers)
-            if not within:
-                stats.declined("trigger_rate")
-                return Decision(False, declined="trigger_rate", header_requested=header_requested)
-            taken = self.budget.take(within)
+            taken = self.budget.take(within) if within else None
             if taken is None:
-                reason = "trigger_rate" if self.budget.total.has_room() else "rate"  # (a share filled meanwhile)
+                # "rate": the whole budget is used up; "trigger_rate": the triggers' shares are
+                reason = "trigger_rate" if self.budget.total.has_room() else "rate"
                 stats.declined(reason)
                 return Decision(False, declined=reason, header_requested=header_requested)
             triggers, stamps = within, taken
@@ -363,10 +364,7 @@ class EntryDecider:
         """Budget check for a recording kept at the end (it already ran: only the
         per-minute budgets apply)."""
         within = self.budget.within_shares(triggers)
-        if not within:
-            self.stats.declined("trigger_rate")
-            return False
-        if self.budget.take(within) is None:
-            self.stats.declined("rate")
+        if not within or self.budget.take(within) is None:
+            self.stats.declined("trigger_rate" if self.budget.total.has_room() else "rate")
             return False
         return True
