@@ -160,6 +160,42 @@ def test_header_with_secret_and_rate(profiler_factory: Any) -> None:
     assert not pol.decide(req(headers={"X-Enable-Profiling": "s3cret"})).profile
 
 
+@pytest.mark.parametrize("trust, debug, value, profiled", [
+    ("debug", True, "1", True), ("debug", True, "ON", True), ("debug", False, "1", False),
+    ("debug", None, "1", False), ("debug", True, "please", False), ("debug", True, "0", False),
+    ("any", None, "yes", True), ("any", False, "true", True), ("any", None, "nope", False),
+    ("off", True, "1", False),
+])
+def test_header_trust_without_a_secret(profiler_factory: Any, trust: str, debug: Optional[bool], value: str,
+                                       profiled: bool) -> None:
+    pol = make_policy(profiler_factory, header_trust=trust)
+    info = RequestInfo(path="/x", header={"x-enable-profiling": value}.get, debug=lambda: debug,
+                       debug_flag="Test app.debug")
+    assert pol.decide(info).profile is profiled
+    declined = pol.profiler.stats()["declined"]
+    assert declined.get("header_ignored", 0) == (0 if profiled or value == "0" else 1)
+
+
+def test_an_ignored_header_is_logged_once_per_reason(profiler_factory: Any, caplog: Any) -> None:
+    caplog.set_level("WARNING", "otelprof_middleware")
+    pol = make_policy(profiler_factory)
+    for debug in (False, False, None, None):
+        pol.decide(RequestInfo(path="/x", header={"x-enable-profiling": "1"}.get, debug=debug,
+                               debug_flag="Test app.debug"))
+    pol.decide(RequestInfo(path="/x", header={"x-enable-profiling": "change-me"}.get, debug=True))
+    opens = ("to profile such requests, set header_secret (OTELPROF_HEADER_SECRET) and send it as the header's "
+             "value, or header_trust='any' (OTELPROF_HEADER_TRUST=any) to honour the header from anyone")
+    assert [r.getMessage() for r in caplog.records] == [
+        "otelprof: ignored the X-Enable-Profiling header: no header_secret is set and the app is not in debug mode "
+        f"(Test app.debug is False); {opens}",
+        "otelprof: ignored the X-Enable-Profiling header: no header_secret is set and this app has no debug mode "
+        f"(a plain WSGI/ASGI app); {opens}",
+        "otelprof: ignored the X-Enable-Profiling header: its value is not one of 1, true, yes, on (no "
+        "header_secret is set); to profile such requests, send 1, or set header_secret and send that",
+    ]
+    assert pol.profiler.stats()["declined"]["header_ignored"] == 5
+
+
 # ----------------------------------------------------------------------------- on demand
 
 def test_on_demand_window_opens_and_closes(profiler_factory: Any) -> None:

@@ -174,22 +174,23 @@ class EntryDecider:
                 return True
             return self._ignore_header("secret", "its value is not the header_secret (the value is not shown)",
                                        "send the header_secret as the header's value")
-        if value.lower() not in HEADER_YES:
-            if value.lower() in HEADER_NO:
-                return False  # it says no
+        value = value.lower()
+        if value in HEADER_NO:
+            return False  # it says no
+        if trust != "any":
+            debug = info.debug_mode()
+            if not debug:
+                why = ("this app has no debug mode (a plain WSGI/ASGI app)" if debug is None
+                       else f"the app is not in debug mode ({info.debug_flag} is False)")
+                key = "debug:" + (info.debug_flag if debug is not None else "")
+                return self._ignore_header(key, "no header_secret is set and " + why,
+                                           "set header_secret (OTELPROF_HEADER_SECRET) and send it as the "
+                                           "header's value, or header_trust='any' (OTELPROF_HEADER_TRUST=any) to "
+                                           "honour the header from anyone")
+        if value not in HEADER_YES:
             return self._ignore_header("value", "its value is not one of 1, true, yes, on (no header_secret "
                                        "is set)", "send 1, or set header_secret and send that")
-        if trust == "any":
-            return True
-        debug = info.debug_mode()
-        if debug:
-            return True
-        why = ("this app has no debug mode (a plain WSGI/ASGI app)" if debug is None
-               else f"the app is not in debug mode ({info.debug_flag} is False)")
-        return self._ignore_header("debug:" + info.debug_flag, "no header_secret is set and " + why,
-                                   "set header_secret (OTELPROF_HEADER_SECRET) and send it as the header's "
-                                   "value, or header_trust='any' (OTELPROF_HEADER_TRUST=any) to honour the "
-                                   "header from anyone")
+        return True
 
     def _ignore_header(self, key: str, why: str, opens: str) -> bool:
         self.stats.declined("header_ignored")
