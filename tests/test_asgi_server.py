@@ -470,8 +470,13 @@ def test_example_app_demo_script_runs(tmp_path: Any) -> None:
 
     out = subprocess.run([sys.executable, os.path.join(EXAMPLE_DIR, "demo.py"), "--output-dir",
                           str(tmp_path / "demo-profiles")], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p)))
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
+                                  OTELPROF_HEADER_SECRET="demo-s3cret"))
     assert out.returncode == 0, out.stdout + out.stderr
+    # one copy-paste curl, with the secret the demo's requests use
+    curls = [line.strip() for line in out.stdout.splitlines() if line.strip().startswith("curl ")]
+    assert len(curls) == 1 and curls[0].startswith("curl -i -H 'X-Enable-Profiling: demo-s3cret' http://127.0.0.1:")
+    assert out.stdout.count("X-Profile-Id: -") == 1  # every request but the 500 got its profile id
     assert "profile(s) in" in out.stdout and "flat%" in out.stdout and "count_primes" in out.stdout
     # the 500 without X-Profile-Id is found by its trace id, with its status
     assert "GET /error had no X-Profile-Id" in out.stdout and "(status 500)" in out.stdout, out.stdout

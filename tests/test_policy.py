@@ -13,6 +13,7 @@ import threading
 from typing import Any, Optional
 
 import pytest
+from helpers.clock import FakeClock
 
 from otelprof_middleware import ConfigError
 from otelprof_middleware.policy import Policy, RequestInfo
@@ -20,17 +21,6 @@ from otelprof_middleware.policy.cpu import CpuMonitor, CpuTrigger
 from otelprof_middleware.policy.governor import Governor
 from otelprof_middleware.policy.triggers import RouteArming, route_pattern
 from otelprof_middleware.profile import SpanLink
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 def make_policy(profiler_factory: Any, clock: Optional[FakeClock] = None, cpu: Any = None,

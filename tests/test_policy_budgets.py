@@ -16,6 +16,7 @@ import threading
 from typing import Any, Optional
 
 import pytest
+from helpers.clock import FakeClock
 
 from otelprof_middleware.policy import Policy, RequestInfo, WindowLimiter
 from otelprof_middleware.policy.limits import ProfileBudget, default_shares
@@ -23,17 +24,6 @@ from otelprof_middleware.wsgi import ProfilingMiddleware
 
 #: the review's crafted trace id: its low 64 bits are 1, under any ratio
 CRAFTED = "00-00000000000000000000000000000001-00f067aa0ba902b7-01"
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 def most_in_any_window(times: list[float], window: float = 60.0) -> int:
