@@ -1,4 +1,4 @@
-"""``python -m otelprof_middleware summary <file|folder>`` (see :mod:`.cli`)."""
+"""``python -m otelprof_middleware COMMAND`` (the ``otelprof`` command; see :mod:`.cli`)."""
 
 import sys
 

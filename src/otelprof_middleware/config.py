@@ -48,7 +48,7 @@ from ._safety import LogOnce
 
 from ._redact import MASK, mask_key_values, redact_url
 
-__all__ = ["Config", "ConfigError", "parse_duration", "parse_size", "parse_trigger_limits"]
+__all__ = ["Config", "ConfigError", "parse_duration", "parse_size", "parse_trigger_limits", "parse_retention"]
 
 ENV_PREFIX = "OTELPROF_"
 OTLP_PROFILES_PATH = "/v1development/profiles"
@@ -214,6 +214,29 @@ def parse_trigger_limits(raw: Any) -> dict[str, int]:
     return out
 
 
+#: file exporter retention classes: a profile's strongest trigger, strongest first ("other": none)
+RETENTION_CLASSES = ("header", "error", "slow", "high_cpu", "on_demand", "custom", "manual", "probability", "other")
+
+
+def parse_retention(raw: Any) -> dict[str, int]:
+    """``{class: profiles kept}`` from ``"probability=1000,slow=500"`` or a mapping;
+    ``ConfigError`` for an unknown class or a count that is not a whole number >= 0."""
+    out: dict[str, int] = {}
+    items = parse_key_values(raw) if isinstance(raw, str) else dict(raw or {})
+    for k, v in items.items():
+        name = str(k).strip().lower()
+        if name not in RETENTION_CLASSES:
+            raise ConfigError("retention", raw, f"unknown class {str(k)!r}; classes: " + ", ".join(RETENTION_CLASSES))
+        try:
+            n = int(str(v).strip())
+        except ValueError:
+            n = -1
+        if n < 0:
+            raise ConfigError("retention", raw, f"{k}={v!r}: counts must be whole numbers >= 0")
+        out[name] = n
+    return out
+
+
 def _parse_url_list(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -269,6 +292,8 @@ class Config:
     output_dir: str = _opt("profiles", "str", doc="folder of the file exporter")
     max_files: int = _opt(1000, "int", 1, 10_000_000, doc="file exporter retention: number of profiles")
     max_bytes: int = _opt(256 * 1024 * 1024, "size", 1024, None, doc="file exporter retention: total bytes")
+    retention: Mapping[str, int] = _opt(dict, "retention", doc="file exporter per-class quotas, e.g. "
+                                        "'probability=1000,slow=500,error=500,header=200'")
     endpoint: str = _opt("", "url", optional=True, doc="full OTLP profiles URL")
     protocol: str = _opt("http/protobuf", "choice", choices=("http/protobuf", "grpc"))
     headers: Mapping[str, str] = _opt(dict, "kv", doc="extra headers (gRPC metadata) for the OTLP endpoint only")
@@ -644,9 +669,9 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
     if isinstance(raw, str) and spec.optional and raw.strip().lower() in ("", "none", "auto"):
         return None
     kind = spec.kind
-    if kind == "limits":
+    if kind in ("limits", "retention"):
         try:
-            return parse_trigger_limits(raw)
+            return parse_trigger_limits(raw) if kind == "limits" else parse_retention(raw)
         except ConfigError as exc:  # its own, more precise message
             raise fail(exc.allowed) from None
         except (TypeError, ValueError):
@@ -737,6 +762,8 @@ def _allowed_text(spec: _Spec) -> str:
         return "must be key=value pairs separated by commas, or a mapping"
     if kind == "limits":
         return "must be trigger=N pairs separated by commas, or a mapping"
+    if kind == "retention":
+        return "must be class=N pairs separated by commas, or a mapping"
     if kind == "urls":
         return "must be comma-separated regular expressions"
     if kind == "callable":

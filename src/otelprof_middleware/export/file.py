@@ -1,28 +1,48 @@
-"""The file exporter: one gzip'd pprof per profile plus an ``index.jsonl`` line.
+"""The file exporter: one gzip'd pprof per profile in ``output_dir``, indexed.
 
-Files are written to a temporary name and renamed, so a reader never sees half
-a file; index lines are appended with one ``write`` each.  Retention keeps at
-most ``max_files`` profiles and ``max_bytes`` bytes, removing the oldest first.
+Each profile is written to a private temporary file (``0600``), then moved into
+place, indexed, logged to ``index.jsonl`` and retention applied, all under the
+folder's one write lock (:class:`~otelprof_middleware.store.index.ProfileIndex`),
+so several processes (gunicorn workers) can share a folder and retention counts
+all of them.  A folder the exporter creates is ``0700``.
+
+Retention: ``max_files`` and ``max_bytes`` bound the folder; profiles sampled only
+by chance (``probability``) are removed first, oldest first, so profiles kept for
+a reason (header, error, slow, high CPU ...) outlive them; ``retention`` adds
+per-class quotas (``"probability=1000,slow=500,error=500,header=200"``).  Only
+files named like the exporter's own are ever deleted.
+
+If the index database cannot be used (locked for longer than its timeout, a
+read-only copy), the profile is still written and logged, and the next
+:meth:`~otelprof_middleware.store.index.ProfileIndex.sync` indexes it; a corrupt
+database is moved aside and rebuilt from the log and the files.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sqlite3
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+import weakref
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+from .._safety import LogOnce, at_fork_reinit
 from ..encoding import encode_pprof
+from ..store.index import IndexUnusable, ProfileIndex, Retention, clean_attributes, write_private
+from ..store.layout import INDEX_DB, INDEX_LOG, PROFILE_FILE_RE, profile_file_name
 from .base import ExportResult
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..profile import Profile
 
-__all__ = ["FileExporter", "profile_summary"]
+__all__ = ["FileExporter", "profile_summary", "INDEX_LOG"]
 
-INDEX_NAME = "index.jsonl"
+_log_once = LogOnce(every=300.0)
+_STALE_TMP_S = 600.0
 
 
 def profile_summary(profile: "Profile") -> dict[str, Any]:
@@ -35,7 +55,7 @@ def profile_summary(profile: "Profile") -> dict[str, Any]:
         "link_source": link.source if link else None,
         "name": profile.name,
         "trigger": ",".join(profile.triggers),
-        "start": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(profile.start_time_ns / 1e9))
+        "start": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(profile.start_time_ns // 1_000_000_000))
         + f".{(profile.start_time_ns // 1_000_000) % 1000:03d}Z",
         "start_unix_nano": profile.start_time_ns,
         "duration_ms": round(profile.duration_ns / 1e6, 3),
@@ -52,67 +72,140 @@ class FileExporter:
 
     def __init__(self, config: "Config") -> None:
         self.dir = os.path.abspath(config.output_dir)
-        self.max_files = config.max_files
-        self.max_bytes = config.max_bytes
+        self.service = config.service_name
+        self.retention = Retention(max_files=config.max_files, max_bytes=config.max_bytes,
+                                   quotas=dict(config.retention))
         self._lock = threading.Lock()
-        self._files: list[tuple[str, int]] | None = None  # oldest first
+        self._index: Optional[ProfileIndex] = None
+        self._held_for_fork = False
+        at_fork_reinit(self.after_fork)
+        _guard_fork(self)
 
-    def _scan(self) -> list[tuple[str, int]]:
-        found = []
+    # ------------------------------------------------------------------ index
+    def _open(self) -> ProfileIndex:
+        if self._index is None:
+            created = not os.path.isdir(self.dir)
+            index = ProfileIndex(self.dir, create_dir=True, keep_open=False)  # no SQLite state across fork
+            if created:
+                _log_once("file-dir:" + self.dir, "otelprof: created %s (mode 0700) for the file exporter", self.dir,
+                          level=logging.INFO)
+            self._remove_stale_tmp()
+            try:
+                index.sync(budget=100)  # a folder from an older version, or lines the index missed
+            except (sqlite3.Error, IndexUnusable, OSError) as e:
+                self._index_failed(index, e)
+            self._index = index
+        return self._index
+
+    def _remove_stale_tmp(self) -> None:
+        now = time.time()
         try:
-            for entry in os.scandir(self.dir):
-                if entry.name.endswith(".pb.gz") and entry.is_file():
-                    found.append((entry.name, entry.stat().st_size))
-        except FileNotFoundError:
+            with os.scandir(self.dir) as it:
+                for e in it:
+                    n = e.name
+                    if n.startswith(".") and n.endswith(".tmp") and PROFILE_FILE_RE.match(n[1:-4]):
+                        try:
+                            if now - e.stat(follow_symlinks=False).st_mtime > _STALE_TMP_S:
+                                os.unlink(e.path)
+                        except OSError:
+                            pass
+        except OSError:
             pass
-        found.sort()  # names start with the UTC time
-        return found
 
+    def _index_failed(self, index: ProfileIndex, exc: BaseException) -> None:
+        corrupt = isinstance(exc, sqlite3.DatabaseError) and any(
+            m in str(exc).lower() for m in ("not a database", "malformed", "corrupt"))
+        cause = exc.__cause__ if isinstance(exc, IndexUnusable) and exc.__cause__ is not None else exc
+        if not corrupt and isinstance(cause, sqlite3.DatabaseError):
+            corrupt = any(m in str(cause).lower() for m in ("not a database", "malformed", "corrupt"))
+        if corrupt:
+            index.close()
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.replace(index.path + suffix, f"{index.path}.corrupt-{stamp}{suffix}")
+                except OSError:
+                    pass
+            _log_once("file-index-corrupt", "otelprof: %s was corrupt; moved aside, rebuilding it from %s "
+                      "and the files", index.path, INDEX_LOG)
+            return
+        _log_once("file-index:" + type(cause).__name__,
+                  "otelprof: the profile index %s could not be used (%s); profiles are still written to %s and "
+                  "indexed later", os.path.join(self.dir, INDEX_DB), cause, self.dir)
+
+    # ------------------------------------------------------------------ export
     def export(self, profiles: Sequence["Profile"]) -> ExportResult:
-        os.makedirs(self.dir, exist_ok=True)
         done = 0
         with self._lock:
-            if self._files is None:
-                self._files = self._scan()
+            index = self._open()
             for profile in profiles:
                 data = encode_pprof(profile)
-                stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(profile.start_time_ns / 1e9))
-                stamp += f"{(profile.start_time_ns // 1000) % 1_000_000:06d}Z"
-                fname = f"{stamp}_{profile.profile_id_hex}.pb.gz"
-                path = os.path.join(self.dir, fname)
+                fname = profile_file_name(profile.start_time_ns, profile.profile_id_hex)
                 tmp = os.path.join(self.dir, f".{fname}.tmp")
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-                line = profile_summary(profile)
-                line["file"] = fname
-                encoded = (json.dumps(line, separators=(",", ":"), default=str) + "\n").encode()
-                fd = os.open(os.path.join(self.dir, INDEX_NAME), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                write_private(tmp, data)
+                entry = profile_summary(profile)
+                entry["name"] = _cut(entry["name"], 512)
+                entry["attributes"] = clean_attributes(entry["attributes"])
+                entry["service"] = self.service
+                entry["file"] = fname
+                line = (json.dumps(entry, separators=(",", ":"), default=str) + "\n").encode("utf-8", "replace")
                 try:
-                    os.write(fd, encoded)
-                finally:
-                    os.close(fd)
-                self._files.append((fname, len(data)))
+                    index.add(fname, tmp, len(data), entry, line, self.retention)
+                except (sqlite3.Error, IndexUnusable) as e:
+                    self._index_failed(index, e)
+                    if os.path.exists(tmp):  # not moved yet: keep the profile, log it, index it later
+                        os.replace(tmp, os.path.join(self.dir, fname))
+                        _append(os.path.join(self.dir, INDEX_LOG), line)
                 done += 1
-            self._enforce_retention()
         return ExportResult(exported=done)
 
-    def _enforce_retention(self) -> None:
-        assert self._files is not None
-        total = sum(size for _, size in self._files)
-        while self._files and (len(self._files) > self.max_files or total > self.max_bytes):
-            name, size = self._files.pop(0)
-            total -= size
-            try:
-                os.unlink(os.path.join(self.dir, name))
-            except FileNotFoundError:
-                pass
-
     def after_fork(self) -> None:
-        # the parent's worker may have held the lock at fork time: it would stay
-        # locked forever here; the file list is rescanned on the next export
+        # the parent's worker may have held the lock at fork time; the parent's
+        # SQLite connections must not be used (nor closed) in the child
         self._lock = threading.Lock()
-        self._files = None
+        self._held_for_fork = False
+        if self._index is not None:
+            self._index.abandon()
+        self._index = None
 
     def shutdown(self) -> None:
-        pass
+        if self._index is not None:
+            self._index.close()
+
+
+FORK_WAIT_S = 5.0
+
+
+def _guard_fork(exporter: FileExporter) -> None:
+    """Fork only between two exports.  SQLite keeps process-wide locks and file state
+    that a child inherits as they were: a fork in the middle of an export (gunicorn
+    ``--preload`` forks its workers while the master's first profile is written) can
+    leave the child's SQLite stuck.  Before a fork, wait (at most ``FORK_WAIT_S``) for
+    the export in progress to end; ``_safety.at_fork_reinit`` only runs after it."""
+    ref = weakref.ref(exporter)
+
+    def before() -> None:
+        e = ref()
+        if e is not None:
+            e._held_for_fork = e._lock.acquire(timeout=FORK_WAIT_S)
+
+    def after_in_parent() -> None:
+        e = ref()
+        if e is not None and e._held_for_fork:
+            e._held_for_fork = False
+            e._lock.release()
+
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(before=before, after_in_parent=after_in_parent)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _append(path: str, line: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
