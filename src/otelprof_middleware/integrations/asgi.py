@@ -82,11 +82,12 @@ _asyncio_current_task = asyncio.current_task
 class ProfilingMiddleware:
     """Per-request, trace-linked profiling for an ASGI application.
 
-    ``profiler`` shares an existing :class:`~otelprof_middleware.Profiler`; otherwise
+    ``profiler`` uses that :class:`~otelprof_middleware.Profiler`; otherwise
     ``options`` are the engine's configuration options (``probability=0.01``,
-    ``exporter="otlp"``, ``header_secret=...``) for a profiler of this middleware,
-    and with neither the process-wide default profiler (configured from the
-    environment) is used.  A bad option raises ``ConfigError`` here, at start-up.
+    ``exporter="otlp"``, ``header_secret=...``) and configure the process's profiler
+    (``get_profiler()`` returns it; options that differ from an existing one get a
+    profiler of their own, with a warning); with neither, the process's profiler
+    is used as the environment configures it.  :attr:`profiler` is the one in use.
 
     ``route_of(scope)`` may give the route template of a request for routers other
     than Starlette's (whose routes are matched without help); it is asked only while

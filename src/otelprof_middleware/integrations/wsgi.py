@@ -132,6 +132,12 @@ class WSGIRequest(RequestHandle):
 class ProfilingMiddleware:
     """WSGI middleware that profiles the requests the shared policy selects.
 
+    ``profiler`` uses that profiler; otherwise ``options`` configure the process's
+    profiler (``get_profiler()``; see the ASGI middleware), and :attr:`profiler` is
+    the one in use.  A bad option raises ``ConfigError`` here, at start-up.  A plain
+    WSGI app has no debug mode: without ``header_secret`` the trigger header is
+    honoured only with ``header_trust="any"``.
+
     ``route_of(environ)`` may give the route template of a request (its router's
     answer, e.g. ``"/items/{id}"``): a slow or failing request then arms its route,
     not only its literal path.  It is asked only while some route is armed."""

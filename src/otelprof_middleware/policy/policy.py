@@ -7,6 +7,9 @@ per profiler (``Profiler.policy``), shared by every integration that uses it:
 * :mod:`.triggers` — armed routes and on-demand windows;
 * :mod:`.cpu` and :mod:`.governor` — the high-CPU trigger and the overhead governor.
 
+:meth:`Policy.state` gives a read-only snapshot of all of it (:class:`PolicyState`)
+for stats pages and debugging.
+
 Everything here depends only on :class:`~.request.PolicyHost` (what it needs of the
 engine) and :class:`~.request.ProfilableRequest` (what it needs of a request); it
 imports nothing from the integrations and nothing private from any module.
