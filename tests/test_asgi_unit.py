@@ -92,7 +92,7 @@ def test_lifespan_messages_pass_and_flush_runs_off_loop_before_shutdown_complete
         events.append(("flush", timeout, threading.get_ident() != loop_thread["id"]))
         return True
 
-    monkeypatch.setattr(profiler, "force_flush", fake_flush)
+    monkeypatch.setattr(profiler, "shutdown", fake_flush)
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         assert scope["type"] == "lifespan"

@@ -35,8 +35,8 @@ through untouched):
 * header-triggered requests are sampled at :data:`HEADER_BOOST_HZ` for their first
   :data:`HEADER_BOOST_SECONDS`, then at ``sample_hz``, so that a request of a few
   milliseconds still gets samples;
-* at ``lifespan`` shutdown, after the application handled it, finished profiles
-  are flushed (``force_flush(shutdown_timeout)``) in a worker thread;
+* at ``lifespan`` shutdown, after the application handled it, the profiler is
+  shut down (``shutdown(shutdown_timeout)``: flush, count what is left) in a worker thread;
 * a configuration mistake (a bad option, from keywords or ``OTELPROF_*``
   variables) never turns requests into 500s: Starlette builds its middleware
   lazily, inside the server's first ``lifespan`` call, where an exception reads as
@@ -176,7 +176,7 @@ class ProfilingMiddleware:
         await self.app(scope, receive, send)
 
     async def flush(self) -> None:
-        """``force_flush`` in a worker thread: the event loop never waits on export I/O."""
+        """``shutdown`` in a worker thread: the event loop never waits on export I/O."""
         profiler = self.profiler
         if self._flushing:
             return
@@ -186,9 +186,9 @@ class ProfilingMiddleware:
             try:
                 import anyio.to_thread
 
-                await anyio.to_thread.run_sync(profiler.force_flush, timeout)
+                await anyio.to_thread.run_sync(profiler.shutdown, timeout)
             except ImportError:
-                await asyncio.get_running_loop().run_in_executor(None, profiler.force_flush, timeout)
+                await asyncio.get_running_loop().run_in_executor(None, profiler.shutdown, timeout)
         except Exception:
             profiler.report_failure("asgi-flush", "otelprof: flushing profiles at shutdown failed")
         finally:
