@@ -106,6 +106,39 @@ def test_flask_extension_hands_out_the_process_profiler() -> None:
     set_profiler(None)
 
 
+def test_an_app_started_again_gets_a_live_process_profiler() -> None:
+    """The lifespan shutdown shuts the profiler down (flush, count what is left); an
+    app that starts again in the same process (a test client per test) profiles
+    with a new process profiler of the same configuration.  One given with
+    ``profiler=`` is the caller's: it is not replaced."""
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    def make(**options: Any) -> Any:
+        app = FastAPI()
+        app.add_middleware(ASGIMiddleware, **options)
+        app.get("/x")(lambda: "ok")
+        return app
+
+    app = make(probability=1.0, exporter="none")
+    seen = []
+    for _ in range(2):
+        with TestClient(app) as client:
+            client.get("/x")
+            seen.append((get_profiler(), get_profiler().stats()["profiles_started"], get_profiler().enabled))
+    assert [started for _p, started, _on in seen] == [1, 1] and all(on for _p, _s, on in seen)
+    assert seen[0][0] is not seen[1][0] and not seen[0][0].enabled
+    assert seen[1][0].config == seen[0][0].config
+
+    own = Profiler(probability=1.0, exporter="none")
+    given = make(profiler=own)
+    for _ in range(2):
+        with TestClient(given) as client:
+            client.get("/x")
+    assert own.stats()["profiles_started"] == 1 and not own.enabled  # shut down at the first stop, kept
+    seen[1][0].shutdown(timeout=1)
+
+
 # ----------------------------------------------------------------------------- real servers
 
 FASTAPI_APP = textwrap.dedent('''

@@ -319,8 +319,13 @@ class _Lifespan:
 
     async def receive(self) -> Message:
         message = await self._receive_from()
-        if message.get("type") == "lifespan.shutdown":
+        kind = message.get("type")
+        if kind == "lifespan.shutdown":
             self.shutdown = True
+        elif kind == "lifespan.startup":
+            rp = self.middleware.request_profiling
+            if rp is not None:
+                rp.renew()  # the app starts again in this process (a test client per test)
         return message
 
     async def send(self, message: Message) -> None:

@@ -85,6 +85,9 @@ class RequestProfiling:
                  **options: Any) -> None:
         if profiler is not None and options:
             raise TypeError("pass either profiler= or options, not both (the profiler carries its own config)")
+        #: the profiler is the process's (not one given with ``profiler=``)
+        self.shared = profiler is None
+        self.by = by
         if profiler is None:
             profiler = shared_profiler(Config.load(options), by=by) if options else get_profiler()
         self.profiler = profiler
@@ -97,6 +100,15 @@ class RequestProfiling:
     @property
     def config(self) -> Any:
         return self.profiler.config
+
+    def renew(self) -> None:
+        """The app starts again (a second ASGI lifespan in one process, e.g. a test
+        client per test): the process's profiler, shut down when the app last
+        stopped, is replaced by a new one of the same configuration.  A profiler
+        given with ``profiler=`` is the caller's to manage."""
+        p = self.profiler
+        if self.shared and p.config.enabled and not p.enabled:
+            self.profiler = shared_profiler(p.config, by=self.by)
 
     @property
     def policy(self) -> Policy:
