@@ -161,6 +161,7 @@ def test_every_figure_agrees_for_five_kinds_of_request(profiler_factory: Any, ot
     app = make_app(_gil_loop_size())
     with OTLPReceiver() as rx:
         profiler = profiler_factory(exporter="file,otlp", output_dir=out_dir, endpoint=rx.url, probability=1.0,
+                                    header_trust="any",
                                     sample_hz=100, min_samples=0, batch_timeout=60)
         app.add_middleware(ProfilingMiddleware, profiler=profiler)
         FastAPIInstrumentor.instrument_app(app)

@@ -37,8 +37,8 @@ import time
 import weakref
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
-from ._safety import Firewall
-from .config import Config
+from ._safety import Firewall, LogOnce
+from .config import Config, shown_value
 from .export.metrics import instruments
 from .export.pipeline import ExportPipeline
 from .export.priority import priority_of
@@ -52,7 +52,8 @@ from .session import Session
 from .stats import Stats
 from .tracecontext import current_link
 
-__all__ = ["Profiler", "get_profiler", "current_session", "activate_session", "deactivate_session"]
+__all__ = ["Profiler", "get_profiler", "set_profiler", "shared_profiler", "current_session", "activate_session",
+           "deactivate_session"]
 
 log = logging.getLogger("otelprof_middleware")
 
@@ -456,24 +457,77 @@ class ProfileBlock:
 
 _live_profilers: "weakref.WeakSet[Profiler]" = weakref.WeakSet()
 _default: Optional[Profiler] = None
+_default_by = ""  # who made the default (for the warning about a second configuration)
+# profilers of further, different configurations (weakly: they live as long as their users)
+_others: list[tuple[Config, "weakref.ref[Profiler]"]] = []
 _default_lock = threading.Lock()
+_warn_once = LogOnce()
 
 
 def get_profiler() -> Profiler:
-    """The process-wide default profiler, configured from the environment."""
-    global _default
+    """The process's profiler: the one the integrations use when they are given
+    options or nothing (then it is configured from the environment), or the one
+    :func:`set_profiler` installed."""
+    global _default, _default_by
     if _default is None:
         with _default_lock:
             if _default is None:
                 _default = Profiler()
+                _default_by = "get_profiler() (from the environment)"
     return _default
 
 
 def set_profiler(profiler: Optional[Profiler]) -> None:
-    """Replace the process-wide default (tests, custom set-ups)."""
-    global _default
+    """Replace the process's profiler (tests, custom set-ups); None: the next user
+    makes a new one."""
+    global _default, _default_by
     with _default_lock:
         _default = profiler
+        _default_by = "set_profiler()"
+        _others.clear()
+
+
+def shared_profiler(config: Config, *, by: str) -> Profiler:
+    """The profiler for ``config`` that an integration configured with options
+    (``by`` names it, e.g. ``"ProfilingMiddleware(...)"``) uses: the process's
+    profiler, made now if there is none yet.  A configuration that differs from
+    the process's profiler gets a profiler of its own (one per configuration) and
+    one warning naming the options that differ."""
+    global _default, _default_by
+    with _default_lock:
+        current = _default
+        if current is None or current._shut_down:
+            _default = Profiler(config)
+            _default_by = by
+            return _default
+        if current.config == config:
+            return current
+        for cfg, ref in _others:
+            other = ref()
+            if other is not None and not other._shut_down and cfg == config:
+                return other
+        _others[:] = [(c, r) for c, r in _others if r() is not None]
+        differ = _differences(current.config, config)
+        made_by = _default_by
+        profiler = Profiler(config)
+        _others.append((config, weakref.ref(profiler)))
+    _warn_once("second-config:" + differ,
+               "otelprof: %s configures a profiler different from the process's profiler (made by %s): %s. "
+               "It uses a profiler of its own; get_profiler() returns the first one. To share one profiler, "
+               "give the same options, or pass profiler=", by, made_by, differ)
+    return profiler
+
+
+def _differences(old: Config, new: Config) -> str:
+    """``"probability=0.5 (keyword argument) instead of 0.01 (default)"``, for every
+    option that differs (credentials masked)."""
+    out = []
+    for name in Config.option_names():
+        a, b = getattr(old, name), getattr(new, name)
+        if a != b:
+            out.append(f"{name}={shown_value(name, b)!r} ({new.source_of(name)}) instead of "
+                       f"{shown_value(name, a)!r} ({old.source_of(name)})")
+    return ", ".join(out) or "the same options, another should_profile"
 
 
 def _after_fork_in_child() -> None:
