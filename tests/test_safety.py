@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
+import threading
+import weakref
 
 import pytest
 
-from otelprof_middleware._safety import Firewall, LogOnce, at_fork_reinit
+from otelprof_middleware._safety import Firewall, LogOnce, around_fork, at_fork_reinit
 
 
 def test_log_once_logs_each_key_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -73,3 +76,44 @@ def test_fork_hook_runs_in_child_only_while_object_lives() -> None:
     assert got == b"1"
     assert alive.reset is False  # the parent is untouched
     assert sys.getrefcount(alive) >= 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_around_fork_hooks_hold_across_the_fork_while_the_object_lives() -> None:
+    events: list[tuple[str, str]] = []
+
+    class Guard:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.lock = threading.Lock()
+            around_fork(self.before, self.after)
+
+        def before(self) -> None:
+            self.lock.acquire()
+            events.append(("before", self.name))
+
+        def after(self) -> None:
+            events.append(("after", self.name))
+            self.lock.release()
+
+    first, second = Guard("first"), Guard("second")
+    gone = Guard("gone")
+    del gone
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: it inherited both locks as they were at the fork: held
+        try:
+            os.write(w, b"1" if first.lock.locked() and second.lock.locked() else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 1)
+    os.waitpid(pid, 0)
+    assert got == b"1"
+    # newest first before the fork, the reverse after it; nothing for the object that is gone
+    assert events == [("before", "second"), ("before", "first"), ("after", "first"), ("after", "second")]
+    assert not first.lock.locked() and not second.lock.locked()
+    ref = weakref.ref(first)
+    del first
+    gc.collect()
+    assert ref() is None  # registering kept no strong reference
