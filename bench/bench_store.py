@@ -124,6 +124,7 @@ def drop_digests(directory: str) -> None:
     conn = sqlite3.connect(os.path.join(directory, "index.sqlite3"))
     try:
         conn.execute("DELETE FROM digests")
+        conn.execute("DELETE FROM digest_data")
         conn.commit()
     finally:
         conn.close()

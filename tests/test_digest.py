@@ -103,6 +103,7 @@ def drop_digests(d: str) -> None:
     conn = sqlite3.connect(os.path.join(d, INDEX_DB))
     try:
         conn.execute("DELETE FROM digests")
+        conn.execute("DELETE FROM digest_data")
         conn.commit()
     finally:
         conn.close()
@@ -111,8 +112,9 @@ def drop_digests(d: str) -> None:
 def digest_rows(d: str) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(os.path.join(d, INDEX_DB))
     try:
-        return conn.execute("SELECT p.file, g.version, g.file_size, g.file_mtime_ns, g.size, length(g.data) "
-                            "FROM digests g LEFT JOIN profiles p ON p.id = g.ref ORDER BY p.file").fetchall()
+        return conn.execute("SELECT p.file, g.version, g.file_size, g.file_mtime_ns, g.size, length(b.data) "
+                            "FROM digests g LEFT JOIN profiles p ON p.id = g.ref LEFT JOIN digest_data b ON b.ref = g.ref "
+                            "ORDER BY p.file").fetchall()
     finally:
         conn.close()
 
@@ -244,8 +246,8 @@ def test_damaged_digests_raise_digest_error_only() -> None:
 
 
 def test_a_damaged_body_that_still_inflates_is_refused() -> None:
-    """A body rewritten with a reference past the frame table, or a value of 2**63, is
-    refused even though it decompresses."""
+    """A digest rewritten with a reference past the frame table, or a value of 2**63,
+    is refused even though its parts decompress."""
     import zlib
 
     p = Profile(name="x", start_time_ns=NOW, duration_ns=1, period_ns=1)
@@ -254,19 +256,23 @@ def test_a_damaged_body_that_still_inflates_is_refused() -> None:
     blob = digest_profile(p) or b""
     header = digest_module._HEADER
     fields = list(header.unpack_from(blob))
-    raw = bytearray(zlib.decompress(blob[header.size:]))
-    sizes = [fields[8], fields[9], 2, 2, 2, 2, digest_module.HASH_BYTES, 30]  # types, functions, 1 frame, 1 ref
-    refs_at = sum(sizes[:5])
-    for patch in ("ref", "value"):
-        body = bytearray(raw)
-        if patch == "ref":
-            body[refs_at:refs_at + 2] = (7).to_bytes(2, "little")
-        else:
-            body[-13] = 0x80  # the top bit of the eighth byte of the cpu field: 2**63
-        bad = header.pack(*fields) + zlib.compress(bytes(body))
+    at = header.size + digest_module.HASH_BYTES  # one stack
+    hashes = blob[header.size:at]
+    head = bytearray(zlib.decompress(blob[at:at + fields[10]]))
+    tables = bytearray(zlib.decompress(blob[at + fields[10]:]))
+
+    def assemble(head: bytes, tables: bytes) -> bytes:
+        z = zlib.compress(head)
+        return header.pack(*fields[:10], len(z)) + hashes + z + zlib.compress(tables)
+
+    assert load_digest(assemble(head, tables), StackTable(FunctionTable())).sids  # reassembled as it was: fine
+    bad_ref = bytearray(tables)
+    bad_ref[fields[9] + 6:fields[9] + 8] = (7).to_bytes(2, "little")  # after the functions, frame, line, depth
+    big_value = bytearray(head)
+    big_value[-13] = 0x80  # the top bit of the eighth byte of the cpu field: 2**63
+    for h, t in ((head, bad_ref), (big_value, tables)):
         with pytest.raises(DigestError):
-            load_digest(bad, StackTable(FunctionTable()))
-    assert load_digest(header.pack(*fields) + zlib.compress(bytes(raw)), StackTable(FunctionTable())).sids
+            load_digest(assemble(h, t), StackTable(FunctionTable()))
 
 
 # --------------------------------------------------------------------------- the store
@@ -359,7 +365,7 @@ def test_stale_damaged_and_other_version_digests_are_rebuilt(tmp_path: Any) -> N
     conn = sqlite3.connect(os.path.join(d, INDEX_DB))
     refs = [r[0] for r in conn.execute("SELECT ref FROM digests ORDER BY ref")]
     conn.execute("UPDATE digests SET version = 99 WHERE ref = ?", (refs[0],))
-    conn.execute("UPDATE digests SET data = zeroblob(300) WHERE ref = ?", (refs[1],))
+    conn.execute("UPDATE digest_data SET data = zeroblob(300) WHERE ref = ?", (refs[1],))
     conn.execute("UPDATE digests SET file_mtime_ns = file_mtime_ns + 1 WHERE ref = ?", (refs[2],))
     conn.commit()
     conn.close()
@@ -402,6 +408,7 @@ def test_retention_deletes_digests_with_their_rows_and_counts_their_bytes(tmp_pa
         assert conn.execute("SELECT count(*) FROM profiles").fetchone()[0] == 5
         assert conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 5
         assert conn.execute("SELECT count(*) FROM digests WHERE ref NOT IN (SELECT id FROM profiles)").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM digest_data").fetchone()[0] == 5
         file_bytes = conn.execute("SELECT total(size) FROM profiles").fetchone()[0]
         digest_bytes = conn.execute("SELECT total(size) FROM digests").fetchone()[0]
     finally:

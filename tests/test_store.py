@@ -406,6 +406,8 @@ def test_two_writer_processes_and_a_reader_share_one_folder(tmp_path: Any, max_f
     try:  # every row has its digest, and no digest outlived its row
         digests = conn.execute("SELECT count(*) FROM digests g JOIN profiles p ON p.id = g.ref").fetchone()[0]
         orphans = conn.execute("SELECT count(*) FROM digests WHERE ref NOT IN (SELECT id FROM profiles)").fetchone()[0]
+        orphans += conn.execute("SELECT count(*) FROM digest_data WHERE ref NOT IN (SELECT ref FROM digests)"
+                                ).fetchone()[0]
     finally:
         conn.close()
     assert digests == len(rows) and orphans == 0

@@ -10,20 +10,22 @@ table, in the same transaction as the profile's row; retention deletes both in o
 step).  Profiles written by other tools, or before digests existed, are digested
 the first time they are read and the digest is stored then.
 
-A digest is one blob: a fixed header, then a zlib-compressed body of
+A digest is one blob, in three parts after a fixed header:
 
-* ``meta``: JSON ``[sample types, functions]``, functions as ``[name, file,
-  start_line]``;
-* ``frames``: per distinct (function, line), its function index and line
-  (``array('I')`` each; lines are already cut to ``LINE_BITS`` as the reader does);
-* per stack: its depth (``array('H')``), its frame indices root first (one
-  ``array``, ``'H'`` up to 65,536 frames else ``'I'``), a 16-byte content hash and
-  its values (``VALUE_BYTES`` per sample type, unsigned little-endian).
+* the stacks' content hashes (``HASH_BYTES`` each), as they are;
+* zlib: the sample types (JSON) and each stack's values (``VALUE_BYTES`` per
+  sample type, unsigned little-endian);
+* zlib: the tables a reader needs only for stacks it has not seen: the functions
+  (JSON ``[name, file, start_line]``), per distinct (function, line) its function
+  index and line (lines already cut to ``LINE_BITS``, as the reader cuts them), each
+  stack's depth and its frame indices, root first.  Integer arrays are ``'H'``
+  where the values fit, else ``'I'`` (header flags).
 
 The content hash (BLAKE2b of the stack's frames' names, files and lines) lets a
 reader recognise a stack it has already interned without decoding its frames: a
-merge of many profiles of one route decodes each distinct stack once, and adds
-the others by hash.  A hash only ever stands for the content it was computed
+merge of many profiles of one route inflates the third part only for profiles
+with a stack it has not seen, decodes each distinct stack once, and adds the
+others by hash.  A hash only ever stands for the content it was computed
 from, so two hashes of one stack (say, from differently normalised names) cost a
 second decode, never a wrong sum: stacks are interned by content as well.
 
@@ -73,8 +75,8 @@ HASH_BYTES = 12  # 96 bits: a collision is not expected below ~10**14 distinct s
 PROFILE_TYPES: tuple[tuple[str, str], ...] = (("samples", "count"), ("cpu", "nanoseconds"), ("wall", "nanoseconds"))
 
 _MAGIC = b"OPdg"
-# magic, version, types, flags, functions, frames, stacks, frame refs, type and function JSON bytes, body
-# (inflated); flags: which integer arrays are 'I' rather than 'H'
+# magic, version, types, flags, functions, frames, stacks, frame refs, type JSON bytes, function JSON bytes,
+# compressed bytes of the values part; flags: which integer arrays are 'I' rather than 'H'
 _HEADER = struct.Struct("<4sHBBIIIIIII")
 _WIDE_FUNCTIONS, _WIDE_LINES, _WIDE_REFS = 1, 2, 4
 _SWAP = sys.byteorder != "little"
@@ -96,7 +98,7 @@ def _function_hash(function: tuple[str, str, int]) -> bytes:
         name, filename, start_line = function
         text = f"{len(name)}:{name}{len(filename)}:{filename}{start_line}"
         h = blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        if len(_FUNCTION_HASHES) >= 1 << 16:
+        if len(_FUNCTION_HASHES) >= 8192:  # bounded: a few hundred kB in the application
             _FUNCTION_HASHES.clear()
         _FUNCTION_HASHES[function] = h
     return h
@@ -144,14 +146,15 @@ def _encode(types: Sequence[tuple[str, str]], functions: Sequence[tuple[str, str
     if _SWAP:
         for a in (fn_arr, line_arr, depths, refs):
             a.byteswap()
-    parts = [type_json.encode("utf-8", "replace"), fn_json.encode("utf-8", "replace"), fn_arr.tobytes(),
-             line_arr.tobytes(), depths.tobytes(), refs.tobytes(), hashes, values]
-    body = b"".join(parts)
-    if len(body) > MAX_RAW_BYTES:
+    types_part = type_json.encode("utf-8", "replace")
+    fn_part = fn_json.encode("utf-8", "replace")
+    tables = b"".join([fn_part, fn_arr.tobytes(), line_arr.tobytes(), depths.tobytes(), refs.tobytes()])
+    if len(tables) + len(values) > MAX_RAW_BYTES:
         return None
+    head = zlib.compress(types_part + values, 1)
     header = _HEADER.pack(_MAGIC, FORMAT_VERSION, ntypes, flags, len(functions), len(frame_fn), len(stacks),
-                          len(refs), len(parts[0]), len(parts[1]), len(body))
-    blob = header + zlib.compress(body, 1)
+                          len(refs), len(types_part), len(fn_part), len(head))
+    blob = b"".join([header, hashes, head, zlib.compress(tables, 1)])
     return (blob, hashes, values) if len(blob) <= MAX_DIGEST_BYTES else None
 
 
@@ -201,38 +204,25 @@ def digest_stacks(ps: "ProfileStacks", stacks: "StackTable") -> tuple[Optional[b
 
 
 def _digest_stacks(ps: "ProfileStacks", table: "FunctionTable") -> Optional[tuple[bytes, bytes, bytes]]:
-    functions: list[tuple[str, str, int]] = []
-    fn_index: dict[int, int] = {}
-    frame_index: dict[int, int] = {}
-    frame_fn: list[int] = []
-    frame_line: list[int] = []
-    stacks: list[list[int]] = []
-    packed: list[int] = []
-    shifts = range(0, _SHIFT * len(ps.sample_types), _SHIFT)
-    for key, vals in ps.stacks.items():
-        refs = []
-        for k in key:
-            i = frame_index.get(k)
-            if i is None:
-                if not isinstance(k, int):
-                    return None  # split by thread: not what merges read
-                fid = k >> LINE_BITS
-                f = fn_index.get(fid)
-                if f is None:
-                    f = fn_index[fid] = len(functions)
-                    functions.append(table.functions[fid])
-                i = frame_index[k] = len(frame_fn)
-                frame_fn.append(f)
-                frame_line.append(k & LINE_MASK)
-            refs.append(i)
-        stacks.append(refs)
-        v = 0
-        for x, shift in zip(vals, shifts):
-            if not 0 <= x < _INT64:
-                return None
-            v |= x << shift
-        packed.append(v)
-    return _encode(ps.sample_types, functions, frame_fn, frame_line, stacks, packed)
+    frames = list(dict.fromkeys(chain.from_iterable(ps.stacks)))  # distinct frame keys, first seen first
+    if not all(type(k) is int for k in frames):
+        return None  # split by thread: not what merges read
+    fids = list(dict.fromkeys(k >> LINE_BITS for k in frames))
+    fn_index = {fid: i for i, fid in enumerate(fids)}
+    frame_index = {k: i for i, k in enumerate(frames)}
+    index_of = frame_index.__getitem__
+    stacks = [list(map(index_of, key)) for key in ps.stacks]
+    rows = list(ps.stacks.values())
+    flat = list(chain.from_iterable(rows))
+    if flat and (min(flat) < 0 or max(flat) >= _INT64):
+        return None  # not what a digest holds: the reader sums the pprof's values itself
+    if len(ps.sample_types) == 3:  # ours: samples, cpu, wall
+        packed = [a | b << _SHIFT | c << 2 * _SHIFT for a, b, c in rows]
+    else:
+        shifts = range(0, _SHIFT * len(ps.sample_types), _SHIFT)
+        packed = [sum([x << shift for x, shift in zip(v, shifts)]) for v in rows]
+    return _encode(ps.sample_types, [table.functions[fid] for fid in fids], [fn_index[k >> LINE_BITS] for k in frames],
+                   [k & LINE_MASK for k in frames], stacks, packed)
 
 
 # --------------------------------------------------------------------------- reading
@@ -289,71 +279,76 @@ def load_digest(blob: bytes, stacks: StackTable, *, max_stack_depth: int = 4096)
     Raises :class:`DigestError` for another version or anything inconsistent."""
     if len(blob) < _HEADER.size or len(blob) > MAX_DIGEST_BYTES:
         raise DigestError("not a digest")
-    magic, version, ntypes, flags, nfn, nframes, nstacks, nrefs, types_len, fn_len, raw_len = \
+    magic, version, ntypes, flags, nfn, nframes, nstacks, nrefs, types_len, fn_len, head_len = \
         _HEADER.unpack_from(blob)
     if magic != _MAGIC or version != FORMAT_VERSION:
         raise DigestError(f"digest format {version}, not {FORMAT_VERSION}")
-    if not 0 < ntypes <= MAX_TYPES or raw_len > MAX_RAW_BYTES:
-        raise DigestError("digest over its limits")
-    codes = ["I" if flags & wide else "H" for wide in (_WIDE_FUNCTIONS, _WIDE_LINES, _WIDE_REFS)]
-    fn_size, line_size, ref_size = (4 if c == "I" else 2 for c in codes)
     width = VALUE_BYTES * ntypes
-    sizes = [types_len, fn_len, fn_size * nframes, line_size * nframes, 2 * nstacks, ref_size * nrefs,
-             HASH_BYTES * nstacks, width * nstacks]
-    if sum(sizes) != raw_len:
-        raise DigestError("digest sections do not add up")
-    try:
-        d = zlib.decompressobj()
-        raw = d.decompress(memoryview(blob)[_HEADER.size:], raw_len + 1)
-    except zlib.error as e:
-        raise DigestError(f"damaged digest: {e}") from None
-    if len(raw) != raw_len or not d.eof:
-        raise DigestError("damaged digest: wrong length")
-    bounds = []
-    pos = 0
-    for n in sizes:
-        bounds.append(slice(pos, pos + n))
-        pos += n
-    types_at, fn_at, frames_at, lines_at, depths_at, refs_at, hashes_at, values_at = bounds
-    types = _types(raw[types_at], ntypes)
-    values = raw[values_at]
+    if not 0 < ntypes <= MAX_TYPES or types_len + width * nstacks > MAX_RAW_BYTES:
+        raise DigestError("digest over its limits")
+    at = _HEADER.size + HASH_BYTES * nstacks
+    hashes = blob[_HEADER.size:at]
+    head = _inflate(blob, at, at + head_len, types_len + width * nstacks)
+    types = _types(head[:types_len], ntypes)
+    values = head[types_len:]
     fields = nstacks * ntypes
     # every value below 2**63: the two top bytes of its field zero, and the top bit of its eighth
     if values[8::VALUE_BYTES] != bytes(fields) or values[9::VALUE_BYTES] != bytes(fields) \
             or values[7::VALUE_BYTES].translate(None, _BELOW_0X80):
         raise DigestError("digest value out of range")
-    hashes = raw[hashes_at]
     get = stacks.by_hash.get
     sids = array("I", [get(hashes[i:i + HASH_BYTES], _NEW) for i in range(0, len(hashes), HASH_BYTES)])
     if _NEW in sids:  # stacks this reader has not seen: decode their frames
-        _decode_new(raw, bounds, sids, stacks, nfn, nrefs, codes, max_stack_depth)
+        codes = ["I" if flags & wide else "H" for wide in (_WIDE_FUNCTIONS, _WIDE_LINES, _WIDE_REFS)]
+        fn_size, line_size, ref_size = (4 if c == "I" else 2 for c in codes)
+        sizes = [fn_len, fn_size * nframes, line_size * nframes, 2 * nstacks, ref_size * nrefs]
+        if sum(sizes) > MAX_RAW_BYTES:
+            raise DigestError("digest over its limits")
+        tables = _inflate(blob, at + head_len, len(blob), sum(sizes))
+        bounds = []
+        pos = 0
+        for n in sizes:
+            bounds.append(tables[pos:pos + n])
+            pos += n
+        _decode_new(bounds, hashes, sids, stacks, nfn, nrefs, codes, max_stack_depth)
     return Digest(types, sids, values)
+
+
+def _inflate(blob: bytes, start: int, end: int, size: int) -> bytes:
+    """``blob[start:end]`` inflated, which must give exactly ``size`` bytes."""
+    if end > len(blob):
+        raise DigestError("damaged digest: truncated")
+    try:
+        d = zlib.decompressobj()
+        out = d.decompress(memoryview(blob)[start:end], size + 1)
+    except zlib.error as e:
+        raise DigestError(f"damaged digest: {e}") from None
+    if len(out) != size or not d.eof or d.unused_data:
+        raise DigestError("damaged digest: wrong length")
+    return out
 
 
 _NEW = 0xFFFFFFFF  # a stack id not known yet
 _BELOW_0X80 = bytes(range(0x80))
 
 
-def _decode_new(raw: bytes, bounds: list[slice], sids: "array[int]", stacks: StackTable, nfn: int, nrefs: int,
+def _decode_new(parts: list[bytes], hashes: bytes, sids: "array[int]", stacks: StackTable, nfn: int, nrefs: int,
                 codes: list[str], max_stack_depth: int) -> None:
-    _types_at, fn_at, frames_at, lines_at, depths_at, refs_at, hashes_at, _values_at = bounds
+    fn_json, fn_data, lines, depth_data, ref_data = parts
     table = stacks.table
     try:
-        functions = json.loads(raw[fn_at])
+        functions = json.loads(fn_json)
         fids = [table.intern(str(n), str(f), int(s)) for n, f, s in functions]
     except (ValueError, TypeError, RecursionError):
         raise DigestError("damaged digest: bad function table") from None
     fn_code, line_code, ref_code = codes
-    lines = raw[lines_at]
-    depths = _array("H", raw[depths_at])
+    depths = _array("H", depth_data)
     if len(fids) != nfn or sum(depths) != nrefs or (depths and max(depths) > max_stack_depth) \
             or (line_code == "I" and lines[3::4] != bytes(len(lines) // 4)):  # a line has at most LINE_BITS bits
         raise DigestError("damaged digest: inconsistent tables")
-    refs = _array(ref_code, raw[refs_at])
-    hashes = raw[hashes_at]
+    refs = _array(ref_code, ref_data)
     try:
-        keys = [fids[f] << LINE_BITS | line
-                for f, line in zip(_array(fn_code, raw[frames_at]), _array(line_code, lines))]
+        keys = [fids[f] << LINE_BITS | line for f, line in zip(_array(fn_code, fn_data), _array(line_code, lines))]
         key_of = keys.__getitem__
         ids = stacks.ids
         known = stacks.stacks

@@ -24,9 +24,10 @@ Writers are the ``file`` exporters of every process that shares the folder
   database was locked) and adopts exporter files that have no row, reading them
   with the bounded pprof reader.  Unreadable and foreign files are counted, never
   listed, never deleted.
-* **Digests.**  Next to its row, a profile may have a digest (``digests``, see
-  :mod:`.digest`): its stacks and values in the compact form merges read instead
-  of the pprof.  The exporter stores one in the same transaction as the row;
+* **Digests.**  Next to its row, a profile may have a digest (see :mod:`.digest`):
+  its stacks and values in the compact form merges read instead of the pprof
+  (``digests`` holds what it is for and its size, ``digest_data`` the blob, so
+  that sizes are summed without reading blobs).  The exporter stores one in the same transaction as the row;
   readers store one for a profile they had to decode.  A digest is deleted with
   its row (retention, a vanished file), and its bytes count towards ``max_bytes``.
 * Files and the database are created ``0600``, a folder the exporter creates
@@ -107,8 +108,9 @@ CREATE TABLE IF NOT EXISTS attributes (
 CREATE INDEX IF NOT EXISTS attributes_ref ON attributes(ref);
 CREATE TABLE IF NOT EXISTS digests (
     ref INTEGER PRIMARY KEY, version INTEGER NOT NULL, file_size INTEGER NOT NULL, file_mtime_ns INTEGER NOT NULL,
-    size INTEGER NOT NULL, data BLOB NOT NULL
+    size INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS digest_data (ref INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS skipped (
     file TEXT PRIMARY KEY, reason TEXT NOT NULL, size INTEGER, mtime_ns INTEGER
 ) WITHOUT ROWID;
@@ -463,8 +465,7 @@ class ProfileIndex:
             rid = self._insert(conn, cols, replace=True)
             if digest is not None and rid is not None:
                 version, mtime_ns, blob = digest
-                conn.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?, ?)",
-                             (rid, version, size, mtime_ns, len(blob), blob))
+                _put_digest(conn, rid, version, size, mtime_ns, blob)
             offset = self._append_log(line)
             if offset is not None:
                 self._set_meta(conn, "log", offset)
@@ -728,6 +729,7 @@ class ProfileIndex:
                         stats.adopted += 1
                 # digests of rows another version's writer removed
                 conn.execute("DELETE FROM digests WHERE ref NOT IN (SELECT id FROM profiles)")
+                conn.execute("DELETE FROM digest_data WHERE ref NOT IN (SELECT ref FROM digests)")
                 conn.execute("DELETE FROM skipped")
                 conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?)",
                                  [(f, r, s, m) for f, (r, s, m) in unreadable.items()]
@@ -790,8 +792,8 @@ class ProfileIndex:
             for i in range(0, len(refs), 500):
                 chunk = list(refs[i:i + 500])
                 for ref, version, size, mtime, data in conn.execute(
-                        "SELECT ref, version, file_size, file_mtime_ns, data FROM digests "
-                        f"WHERE ref IN ({','.join('?' * len(chunk))})", chunk):
+                        "SELECT d.ref, d.version, d.file_size, d.file_mtime_ns, b.data FROM digests d "
+                        f"JOIN digest_data b ON b.ref = d.ref WHERE d.ref IN ({','.join('?' * len(chunk))})", chunk):
                     out[ref] = (version, size, mtime, data)
         return out
 
@@ -809,10 +811,10 @@ class ProfileIndex:
                 try:
                     with self.transaction() as tx:
                         for ref, fname, version, size, mtime, blob in rows:
-                            cur = tx.execute("INSERT OR REPLACE INTO digests SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS "
-                                             "(SELECT 1 FROM profiles WHERE id = ? AND file = ?)",
-                                             (ref, version, size, mtime, len(blob), blob, ref, fname))
-                            stored += max(cur.rowcount, 0)
+                            if tx.execute("SELECT 1 FROM profiles WHERE id = ? AND file = ?",
+                                          (ref, fname)).fetchone():
+                                _put_digest(tx, ref, version, size, mtime, blob)
+                                stored += 1
                 finally:
                     conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         except (sqlite3.Error, IndexUnusable):
@@ -915,6 +917,12 @@ def _delete_children(conn: sqlite3.Connection, rid: int) -> None:
     """What hangs off a profile row, deleted before the row in the same transaction."""
     conn.execute("DELETE FROM attributes WHERE ref = ?", (rid,))
     conn.execute("DELETE FROM digests WHERE ref = ?", (rid,))
+    conn.execute("DELETE FROM digest_data WHERE ref = ?", (rid,))
+
+
+def _put_digest(conn: sqlite3.Connection, rid: int, version: int, file_size: int, mtime_ns: int, blob: bytes) -> None:
+    conn.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)", (rid, version, file_size, mtime_ns, len(blob)))
+    conn.execute("INSERT OR REPLACE INTO digest_data VALUES (?, ?)", (rid, blob))
 
 
 def _rank(sorted_values: list[float], q: float) -> Optional[float]:
