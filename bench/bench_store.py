@@ -4,9 +4,12 @@
 
 Builds, in a temporary folder:
 
-* ``--profiles`` request profiles of one route, ~300 stacks each (the shape of
-  ``bench_encode.py``'s request profile: 3000 ticks, 300 stacks ~30 frames deep over
-  200 functions), written by the real file exporter, half of them an hour older;
+* 2 x ``--profiles`` request profiles of one route, written by the real file
+  exporter (so each has its stored digest), half of them an hour older: each has
+  300 stacks drawn from the route's pool of 3000 (a call tree: stacks share their
+  callers, 25-35 frames over 200 functions), 3000 ticks;
+* a copy of that folder without digests (another tool's files, or an older
+  version's folder), and ``--profiles`` profiles that share no stack at all;
 * an index of ``--rows`` profiles (tiny real files, rows inserted in bulk);
 * a folder of ``--pages`` profiles for the pages' API calls.
 
@@ -14,8 +17,9 @@ and times, each ``--repeat`` times (min and median, seconds or milliseconds):
 
 | what | target |
 |---|---|
-| merge of ``--profiles`` profiles: never read before (in this process only, and with helper processes); stored (digested by the viewer's background pass) | ≤ 2 s |
-| diff of two selections of ``--profiles`` profiles each, the same three ways | ≤ 3 s |
+| merge of ``--profiles`` profiles never read before (a fresh reader each time): from stored digests; a one-shot ``otelprof merge``; without digests (decoded, in this process only and with helper processes); digests held in the viewer's memory | ≤ 2 s |
+| diff of two selections of ``--profiles`` profiles each, the same ways | ≤ 3 s |
+| the export worker's cost per profile, with and without its digest | (reported) |
 | list (newest 50), count, timeline over ``--rows`` profiles, through HTTP | ≤ 200 ms per call |
 | list page, Explore timeline, route menu with ``--pages`` profiles; one background index pass | responsive |
 
@@ -144,12 +148,12 @@ def export_cost(repeat: int) -> list[tuple[str, str, str]]:
         rows.append((f"{what} of one 300-stack request profile", "", f"{min(runs) * 1e3:.2f} ms"))
     with_d: list[float] = []
     without: list[float] = []
-    real = file_module._digest
+    real = file_module.digest_profile
     for r in range(repeat):
         for digest_on in ((True, False) if r % 2 == 0 else (False, True)):
             d = tempfile.mkdtemp(prefix="otelprof-bench-export-")
             try:
-                file_module._digest = real if digest_on else (lambda profile: None)
+                file_module.digest_profile = real if digest_on else (lambda profile: None)
                 exporter = FileExporter(Config.load({"exporter": "file", "output_dir": d, "max_files": 1000}, env={}))
                 took = []
                 for p in profiles:
@@ -161,7 +165,7 @@ def export_cost(repeat: int) -> list[tuple[str, str, str]]:
                 exporter.shutdown()
                 (with_d if digest_on else without).append(statistics.median(took))
             finally:
-                file_module._digest = real
+                file_module.digest_profile = real
                 shutil.rmtree(d, ignore_errors=True)
     rows.append(("FileExporter.export per profile, without a digest (median of 50; min of runs)", "",
                  f"{min(without) * 1e3:.2f} ms"))

@@ -254,7 +254,7 @@ def test_a_damaged_body_that_still_inflates_is_refused() -> None:
     b = ProfileBuilder(p)
     b.add(b.stack([b.location(b.function("f", "/a.py"), 3)]), count=1, cpu_ns=5, wall_ns=7)
     blob = digest_profile(p) or b""
-    header = digest_module._HEADER
+    header = digest_module.HEADER
     fields = list(header.unpack_from(blob))
     at = header.size + digest_module.HASH_BYTES  # one stack
     hashes = blob[header.size:at]

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from ..profile import Profile
     from .pprof import FunctionTable, ProfileStacks
 
-__all__ = ["FORMAT_VERSION", "MAX_DIGEST_BYTES", "LINE_BITS", "PROFILE_TYPES", "DigestError", "Digest",
+__all__ = ["FORMAT_VERSION", "HEADER", "MAX_DIGEST_BYTES", "LINE_BITS", "PROFILE_TYPES", "DigestError", "Digest",
            "StackTable", "digest_profile", "digest_stacks", "load_digest", "sum_digests"]
 
 FORMAT_VERSION = 1
@@ -77,7 +77,7 @@ PROFILE_TYPES: tuple[tuple[str, str], ...] = (("samples", "count"), ("cpu", "nan
 _MAGIC = b"OPdg"
 # magic, version, types, flags, functions, frames, stacks, frame refs, type JSON bytes, function JSON bytes,
 # compressed bytes of the values part; flags: which integer arrays are 'I' rather than 'H'
-_HEADER = struct.Struct("<4sHBBIIIIIII")
+HEADER = struct.Struct("<4sHBBIIIIIII")
 _WIDE_FUNCTIONS, _WIDE_LINES, _WIDE_REFS = 1, 2, 4
 _SWAP = sys.byteorder != "little"
 
@@ -152,7 +152,7 @@ def _encode(types: Sequence[tuple[str, str]], functions: Sequence[tuple[str, str
     if len(tables) + len(values) > MAX_RAW_BYTES:
         return None
     head = zlib.compress(types_part + values, 1)
-    header = _HEADER.pack(_MAGIC, FORMAT_VERSION, ntypes, flags, len(functions), len(frame_fn), len(stacks),
+    header = HEADER.pack(_MAGIC, FORMAT_VERSION, ntypes, flags, len(functions), len(frame_fn), len(stacks),
                           len(refs), len(types_part), len(fn_part), len(head))
     blob = b"".join([header, hashes, head, zlib.compress(tables, 1)])
     return (blob, hashes, values) if len(blob) <= MAX_DIGEST_BYTES else None
@@ -277,17 +277,17 @@ def _array(code: str, data: bytes) -> "array[int]":
 def load_digest(blob: bytes, stacks: StackTable, *, max_stack_depth: int = 4096) -> Digest:
     """A stored digest read into ``stacks`` (its new stacks and functions interned).
     Raises :class:`DigestError` for another version or anything inconsistent."""
-    if len(blob) < _HEADER.size or len(blob) > MAX_DIGEST_BYTES:
+    if len(blob) < HEADER.size or len(blob) > MAX_DIGEST_BYTES:
         raise DigestError("not a digest")
     magic, version, ntypes, flags, nfn, nframes, nstacks, nrefs, types_len, fn_len, head_len = \
-        _HEADER.unpack_from(blob)
+        HEADER.unpack_from(blob)
     if magic != _MAGIC or version != FORMAT_VERSION:
         raise DigestError(f"digest format {version}, not {FORMAT_VERSION}")
     width = VALUE_BYTES * ntypes
     if not 0 < ntypes <= MAX_TYPES or types_len + width * nstacks > MAX_RAW_BYTES:
         raise DigestError("digest over its limits")
-    at = _HEADER.size + HASH_BYTES * nstacks
-    hashes = blob[_HEADER.size:at]
+    at = HEADER.size + HASH_BYTES * nstacks
+    hashes = blob[HEADER.size:at]
     head = _inflate(blob, at, at + head_len, types_len + width * nstacks)
     types = _types(head[:types_len], ntypes)
     values = head[types_len:]
