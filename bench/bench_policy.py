@@ -56,7 +56,7 @@ APP = textwrap.dedent('''
             body = b"{}"
             if profiler is not None:
                 st = profiler.stats()
-                st["policy"] = profiler.policy.state()
+                st["policy"] = profiler.policy.state().as_dict()
                 st["own_cpu_ns"] = profiler_cpu_ns() + profiler.policy.watchdog.cpu_ns_self
                 st["process_cpu_ns"] = time.process_time_ns()
                 body = json.dumps(st, default=str).encode()

@@ -41,6 +41,17 @@ def _isolate_otel_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_profiler() -> Iterator[None]:
+    """Each test starts without a process profiler (``get_profiler()``): a middleware
+    given options makes it, and must not hand it to the next test."""
+    from otelprof_middleware import set_profiler
+
+    set_profiler(None)
+    yield
+    set_profiler(None)
+
+
 # --------------------------------------------------------------------------- profilers
 
 

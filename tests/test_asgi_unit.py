@@ -92,7 +92,7 @@ def test_lifespan_messages_pass_and_flush_runs_off_loop_before_shutdown_complete
         events.append(("flush", timeout, threading.get_ident() != loop_thread["id"]))
         return True
 
-    monkeypatch.setattr(profiler, "force_flush", fake_flush)
+    monkeypatch.setattr(profiler, "shutdown", fake_flush)
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         assert scope["type"] == "lifespan"
@@ -128,7 +128,7 @@ def test_lifespan_messages_pass_and_flush_runs_off_loop_before_shutdown_complete
 
 
 def test_header_trigger_adds_profile_id_and_keeps_body_and_headers(profiler_factory: Any) -> None:
-    profiler = profiler_factory(probability=0.0)
+    profiler = profiler_factory(header_trust="any", probability=0.0)
     seen: list = []
     mw = ProfilingMiddleware(plain_app(seen=seen), profiler=profiler)
     rec = run(mw, http_scope(headers=[("X-Enable-Profiling", "1")]))
@@ -164,7 +164,7 @@ def test_header_secret(profiler_factory: Any, value: Any, profiled: bool) -> Non
 
 
 def test_custom_header_name(profiler_factory: Any) -> None:
-    profiler = profiler_factory(probability=0.0, header="X-Debug-Profile")
+    profiler = profiler_factory(header_trust="any", probability=0.0, header="X-Debug-Profile")
     seen: list = []
     run(ProfilingMiddleware(plain_app(seen=seen), profiler=profiler), http_scope(headers=[("X-Enable-Profiling", "1")]))
     run(ProfilingMiddleware(plain_app(seen=seen), profiler=profiler), http_scope(headers=[("x-debug-profile", "yes")]))
@@ -172,7 +172,7 @@ def test_custom_header_name(profiler_factory: Any) -> None:
 
 
 def test_header_rate_cap_is_exact(profiler_factory: Any) -> None:
-    profiler = profiler_factory(probability=0.0, max_header_profiles_per_minute=3)
+    profiler = profiler_factory(header_trust="any", probability=0.0, max_header_profiles_per_minute=3)
     seen: list = []
     mw = ProfilingMiddleware(plain_app(seen=seen), profiler=profiler)
     for _ in range(12):
@@ -247,7 +247,7 @@ def test_streaming_child_task_is_attached_at_send(profiler_factory: Any) -> None
 
 
 def test_header_requests_are_sampled_faster_then_decay(profiler_factory: Any) -> None:
-    profiler = profiler_factory(probability=1.0, sample_hz=100)
+    profiler = profiler_factory(header_trust="any", probability=1.0, sample_hz=100)
     rates: list = []
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
@@ -274,7 +274,7 @@ def test_header_boost_respects_the_governors_rate(profiler_factory: Any) -> None
     clock = [0.0]
     own = [0]
     proc = [0]
-    profiler = profiler_factory(probability=0.0, sample_hz=100, max_overhead=0.05)
+    profiler = profiler_factory(header_trust="any", probability=0.0, sample_hz=100, max_overhead=0.05)
     profiler.policy = Policy(profiler, clock=lambda: clock[0], governor_sources=(lambda: own[0], lambda: proc[0]),
                              start_threads=False)
     governor = profiler.policy.governor
@@ -315,7 +315,7 @@ def test_route_from_scope(profiler_factory: Any) -> None:
 
 
 def test_traceparent_link_when_no_span(profiler_factory: Any) -> None:
-    profiler = profiler_factory(probability=0.0)
+    profiler = profiler_factory(header_trust="any", probability=0.0)
     seen: list = []
     tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     run(ProfilingMiddleware(plain_app(seen=seen), profiler=profiler),
@@ -331,7 +331,7 @@ def test_link_to_parent_of_an_instrumentation_send_span(profiler_factory: Any, o
     from opentelemetry import trace
 
     tracer, exporter = otel_tracing
-    profiler = profiler_factory(probability=0.0)
+    profiler = profiler_factory(header_trust="any", probability=0.0)
     seen: list = []
 
     async def inner(scope: dict, receive: Any, send: Any) -> None:  # our middleware sits outside this
@@ -385,5 +385,7 @@ def test_options_or_shared_profiler(profiler_factory: Any, tmp_path: Any) -> Non
         assert own.profiler.config.probability == 0.5
     finally:
         own.profiler.shutdown(timeout=1)
-    with pytest.raises(TypeError):
-        ProfilingMiddleware(plain_app(), profiler=profiler, probability=0.5)
+    both = ProfilingMiddleware(plain_app(), profiler=profiler, probability=0.5)  # reported at lifespan start
+    assert isinstance(both.config_error, TypeError)
+    with pytest.raises(TypeError, match="pass either profiler= or options, not both"):
+        both.profiler

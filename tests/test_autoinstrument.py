@@ -14,14 +14,14 @@ import pytest
 
 from helpers.wsgi_servers import opentelemetry_instrument, start_server, uvicorn_argv, write_otel_setup
 from test_django import write_django_project
-from test_flask import HEADER, functions_in, profile_by_id, server_span
+from test_flask import HEADER, SECRET, functions_in, profile_by_id, server_span
 
 ENTRY_POINTS = {"otelprof_django", "otelprof_flask", "otelprof_starlette"}
 
 
 def _env(profiles: Any, **extra: str) -> dict[str, str]:
     env = {"OTELPROF_EXPORTER": "file", "OTELPROF_OUTPUT_DIR": str(profiles), "OTELPROF_PROBABILITY": "0",
-           "OTELPROF_BATCH_TIMEOUT": "50ms"}
+           "OTELPROF_BATCH_TIMEOUT": "50ms", "OTELPROF_HEADER_SECRET": SECRET}
     env.update(extra)
     return env
 

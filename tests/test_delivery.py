@@ -177,8 +177,10 @@ def test_non_retryable_statuses_drop_and_count_without_retry(status):
     assert wait.delays == []
     snap = stats.snapshot()
     assert snap["exporters"]["otlp"]["dropped"] == {"export_failed": 2}
+    assert snap["exporters"]["otlp"]["dropped_by_priority"] == {"sampled": {"export_failed": 2}}
     assert snap["exporters"]["otlp"]["exported"] == 0
-    assert snap["dropped"] == {"export_failed": 2}
+    assert snap["dropped"] == {}  # nothing was lost before collection: both at the destination
+    assert snap["dropped_total"] == 2
 
 
 def test_400_through_the_profiler_is_dropped_counted_and_not_retried(profiler_factory):
@@ -188,7 +190,8 @@ def test_400_through_the_profiler_is_dropped_counted_and_not_retried(profiler_fa
         assert profiler.force_flush(10)
         assert len(rx.requests) == 1
         st = profiler.stats()
-        assert st["dropped"] == {"export_failed": 1}
+        assert st["exporters"]["otlp"]["dropped"] == {"export_failed": 1}
+        assert st["dropped"] == {} and st["dropped_total"] == 1
         assert st["exporters"]["otlp"]["retries"] == 0
 
 
@@ -212,7 +215,8 @@ def test_partial_success_warning_only_is_full_success():
     with OTLPReceiver(partial_success=(0, "just a warning")) as rx:
         ch = channel_for(rx, stats=stats)
         send_all(ch, [synthetic("a")])
-    assert stats.snapshot()["exporters"]["otlp"] == {"exported": 1, "dropped": {}, "requests": 1, "retries": 0}
+    assert stats.snapshot()["exporters"]["otlp"] == {"exported": 1, "dropped": {}, "dropped_by_priority": {},
+                                                     "requests": 1, "retries": 0}
 
 
 def test_receiver_down_for_a_while_then_up_delivers_everything_once(profiler_factory):
@@ -305,7 +309,10 @@ def test_shutdown_with_stuck_exporter_returns_in_time_and_counts_unsent(profiler
         t.join(10)
         assert result == [False]
         st = profiler.stats()
-        assert st["dropped"] == {"shutdown": 2}  # the two queued; the in-flight one is not lost yet
+        # the two queued and the one in flight (interrupted): everything left at the deadline
+        assert st["exporters"]["otlp"]["dropped"] == {"shutdown": 3}
+        assert st["exporters"]["otlp"]["dropped_by_priority"] == {"kept": {"shutdown": 3}}
+        assert st["queue_pending"] == 0 and st["dropped"] == {}
         release.set()
 
 
@@ -576,8 +583,8 @@ def test_self_metrics_match_stats(profiler_factory, metric_reader):
 
     assert st["profiles_collected"] == 3
     assert delta("otelprof.profiles.collected") == 3
-    assert st["dropped"] == {"export_failed": 1}
-    assert delta("otelprof.profiles.dropped", reason="export_failed") == 1
+    assert st["exporters"]["otlp"]["dropped"] == {"export_failed": 1} and st["dropped"] == {}
+    assert delta("otelprof.profiles.dropped", reason="export_failed", exporter="otlp", priority="kept") == 1
 
     def hist(name: str) -> tuple[int, float]:
         pts_a, pts_b = after.get(name, []), before.get(name, [])
@@ -699,7 +706,7 @@ def test_first_failed_export_is_logged_at_once_with_reason_and_endpoint(profiler
     assert profiler.stats()["dropped_total"] == 0  # nothing given up yet: it is still retrying
     assert profiler.shutdown(timeout=0.5) is False  # the retry wait is cut short ...
     deadline = time.monotonic() + 10
-    while profiler.stats()["dropped"] != {"shutdown": 1}:  # ... and the profile counted
+    while profiler.stats()["exporters"]["otlp"]["dropped"] != {"shutdown": 1}:  # ... and the profile counted
         assert time.monotonic() < deadline, profiler.stats()
         time.sleep(0.02)
 
@@ -730,5 +737,6 @@ def test_exporter_and_pipeline_are_built_from_their_own_settings_without_a_confi
         assert rx.requests[1].header("x-team") == "t1"
         res = {kv.key: kv.value.string_value for kv in rx.messages[0].resource_profiles[0].resource.attributes}
         assert res["service.name"] == "standalone-svc"
-        assert stats.snapshot()["exporters"]["otlp"] == {"exported": 2, "dropped": {}, "requests": 2, "retries": 1}
+        assert stats.snapshot()["exporters"]["otlp"] == {"exported": 2, "dropped": {}, "dropped_by_priority": {},
+                                                         "requests": 2, "retries": 1}
         assert pipeline.shutdown(5)

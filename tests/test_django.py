@@ -31,6 +31,7 @@ SETTINGS = textwrap.dedent('''
         "probability": 0,
         "max_concurrent_profiles": 16,
         "batch_timeout": "50ms",
+        "header_secret": "s3cret",
     }
     LOGGING = {"version": 1, "disable_existing_loggers": False}
 ''')

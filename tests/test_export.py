@@ -248,7 +248,7 @@ def test_otlp_unreachable_endpoint_is_counted(profiler_factory):
     with profiler.profile("nowhere"):
         export_parse_rows(0.05)
     assert profiler.force_flush(30)
-    assert profiler.stats()["dropped"].get("export_failed") == 1
+    assert profiler.stats()["exporters"]["otlp"]["dropped"].get("export_failed") == 1
 
 
 # --------------------------------------------------------------------------- queue and failures
@@ -327,16 +327,21 @@ def test_queue_overflow_drops_and_counts_without_blocking(profiler_factory):
     assert stats["queue_pending"] == 3
     assert stats["profiles_started"] == 6
 
-    # shutdown while the exporter is stuck: the two queued profiles are dropped as 'shutdown'
+    # shutdown while the exporter is stuck: the two queued profiles and the one in
+    # flight (not confirmed by the deadline) are dropped as 'shutdown'
     assert run_in_thread(lambda: profiler.shutdown(timeout=0.2)) is False
     stats = profiler.stats()
-    assert stats["dropped"]["shutdown"] == 2
-    assert stats["dropped"]["queue_full"] == 4
+    assert stats["exporters"]["blocking"]["dropped"] == {"shutdown": 3}
+    assert stats["dropped"] == {"queue_full": 4}
+    assert stats["queue_pending"] == 0
     assert profiler.finish_session(unsampled_session("late")) is False  # after shutdown
-    assert profiler.stats()["dropped"]["shutdown"] == 3
+    assert profiler.stats()["dropped"] == {"queue_full": 4, "shutdown": 1}
     blocking.release.set()
     assert profiler.force_flush(5)
+    # the exporter finished its call after the deadline: not counted a second time
     assert [p.name for p in blocking.exported] == ["in-flight"]
+    assert profiler.stats()["exporters"]["blocking"]["dropped"] == {"shutdown": 3}
+    assert profiler.stats()["exporters"]["blocking"]["exported"] == 0
 
 
 def test_pipeline_directly_queue_full_exact_counts():
@@ -367,7 +372,7 @@ def test_failing_exporter_never_raises_into_profile(profiler_factory, profile_co
             export_parse_rows(0.05)
     assert profiler.force_flush(10)
     assert failing.calls == 2
-    assert profiler.stats()["dropped"]["export_failed"] == 2
+    assert profiler.stats()["exporters"]["failing"]["dropped"]["export_failed"] == 2
     assert [p.name for p in collected.profiles] == ["boom", "boom"]
 
 

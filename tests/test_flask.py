@@ -32,6 +32,7 @@ FLASK_APP = textwrap.dedent('''
     app.config["OTELPROF_PROBABILITY"] = 0
     app.config["OTELPROF_MAX_CONCURRENT_PROFILES"] = 16
     app.config["OTELPROF_BATCH_TIMEOUT"] = "50ms"
+    app.config["OTELPROF_HEADER_SECRET"] = "s3cret"
 
     if os.environ.get("ORDER") == "otelprof_first":
         prof = OtelProf()
@@ -103,7 +104,8 @@ FLASK_APP = textwrap.dedent('''
         return Response(otel_test_setup.spans_json(), mimetype="application/json")
 ''')
 
-HEADER = {"X-Enable-Profiling": "1"}
+SECRET = "s3cret"  # the header trigger needs it: these apps do not run in debug mode
+HEADER = {"X-Enable-Profiling": SECRET}
 
 
 def read_index(profile_dir: Any, n: int, timeout: float = 15.0) -> list[dict[str, Any]]:

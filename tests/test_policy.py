@@ -4,6 +4,7 @@ windows, route arming, high CPU, sub-limits, budgets and the overhead governor."
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -12,6 +13,7 @@ import threading
 from typing import Any, Optional
 
 import pytest
+from helpers.clock import FakeClock
 
 from otelprof_middleware import ConfigError
 from otelprof_middleware.policy import Policy, RequestInfo
@@ -19,17 +21,6 @@ from otelprof_middleware.policy.cpu import CpuMonitor, CpuTrigger
 from otelprof_middleware.policy.governor import Governor
 from otelprof_middleware.policy.triggers import RouteArming, route_pattern
 from otelprof_middleware.profile import SpanLink
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 def make_policy(profiler_factory: Any, clock: Optional[FakeClock] = None, cpu: Any = None,
@@ -151,8 +142,48 @@ def test_header_with_secret_and_rate(profiler_factory: Any) -> None:
     d = pol.decide(req(headers={"X-Enable-Profiling": "s3cret"}))
     assert not d.profile and d.header_requested
     assert pol.profiler.stats()["declined"]["header_rate"] == 1
-    clock.advance(30)  # one token back
+    clock.advance(59.9)  # a sliding window: still two within the last 60 s
+    assert not pol.decide(req(headers={"X-Enable-Profiling": "s3cret"})).profile
+    clock.advance(0.1)  # the first two are 60 s old
     assert pol.decide(req(headers={"X-Enable-Profiling": "s3cret"})).profile
+    assert pol.decide(req(headers={"X-Enable-Profiling": "s3cret"})).profile
+    assert not pol.decide(req(headers={"X-Enable-Profiling": "s3cret"})).profile
+
+
+@pytest.mark.parametrize("trust, debug, value, profiled", [
+    ("debug", True, "1", True), ("debug", True, "ON", True), ("debug", False, "1", False),
+    ("debug", None, "1", False), ("debug", True, "please", False), ("debug", True, "0", False),
+    ("any", None, "yes", True), ("any", False, "true", True), ("any", None, "nope", False),
+    ("off", True, "1", False),
+])
+def test_header_trust_without_a_secret(profiler_factory: Any, trust: str, debug: Optional[bool], value: str,
+                                       profiled: bool) -> None:
+    pol = make_policy(profiler_factory, header_trust=trust)
+    info = RequestInfo(path="/x", header={"x-enable-profiling": value}.get, debug=lambda: debug,
+                       debug_flag="Test app.debug")
+    assert pol.decide(info).profile is profiled
+    declined = pol.profiler.stats()["declined"]
+    assert declined.get("header_ignored", 0) == (0 if profiled or value == "0" else 1)
+
+
+def test_an_ignored_header_is_logged_once_per_reason(profiler_factory: Any, caplog: Any) -> None:
+    caplog.set_level("WARNING", "otelprof_middleware")
+    pol = make_policy(profiler_factory)
+    for debug in (False, False, None, None):
+        pol.decide(RequestInfo(path="/x", header={"x-enable-profiling": "1"}.get, debug=debug,
+                               debug_flag="Test app.debug"))
+    pol.decide(RequestInfo(path="/x", header={"x-enable-profiling": "change-me"}.get, debug=True))
+    opens = ("to profile such requests, set header_secret (OTELPROF_HEADER_SECRET) and send it as the header's "
+             "value, or header_trust='any' (OTELPROF_HEADER_TRUST=any) to honour the header from anyone")
+    assert [r.getMessage() for r in caplog.records] == [
+        "otelprof: ignored the X-Enable-Profiling header: no header_secret is set and the app is not in debug mode "
+        f"(Test app.debug is False); {opens}",
+        "otelprof: ignored the X-Enable-Profiling header: no header_secret is set and this app has no debug mode "
+        f"(a plain WSGI/ASGI app); {opens}",
+        "otelprof: ignored the X-Enable-Profiling header: its value is not one of 1, true, yes, on (no "
+        "header_secret is set); to profile such requests, send 1, or set header_secret and send that",
+    ]
+    assert pol.profiler.stats()["declined"]["header_ignored"] == 5
 
 
 # ----------------------------------------------------------------------------- on demand
@@ -349,12 +380,14 @@ def test_cpu_monitor_feeds_trigger_and_policy(profiler_factory: Any) -> None:
 def test_budgets_hold_under_flood_exact_counts(profiler_factory: Any) -> None:
     clock = FakeClock()
     pol = make_policy(profiler_factory, clock, probability=1.0, max_profiles_per_minute=25,
-                      max_concurrent_profiles=1000)
+                      max_concurrent_profiles=1000, trigger_limits="probability=25")
     admitted = sum(pol.decide(req()).profile for _ in range(5000))
     assert admitted == 25
     assert pol.profiler.stats()["declined"] == {"rate": 4975}
-    clock.advance(6.0)  # 25/min -> 2.5 tokens in 6 s
-    assert sum(pol.decide(req()).profile for _ in range(100)) == 2
+    clock.advance(59.0)  # a sliding window: nothing comes back before the first are 60 s old
+    assert sum(pol.decide(req()).profile for _ in range(100)) == 0
+    clock.advance(1.0)
+    assert sum(pol.decide(req()).profile for _ in range(100)) == 25
 
 
 def test_concurrency_budget_counts_running_profiles(profiler_factory: Any) -> None:
@@ -470,8 +503,17 @@ def test_governor_off_at_budget_one(profiler_factory: Any) -> None:
 def test_policy_state_snapshot(profiler_factory: Any) -> None:
     pol = make_policy(profiler_factory)
     pol.arming.arm_route("/a", "error", 5, 0.5, pol.clock())
+    pol.enable_window(30, probability=0.5, route="/b")
     st = pol.state()
-    assert st["armed_routes"] == {"error:/a": 5.0} and st["governor_level"] == 0
+    assert st.armed_routes == {"error:/a": 5.0} and st.governor_level == 0
+    assert [(w.route, w.probability, w.seconds_left) for w in st.windows] == [("/b", 0.5, 30.0)]
+    assert st.budgets == {"header": (0, 60), "total": (0, 60), "probability": (0, 30), "high_cpu": (0, 30)}
+    with pytest.raises(TypeError):
+        st.armed_routes["error:/b"] = 1.0  # type: ignore[index]  # read-only
+    with pytest.raises(AttributeError):
+        st.governor_level = 3  # type: ignore[misc]
+    assert st.as_dict()["budgets"]["probability"] == {"used": 0, "limit": 30}
+    json.dumps(st.as_dict())
 
 
 # ----------------------------------------------------------------------------- security review L1, L12, L13

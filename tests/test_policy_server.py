@@ -77,7 +77,7 @@ APP = textwrap.dedent('''
         if path == "/admin/flush":
             ok = profiler.force_flush(10)
             st = profiler.stats()
-            st["policy"] = profiler.policy.state()
+            st["policy"] = profiler.policy.state().as_dict()
             return 200, json.dumps(st, default=str).encode()
         return 200, b"ok"
 
@@ -171,7 +171,8 @@ def _env(out: str, **options: Any) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OTELPROF_", "OTEL_"))}
     env.update({"OTELPROF_EXPORTER": "file", "OTELPROF_OUTPUT_DIR": out, "OTELPROF_PROBABILITY": "0",
                 "OTELPROF_CPU_TRIGGER": "false", "OTELPROF_MAX_OVERHEAD": "1", "OTELPROF_BATCH_TIMEOUT": "0.05",
-                "OTELPROF_SAMPLE_HZ": "200", "OTELPROF_EXCLUDED_URLS": "/healthz,/admin"})
+                "OTELPROF_SAMPLE_HZ": "200", "OTELPROF_EXCLUDED_URLS": "/healthz,/admin",
+                "OTELPROF_HEADER_TRUST": "any"})  # a plain app has no debug mode
     for k, v in options.items():
         env["OTELPROF_" + k.upper()] = str(v)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [env.get("PYTHONPATH", "")] if p)

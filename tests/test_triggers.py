@@ -12,21 +12,11 @@ import time
 from typing import Any, Optional
 
 import pytest
+from helpers.clock import FakeClock
 
 from otelprof_middleware.integrations.lifecycle import RequestProfiling
 from otelprof_middleware.policy import Policy, RequestInfo, TailState
 from otelprof_middleware.policy.cpu import CpuMonitor, available_cores
-
-
-class FakeClock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, dt: float) -> None:
-        self.t += dt
 
 
 def setup(profiler_factory: Any, profile_collector: Any, clock: Any = None, start_threads: bool = False,

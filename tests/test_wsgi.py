@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from helpers.wsgi_servers import gunicorn_argv, start_server
-from test_flask import HEADER, functions_in, profile_by_id, read_index
+from test_flask import HEADER, SECRET, functions_in, profile_by_id, read_index
 
 
 def _call(app: Any, path: str = "/", headers: dict[str, str] | None = None) -> tuple[str, list, Any]:
@@ -29,7 +29,7 @@ def _call(app: Any, path: str = "/", headers: dict[str, str] | None = None) -> t
 def test_stream_not_buffered_and_ends_at_close(profiler_factory: Any, profile_collector: Any) -> None:
     from otelprof_middleware.wsgi import ProfilingMiddleware
 
-    profiler = profiler_factory(probability=0, min_samples=0)
+    profiler = profiler_factory(probability=0, min_samples=0, header_secret=SECRET)
     collected = profile_collector(profiler)
     produced: list[int] = []
 
@@ -60,7 +60,7 @@ def test_stream_not_buffered_and_ends_at_close(profiler_factory: Any, profile_co
 def test_exceptions_propagate_unchanged(profiler_factory: Any, profile_collector: Any) -> None:
     from otelprof_middleware.wsgi import ProfilingMiddleware
 
-    profiler = profiler_factory(probability=0, min_samples=0)
+    profiler = profiler_factory(probability=0, min_samples=0, header_secret=SECRET)
     collected = profile_collector(profiler)
 
     class AppError(Exception):
@@ -119,7 +119,7 @@ def test_watched_request_reports_status_and_ends(profiler_factory: Any) -> None:
     handle = environ["otelprof.handle"]
     assert body is listed and seen["status"].startswith("500")
     assert handle.status == 500 and handle.finished
-    armed = profiler.policy.state()["armed_routes"]
+    armed = profiler.policy.state().armed_routes
     assert list(armed) == ["error:/fails"] and 9 < armed["error:/fails"] <= 10  # error_profile_duration
 
     def streamed(environ: Any, start_response: Any) -> Any:
@@ -132,7 +132,7 @@ def test_watched_request_reports_status_and_ends(profiler_factory: Any) -> None:
     assert not handle.finished  # iterated, not closed yet
     body.close()
     assert handle.finished
-    assert set(profiler.policy.state()["armed_routes"]) == {"error:/fails", "error:/later"}
+    assert set(profiler.policy.state().armed_routes) == {"error:/fails", "error:/later"}
 
 
 def test_file_wrapper_kept(profiler_factory: Any, tmp_path: Any) -> None:
@@ -140,7 +140,7 @@ def test_file_wrapper_kept(profiler_factory: Any, tmp_path: Any) -> None:
 
     from otelprof_middleware.wsgi import ProfilingMiddleware
 
-    profiler = profiler_factory(probability=0)
+    profiler = profiler_factory(probability=0, header_secret=SECRET)
     f = tmp_path / "data.bin"
     f.write_bytes(b"abc" * 10)
 
@@ -188,7 +188,8 @@ PRELOAD_APP = textwrap.dedent('''
 
     # built in the master (--preload): the profiler exists before the fork
     application = ProfilingMiddleware(app, exporter="file", output_dir=os.environ["PROFILE_DIR"],
-                                      probability=0, batch_timeout="50ms", max_concurrent_profiles=16)
+                                      probability=0, batch_timeout="50ms", max_concurrent_profiles=16,
+                                      header_secret="s3cret")
     # the master profiles something too: its export worker must not be inherited
     with application.profiler.profile("master-startup"):
         burn_in_worker()

@@ -10,8 +10,10 @@ Endpoints: ``/cpu`` (CPU-heavy async endpoint), ``/io`` (waits on ``asyncio.slee
 OpenTelemetry tracing is set up here (SDK ``TracerProvider`` + the FastAPI
 instrumentation), so profiles are linked to the SERVER span of each request.  The
 profiler is configured from the environment (``OTELPROF_*`` variables; defaults:
-``file`` exporter into ``./profiles``, 1% of requests, and any request sent with
-``X-Enable-Profiling: 1``).  Set ``DEMO_PRINT_SPANS=1`` to print finished spans.
+``file`` exporter into ``./profiles``, 1% of requests), and a request sent with
+``X-Enable-Profiling: <secret>`` is profiled: the secret is
+``OTELPROF_HEADER_SECRET``, else ``change-me``; the app prints the ``curl`` that
+asks for a profile.  Set ``DEMO_PRINT_SPANS=1`` to print finished spans.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import sys
 
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
@@ -107,8 +110,25 @@ async def error() -> dict:
     raise RuntimeError("demo failure")
 
 
-# The profiler reads its options from OTELPROF_* variables.  Without OTel
+# The profiler reads its other options from OTELPROF_* variables.  Without OTel
 # middleware ordering worries: FastAPIInstrumentor always wraps the whole stack, so
 # the SERVER span is current when our middleware runs.
-app.add_middleware(ProfilingMiddleware)
+HEADER_SECRET = os.environ.get("OTELPROF_HEADER_SECRET") or "change-me"
+app.add_middleware(ProfilingMiddleware, header_secret=HEADER_SECRET)
 FastAPIInstrumentor.instrument_app(app)
+
+
+def print_curl() -> None:
+    """The curl line for this server: its address from the uvicorn command line."""
+    args, host, port = sys.argv[1:], "127.0.0.1", "8000"
+    for flag, value in zip(args, args[1:] + [""]):
+        if flag == "--port":
+            port = value
+        elif flag == "--host" and value not in ("0.0.0.0", "::"):
+            host = value
+    if "--fd" not in args:  # (the demo serves on a socket it made, and prints its own line)
+        print(f"otelprof example: ask for a profile with\n"
+              f"  curl -i -H 'X-Enable-Profiling: {HEADER_SECRET}' http://{host}:{port}/cpu", flush=True)
+
+
+print_curl()

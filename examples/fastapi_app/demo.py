@@ -4,7 +4,9 @@
 
 1. starts ``uvicorn app:app`` on 127.0.0.1 (a free port) with the default ``file``
    exporter writing into ``--output-dir`` (default ``./profiles``);
-2. sends a few requests with ``X-Enable-Profiling: 1`` and a W3C ``traceparent``;
+2. sends a few requests with ``X-Enable-Profiling: <secret>`` (a secret made for
+   this run, given to the app as ``OTELPROF_HEADER_SECRET``) and a W3C
+   ``traceparent``, and prints the ``curl`` that does the same;
 3. stops the server cleanly (profiles in flight are flushed at lifespan shutdown);
 4. prints where the profiles are and a ``go tool pprof -top``-style summary of one.
 
@@ -53,7 +55,8 @@ def main() -> int:
 
     sock = _free_socket()
     port = sock.getsockname()[1]
-    env = dict(os.environ, OTELPROF_OUTPUT_DIR=output_dir, PYTHONUNBUFFERED="1")
+    secret = os.environ.get("OTELPROF_HEADER_SECRET") or secrets.token_urlsafe(12)
+    env = dict(os.environ, OTELPROF_OUTPUT_DIR=output_dir, OTELPROF_HEADER_SECRET=secret, PYTHONUNBUFFERED="1")
     env.setdefault("OTELPROF_EXPORTER", "file")
     cmd = [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", HERE, "--fd", str(sock.fileno()),
            "--log-level", "warning", "--lifespan", "on"]
@@ -73,13 +76,14 @@ def main() -> int:
                     print("the demo server did not start:\n" + log.read(), file=sys.stderr)
                     return 1
                 time.sleep(0.1)
-        print(f"uvicorn serving examples/fastapi_app/app.py on {base}\n")
+        print(f"uvicorn serving examples/fastapi_app/app.py on {base}; ask for a profile with\n"
+              f"  curl -i -H 'X-Enable-Profiling: {secret}' {base}/cpu\n")
         chosen = None
         unnamed: dict[str, str] = {}  # trace id -> path, for responses without X-Profile-Id
         with httpx.Client(base_url=base, timeout=30) as client:
             for path, what in REQUESTS:
                 trace_id = secrets.token_hex(16)
-                headers = {"X-Enable-Profiling": "1", "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+                headers = {"X-Enable-Profiling": secret, "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
                 r = client.get(path, headers=headers)
                 pid = r.headers.get("x-profile-id", "-")
                 print(f"GET {path:22} -> {r.status_code}  X-Profile-Id: {pid}  trace_id: {trace_id}  ({what})")

@@ -1,6 +1,10 @@
-"""Flask example: the application-factory pattern with OtelProf and OpenTelemetry."""
+"""Flask example: the application-factory pattern with OtelProf and OpenTelemetry.
+
+Prints the one ``curl`` that asks the server for a profile, with the header secret
+it uses (``OTELPROF_HEADER_SECRET``, else ``change-me``)."""
 import hashlib
 import os
+import sys
 import time
 
 from flask import Flask, Response
@@ -36,7 +40,8 @@ def create_app():
     # every option as OTELPROF_<NAME>; the environment (OTELPROF_*) fills the rest
     app.config["OTELPROF_OUTPUT_DIR"] = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles")
     app.config["OTELPROF_PROBABILITY"] = 0.01
-    app.config["OTELPROF_HEADER_SECRET"] = os.environ.get("OTELPROF_HEADER_SECRET", "")
+    # the header asks for a profile when its value is the secret (without one: only in debug mode)
+    app.config["OTELPROF_HEADER_SECRET"] = os.environ.get("OTELPROF_HEADER_SECRET") or "change-me"
     FlaskInstrumentor().instrument_app(app)
     prof.init_app(app)
 
@@ -64,4 +69,19 @@ def create_app():
     return app
 
 
+def print_curl(app):
+    """The curl line for this server: its port from the ``flask run`` (-p) or gunicorn (-b) command line."""
+    args, host, port = sys.argv[1:], "127.0.0.1", "5000" if "run" in sys.argv else "8000"
+    for flag, value in zip(args, args[1:] + [""]):
+        if flag in ("-p", "--port"):
+            port = value
+        elif flag in ("-b", "--bind"):
+            host, _, port = value.rpartition(":")
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    print(f"otelprof example: ask for a profile with\n"
+          f"  curl -i -H 'X-Enable-Profiling: {app.config['OTELPROF_HEADER_SECRET']}' http://{host}:{port}/cpu",
+          flush=True)
+
+
 app = create_app()
+print_curl(app)

@@ -105,6 +105,10 @@ def _shown_value(option: str, value: Any) -> Any:
     return value
 
 
+#: ``shown_value(option, value)``: how a value may appear in a message (credentials masked)
+shown_value = _shown_value
+
+
 # --------------------------------------------------------------------------- parsers
 
 _DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ns|us|µs|ms|s|m|h)?\s*$")
@@ -316,8 +320,13 @@ class Config:
     # --- request policy
     probability: float = _opt(0.01, "float", 0.0, 1.0, doc="share of requests profiled")
     profile_unsampled_traces: bool = _opt(False, "bool")
+    trace_id_ratio: bool = _opt(True, "bool", doc="probability decided from the trace id (the same answer in "
+                                "every service of a trace); false: a random draw per request (edge services)")
     header: str = _opt("X-Enable-Profiling", "str", doc="request header that asks for a profile")
     header_secret: str = _opt("", "str", doc="if set, the header value must equal it")
+    header_trust: str = _opt("debug", "choice", choices=("debug", "any", "off"),
+                             doc="without header_secret: debug = only in the framework's debug mode, "
+                                 "any = from anyone, off = never")
     max_header_profiles_per_minute: int = _opt(60, "int", 0, 1_000_000)
     max_concurrent_profiles: int = _opt(8, "int", 1, 10_000)
     max_profiles_per_minute: int = _opt(60, "int", 0, 1_000_000)
@@ -339,8 +348,9 @@ class Config:
     should_profile: Optional[Callable[..., Optional[bool]]] = _opt(None, "callable", optional=True)
     excluded_urls: tuple[str, ...] = _opt((), "urls", doc="comma-separated regexes (re.search on the URL)")
     max_overhead: float = _opt(0.05, "float", 0.0, 1.0, doc="profiler CPU / process CPU budget")
-    trigger_limits: Mapping[str, int] = _opt(dict, "limits", doc="per-trigger profiles per minute under "
-                                             "max_profiles_per_minute, e.g. 'high_cpu=10,probability=30'")
+    trigger_limits: Mapping[str, int] = _opt(dict, "limits", doc="per-trigger shares of max_profiles_per_minute, "
+                                             "e.g. 'high_cpu=10,probability=30'; default: probability and "
+                                             "high_cpu half each")
 
     # where each option's value came from (not an option; see source_of)
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)

@@ -13,6 +13,10 @@ firewall); the request policy is :attr:`Profiler.policy`.  Nothing here raises
 into the caller: a failure skips the profile, is counted in
 :meth:`Profiler.stats` and logged once.
 
+:meth:`Profiler.shutdown` is the one bounded exit path: the ASGI lifespan
+shutdown, the ``atexit`` hook (gunicorn workers after SIGTERM, scripts, Flask's
+dev server) and user code all call it; it is idempotent and safe from any thread.
+
 This module composes the engine: it builds the exporters (``export.registry``)
 and the export pipeline when a profiler is made, hands the metric instruments to
 its ``Stats`` and registers the sampler's CPU with ``overhead``; its request
@@ -33,10 +37,11 @@ import time
 import weakref
 from typing import Any, Callable, Optional, Sequence, TypeVar, Union
 
-from ._safety import Firewall
-from .config import Config
+from ._safety import Firewall, LogOnce
+from .config import Config, shown_value
 from .export.metrics import instruments
 from .export.pipeline import ExportPipeline
+from .export.priority import priority_of
 from .export.registry import create_exporter, create_exporters, describe_destination
 from .export.settings import batch_settings
 from .overhead import add_cpu_source, overhead_cpu
@@ -47,7 +52,8 @@ from .session import Session
 from .stats import Stats
 from .tracecontext import current_link
 
-__all__ = ["Profiler", "get_profiler", "current_session", "activate_session", "deactivate_session"]
+__all__ = ["Profiler", "get_profiler", "set_profiler", "shared_profiler", "current_session", "activate_session",
+           "deactivate_session"]
 
 log = logging.getLogger("otelprof_middleware")
 
@@ -131,9 +137,14 @@ class Profiler:
             self.config = config.replace(**options)
         self._stats = Stats(_INSTRUMENTS)
         self._lock = threading.Lock()
+        self._finished_cond = threading.Condition(self._lock)  # a finish_session call ended
         self._active: set[Session] = set()
+        self._finishing = 0  # finish_session calls under way (their sessions are in no queue yet)
         self._shut_down = False
-        self._firewall = Firewall(lambda key: self._stats.dropped("error"))
+        self._closing: Optional[threading.Event] = None  # set once shutdown() is done
+        self._shutdown_ok = False
+        # an internal failure; a started profile it loses is counted as dropped "error" where it is lost
+        self._firewall = Firewall(lambda key: self._stats.incr("internal_errors"))
         chosen = self._build_exporters(exporters)
         self._pipeline = ExportPipeline([e for e, _how in chosen], self._stats,
                                         batch=batch_settings(self.config), min_samples=self.config.min_samples)
@@ -205,6 +216,7 @@ class Profiler:
         ``attach`` attaches the calling asyncio task, or else the calling thread."""
         if not self.enabled:
             return None
+        session: Optional[Session] = None
         try:
             if link is _USE_CURRENT_SPAN:
                 link = current_link()
@@ -223,43 +235,68 @@ class Profiler:
                 session.attach_current()
             with self._lock:
                 self._active.add(session)
-            get_sampler().register(session)
             self._stats.incr("profiles_started")
+            get_sampler().register(session)
             return session
         except Exception:
+            if session is not None:
+                self._lost(session)
             self.report_failure("start", "otelprof: could not start a profile; the work runs unprofiled")
             return None
 
+    def _lost(self, session: Session) -> None:
+        """A started session that can no longer be exported: counted once as dropped ``error``."""
+        with self._lock:
+            if session not in self._active:
+                return
+            self._active.discard(session)
+        session.finished = True
+        self._stats.dropped("error", priority=priority_of(session).label)
+
     def finish_session(self, session: Optional[Session], *, error: Optional[BaseException] = None) -> bool:
         """Stop sampling ``session`` and queue it for export.  True if queued."""
-        if session is None or session.finished:
+        if session is None:
             return False
+        with self._lock:  # claimed once, also when shutdown finishes it at the same moment
+            if session.finished:
+                return False
+            session.finished = True
+            self._active.discard(session)
+            self._finishing += 1
+        handed_over = False
         try:
             get_sampler().unregister(session)
             session.end_mono_ns = time.monotonic_ns()
-            session.finished = True
             session.detach_all()
-            with self._lock:
-                self._active.discard(session)
             if error is not None and session.error is None:
                 session.error = type(error).__name__
+            handed_over = True  # from here on the pipeline counts it, whatever happens
             return self._pipeline.submit(session)
         except Exception:
+            if not handed_over:
+                self._stats.dropped("error", priority=priority_of(session).label)
             self.report_failure("finish", "otelprof: could not finish a profile; it is skipped")
             return False
+        finally:
+            with self._lock:
+                self._finishing -= 1
+                if not self._finishing and self._closing is not None:  # a shutdown waits for it
+                    self._finished_cond.notify_all()
 
     def discard_session(self, session: Optional[Session]) -> None:
         """Stop sampling ``session`` and throw its samples away (e.g. the request was
         not worth keeping after all)."""
         if session is None or session.finished:
             return
+        with self._lock:
+            if session.finished:
+                return
+            session.finished = True
+            self._active.discard(session)
+        self._stats.incr("profiles_discarded")
         try:
             get_sampler().unregister(session)
-            session.finished = True
             session.detach_all()
-            with self._lock:
-                self._active.discard(session)
-            self._stats.incr("profiles_discarded")
         except Exception:
             self.report_failure("discard", "otelprof: could not discard a profile")
 
@@ -287,30 +324,62 @@ class Profiler:
         return self._pipeline.force_flush(timeout)
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
-        """Finish running profiles, flush within ``timeout`` (default ``shutdown_timeout``), stop."""
-        if self._shut_down:
-            return True
+        """Stop profiling and deliver what is left within ``timeout`` seconds in all
+        (default ``shutdown_timeout``); True if everything was delivered.
+
+        Sessions being finished right now (a request ending) are waited for, within
+        the budget; sessions still running are finished as they are.  Whatever is
+        still undelivered at the deadline (in flight included) is counted as dropped
+        ``shutdown`` and logged with the number.  Idempotent and safe from any
+        thread: a second call waits for the first (up to its own ``timeout``) and
+        returns its result."""
         if timeout is None:
             timeout = self.config.shutdown_timeout
-        for session in list(self._active):
-            self.finish_session(session)
-        self._shut_down = True
-        self.policy.close()
-        ok = self._pipeline.shutdown(timeout)
-        _live_profilers.discard(self)
-        return ok
+        with self._lock:
+            done = self._closing
+            first = done is None
+            if done is None:
+                done = self._closing = threading.Event()
+            self._shut_down = True  # no new sessions from here on
+        if not first:
+            return done.wait(timeout) and self._shutdown_ok
+        deadline = time.monotonic() + timeout
+        try:
+            with self._lock:
+                while self._finishing and self._finished_cond.wait(max(0.0, deadline - time.monotonic())):
+                    pass
+            for session in list(self._active):
+                self.finish_session(session)
+            self.policy.close()
+            self._shutdown_ok = self._pipeline.shutdown(max(0.0, deadline - time.monotonic()))
+        finally:
+            _live_profilers.discard(self)
+            done.set()
+        return self._shutdown_ok
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of the counters as plain numbers: profiles started, collected,
-        exported, dropped by reason, queue depth, per exporter (``docs/delivery.md``)."""
+        exported, dropped by reason (and priority), what is pending, per exporter.
+        ``docs/delivery.md`` ("Counting what was lost") has the identities they satisfy
+        once nothing is moving:
+
+        * ``profiles_started = active_sessions + profiles_discarded + profiles_pending
+          + profiles_collected + sum(dropped.values())``;
+        * for each exporter: ``profiles_collected = exported + sum(dropped.values())
+          + queued + in_flight``."""
         snap = self._stats.snapshot()
+        for key in ("profiles_started", "profiles_discarded", "profiles_exported"):
+            snap.setdefault(key, 0)
         snap["active_sessions"] = len(self._active)
+        snap["profiles_pending"] = self._pipeline.sessions_pending
         snap["queue_pending"] = self._pipeline.pending
         for ch in self._pipeline.channels:
-            e = snap["exporters"].setdefault(ch.name, {"exported": 0, "dropped": {}, "requests": 0, "retries": 0})
+            e = snap["exporters"].setdefault(ch.name, {"exported": 0, "dropped": {}, "dropped_by_priority": {},
+                                                       "requests": 0, "retries": 0})
             e["queued"] = ch.queued
             e["in_flight"] = ch.pending - ch.queued
             e["queued_bytes"] = ch.queued_bytes
+            e["queued_by_priority"] = ch.queued_by_priority()
         return snap
 
     @property
@@ -320,7 +389,8 @@ class Profiler:
 
     def report_failure(self, key: str, message: str) -> None:
         """The error firewall of every entry point into the profiler: count the failure
-        (``stats()["dropped"]["error"]``) and log it once per ``key`` with its
+        (``stats()["internal_errors"]``; a started profile it loses is counted where
+        it is lost, as dropped ``error``) and log it once per ``key`` with its
         traceback.  Call it from an ``except Exception`` block; it never raises."""
         self._firewall.report(key, message)
 
@@ -386,24 +456,77 @@ class ProfileBlock:
 
 _live_profilers: "weakref.WeakSet[Profiler]" = weakref.WeakSet()
 _default: Optional[Profiler] = None
+_default_by = ""  # who made the default (for the warning about a second configuration)
+# profilers of further, different configurations (weakly: they live as long as their users)
+_others: list[tuple[Config, "weakref.ref[Profiler]"]] = []
 _default_lock = threading.Lock()
+_warn_once = LogOnce()
 
 
 def get_profiler() -> Profiler:
-    """The process-wide default profiler, configured from the environment."""
-    global _default
+    """The process's profiler: the one the integrations use when they are given
+    options or nothing (then it is configured from the environment), or the one
+    :func:`set_profiler` installed."""
+    global _default, _default_by
     if _default is None:
         with _default_lock:
             if _default is None:
                 _default = Profiler()
+                _default_by = "get_profiler() (from the environment)"
     return _default
 
 
 def set_profiler(profiler: Optional[Profiler]) -> None:
-    """Replace the process-wide default (tests, custom set-ups)."""
-    global _default
+    """Replace the process's profiler (tests, custom set-ups); None: the next user
+    makes a new one."""
+    global _default, _default_by
     with _default_lock:
         _default = profiler
+        _default_by = "set_profiler()"
+        _others.clear()
+
+
+def shared_profiler(config: Config, *, by: str) -> Profiler:
+    """The profiler for ``config`` that an integration configured with options
+    (``by`` names it, e.g. ``"ProfilingMiddleware(...)"``) uses: the process's
+    profiler, made now if there is none yet.  A configuration that differs from
+    the process's profiler gets a profiler of its own (one per configuration) and
+    one warning naming the options that differ."""
+    global _default, _default_by
+    with _default_lock:
+        current = _default
+        if current is None or current._shut_down:
+            _default = Profiler(config)
+            _default_by = by
+            return _default
+        if current.config == config:
+            return current
+        for cfg, ref in _others:
+            other = ref()
+            if other is not None and not other._shut_down and cfg == config:
+                return other
+        _others[:] = [(c, r) for c, r in _others if r() is not None]
+        differ = _differences(current.config, config)
+        made_by = _default_by
+        profiler = Profiler(config)
+        _others.append((config, weakref.ref(profiler)))
+    _warn_once("second-config:" + differ,
+               "otelprof: %s configures a profiler different from the process's profiler (made by %s): %s. "
+               "It uses a profiler of its own; get_profiler() returns the first one. To share one profiler, "
+               "give the same options, or pass profiler=", by, made_by, differ)
+    return profiler
+
+
+def _differences(old: Config, new: Config) -> str:
+    """``"probability=0.5 (keyword argument) instead of 0.01 (default)"``, for every
+    option that differs (credentials masked)."""
+    out = []
+    for name in Config.option_names():
+        a, b = getattr(old, name), getattr(new, name)
+        if a != b:
+            out.append(f"{name}={shown_value(name, b)!r} ({new.source_of(name)}) instead of "
+                       f"{shown_value(name, a)!r} ({old.source_of(name)})")
+    return ", ".join(out) or "the same options, another should_profile"
 
 
 def _after_fork_in_child() -> None:
@@ -413,7 +536,9 @@ def _after_fork_in_child() -> None:
     _default_lock = threading.Lock()
     for p in list(_live_profilers):
         p._lock = threading.Lock()
+        p._finished_cond = threading.Condition(p._lock)
         p._active = set()
+        p._finishing = 0
 
 
 if hasattr(os, "register_at_fork"):
@@ -422,8 +547,22 @@ if hasattr(os, "register_at_fork"):
 
 @atexit.register
 def _flush_at_exit() -> None:
-    for p in list(_live_profilers):
-        try:
-            p.shutdown()
-        except Exception:  # pragma: no cover
-            pass
+    """Shut every live profiler down, all at once, each within its ``shutdown_timeout``."""
+    profilers = list(_live_profilers)
+    if len(profilers) == 1:
+        _shutdown_quietly(profilers[0])
+        return
+    threads = [threading.Thread(target=_shutdown_quietly, args=(p,), name="otelprof-exit", daemon=True)
+               for p in profilers]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + max((p.config.shutdown_timeout for p in profilers), default=0.0) + 1.0
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+
+
+def _shutdown_quietly(profiler: Profiler) -> None:
+    try:
+        profiler.shutdown()
+    except Exception:  # pragma: no cover
+        pass

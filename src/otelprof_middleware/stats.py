@@ -16,8 +16,18 @@ metrics always agree:
 ``overhead_cpu``                       ``otelprof.overhead.cpu`` (ratio)
 =====================================  ===========================================
 
-Drops are counted per destination: a profile that one of two exporters could not
-deliver counts once, under that exporter (``exporters[name]["dropped"]``).
+Drops are counted in profiles, once, where they happen (``docs/delivery.md``,
+"Counting what was lost", has the identities they satisfy):
+
+* ``dropped[reason]``: before a profile was collected (``too_short``,
+  ``queue_full``, ``shutdown``, ``error``);
+* ``exporters[name]["dropped"][reason]``: after it, by that destination (a profile
+  two exporters could not deliver counts once under each);
+* ``dropped_by_priority`` (both levels): the same drops by the profile's priority
+  (``promised``, ``kept``, ``sampled``; :mod:`otelprof_middleware.export.priority`)
+  where it is known (a server's partial rejection does not say which profiles);
+* ``dropped_total``: every drop at every level (0 = nothing was lost anywhere).
+
 ``overhead_cpu`` comes from :mod:`otelprof_middleware.overhead`.
 """
 
@@ -41,7 +51,7 @@ class StatsInstruments(Protocol):
 
     def collected(self, n: int) -> None: ...
 
-    def dropped(self, reason: str, n: int, exporter: Optional[str]) -> None: ...
+    def dropped(self, reason: str, n: int, exporter: Optional[str], priority: Optional[str] = None) -> None: ...
 
     def record(self, name: str, value: float, exporter: Optional[str]) -> None: ...
 
@@ -52,7 +62,7 @@ class NoInstruments:
     def collected(self, n: int) -> None:
         pass
 
-    def dropped(self, reason: str, n: int, exporter: Optional[str]) -> None:
+    def dropped(self, reason: str, n: int, exporter: Optional[str], priority: Optional[str] = None) -> None:
         pass
 
     def record(self, name: str, value: float, exporter: Optional[str]) -> None:
@@ -86,7 +96,8 @@ class Stats:
         self._metrics: StatsInstruments = instruments if instruments is not None else NoInstruments()
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
-        self._dropped: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()  # before collection
+        self._dropped_prio: dict[str, Counter[str]] = {}
         self._declined: Counter[str] = Counter()
         self._hist: dict[str, _Histogram] = {name: _Histogram() for name in HISTOGRAMS}
         self._by_exporter: dict[str, dict[str, Any]] = {}
@@ -95,7 +106,8 @@ class Stats:
     def _exporter_locked(self, name: str) -> dict[str, Any]:
         e = self._by_exporter.get(name)
         if e is None:
-            e = self._by_exporter[name] = {"exported": 0, "dropped": Counter(), "requests": 0, "retries": 0}
+            e = self._by_exporter[name] = {"exported": 0, "dropped": Counter(), "dropped_by_priority": {},
+                                           "requests": 0, "retries": 0}
         return e
 
     # ---------------------------------------------------------------- counters
@@ -109,14 +121,23 @@ class Stats:
             self._counts["profiles_collected"] += n
         self._metrics.collected(n)
 
-    def dropped(self, reason: str, n: int = 1, *, exporter: Optional[str] = None) -> None:
+    def dropped(self, reason: str, n: int = 1, *, exporter: Optional[str] = None,
+                priority: Optional[str] = None) -> None:
+        """``n`` profiles were lost for ``reason``: before collection, or at ``exporter``'s
+        destination; ``priority`` (``promised``/``kept``/``sampled``) when known."""
         if n <= 0:
             return
         with self._lock:
-            self._dropped[reason] += n
-            if exporter is not None:
-                self._exporter_locked(exporter)["dropped"][reason] += n
-        self._metrics.dropped(reason, n, exporter)
+            if exporter is None:
+                self._dropped[reason] += n
+                by_prio = self._dropped_prio
+            else:
+                e = self._exporter_locked(exporter)
+                e["dropped"][reason] += n
+                by_prio = e["dropped_by_priority"]
+            if priority is not None:
+                by_prio.setdefault(priority, Counter())[reason] += n
+        self._metrics.dropped(reason, n, exporter, priority)
 
     def declined(self, reason: str, n: int = 1) -> None:
         with self._lock:
@@ -163,12 +184,16 @@ class Stats:
             out: dict[str, Any] = dict(self._counts)
             out.setdefault("profiles_collected", 0)
             out["dropped"] = dict(self._dropped)
-            out["dropped_total"] = sum(self._dropped.values())
+            out["dropped_by_priority"] = {p: dict(c) for p, c in self._dropped_prio.items()}
+            out["dropped_total"] = sum(self._dropped.values()) + sum(
+                sum(e["dropped"].values()) for e in self._by_exporter.values())
             out["declined"] = dict(self._declined)
             for name, h in self._hist.items():
                 out[name] = h.snapshot()
             out["exporters"] = {
-                name: {**e, "dropped": dict(e["dropped"])} for name, e in self._by_exporter.items()
+                name: {**e, "dropped": dict(e["dropped"]),
+                       "dropped_by_priority": {p: dict(c) for p, c in e["dropped_by_priority"].items()}}
+                for name, e in self._by_exporter.items()
             }
         out["overhead_cpu"] = overhead_cpu()
         return out

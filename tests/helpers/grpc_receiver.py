@@ -12,6 +12,8 @@
   of failed calls (hand-encoded ``google.rpc.Status``), or None for no details.
 * ``partial_success=(rejected, message)`` goes into accepted answers.
 * ``block``: an Event; calls wait on it before answering (a receiver that hangs).
+* ``port``: listen there (0 = any free port; an outage is ``stop()`` then a new
+  receiver with ``port=`` the old one's).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class GRPCReceiver:
         partial_success: Optional[tuple[int, str]] = None,
         block: Optional[threading.Event] = None,
         arrived: Optional[threading.Event] = None,
+        port: int = 0,
     ) -> None:
         self.codes = list(codes)
         self.retry_delay = retry_delay
@@ -94,7 +97,7 @@ class GRPCReceiver:
         self.requests: list[GRPCRequest] = []
         self._cond = threading.Condition()
         self._server: Any = None
-        self.port = 0
+        self.port = port
 
     def _export(self, request: svc.ExportProfilesServiceRequest, context: Any) -> svc.ExportProfilesServiceResponse:
         md = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
@@ -130,7 +133,7 @@ class GRPCReceiver:
         })
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         self._server.add_generic_rpc_handlers((handler,))
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
+        self.port = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
         self._server.start()
         return self
 

@@ -24,11 +24,28 @@ Behaviour:
 * Every request is recorded in ``requests`` (``accepted`` = those answered 2xx
   that parsed); ``wait_for(n, timeout)`` waits for ``n`` recorded requests
   (``accepted_only=True``: ``n`` accepted ones).
+
+Faults (``fault=``, or ``set_fault(...)`` while running; ``None`` = answer normally):
+
+* ``"trickle"``: a valid answer (status, headers, a padding header) written one
+  byte every ``trickle_interval`` seconds, so it takes far longer than any deadline;
+* ``"trickle-body"``: the status and headers at once, then the body one byte at a time;
+* ``"hang"``: read the request, never answer (until the receiver stops);
+* ``"reset"``: read the request, then close with a TCP reset (no answer);
+* ``"garbage"``: answer bytes that are not HTTP, then close;
+* ``"huge"``: 200 with an endless body (``Transfer-Encoding: chunked``), until the client goes.
+
+A request is ``acked`` only when its whole answer was written to a client that was
+still waiting for it: ``acked`` requests are the ones the sender can know were
+delivered (a client that gave up on a hung, slow or trickled answer never acks).  An
+outage is ``stop()`` then ``start()`` again on the same ``port``.
 """
 
 from __future__ import annotations
 
 import gzip
+import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -57,6 +74,8 @@ class ReceivedRequest:
     parse_error: str = ""
     status: int = 0  # what we answered
     received_at: float = field(default_factory=time.monotonic)
+    fault: Optional[str] = None  # the fault mode it met
+    acked: bool = False  # the whole answer was written to a client still reading
 
     @property
     def accepted(self) -> bool:
@@ -79,6 +98,8 @@ class OTLPReceiver:
         path: str = PROFILES_PATH,
         host: str = "127.0.0.1",
         port: int = 0,
+        fault: Optional[str] = None,
+        trickle_interval: float = 0.2,
     ) -> None:
         self.statuses = list(statuses)
         self.default_status = default_status
@@ -94,6 +115,9 @@ class OTLPReceiver:
         self._server: Optional[ThreadingHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
         self._count = 0  # requests to the profiles path, for the status sequence
+        self.fault = fault
+        self.trickle_interval = trickle_interval
+        self._stopping = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "OTLPReceiver":
@@ -108,13 +132,21 @@ class OTLPReceiver:
             def do_POST(self) -> None:
                 receiver._handle(self)
 
+            def finish(self) -> None:  # the client may be gone (faults): no traceback
+                try:
+                    super().finish()
+                except OSError:
+                    pass
+
             def do_GET(self) -> None:
                 receiver._handle(self)
 
             do_PUT = do_GET
 
+        self._stopping.clear()
         server = ThreadingHTTPServer((self.host, self.bind_port), Handler)
         server.daemon_threads = True
+        self.bind_port = server.server_address[1]  # a restart after an outage comes back on the same port
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="otlp-test-receiver", daemon=True)
@@ -122,6 +154,7 @@ class OTLPReceiver:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # hung answers end (without an answer)
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -183,6 +216,25 @@ class OTLPReceiver:
                     return False
                 self._cond.wait(remaining)
 
+    def set_fault(self, fault: Optional[str]) -> None:
+        with self._cond:
+            self.fault = fault
+
+    @property
+    def acked(self) -> list[ReceivedRequest]:
+        with self._cond:
+            return [r for r in self.requests if r.acked and r.accepted]
+
+    def acked_ids(self) -> list[str]:
+        """Our profile ids in the acked requests (CPU + wall share one id), in order."""
+        out = []
+        for r in self.acked:
+            assert r.message is not None
+            for rp in r.message.resource_profiles:
+                for sp in rp.scope_profiles:
+                    out.extend(p.profile_id.hex() for p in sp.profiles[::2])
+        return out
+
     def reset(self, statuses: Optional[Sequence[int]] = None) -> None:
         """Forget recorded requests (and optionally set a new status sequence)."""
         with self._cond:
@@ -209,10 +261,18 @@ class OTLPReceiver:
         if delay:
             time.sleep(float(delay))
 
+        with self._cond:
+            fault = rec.fault = self.fault if nth >= 0 else None
         rec.status = status
         with self._cond:
             self.requests.append(rec)
             self._cond.notify_all()
+        if fault is not None:
+            self._misbehave(h, rec, fault, status, body)
+            return
+        # set before the answer goes out (the client may read it and go on at once);
+        # a client that gave up on a slow answer has closed its side already
+        rec.acked = _still_connected(h.connection)
         try:
             h.send_response(status)
             h.send_header("Content-Type", "application/x-protobuf")
@@ -223,7 +283,46 @@ class OTLPReceiver:
             h.wfile.write(body)
             h.wfile.flush()
         except OSError:  # client went away (timeout tests)
-            pass
+            rec.acked = False
+
+    def _misbehave(self, h: BaseHTTPRequestHandler, rec: ReceivedRequest, fault: str, status: int,
+                   body: bytes) -> None:
+        h.close_connection = True
+        rec.status = 0 if fault in ("hang", "reset", "garbage") else rec.status
+        try:
+            if fault == "hang":
+                self._stopping.wait()
+            elif fault == "reset":
+                h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                h.connection.close()
+            elif fault == "garbage":
+                h.wfile.write(b"\x00\x13\x37NOT-HTTP\xff\xfe garbage\r\n\r\n")
+                h.wfile.flush()
+            elif fault in ("trickle", "trickle-body"):
+                head = (f"HTTP/1.1 {status} OK\r\nContent-Type: application/x-protobuf\r\n"
+                        f"Content-Length: {len(body) + 64}\r\nX-Pad: {'a' * 64}\r\n\r\n").encode()
+                data = head + body + b"\x00" * 64  # (a padded body: long enough to outlast any deadline)
+                if fault == "trickle-body":
+                    h.wfile.write(head)
+                    h.wfile.flush()
+                    data = body + b"\x00" * 64
+                for i in range(len(data)):
+                    if self._stopping.wait(self.trickle_interval) or not _still_connected(h.connection):
+                        return
+                    if i == len(data) - 1:
+                        rec.acked = True  # (before the last byte: the client may go on at once)
+                    h.wfile.write(data[i:i + 1])
+                    h.wfile.flush()
+            elif fault == "huge":
+                h.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\n"
+                              b"Transfer-Encoding: chunked\r\n\r\n")
+                chunk = b"%x\r\n" % (64 * 1024) + b"\x01" * (64 * 1024) + b"\r\n"
+                while not self._stopping.is_set():
+                    h.wfile.write(chunk)
+            else:
+                raise ValueError(f"unknown fault {fault!r}")
+        except OSError:  # the client gave up: exactly what these modes provoke
+            rec.acked = False
 
     def _decide(self, rec: ReceivedRequest, nth: int) -> tuple[int, dict[str, str], bytes]:
         if nth < 0:
@@ -269,6 +368,21 @@ class OTLPReceiver:
         if isinstance(value, (list, tuple)):
             return value[nth] if nth < len(value) else default
         return value
+
+
+def _still_connected(conn: socket.socket) -> bool:
+    """Before writing (more of) an answer: is the client still there (not closed or reset)?"""
+    try:
+        conn.setblocking(False)
+        try:
+            data = conn.recv(1, socket.MSG_PEEK)
+            return data != b""  # b"": the client closed its side
+        except BlockingIOError:
+            return True  # nothing to read, still open
+        finally:
+            conn.setblocking(True)
+    except OSError:
+        return False
 
 
 def _status_body(message: str) -> bytes:

@@ -13,6 +13,8 @@
   path (then 200); ``retry_after`` is sent with non-2xx answers.
 * ``PushRequest`` bodies are decoded by a wire-format reader written here, independent
   of the library's encoder.
+* ``fault="trickle"``: answer one byte every ``trickle_interval`` seconds (far longer
+  than any deadline); ``fault="hang"``: never answer (until ``stop()``).
 """
 
 from __future__ import annotations
@@ -103,7 +105,12 @@ class PyroscopeReceiver:
         push_statuses: Sequence[int] = (),
         ingest_statuses: Sequence[int] = (),
         retry_after: Optional[str] = None,
+        fault: Optional[str] = None,
+        trickle_interval: float = 0.2,
     ) -> None:
+        self.fault = fault
+        self.trickle_interval = trickle_interval
+        self._stopping = threading.Event()
         self.push_available = push_available
         self.unavailable_status = unavailable_status
         self.push_statuses = list(push_statuses)
@@ -132,6 +139,7 @@ class PyroscopeReceiver:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -184,6 +192,21 @@ class PyroscopeReceiver:
         with self._cond:
             self.requests.append(rec)
             self._cond.notify_all()
+        if self.fault is not None:
+            h.close_connection = True
+            if self.fault == "hang":
+                self._stopping.wait()
+                return
+            head = f"HTTP/1.1 {status} OK\r\nContent-Length: 0\r\nX-Pad: {'a' * 64}\r\n\r\n".encode()
+            try:
+                for i in range(len(head)):
+                    if self._stopping.wait(self.trickle_interval):
+                        return
+                    h.wfile.write(head[i:i + 1])
+                    h.wfile.flush()
+            except OSError:
+                pass
+            return
         h.send_response(status)
         h.send_header("Content-Type", ctype)
         h.send_header("Content-Length", str(len(payload)))

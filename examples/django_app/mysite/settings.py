@@ -7,6 +7,7 @@ SECRET_KEY = "example-only-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 ROOT_URLCONF = "mysite.urls"
+WSGI_APPLICATION = "mysite.wsgi.application"  # runserver loads it too
 INSTALLED_APPS = []
 DATABASES = {}
 USE_TZ = True
@@ -23,7 +24,8 @@ OTELPROF = {
     "exporter": os.environ.get("OTELPROF_EXPORTER", "file"),
     "output_dir": str(BASE_DIR / "profiles"),
     "probability": 0.01,                 # 1% of requests
-    "header": "X-Enable-Profiling",      # ...plus any request with this header
-    "header_secret": os.environ.get("OTELPROF_HEADER_SECRET", ""),  # set one in production!
+    "header": "X-Enable-Profiling",      # ...plus any request with this header,
+    # when its value is the secret (without one, only while DEBUG is True)
+    "header_secret": os.environ.get("OTELPROF_HEADER_SECRET") or "change-me",
     "sample_hz": 100,
 }

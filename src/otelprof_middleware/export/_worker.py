@@ -1,7 +1,8 @@
 """What the build worker (:mod:`.pipeline`) and the export channels (:mod:`.channel`) share.
 
-* :class:`QueueWorker`: a queue drained by one lazily started thread, under one
-  condition, and waiting until it is drained;
+* :class:`QueueWorker`: a queue (a :class:`~.priority.TieredQueue`: highest
+  priority first) drained by one lazily started thread, under one condition, and
+  waiting until it is drained;
 * :class:`Urgency`: how soon queued work must go out, one named state per worker;
 * :class:`CpuMeter`: each worker thread reports its CPU to :mod:`~otelprof_middleware.overhead`;
 * :class:`untraced`: exports run with OpenTelemetry instrumentation suppressed, so
@@ -10,7 +11,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import enum
 import threading
@@ -19,6 +19,7 @@ from typing import Any, Iterator, Optional
 
 from .._safety import LogOnce, log
 from ..overhead import add_worker_cpu
+from .priority import TieredQueue
 
 __all__ = ["QueueWorker", "Urgency", "UrgencyState", "CpuMeter", "untraced"]
 
@@ -62,7 +63,7 @@ class QueueWorker:
     kind (the counters keep the totals)."""
 
     _cond: threading.Condition
-    _queue: "collections.deque[Any]"
+    _queue: TieredQueue
     _in_flight: int
     _thread: Optional[threading.Thread]
     _urgency: UrgencyState
@@ -73,7 +74,7 @@ class QueueWorker:
     def _init_queue(self) -> None:
         """Fresh lock, queue and urgency, no thread: at start and in a forked child."""
         self._cond = threading.Condition(threading.Lock())
-        self._queue = collections.deque()
+        self._queue = TieredQueue()
         self._in_flight = 0
         self._thread = None
         self._urgency = UrgencyState()

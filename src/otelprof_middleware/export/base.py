@@ -16,6 +16,7 @@ implementation.
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol, Sequence
@@ -36,6 +37,7 @@ class ExportResult:
     dropped: int = 0
     reason: str = ""
     message: str = ""
+    cause: str = ""  # a short, stable name of what failed ("HTTP 400", "ConnectError"), for log keys
 
 
 class Exporter(Protocol):
@@ -70,8 +72,12 @@ class NetworkExporter:
     """Base of the exporters that send requests over the network.
 
     Subclasses implement ``encode(profiles) -> (uncompressed_size, state)``,
-    ``wrap(profiles, state) -> Prepared`` and ``send(prepared, timeout) -> Attempt``,
-    and set ``destination`` (the endpoint, without credentials, for log lines)."""
+    ``wrap(profiles, state) -> Prepared`` and ``send(prepared, timeout) -> Attempt``
+    (``timeout``: the attempt's whole time, connect to last byte of the answer), and
+    set ``destination`` (the endpoint, without credentials, for log lines).
+    Optional: ``probe_address()`` (where a TCP connect tells whether the backend is
+    reachable again, for fast recovery) and ``interrupt()`` (shutdown: end the
+    attempt in flight now)."""
 
     name = "network"
     destination = ""
@@ -97,6 +103,26 @@ class NetworkExporter:
 
     def shutdown(self) -> None:
         pass
+
+    def interrupt(self) -> None:
+        """Shutdown: end the attempt in flight as soon as possible (it then returns a
+        ``shutdown`` :class:`Attempt`), and fail later ones at once."""
+
+    def probe_address(self) -> Optional[tuple[str, int]]:
+        """``(host, port)`` a request connects to first; None: cannot be probed."""
+        return None
+
+    def probe(self, timeout: float) -> Optional[bool]:
+        """Does the backend accept a TCP connection (within ``timeout``)?  None when
+        this exporter cannot be probed."""
+        address = self.probe_address()
+        if address is None:
+            return None
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+            return True
+        except OSError:
+            return False
 
     # ---------------------------------------------------------------- sizing
     def prepare(self, profiles: Sequence[Profile]) -> tuple[list[Prepared], int]:
@@ -162,7 +188,7 @@ class NetworkExporter:
         return result
 
 
-def _sleep_then_go_on(seconds: float) -> bool:
+def _sleep_then_go_on(seconds: float, _failed: Attempt) -> float:
     """The blocking wait of a synchronous export: sleep, then go on retrying."""
     time.sleep(seconds)
-    return True
+    return seconds

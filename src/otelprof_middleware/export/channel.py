@@ -7,30 +7,68 @@ channel.  For a :class:`~.base.NetworkExporter` it batches (``batch_size``/
 uploads (``max_upload_rate``) and retries by the OTLP rules (:mod:`.retry`); a
 plain exporter gets each profile as soon as it is built.
 
+Under faults (``docs/delivery.md``, "Faults and recovery"):
+
+* **Priorities.**  The queue hands out promised profiles first, then those kept for
+  a reason, then sampled ones, oldest first within each (:mod:`.priority`).  When
+  it is full, a newcomer evicts the newest queued profile of a lower priority.
+* **Fast recovery.**  After a failed attempt the worker waits its backoff (or the
+  server's ``Retry-After``/``RetryInfo``, exactly).  If the backend does not even
+  accept a TCP connection, the wait is cut into ``probe_interval`` steps with a
+  connect probe after each: the retry goes out as soon as the backend answers
+  again.  After a success that ends a failure, the backlog drains at once: no
+  batch wait, no pacing, until the queue is empty.
+* **Shutdown.**  :meth:`abandon` counts what is queued and what is in flight as
+  dropped ``shutdown`` and interrupts the attempt in flight; a late result of an
+  abandoned batch is ignored, so each profile is counted exactly once.
+
 What happens to each profile is counted once in ``Stats`` under the channel's
-exporter name.  The first failed attempt is logged at once with the reason and
-the destination (retries are still to come); each drop reason is logged once.
+exporter name, with its priority where known.  Each cause of failure is logged
+once per minute per cause (with the number of repeats since the last line), and a
+summary line when delivery recovers.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from .._safety import LogOnce, log
 from ..profile import Profile
 from ..stats import Stats
 from ._worker import CpuMeter, QueueWorker, Urgency, untraced
 from .base import ExportResult, NetworkExporter, Prepared
+from .priority import Priority, priority_of
 from .retry import Attempt, ByteRateLimiter, run_with_retry
 from .settings import BatchSettings
 
-__all__ = ["ExportChannel"]
+__all__ = ["ExportChannel", "PROBE_INTERVAL", "LOG_EVERY"]
+
+#: while the backend refuses connections, it is probed this often (seconds)
+PROBE_INTERVAL = 1.0
+#: each cause of failure is logged at most once per this many seconds
+LOG_EVERY = 60.0
+
+
+@dataclass
+class _Outage:
+    since: float  # clock() when the first failed attempt of this outage started
+    cause: str  # what the latest failure was ("connection refused", "HTTP 503", ...)
+
+
+@dataclass
+class _Drain:
+    outage: float  # how long the outage lasted, in seconds
+    cause: str
+    delivered: int = 0
 
 
 class ExportChannel(QueueWorker):
-    """One exporter's bounded queue and worker thread.  ``wait(seconds) -> bool``
-    replaces the sleep between attempts (tests); ``clock`` drives upload pacing."""
+    """One exporter's bounded queue and worker thread.  Test seams: ``wait(seconds)
+    -> bool`` replaces the sleeps between attempts (False: cut short); ``clock``
+    drives upload pacing and outage times; ``probe_interval`` the probing step."""
 
     def __init__(
         self,
@@ -40,6 +78,7 @@ class ExportChannel(QueueWorker):
         batch: BatchSettings = BatchSettings(),
         wait: Optional[Callable[[float], bool]] = None,
         clock: Callable[[], float] = time.monotonic,
+        probe_interval: float = PROBE_INTERVAL,
     ) -> None:
         super().__init__()
         self.exporter = exporter
@@ -52,38 +91,81 @@ class ExportChannel(QueueWorker):
         self.batch_size = batch.batch_size if self.network else 1
         self.batch_timeout = batch.batch_timeout if self.network else 0.0
         self.max_upload_rate = batch.max_upload_rate if self.network else 0
+        self.probe_interval = probe_interval
         self._custom_wait = wait
         self._clock = clock
+        self._log_every = LogOnce(log, every=LOG_EVERY, clock=clock)
         self._init_state()
 
     def _init_state(self) -> None:
         self._init_queue()
-        self._bytes = 0
-        self._current: Optional[object] = None
+        self._current: Optional[object] = None  # token of the batch in flight
+        self._flight: dict[bytes, Profile] = {}  # its profiles not yet accounted for, by id
         self._closed = False
         self._abandoned = False
         self._wake = threading.Event()
         self._limiter = ByteRateLimiter(self.max_upload_rate, clock=self._clock) if self.max_upload_rate > 0 else None
+        self._outage: Optional[_Outage] = None
+        self._drain: Optional[_Drain] = None
+        self._just_back = False  # the last retry wait ended because a probe connected
 
     # ------------------------------------------------------------ producer side
     def offer(self, profile: Profile, size: int) -> bool:
-        """Queue a profile; never blocks.  False (and counted) when full or closed."""
+        """Queue a profile; never blocks.  False (and counted) when full of profiles
+        that are not cheaper than this one, or closed."""
+        priority = priority_of(profile)
         with self._cond:
             if self._closed:
-                self.stats.dropped("shutdown", exporter=self.name)
+                self.stats.dropped("shutdown", exporter=self.name, priority=priority.label)
                 return False
-            if len(self._queue) >= self.queue_size or (self._queue and self._bytes + size > self.max_queue_bytes):
-                self.stats.dropped("queue_full", exporter=self.name)
-                self._log_once("queue_full", "otelprof: %s export queue full (%d profiles, %d bytes); dropping profiles",
-                               self.name, len(self._queue), self._bytes)
+            if not self._fits(size) and not self._make_room(priority, size):
+                self.stats.dropped("queue_full", exporter=self.name, priority=priority.label)
+                self._log_full()
                 return False
-            self._queue.append((profile, size))
-            self._bytes += size
+            self._queue.push(profile, priority, size)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=f"otelprof-export-{self.name}", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
             return True
+
+    def _fits(self, size: int, queued: Optional[int] = None, queued_bytes: Optional[int] = None) -> bool:
+        n = len(self._queue) if queued is None else queued
+        b = self._queue.bytes if queued_bytes is None else queued_bytes
+        return n < self.queue_size and (n == 0 or b + size <= self.max_queue_bytes)
+
+    def _make_room(self, priority: Priority, size: int) -> bool:
+        """With ``_cond`` held: evict cheaper profiles until one of ``size`` bytes fits,
+        if evicting all of them would be enough (else evict nothing)."""
+        below = self._queue.count_below(priority)
+        if not below or not self._fits(size, len(self._queue) - below, self._queue.bytes - self._queue.bytes_below(priority)):
+            return False
+        while not self._fits(size):
+            self._evict_one(priority)
+        return True
+
+    def _evict_one(self, priority: Priority) -> bool:
+        """With ``_cond`` held: drop the newest queued profile cheaper than ``priority``."""
+        victim = self._queue.evict_below(priority)
+        if victim is None:
+            return False
+        self.stats.dropped("queue_full", exporter=self.name, priority=victim[2].label)
+        self._log_full()
+        return True
+
+    def make_room(self, priority: Priority) -> bool:
+        """Evict one queued profile cheaper than ``priority`` (the pipeline does this
+        before it accepts a session of that priority into a full queue)."""
+        with self._cond:
+            return self._evict_one(priority)
+
+    def can_make_room(self, priority: Priority) -> bool:
+        with self._cond:
+            return self._queue.count_below(priority) > 0
+
+    def _log_full(self) -> None:
+        self._log_every("queue_full", "otelprof: %s export queue full (%d profiles, %d bytes); dropping the "
+                        "cheapest profiles", self.name, len(self._queue), self._queue.bytes)
 
     @property
     def pending(self) -> int:
@@ -95,10 +177,14 @@ class ExportChannel(QueueWorker):
 
     @property
     def queued_bytes(self) -> int:
-        return self._bytes
+        return self._queue.bytes
+
+    def queued_by_priority(self) -> dict[str, int]:
+        with self._cond:
+            return self._queue.counts()
 
     def _hurried(self) -> bool:
-        return self._urgency.level is not Urgency.NORMAL
+        return self._urgency.level is not Urgency.NORMAL or self._drain is not None
 
     # ------------------------------------------------------------ worker
     def _run(self) -> None:
@@ -121,42 +207,70 @@ class ExportChannel(QueueWorker):
                         continue
                 batch: list[Profile] = []
                 while self._queue and len(batch) < self.batch_size:
-                    p, size = self._queue.popleft()
-                    self._bytes -= size
-                    batch.append(p)
+                    batch.append(self._queue.pop()[0])  # (highest priority first)
                 token = object()
                 self._current = token
-                self._in_flight = len(batch)
+                self._flight = {p.profile_id: p for p in batch}
+                self._in_flight = len(self._flight)
             try:
                 self._export(batch, token)
             except Exception:  # never let an exporter bug kill the worker
-                left = self._in_flight
-                self._settle(token, left, ExportResult(dropped=left, reason="error"))
-                self._log_once("crash", "otelprof: %s exporter failed unexpectedly", self.name, exc=True)
+                self._settle_rest(token, "error", "unexpected failure")
+                self._log_every("crash", "otelprof: %s exporter failed unexpectedly", self.name, exc=True)
             finally:
+                drained: Optional[_Drain] = None
                 with self._cond:
                     if self._current is token:
                         self._current = None
+                        self._flight = {}
                         self._in_flight = 0
+                    if self._drain is not None and not self._queue:
+                        drained, self._drain = self._drain, None
                     self._cond.notify_all()
+                if drained is not None:
+                    self._log_recovered(drained)
                 cpu.tick()
 
-    def _settle(self, token: object, n: int, result: ExportResult) -> bool:
-        """Account for ``n`` profiles of the current batch; False if the batch was
-        abandoned meanwhile (then it was already counted as dropped)."""
+    def _settle(self, token: object, profiles: list[Profile], result: ExportResult) -> bool:
+        """Account for ``profiles`` of the batch in flight; False if the batch was
+        abandoned meanwhile (then they were already counted as dropped)."""
+        reason = result.reason or "export_failed"
         with self._cond:
             if self._current is not token:
                 return False
-            self._in_flight = max(0, self._in_flight - n)
+            for p in profiles:
+                self._flight.pop(p.profile_id, None)
+            self._in_flight = len(self._flight)
             self.stats.exported(self.name, result.exported)
+            if self._drain is not None:
+                self._drain.delivered += result.exported
             if result.dropped:
-                self.stats.dropped(result.reason or "export_failed", result.dropped, exporter=self.name)
+                self._count_dropped(reason, profiles, result)
             self._cond.notify_all()
         if result.dropped:
-            reason = result.reason or "export_failed"
-            self._log_once("drop-" + reason, "otelprof: %s exporter dropped %d profile(s) (%s) for %s: %s",
-                           self.name, result.dropped, reason, self.destination, result.message or "-")
+            cause = result.cause or result.message.split(":")[0].split("(")[0]
+            self._log_every(f"drop:{reason}:{cause}",
+                            "otelprof: %s exporter dropped %d profile(s) (%s) for %s: %s",
+                            self.name, result.dropped, reason, self.destination, result.message or "-")
         return True
+
+    def _settle_rest(self, token: object, reason: str, message: str) -> None:
+        """Count what is left of the batch in flight as dropped for ``reason``."""
+        with self._cond:
+            rest = list(self._flight.values()) if self._current is token else []
+        if rest:
+            self._settle(token, rest, ExportResult(dropped=len(rest), reason=reason, message=message))
+
+    def _count_dropped(self, reason: str, profiles: list[Profile], result: ExportResult) -> None:
+        if result.exported == 0 and result.dropped == len(profiles):  # all of them: their priorities are known
+            by: dict[str, int] = {}
+            for p in profiles:
+                label = priority_of(p).label
+                by[label] = by.get(label, 0) + 1
+            for label, n in by.items():
+                self.stats.dropped(reason, n, exporter=self.name, priority=label)
+        else:  # some of a request (a partial rejection): the server does not say which
+            self.stats.dropped(reason, result.dropped, exporter=self.name)
 
     def _export(self, batch: list[Profile], token: object) -> None:
         started = time.monotonic()
@@ -168,7 +282,7 @@ class ExportChannel(QueueWorker):
                     result = ExportResult(dropped=len(batch), reason="export_failed", message=repr(exc))
                 if result.exported + result.dropped < len(batch):  # an exporter that under-reports
                     result.exported = len(batch) - result.dropped
-                self._settle(token, len(batch), result)
+                self._settle(token, batch, result)
             else:
                 self._export_network(batch, token)
         self.stats.record("export_duration", time.monotonic() - started, self.name)
@@ -176,60 +290,115 @@ class ExportChannel(QueueWorker):
     def _export_network(self, batch: list[Profile], token: object) -> None:
         exporter: NetworkExporter = self.exporter
         try:
-            requests, too_large = exporter.prepare(batch)
+            requests, _too_large = exporter.prepare(batch)
         except Exception as exc:
-            self._settle(token, len(batch), ExportResult(dropped=len(batch), reason="error", message=repr(exc)))
-            self._log_once("encode", "otelprof: %s exporter could not encode profiles", self.name, exc=True)
+            self._settle(token, batch, ExportResult(dropped=len(batch), reason="error", message=repr(exc)))
+            self._log_every("encode", "otelprof: %s exporter could not encode profiles", self.name, exc=True)
             return
+        packed = {p.profile_id for req in requests for p in req.profiles}
+        too_large = [p for p in batch if p.profile_id not in packed]
         if too_large:
-            self._settle(token, too_large, ExportResult(dropped=too_large, reason="too_large",
+            self._settle(token, too_large, ExportResult(dropped=len(too_large), reason="too_large",
                                                         message="profile larger than max_request_bytes"))
         for req in requests:
             if req.trimmed:
                 self.stats.incr("profiles_trimmed", req.trimmed)
             if self._limiter is not None:
                 delay = self._limiter.delay(len(req.body))
-                if delay > 0 and not self._hurried() and not self._wait(delay):
-                    self._drop_rest(token)
+                if delay > 0 and not self._hurried() and not self._sleep(delay):
+                    self._settle_rest(token, "shutdown", "shutdown while waiting to send")
                     return
             attempt, _ = run_with_retry(
-                lambda timeout: self._send(req, timeout), exporter.retry_policy, wait=self._wait,
+                lambda timeout: self._send(req, timeout), exporter.retry_policy, wait=self._retry_wait,
                 on_attempt=lambda i: self.stats.request(self.name, retry=i > 0),
             )
-            if not attempt.ok and self._abandoned:  # a retry wait cut short by shutdown
-                self._drop_rest(token)
+            if not attempt.ok and (attempt.reason == "shutdown" or self._abandoned):
+                self._settle_rest(token, "shutdown", "shutdown while waiting to send")
                 return
             if attempt.ok:
                 rejected = min(req.count, max(0, attempt.rejected))
                 if attempt.rejected:
                     self.stats.incr("partial_success_responses")
                 result = ExportResult(exported=req.count - rejected, dropped=rejected,
-                                      reason=attempt.partial_reason or "rejected", message=attempt.message)
+                                      reason=attempt.partial_reason or "rejected", message=attempt.message,
+                                      cause=attempt.status)
             else:
                 result = ExportResult(dropped=req.count, reason=attempt.reason or "export_failed",
-                                      message=attempt.message)
-            if not self._settle(token, req.count, result):
+                                      message=attempt.message, cause=attempt.status)
+            if not self._settle(token, req.profiles, result):
                 return
 
-    def _drop_rest(self, token: object) -> None:
-        left = self._in_flight
-        self._settle(token, left, ExportResult(dropped=left, reason="shutdown",
-                                               message="shutdown while waiting to send"))
-
     def _send(self, req: Prepared, timeout: float) -> Attempt:
+        started = self._clock()
         try:
             attempt = self.exporter.send(req, timeout)
         except Exception as exc:  # an unexpected failure is final: never retry a bug
-            self._log_once("send", "otelprof: %s exporter failed sending", self.name, exc=True)
-            return Attempt(ok=False, retryable=False, message=repr(exc), status=type(exc).__name__)
-        budget = self.exporter.retry_policy.retry_timeout
-        if not attempt.ok and attempt.retryable and budget > 0:
-            # at once, not after the retry budget: the user learns now that nothing arrives
-            self._log_once("attempt-failed", "otelprof: %s exporter could not deliver to %s: %s; retrying for up "
-                           "to %g s", self.name, self.destination, attempt.message or attempt.status, budget)
+            self._log_every("send", "otelprof: %s exporter failed sending", self.name, exc=True)
+            attempt = Attempt(ok=False, retryable=False, message=repr(exc), status=type(exc).__name__)
+        if attempt.ok:
+            self._succeeded()
+        elif attempt.reason != "shutdown":
+            self._failed(attempt, started)
         return attempt
 
-    def _wait(self, seconds: float) -> bool:
+    # ------------------------------------------------------------ outages and recovery
+    def _failed(self, attempt: Attempt, started: float) -> None:
+        drained: Optional[_Drain] = None
+        with self._cond:
+            if attempt.retryable:  # (a final answer such as 400 is no outage)
+                if self._outage is None:
+                    self._outage = _Outage(started, attempt.cause)
+                self._outage.cause = attempt.cause
+            if self._drain is not None:  # failing again before the backlog was sent
+                drained, self._drain = self._drain, None
+        if drained is not None:
+            self._log_recovered(drained)
+        budget = self.exporter.retry_policy.retry_timeout
+        if attempt.retryable and budget > 0:
+            # at once, not after the retry budget: the user learns now that nothing arrives
+            self._log_every("fail:" + (attempt.status or attempt.cause),
+                            "otelprof: %s exporter could not deliver to %s: %s; retrying for up to %g s",
+                            self.name, self.destination, attempt.message or attempt.status, budget)
+
+    def _succeeded(self) -> None:
+        with self._cond:
+            outage, self._outage = self._outage, None
+            if outage is not None:
+                self._drain = _Drain(outage=max(0.0, self._clock() - outage.since), cause=outage.cause)
+                self._cond.notify_all()
+
+    def _log_recovered(self, drain: _Drain) -> None:
+        self._log_every("recovered", "otelprof: %s exporter delivered %s queued profile(s) to %s after %.0f s of %s",
+                        self.name, f"{drain.delivered:,}", self.destination, drain.outage, drain.cause)
+
+    def _retry_wait(self, delay: float, failed: Attempt) -> Optional[float]:
+        """Wait ``delay`` before a retry; None when cut short by shutdown.  A backend
+        that refuses connections is probed every ``probe_interval``: the wait ends
+        (returning the time waited) as soon as a probe connects."""
+        answered = failed.retry_after is not None or failed.status.startswith("HTTP ")
+        just_back, self._just_back = self._just_back, False
+        if not answered and just_back:
+            # the retry a probe let through failed before reaching the backend (a client
+            # whose connection state lags, e.g. gRPC's channel): try again one step later
+            step = min(self.probe_interval, delay)
+            return step if self._sleep(step) else None
+        if answered or self.exporter.probe(min(self.probe_interval, delay)) is not False:
+            # the server answered (and may have said when), or it accepts connections: the whole wait
+            return delay if self._sleep(delay) else None
+        waited = 0.0
+        while waited < delay:
+            step = min(self.probe_interval, delay - waited)
+            if not self._sleep(step):
+                return None
+            waited += step
+            t0 = self._clock()
+            if waited < delay and self.exporter.probe(min(self.probe_interval, delay - waited)):
+                self._just_back = True
+                return waited + max(0.0, self._clock() - t0)
+            waited += max(0.0, self._clock() - t0)
+        return waited
+
+    def _sleep(self, seconds: float) -> bool:
         """Sleep between attempts; False when interrupted by abandonment."""
         if self._custom_wait is not None:
             return self._custom_wait(seconds) and not self._abandoned
@@ -253,22 +422,32 @@ class ExportChannel(QueueWorker):
             self._closed = True
             self._cond.notify_all()
 
-    def abandon(self) -> int:
-        """Give up on everything queued and count it as dropped (``shutdown``).  A batch
-        in flight is not waited for: if it completes later it is counted then; if it
-        was waiting to retry, it stops and counts as ``shutdown``."""
+    def abandon(self) -> tuple[int, int]:
+        """Give up on everything queued or in flight and count it as dropped
+        (``shutdown``); the attempt in flight is interrupted, and its result, if it
+        still comes, is ignored.  Returns ``(queued, in_flight)`` dropped."""
         with self._cond:
-            n = len(self._queue)
-            self._queue.clear()
-            self._bytes = 0
+            queued = self._queue.clear()
+            flight = list(self._flight.values())
+            self._flight = {}
+            self._in_flight = 0
+            self._current = None
             self._closed = True
             self._abandoned = True
             self._cond.notify_all()
         self._wake.set()
-        if n:
-            self.stats.dropped("shutdown", n, exporter=self.name)
-            self._log_once("shutdown", "otelprof: %d profile(s) for %s still unsent at shutdown; dropped", n, self.name)
-        return n
+        by: dict[str, int] = {}
+        for p in [item for item, _prio in queued] + flight:
+            label = priority_of(p).label
+            by[label] = by.get(label, 0) + 1
+        for label, n in by.items():
+            self.stats.dropped("shutdown", n, exporter=self.name, priority=label)
+        if flight:
+            try:
+                self.exporter.interrupt()
+            except Exception:  # pragma: no cover - an exporter without a working interrupt
+                pass
+        return len(queued), len(flight)
 
     def shutdown_exporter(self, wait: bool) -> None:
         def run() -> None:
@@ -292,3 +471,5 @@ class ExportChannel(QueueWorker):
                 hook()
             except Exception:  # pragma: no cover
                 pass
+
+

@@ -11,9 +11,11 @@ that reports into it.
 
 * ``otelprof.profiles.collected`` (counter, ``{profile}``): profiles built from a
   finished unit of work.
-* ``otelprof.profiles.dropped`` (counter, ``{profile}``, attributes ``reason`` and,
-  when a destination is involved, ``exporter``): ``queue_full``, ``export_failed``,
-  ``rejected``, ``budget``, ``shutdown``, ``too_large``, ``too_short``, ``error``.
+* ``otelprof.profiles.dropped`` (counter, ``{profile}``, attributes ``reason``;
+  ``exporter`` for a drop at a destination, none before collection; ``priority``
+  (``promised``, ``kept``, ``sampled``) when known): ``queue_full``,
+  ``export_failed``, ``rejected``, ``budget``, ``shutdown``, ``too_large``,
+  ``too_short``, ``error``.
 * ``otelprof.export.duration`` (histogram, ``s``, attribute ``exporter``): one batch,
   all attempts and waits included.
 * ``otelprof.profile.size`` (histogram, ``By``): the in-memory size estimate of
@@ -80,10 +82,12 @@ class Instruments(NoInstruments):
         except Exception:  # pragma: no cover - a metrics SDK bug must not hurt us
             pass
 
-    def dropped(self, reason: str, n: int, exporter: Optional[str]) -> None:
+    def dropped(self, reason: str, n: int, exporter: Optional[str], priority: Optional[str] = None) -> None:
         attrs = {"reason": reason}
         if exporter:
             attrs["exporter"] = exporter
+        if priority:
+            attrs["priority"] = priority
         try:
             with _call_lock:
                 self._dropped.add(n, attrs)

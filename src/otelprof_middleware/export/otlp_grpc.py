@@ -7,22 +7,31 @@ TLS, as the OTLP specification says: an ``https://`` endpoint always uses TLS
 endpoint never does; ``insecure`` only decides for an endpoint without a scheme.
 Retryable status codes follow the OTLP specification ("Failures" in the OTLP
 protocol document); ``google.rpc.RetryInfo`` in the status details sets the delay
-before the retry.  The request body is the one OTLP/HTTP sends (:mod:`._otlp`)."""
+before the retry.  The request body is the one OTLP/HTTP sends (:mod:`._otlp`).
+
+Each call carries the attempt's whole time as its gRPC deadline (which bounds
+connecting, sending and the answer together), answers larger than 4 MiB are
+refused by the channel (``grpc.max_receive_message_length``), and
+:meth:`~OTLPGRPCExporter.interrupt` (shutdown) cancels the call in flight.  The
+channel reconnects at most a second apart, so a collector that is back is used at
+once (grpcio's default reconnect backoff grows to two minutes)."""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any, Mapping, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
 from .._redact import Scrubber
 from ..encoding._protowire import iter_fields
 from ..profile import Profile
+from ._http import MAX_RESPONSE_BYTES
 from ._otlp import encode_request, partial_success
 from .base import NetworkExporter, Prepared
 from .resource import refresh_pid, resource_attributes
-from .retry import Attempt, RetryPolicy
+from .retry import Attempt, RetryPolicy, interrupted
 from .settings import OTLPTarget
 
 __all__ = ["OTLPGRPCExporter", "EXPORT_METHOD", "parse_retry_info", "grpc_target"]
@@ -103,6 +112,9 @@ class OTLPGRPCExporter(NetworkExporter):
         self._channel: Any = None
         self._call: Any = None
         self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._in_flight: Any = None  # the call's future, for interrupt()
+        self._interrupted = False
 
     def _stub(self) -> Any:
         import grpc
@@ -111,7 +123,14 @@ class OTLPGRPCExporter(NetworkExporter):
             self.after_fork()
         if self._call is None:
             options = [("grpc.max_send_message_length", max(self.max_request_bytes * 2, 4 * 1024 * 1024)),
-                       ("grpc.enable_retries", 0)]
+                       ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
+                       ("grpc.enable_retries", 0),
+                       # the channel's own reconnect backoff (up to 120 s by default) would
+                       # fail calls fast long after the collector is back; the exporter paces
+                       # its retries itself (backoff, probes)
+                       ("grpc.initial_reconnect_backoff_ms", 250),
+                       ("grpc.min_reconnect_backoff_ms", 250),
+                       ("grpc.max_reconnect_backoff_ms", 1000)]
             if self.tls:
                 root = None
                 if self.certificate:
@@ -135,15 +154,36 @@ class OTLPGRPCExporter(NetworkExporter):
     def send(self, prepared: Prepared, timeout: float) -> Attempt:
         import grpc
 
-        kwargs: dict[str, Any] = {"timeout": timeout, "metadata": self.metadata or None}
+        kwargs: dict[str, Any] = {"timeout": max(timeout, 0.0), "metadata": self.metadata or None}
         if self.gzip:
             kwargs["compression"] = grpc.Compression.Gzip
+        with self._lock:
+            if self._interrupted:
+                return interrupted()
+            future = self._in_flight = self._stub().future(prepared.body, **kwargs)
         try:
-            response = self._stub()(prepared.body, **kwargs)
+            response = future.result()
+        except grpc.FutureCancelledError:
+            return interrupted()
         except grpc.RpcError as exc:
-            return self._classify(exc)
+            return interrupted() if self._interrupted else self._classify(exc)
+        finally:
+            with self._lock:
+                self._in_flight = None
         partial, _warning = partial_success(response or b"", prepared.count)
         return partial if partial is not None else Attempt(ok=True)
+
+    def probe_address(self) -> tuple[str, int]:
+        host, _, port = self.target.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    def interrupt(self) -> None:
+        """Shutdown: cancel the call in flight; every later one fails at once."""
+        with self._lock:
+            self._interrupted = True
+            future = self._in_flight
+        if future is not None:
+            future.cancel()
 
     def _classify(self, exc: Any) -> Attempt:
         try:
@@ -164,7 +204,8 @@ class OTLPGRPCExporter(NetworkExporter):
             delay = None
         message = f"gRPC {name}" + (f": {self.scrub(details)}" if details else "")
         retryable = name in RETRYABLE_CODES or (name == "RESOURCE_EXHAUSTED" and delay is not None)
-        return Attempt(ok=False, retryable=retryable, retry_after=delay, message=message, status=name)
+        return Attempt(ok=False, retryable=retryable, retry_after=delay, message=message, status="gRPC " + name,
+                       timed_out=name == "DEADLINE_EXCEEDED")
 
     def after_fork(self) -> None:
         # never close the parent's channel from the child
@@ -172,6 +213,9 @@ class OTLPGRPCExporter(NetworkExporter):
         self._channel = None
         self._call = None
         self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._in_flight = None
+        self._interrupted = False
 
     def shutdown(self) -> None:
         ch, self._channel, self._call = self._channel, None, None

@@ -9,14 +9,21 @@ the OTLP rules (:mod:`.retry`); plain exporters (file, console, your own) get ea
 profile as soon as it is built.
 
 Memory is bounded: the session queue and every channel queue hold at most
-``queue_size`` items, channels also at most ``max_queue_bytes`` (estimated);
-anything over is dropped and counted (``queue_full``).  ``force_flush`` sends what
-is queued now, skipping batch waits and pacing; ``shutdown`` does the same within a
-timeout and counts what is still unsent as dropped (``shutdown``).
+``queue_size`` items, channels also at most ``max_queue_bytes`` (estimated).  When
+full, a session or profile of a higher priority (:mod:`.priority`: promised, then
+kept for a reason, then sampled) takes the place of the newest cheaper one; what
+cannot be queued is dropped and counted (``queue_full``).  A session with fewer
+than ``min_samples`` samples is dropped (``too_short``) when it is submitted, so it
+never takes a place in a queue.  ``force_flush`` sends what is queued now,
+skipping batch waits and pacing; ``shutdown`` does the same within a timeout and
+counts everything still undelivered, in flight included, as dropped
+(``shutdown``), logged with the numbers.
 
-Counting: a profile dropped before it is built (session queue full, build error,
-too few samples, shutdown) counts once; after the fan-out, each exporter counts its
-own copy (``stats()["exporters"][name]``).
+Counting, in profiles: a profile dropped before it is collected (too few samples,
+session queue full, build error, shutdown) counts once in ``stats()["dropped"]``;
+after the fan-out, each exporter counts its own copy
+(``stats()["exporters"][name]["dropped"]``).  A build under way when shutdown
+gives up is counted then, and its result ignored, so nothing counts twice.
 
 The exporters are fixed once the pipeline runs: ``add_exporter`` is for setting up,
 before the first session is submitted.
@@ -39,6 +46,7 @@ from ..profile import Profile
 from ..stats import Stats
 from ._worker import CpuMeter, QueueWorker, Urgency
 from .channel import ExportChannel
+from .priority import Priority, priority_of
 from .settings import BatchSettings
 from .sizing import estimate_size
 
@@ -80,6 +88,7 @@ class ExportPipeline(QueueWorker):
     def _init_state(self) -> None:
         self._pid = os.getpid()
         self._init_queue()
+        self._building: Optional[tuple[object, Priority]] = None  # (token, priority) of the build under way
 
     @property
     def channels(self) -> tuple[ExportChannel, ...]:
@@ -100,43 +109,89 @@ class ExportPipeline(QueueWorker):
     # ------------------------------------------------------------ producer side
     def submit(self, session: "Session") -> bool:
         """Queue a finished session for export; never blocks.  False (and counted)
-        when full or shut down."""
+        when too short, full of sessions that are not cheaper, or shut down."""
         if self._pid != os.getpid():  # fork without the hooks: never take a lock copied mid-use
             self._after_fork()
+        priority = priority_of(session)
+        if self._too_short(session):
+            self.stats.dropped("too_short", priority=priority.label)
+            return False
         with self._cond:
             self._started = True
             if self._closed:
-                self.stats.dropped("shutdown")
+                self.stats.dropped("shutdown", priority=priority.label)
                 return False
-            # bounded like one queue: sessions waiting + building + what the least busy
-            # channel has queued (a full channel alone drops only its own copy)
-            waiting = len(self._queue) + self._in_flight
-            if self._channels:
-                waiting += min(ch.queued for ch in self._channels)
-            if waiting >= self.queue_size:
-                self.stats.dropped("queue_full")
-                self._log_once("queue_full", "otelprof: export queue full (%d); dropping profiles", self.queue_size)
+            if self._waiting_locked() >= self.queue_size and not self._make_room_locked(priority):
+                self.stats.dropped("queue_full", priority=priority.label)
+                self._log_once("queue_full", "otelprof: export queue full (%d); dropping the cheapest profiles",
+                               self.queue_size)
                 return False
             was_empty = not self._queue
-            self._queue.append(session)
-            if session.keep_if_empty:
-                # a profile whose id went to a client (header-triggered, rate-limited):
-                # build and write it now, so a server killed right after still has it
+            self._queue.push(session, priority)
+            if priority is Priority.PROMISED:
+                # its id went to a client: build and write it now, so a server killed
+                # right after still has it
                 self._urgency.ask(Urgency.PROMPT)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="otelprof-export", daemon=True)
                 self._thread.start()
-            if was_empty or session.keep_if_empty or len(self._queue) >= BUILD_WAKE_AT:
+            if was_empty or priority is Priority.PROMISED or len(self._queue) >= BUILD_WAKE_AT:
                 # the worker lingers after a wake-up, so a busy server wakes it a few
                 # times per second, not once per request (each wake-up costs the
                 # request threads a GIL hand-over)
                 self._cond.notify()
             return True
 
+    def _too_short(self, session: "Session") -> bool:
+        """Fewer than ``min_samples`` samples (and no promise to keep it)?  Read from
+        the session's raw samples without building anything; if they cannot be read
+        now, the answer is False and the build decides."""
+        if self.min_samples <= 0 or session.keep_if_empty:
+            return False
+        try:
+            n = 0
+            for record in session.stacks.entries.values():  # [samples, cpu, wall, codes]
+                n += record[0]
+                if n >= self.min_samples:
+                    return False
+            return True
+        except Exception:  # a tick still adding a sample (the dict changed size), or another layout
+            return False
+
+    def _waiting_locked(self) -> int:
+        # bounded like one queue: sessions waiting + building + what the least busy
+        # channel has queued (a full channel alone drops only its own copy)
+        waiting = len(self._queue) + self._in_flight
+        if self._channels:
+            waiting += min(ch.queued for ch in self._channels)
+        return waiting
+
+    def _make_room_locked(self, priority: Priority) -> bool:
+        """With ``_cond`` held: make room for a session of ``priority`` by dropping a
+        cheaper one, queued here or in the least busy channel(s)."""
+        victim = self._queue.evict_below(priority)
+        if victim is not None:
+            self.stats.dropped("queue_full", priority=victim[2].label)
+            return True
+        if not self._channels:
+            return False
+        least = min(ch.queued for ch in self._channels)
+        bound = [ch for ch in self._channels if ch.queued == least]
+        if not all(ch.can_make_room(priority) for ch in bound):
+            return False
+        for ch in bound:
+            ch.make_room(priority)
+        return True
+
     @property
     def pending(self) -> int:
         """Items not yet delivered or dropped: queued sessions, builds, and every channel's queue."""
-        return len(self._queue) + self._in_flight + sum(ch.pending for ch in self._channels)
+        return self.sessions_pending + sum(ch.pending for ch in self._channels)
+
+    @property
+    def sessions_pending(self) -> int:
+        """Finished sessions not yet collected: queued or being built."""
+        return len(self._queue) + self._in_flight
 
     # ------------------------------------------------------------ build worker
     def _must_not_linger(self) -> bool:
@@ -155,41 +210,49 @@ class ExportPipeline(QueueWorker):
                     return
                 if woken and not self._must_not_linger():
                     self._cond.wait_for(self._must_not_linger, timeout=BUILD_LINGER)
-                session = self._queue.popleft()
-                if session.keep_if_empty:
+                if not self._queue:  # abandoned by shutdown meanwhile
+                    continue
+                session, _size, priority = self._queue.pop()
+                if priority is Priority.PROMISED:
                     self._urgency.withdraw(Urgency.PROMPT)
+                token = object()
+                self._building = (token, priority)
                 self._in_flight += 1
             built: Optional[tuple[Profile, int]] = None
+            dropped = "error"
             try:
-                built = self._build(session)
+                built, dropped = self._build(session)
             finally:
                 with self._cond:
                     # handed over and released in one step: ``pending`` and the queue
-                    # bound never count a profile twice, or not at all
-                    if built is not None:
-                        for ch in self._channels:  # never blocks: offer() drops when full or closed
-                            ch.offer(*built)
-                        self.stats.collected()
-                    self._in_flight -= 1
+                    # bound never count a profile twice, or not at all; a build that
+                    # shutdown gave up on was counted then, and is ignored here
+                    if self._building is not None and self._building[0] is token:
+                        if built is not None:
+                            for ch in self._channels:  # never blocks: offer() drops when full or closed
+                                ch.offer(*built)
+                            self.stats.collected()
+                        else:
+                            self.stats.dropped(dropped, priority=priority.label)
+                        self._building = None
+                        self._in_flight -= 1
                     self._cond.notify_all()
                 cpu.tick()
 
-    def _build(self, session: "Session") -> Optional[tuple[Profile, int]]:
-        """One session's profile and its estimated size; None if it is not exported."""
+    def _build(self, session: "Session") -> tuple[Optional[tuple[Profile, int]], str]:
+        """One session's profile and its estimated size, or None and the drop reason."""
         started = time.perf_counter()
         try:
             profile = session.to_profile()
         except Exception:
-            self.stats.dropped("error")
             self._log_once("build", "otelprof: building a profile failed; it is skipped", exc=True)
-            return None
+            return None, "error"
         self.stats.record("collection_duration", time.perf_counter() - started)
         if profile.sample_count < self.min_samples and not profile.keep_if_empty:
-            self.stats.dropped("too_short")
-            return None
+            return None, "too_short"
         size = estimate_size(profile)
         self.stats.record("profile_size", size)
-        return profile, size
+        return (profile, size), ""
 
     # ------------------------------------------------------------ flush / shutdown
     def _wait_built(self, deadline: Optional[float]) -> bool:
@@ -216,7 +279,9 @@ class ExportPipeline(QueueWorker):
                 return all([ch.wait_idle(deadline) for ch in self._channels])
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
-        """Deliver within ``timeout``, then stop; what is still unsent is dropped (reason ``shutdown``)."""
+        """Deliver within ``timeout``, then stop.  Everything still undelivered (not
+        built, queued, or in flight) is dropped, counted ``shutdown`` and logged with
+        the numbers.  True if everything was delivered."""
         if self._pid != os.getpid():
             self._after_fork()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -233,22 +298,32 @@ class ExportPipeline(QueueWorker):
                     for ch in self._channels:
                         idle[id(ch)] = ch.wait_idle(deadline)
         with self._cond:
-            left = len(self._queue) + self._in_flight
-            for session in self._queue:
-                if session.keep_if_empty:
+            left = [p for _session, p in self._queue.clear()]
+            if self._building is not None:  # a build under way: given up on, counted now
+                left.append(self._building[1])
+                self._building = None
+            for p in left:
+                if p is Priority.PROMISED:
                     self._urgency.withdraw(Urgency.PROMPT)
-            self._queue.clear()
             self._in_flight = 0
             self._cond.notify_all()
-        if left:
-            self.stats.dropped("shutdown", left)
-            self._log_once("shutdown", "otelprof: %d profile(s) not built at shutdown; dropped", left)
-        lost = left
+        for p in Priority:
+            self.stats.dropped("shutdown", left.count(p), priority=p.label)
+        lost = {ch.name: ch.abandon() for ch in self._channels}
         for ch in self._channels:
-            clean = idle.get(id(ch), False)
-            lost += ch.abandon()
-            ch.shutdown_exporter(wait=clean)
-        return built and not lost and all(idle.get(id(ch), False) for ch in self._channels)
+            ch.shutdown_exporter(wait=idle.get(id(ch), False))
+        self._log_shutdown(timeout, len(left), lost)
+        return built and not left and not any(q or f for q, f in lost.values()) and all(
+            idle.get(id(ch), False) for ch in self._channels)
+
+    def _log_shutdown(self, timeout: Optional[float], not_built: int, lost: dict[str, tuple[int, int]]) -> None:
+        parts = [f"{not_built:,} not yet built"] if not_built else []
+        parts += [f"{name}: {q:,} queued, {f:,} in flight" for name, (q, f) in lost.items() if q or f]
+        if parts:
+            total = not_built + sum(q + f for q, f in lost.values())
+            within = f" within {round(timeout, 1):g} s" if timeout is not None else ""
+            self._log_once("shutdown", "otelprof: shutdown: %s profile(s) not delivered%s are dropped (counted as "
+                           "dropped.shutdown): %s", f"{total:,}", within, "; ".join(parts))
 
     def _after_fork(self) -> None:
         self._init_state()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 import uuid
 import zlib
 from typing import Any, Optional, Sequence
@@ -28,7 +29,7 @@ from .._redact import redact_url
 from ..encoding import encode_pprof
 from ..encoding._protowire import field_bytes
 from ..profile import Profile
-from ._http import HTTPTransport
+from ._http import HTTPTransport, Reply
 from .base import NetworkExporter, Prepared
 from .retry import Attempt, RetryPolicy, classify_http_status
 from .settings import PyroscopeTarget
@@ -85,7 +86,7 @@ class PyroscopeExporter(NetworkExporter):
         self.headers = headers
         self.mode = "push"
         secrets = [*target.headers.values(), target.basic_auth, target.token, headers.get("Authorization", "")]
-        self.http = HTTPTransport(verify=target.certificate or True, secrets=secrets)
+        self.http = HTTPTransport(certificate=target.certificate, secrets=secrets)
 
     def series_labels(self, profile: Profile) -> list[tuple[str, str]]:
         return [("__name__", PROFILE_NAME), ("service_name", self.service_name)]
@@ -102,33 +103,43 @@ class PyroscopeExporter(NetworkExporter):
 
     # ---------------------------------------------------------------- sending
     def send(self, prepared: Prepared, timeout: float) -> Attempt:
+        """One attempt within ``timeout`` seconds in all (the ``/ingest`` requests of a
+        batch share it)."""
+        deadline = time.monotonic() + timeout
         if self.mode == "push":
             headers = {**self.headers, "Content-Type": "application/proto", "Connect-Protocol-Version": "1"}
             resp = self.http.post(self.push_url, content=prepared.body, headers=headers, timeout=timeout)
-            if isinstance(resp, Attempt):
+            if not isinstance(resp, Reply):
                 return resp
-            if 200 <= resp.status_code < 300:
+            if 200 <= resp.status < 300:
                 return Attempt(ok=True)
             if not self._push_unavailable(resp):
-                return classify_http_status(resp.status_code, resp.headers, PUSH_PATH)
+                return classify_http_status(resp.status, resp.headers, PUSH_PATH)
             log.warning("otelprof: %s answered HTTP %d: push API unavailable, using %s from now on",
-                        redact_url(self.push_url), resp.status_code, redact_url(self.ingest_url))
+                        redact_url(self.push_url), resp.status, redact_url(self.ingest_url))
             self.mode = "ingest"
-        return self._send_ingest(prepared, timeout)
+        return self._send_ingest(prepared, deadline)
 
     @staticmethod
-    def _push_unavailable(resp: Any) -> bool:
-        if resp.status_code in _PUSH_UNAVAILABLE:
+    def _push_unavailable(resp: Reply) -> bool:
+        if resp.status in _PUSH_UNAVAILABLE:
             return True
         if "json" in resp.headers.get("content-type", ""):
             try:
-                return json.loads(resp.content or b"{}").get("code") == "unimplemented"
+                return json.loads(resp.body or b"{}").get("code") == "unimplemented"
             except (ValueError, AttributeError):
                 return False
         return False
 
-    def _send_ingest(self, prepared: Prepared, timeout: float) -> Attempt:
-        """One ``/ingest`` request per profile; a retry resumes after those delivered."""
+    def probe_address(self) -> tuple[str, int]:
+        return self.http.probe_address(self.push_url)
+
+    def interrupt(self) -> None:
+        self.http.interrupt()
+
+    def _send_ingest(self, prepared: Prepared, deadline: float) -> Attempt:
+        """One ``/ingest`` request per profile, all before ``deadline``; a retry
+        resumes after those delivered."""
         failed = 0
         message = ""
         headers = {**self.headers, "Content-Type": "application/octet-stream"}
@@ -138,14 +149,15 @@ class PyroscopeExporter(NetworkExporter):
             until_s = -(-(profile.start_time_ns + profile.duration_ns) // 1_000_000_000)
             params = {"name": self.service_name, "from": str(start_s), "until": str(max(until_s, start_s + 1)),
                       "format": "pprof", "spyName": SPY_NAME}
-            resp = self.http.post(self.ingest_url, content=gz, headers=headers, timeout=timeout, params=params)
-            if isinstance(resp, Attempt):
-                if resp.retryable:
+            resp = self.http.post(self.ingest_url, content=gz, headers=headers, timeout=deadline - time.monotonic(),
+                                  params=params)
+            if not isinstance(resp, Reply):
+                if resp.retryable or resp.reason == "shutdown":
                     return resp
                 failed += 1
                 message = resp.message
-            elif not 200 <= resp.status_code < 300:
-                attempt = classify_http_status(resp.status_code, resp.headers, INGEST_PATH)
+            elif not 200 <= resp.status < 300:
+                attempt = classify_http_status(resp.status, resp.headers, INGEST_PATH)
                 if attempt.retryable:
                     return attempt
                 failed += 1

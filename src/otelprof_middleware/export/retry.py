@@ -8,9 +8,14 @@
   ``RetryInfo.retry_delay`` is honoured.
 * Without a server-given delay: exponential backoff with jitter, from
   ``retry_initial_backoff`` doubling up to ``retry_max_backoff``.
-* Each attempt is bounded by ``export_timeout``; all attempts and waits of one
-  batch by ``retry_timeout``.  A server delay that ends after the budget gives up
-  at once (there is no point in waiting for it).
+* Each attempt is bounded by ``export_timeout`` as a whole (connect, send and every
+  read of the answer: the exporters enforce one deadline per attempt); all attempts
+  and waits of one batch by ``retry_timeout``, the attempt in flight included (a
+  retry gets only what is left of the budget; the first attempt always gets
+  ``export_timeout``).  A server delay that ends after the budget gives up at once
+  (there is no point in waiting for it).
+* After an attempt that timed out, the time it waited counts towards the backoff
+  (a backend that hangs is tried about once per ``export_timeout``, not less often).
 * A response carrying ``partial_success`` is final: never retried.
 """
 
@@ -29,6 +34,7 @@ __all__ = [
     "ByteRateLimiter",
     "RETRYABLE_HTTP_STATUSES",
     "classify_http_status",
+    "interrupted",
     "parse_retry_after",
     "run_with_retry",
 ]
@@ -53,6 +59,25 @@ class Attempt:
     reason: str = "export_failed"
     status: str = ""  # "HTTP 503", "UNAVAILABLE", "ConnectError" ... for logs
     partial_reason: str = "rejected"  # drop reason of the ``rejected`` items of a success
+    timed_out: bool = False  # no complete answer before the attempt's deadline
+
+    @property
+    def cause(self) -> str:
+        """A short description of a failure for log lines ("connection refused", "HTTP 503")."""
+        text = self.message.lower()
+        if "refused" in text:
+            return "connection refused"
+        if self.timed_out:
+            return "no answer in time"
+        if self.status.startswith("HTTP ") or self.status.startswith("gRPC "):
+            return self.status
+        return self.status or "failure"
+
+
+def interrupted() -> Attempt:
+    """The outcome of an attempt cut short by shutdown (never retried; dropped ``shutdown``)."""
+    return Attempt(ok=False, retryable=False, reason="shutdown", status="Interrupted",
+                   message="interrupted by shutdown")
 
 
 def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
@@ -126,45 +151,57 @@ class RetryPolicy:
         return base / 2 + self._rng.uniform(0, base / 2)
 
 
+#: a retry is not started with less than this left of the budget
+MIN_ATTEMPT = 0.05
+
+
 def run_with_retry(
     send: Callable[[float], Attempt],
     policy: RetryPolicy,
     *,
-    wait: Callable[[float], bool],
+    wait: Callable[[float, Attempt], Optional[float]],
     on_attempt: Optional[Callable[[int], None]] = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> tuple[Attempt, int]:
     """Call ``send(timeout)`` until it succeeds, fails for good, or the budget is spent.
 
-    ``wait(seconds)`` sleeps between attempts and returns False when the wait was
-    cut short (shutdown): then the last attempt is returned as is.  Returns the
-    final attempt and the number of attempts made."""
+    ``timeout`` is the attempt's whole time: ``export_timeout``, or less for a retry
+    when less is left of ``retry_timeout``.  ``wait(seconds, failed_attempt)`` waits
+    before a retry and returns the seconds it waited: fewer when it ended early
+    because the backend answers again, None when it was cut short (shutdown; then
+    the last attempt is returned as is).  Returns the final attempt and the number
+    of attempts made."""
     spent = 0.0  # time in attempts + time waited (== elapsed time when ``wait`` really sleeps)
     attempts = 0
     retries = 0
     while True:
+        timeout = policy.export_timeout if not attempts else min(policy.export_timeout, policy.retry_timeout - spent)
         if on_attempt is not None:
             on_attempt(attempts)
         attempts += 1
         t0 = clock()
-        result = send(policy.export_timeout)
-        spent += clock() - t0
+        result = send(timeout)
+        took = clock() - t0
+        spent += took
         if result.ok or not result.retryable:
             return result, attempts
         if result.retry_after is not None:
             delay = result.retry_after
         else:
             delay = policy.backoff(retries)
+            if result.timed_out:  # the attempt itself was a wait
+                delay = max(0.0, delay - took)
         retries += 1
         remaining = policy.retry_timeout - spent
-        if delay >= remaining:
+        if delay + MIN_ATTEMPT >= remaining:
             result.retryable = False
             result.message = (result.message + "; " if result.message else "") + (
                 f"retry budget ({policy.retry_timeout:g} s) exhausted after {attempts} attempt(s)")
             return result, attempts
-        if not wait(delay):
+        waited = wait(delay, result)
+        if waited is None:
             return result, attempts
-        spent += delay
+        spent += waited
 
 
 class ByteRateLimiter:

@@ -35,8 +35,16 @@ through untouched):
 * header-triggered requests are sampled at :data:`HEADER_BOOST_HZ` for their first
   :data:`HEADER_BOOST_SECONDS`, then at ``sample_hz``, so that a request of a few
   milliseconds still gets samples;
-* at ``lifespan`` shutdown, after the application handled it, finished profiles
-  are flushed (``force_flush(shutdown_timeout)``) in a worker thread.
+* at ``lifespan`` shutdown, after the application handled it, the profiler is
+  shut down (``shutdown(shutdown_timeout)``: flush, count what is left) in a worker thread;
+* a configuration mistake (a bad option, from keywords or ``OTELPROF_*``
+  variables) never turns requests into 500s: Starlette builds its middleware
+  lazily, inside the server's first ``lifespan`` call, where an exception reads as
+  "lifespan unsupported" to uvicorn.  So the ``ConfigError`` is kept and answered
+  at ``lifespan.startup`` with ``lifespan.startup.failed`` (the server stops with
+  the message, in uvicorn's ``--lifespan auto`` mode too); a server without the
+  lifespan protocol gets every request passed through unprofiled, and the error
+  logged once.
 
 Nothing here does I/O, encoding or blocking work on the event loop, and no
 profiler failure ever reaches the application: it is counted and logged once.
@@ -45,9 +53,12 @@ profiler failure ever reaches the application: it is counted and logged once.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any, Awaitable, Callable, MutableMapping, Optional
 
+from .._safety import LogOnce
+from ..config import ConfigError
 from ..policy import RequestInfo
 from ..profile import SpanLink
 from ..profiler import Profiler
@@ -71,38 +82,59 @@ _asyncio_current_task = asyncio.current_task
 class ProfilingMiddleware:
     """Per-request, trace-linked profiling for an ASGI application.
 
-    ``profiler`` shares an existing :class:`~otelprof_middleware.Profiler`; otherwise
+    ``profiler`` uses that :class:`~otelprof_middleware.Profiler`; otherwise
     ``options`` are the engine's configuration options (``probability=0.01``,
-    ``exporter="otlp"``, ``header_secret=...``) for a profiler of this middleware,
-    and with neither the process-wide default profiler (configured from the
-    environment) is used.  A bad option raises ``ConfigError`` here, at start-up.
+    ``exporter="otlp"``, ``header_secret=...``) and configure the process's profiler
+    (``get_profiler()`` returns it; options that differ from an existing one get a
+    profiler of their own, with a warning); with neither, the process's profiler
+    is used as the environment configures it.  :attr:`profiler` is the one in use.
 
     ``route_of(scope)`` may give the route template of a request for routers other
     than Starlette's (whose routes are matched without help); it is asked only while
     some route is armed.
+
+    A bad option does not raise here (Starlette builds middleware lazily, where an
+    exception would not stop the server): it is kept in :attr:`config_error` and
+    reported at ``lifespan.startup`` (see the module docstring).
     """
+
+    #: the configuration error, if the options were invalid (then nothing is profiled)
+    config_error: Optional[Exception] = None
 
     def __init__(self, app: ASGIApp, profiler: Optional[Profiler] = None, *,
                  route_of: Optional[Callable[[Scope], Optional[str]]] = None, **options: Any) -> None:
         self.app = app
-        self.request_profiling = RequestProfiling(profiler, **options)
         self._request_class = ASGIRequest if route_of is None else with_route_of(ASGIRequest, route_of)
-        self._header = self.request_profiling.config.header.lower().encode("latin-1")
         self._flushing = False
+        rp: Optional[RequestProfiling] = None
+        try:
+            rp = RequestProfiling(profiler, by="ProfilingMiddleware(...)", **options)
+            self._header = rp.config.header.lower().encode("latin-1")
+        except (ConfigError, TypeError) as exc:  # reported at lifespan.startup, or once per process
+            self.config_error = exc
+        self.request_profiling: Optional[RequestProfiling] = rp
 
     @property
     def profiler(self) -> Profiler:
-        return self.request_profiling.profiler
+        """The profiler this middleware uses (``get_profiler()`` unless it was given
+        one, or options that differ from the process's profiler).  Raises the
+        configuration error when the options were invalid."""
+        rp = self.request_profiling
+        if rp is None:
+            raise self.config_error  # type: ignore[misc]
+        return rp.profiler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind != "http":
-            if kind == "lifespan":
+        rp = self.request_profiling
+        if kind != "http" or rp is None:
+            if rp is None:
+                await self._unconfigured(scope, receive, send)
+            elif kind == "lifespan":
                 await _Lifespan(self).run(scope, receive, send)
             else:
                 await self.app(scope, receive, send)
             return
-        rp = self.request_profiling
         handle: Optional[ASGIRequest] = None
         try:
             wanted = self._header
@@ -127,8 +159,24 @@ class ProfilingMiddleware:
         await handle.acall(self.app, scope, receive, handle.send)
         handle.finish()
 
+    async def _unconfigured(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The options were invalid: fail the server's start, or serve unprofiled."""
+        message = f"otelprof: {self.config_error}"
+        if scope["type"] == "lifespan":
+            event = await receive()
+            if event.get("type") == "lifespan.startup":
+                await send({"type": "lifespan.startup.failed", "message": message})
+                return
+            # (a shutdown first: the server skipped the start; let the app have it)
+            await self.app(scope, _replay(event, receive), send)
+            return
+        _config_log("unconfigured:" + message,
+                    "%s; requests are served unprofiled (the server runs no ASGI lifespan, which would have "
+                    "stopped the start)", message, level=logging.ERROR)
+        await self.app(scope, receive, send)
+
     async def flush(self) -> None:
-        """``force_flush`` in a worker thread: the event loop never waits on export I/O."""
+        """``shutdown`` in a worker thread: the event loop never waits on export I/O."""
         profiler = self.profiler
         if self._flushing:
             return
@@ -138,9 +186,9 @@ class ProfilingMiddleware:
             try:
                 import anyio.to_thread
 
-                await anyio.to_thread.run_sync(profiler.force_flush, timeout)
+                await anyio.to_thread.run_sync(profiler.shutdown, timeout)
             except ImportError:
-                await asyncio.get_running_loop().run_in_executor(None, profiler.force_flush, timeout)
+                await asyncio.get_running_loop().run_in_executor(None, profiler.shutdown, timeout)
         except Exception:
             profiler.report_failure("asgi-flush", "otelprof: flushing profiles at shutdown failed")
         finally:
@@ -169,10 +217,13 @@ class ASGIRequest(RequestHandle):
         scope = self.scope
         headers = scope.get("headers") or ()
         path = scope.get("path") or "/"
+        app = scope.get("app")  # Starlette and FastAPI put themselves there
         return RequestInfo(method=scope.get("method") or "GET", path=path,
                            header=lambda name: _find_header(headers, name),
                            url_builder=lambda: _full_url(scope, headers),
-                           route_resolver=self.resolve_route)
+                           route_resolver=self.resolve_route,
+                           debug=None if app is None else lambda: _app_debug(app),
+                           debug_flag=f"{type(app).__name__} app.debug")
 
     def resolve_route(self) -> Optional[str]:
         custom = self.route_of
@@ -268,8 +319,13 @@ class _Lifespan:
 
     async def receive(self) -> Message:
         message = await self._receive_from()
-        if message.get("type") == "lifespan.shutdown":
+        kind = message.get("type")
+        if kind == "lifespan.shutdown":
             self.shutdown = True
+        elif kind == "lifespan.startup":
+            rp = self.middleware.request_profiling
+            if rp is not None:
+                rp.renew()  # the app starts again in this process (a test client per test)
         return message
 
     async def send(self, message: Message) -> None:
@@ -281,12 +337,33 @@ class _Lifespan:
 
 # ---------------------------------------------------------------------- helpers
 
+_config_log = LogOnce()
+
+
+def _replay(first: Message, receive: Receive) -> Receive:
+    """``receive`` that hands out ``first`` again before the next messages."""
+    pending = [first]
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay
+
+
 
 def _current_task() -> Any:
     try:
         return asyncio.current_task()
     except RuntimeError:  # not running on asyncio
         return None
+
+
+def _app_debug(app: Any) -> Optional[bool]:
+    """Starlette's (and FastAPI's) ``app.debug``; None for an app without one."""
+    debug = getattr(app, "debug", None)
+    return debug if isinstance(debug, bool) else None
 
 
 def _find_header(headers: Any, name: str) -> Optional[str]:

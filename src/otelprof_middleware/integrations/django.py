@@ -28,11 +28,12 @@ from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Optional
 
 from ..config import ConfigError
 from ..policy import RequestInfo
+from ..profiler import Profiler
 from ._http import environ_key, full_url
 from .lifecycle import RequestHandle, RequestProfiling
 from .settings import profiler_from_settings
 
-__all__ = ["ProfilingMiddleware", "MIDDLEWARE_PATH", "request_profiling_from_settings"]
+__all__ = ["ProfilingMiddleware", "MIDDLEWARE_PATH", "get_profiler", "request_profiling_from_settings"]
 
 MIDDLEWARE_PATH = "otelprof_middleware.django.ProfilingMiddleware"
 #: every spelling of our middleware in MIDDLEWARE
@@ -70,6 +71,20 @@ def request_profiling_from_settings() -> RequestProfiling:
         rp = RequestProfiling(profiler_from_settings("DJANGO", {}, dict(raw or {}), "settings.OTELPROF"))
         _cache = (raw, rp)
         return rp
+
+
+def get_profiler() -> Profiler:
+    """The profiler the Django middleware uses (the process's profiler, configured by
+    ``settings.OTELPROF`` if it is the first configuration): for ``stats()``,
+    ``enable_window()`` and ``policy.state()`` in your views.  Raises ``ConfigError``
+    for an invalid ``OTELPROF``."""
+    return request_profiling_from_settings().profiler
+
+
+def _django_debug() -> bool:
+    from django.conf import settings
+
+    return bool(getattr(settings, "DEBUG", False))
 
 
 def _route(request: Any) -> Optional[str]:
@@ -117,7 +132,8 @@ class DjangoRequest(RequestHandle):
                             get("QUERY_STRING"))
 
         return RequestInfo(method=request.method or "GET", path=path, header=lambda name: get(environ_key(name)),
-                           url_builder=url, route_resolver=self.resolve_route)
+                           url_builder=url, route_resolver=self.resolve_route, debug=_django_debug,
+                           debug_flag="Django settings.DEBUG")
 
     def resolve_route(self) -> Optional[str]:
         route = _route(self.request)

@@ -23,7 +23,7 @@ from flask import got_request_exception
 from flask import request as _request
 
 from ..profiler import Profiler
-from .lifecycle import RequestProfiling
+from .lifecycle import RequestProfiling, specialise
 from .settings import profiler_from_settings, settings_from_prefixed
 from .wsgi import ENVIRON_KEY, ProfilingMiddleware, WSGIRequest
 
@@ -143,3 +143,7 @@ class _FlaskMiddleware(ProfilingMiddleware):
 
     def __init__(self, wsgi_app: Any, rp: RequestProfiling, app: Any) -> None:
         super().__init__(wsgi_app, request_profiling=rp, route_of=url_rule_of(app))
+        # the header without a secret is honoured while the app runs in debug mode
+        # (read per request: ``flask run --debug`` sets it after the app was made)
+        self.request_class = specialise(self.request_class, debug_of=lambda: bool(app.debug),
+                                        debug_flag="Flask app.debug")

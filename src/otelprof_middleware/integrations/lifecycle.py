@@ -42,7 +42,8 @@ from opentelemetry import trace as _trace
 
 from ..policy import Decision, Policy, RequestInfo, Screen, TailState, TailTicket
 from ..profile import SpanLink
-from ..profiler import Profiler, activate_session, deactivate_session, get_profiler
+from ..config import Config
+from ..profiler import Profiler, activate_session, deactivate_session, get_profiler, shared_profiler
 from ..session import Session, session_summary
 from ..tracecontext import link_from_span, parse_traceparent, set_span_attributes, trace_of_traceparent
 from . import threads
@@ -73,16 +74,22 @@ _reset_hops = threads.reset_hops
 class RequestProfiling:
     """A profiler and its policy, as one middleware instance uses them.
 
-    ``profiler`` shares an existing :class:`~otelprof_middleware.Profiler`; otherwise
-    ``options`` configure a profiler of this middleware, and with neither the
-    process-wide default profiler (configured from the environment) is used.  A bad
-    option raises ``ConfigError`` here, at start-up."""
+    ``profiler`` uses that :class:`~otelprof_middleware.Profiler`; otherwise
+    ``options`` configure the process's profiler (``get_profiler()`` returns it;
+    see :func:`~otelprof_middleware.profiler.shared_profiler`), and with neither
+    the process's profiler is used as it is (configured from the environment).
+    ``by`` names the integration in the warning about a second, different
+    configuration.  A bad option raises ``ConfigError`` here, at start-up."""
 
-    def __init__(self, profiler: Optional[Profiler] = None, **options: Any) -> None:
+    def __init__(self, profiler: Optional[Profiler] = None, *, by: str = "ProfilingMiddleware(...)",
+                 **options: Any) -> None:
         if profiler is not None and options:
             raise TypeError("pass either profiler= or options, not both (the profiler carries its own config)")
+        #: the profiler is the process's (not one given with ``profiler=``)
+        self.shared = profiler is None
+        self.by = by
         if profiler is None:
-            profiler = Profiler(**options) if options else get_profiler()
+            profiler = shared_profiler(Config.load(options), by=by) if options else get_profiler()
         self.profiler = profiler
         # Header-triggered requests are sampled at this rate for their first
         # HEADER_BOOST_SECONDS, so that a request of a few milliseconds still gets
@@ -93,6 +100,15 @@ class RequestProfiling:
     @property
     def config(self) -> Any:
         return self.profiler.config
+
+    def renew(self) -> None:
+        """The app starts again (a second ASGI lifespan in one process, e.g. a test
+        client per test): the process's profiler, shut down when the app last
+        stopped, is replaced by a new one of the same configuration.  A profiler
+        given with ``profiler=`` is the caller's to manage."""
+        p = self.profiler
+        if self.shared and p.config.enabled and not p.enabled:
+            self.profiler = shared_profiler(p.config, by=self.by)
 
     @property
     def policy(self) -> Policy:
@@ -488,7 +504,14 @@ _hop_lock = threading.Lock()
 H = TypeVar("H", bound=RequestHandle)
 
 
+def specialise(cls: type[H], **attributes: Any) -> type[H]:
+    """A subclass of ``cls`` with these class attributes (functions as static
+    methods); one class per middleware, so no request pays for its settings."""
+    attrs = {k: staticmethod(v) if callable(v) else v for k, v in attributes.items()}
+    return cast("type[H]", type(cls.__name__, (cls,), attrs))
+
+
 def with_route_of(cls: type[H], route_of: Callable[[Any], Optional[str]]) -> type[H]:
     """``cls`` whose requests ask ``route_of(source)`` (the application's router) for
-    their route template; one class per middleware, so no request pays for it."""
-    return cast("type[H]", type(cls.__name__, (cls,), {"route_of": staticmethod(route_of)}))
+    their route template."""
+    return specialise(cls, route_of=route_of)

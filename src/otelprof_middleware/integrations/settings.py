@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 from ..config import Config
-from ..profiler import Profiler
+from ..profiler import Profiler, get_profiler, shared_profiler
 
 __all__ = ["settings_from_prefixed", "framework_excluded_urls", "profiler_from_settings"]
 
@@ -30,11 +30,13 @@ def framework_excluded_urls(framework: str, options: dict[str, Any], settings: d
 
 
 def profiler_from_settings(framework: str, options: dict[str, Any], settings: dict[str, Any],
-                           settings_name: str) -> Optional[Profiler]:
-    """A profiler for keyword ``options`` and framework ``settings`` (named
-    ``settings_name`` in errors); None when both are empty: then the process-wide
-    default profiler, configured from the environment, is used."""
+                           settings_name: str) -> Profiler:
+    """The profiler for keyword ``options`` and framework ``settings`` (named
+    ``settings_name`` in errors and warnings): the process's profiler, configured
+    by them if it is the first (:func:`~otelprof_middleware.profiler.shared_profiler`);
+    with neither, the process's profiler as it is (configured from the environment).
+    A bad option raises ``ConfigError``."""
     options = framework_excluded_urls(framework, options, settings)
     if not options and not settings:
-        return None
-    return Profiler(Config.load(options, settings=settings, settings_name=settings_name))
+        return get_profiler()
+    return shared_profiler(Config.load(options, settings=settings, settings_name=settings_name), by=settings_name)

@@ -55,6 +55,10 @@ class WSGIRequest(RequestHandle):
     #: ``route_of(environ) -> template or None``: the application's router, asked
     #: only while a route is armed (plain WSGI has none; Flask's is its URL map)
     route_of: Optional[Callable[[dict[str, Any]], Optional[str]]] = None
+    #: ``debug_of() -> bool``: the framework's debug flag (plain WSGI has none;
+    #: Flask's is ``app.debug``), named ``debug_flag`` in messages
+    debug_of: Optional[Callable[[], bool]] = None
+    debug_flag = ""
 
     def __init__(self, rp: RequestProfiling, environ: dict[str, Any], start_response: Callable[..., Any]) -> None:
         self.rp = rp
@@ -75,7 +79,7 @@ class WSGIRequest(RequestHandle):
                            header=lambda name: get(environ_key(name)),
                            url_builder=lambda: full_url(get("wsgi.url_scheme"), get("HTTP_HOST"), get("SERVER_NAME"),
                                                         get("SERVER_PORT"), path, get("QUERY_STRING")),
-                           route_resolver=self.resolve_route)
+                           route_resolver=self.resolve_route, debug=self.debug_of, debug_flag=self.debug_flag)
 
     def resolve_route(self) -> Optional[str]:
         """The route template, when the application's router can tell."""
@@ -128,6 +132,12 @@ class WSGIRequest(RequestHandle):
 class ProfilingMiddleware:
     """WSGI middleware that profiles the requests the shared policy selects.
 
+    ``profiler`` uses that profiler; otherwise ``options`` configure the process's
+    profiler (``get_profiler()``; see the ASGI middleware), and :attr:`profiler` is
+    the one in use.  A bad option raises ``ConfigError`` here, at start-up.  A plain
+    WSGI app has no debug mode: without ``header_secret`` the trigger header is
+    honoured only with ``header_trust="any"``.
+
     ``route_of(environ)`` may give the route template of a request (its router's
     answer, e.g. ``"/items/{id}"``): a slow or failing request then arms its route,
     not only its literal path.  It is asked only while some route is armed."""
@@ -139,7 +149,7 @@ class ProfilingMiddleware:
                  route_of: Optional[Callable[[dict[str, Any]], Optional[str]]] = None, **options: Any) -> None:
         self.app = app
         if request_profiling is None:
-            request_profiling = RequestProfiling(profiler, **options)
+            request_profiling = RequestProfiling(profiler, by="ProfilingMiddleware(...)", **options)
         self.request_profiling = request_profiling
         self._header_key = environ_key(request_profiling.config.header)
         if route_of is not None:  # this middleware's requests know their router

@@ -6,10 +6,10 @@ the high-CPU trigger (:mod:`.cpu`) and the overhead governor (:mod:`.governor`).
 """
 
 from .decide import TRIGGERS, Screen
-from .limits import ConcurrencySlots, PerMinuteLimiter
-from .policy import Policy
+from .limits import ConcurrencySlots, ProfileBudget, WindowLimiter
+from .policy import OpenWindow, Policy, PolicyState
 from .request import Decision, PolicyHost, ProfilableRequest, RequestInfo
 from .tail import TailState, TailTicket
 
-__all__ = ["ConcurrencySlots", "Decision", "PerMinuteLimiter", "Policy", "PolicyHost", "ProfilableRequest",
-           "RequestInfo", "Screen", "TRIGGERS", "TailState", "TailTicket"]
+__all__ = ["ConcurrencySlots", "Decision", "OpenWindow", "Policy", "PolicyHost", "PolicyState", "ProfilableRequest",
+           "ProfileBudget", "RequestInfo", "Screen", "TRIGGERS", "TailState", "TailTicket", "WindowLimiter"]

@@ -6,17 +6,22 @@ Order of evaluation (:meth:`EntryDecider.decide`):
 2. the custom gate ``should_profile(info)`` — True forces (trigger ``custom``),
    False vetoes, None defers;
 3. candidate triggers, all evaluated (a profile may carry several):
-   ``header`` (authenticated with ``header_secret`` when set, rate-limited by
-   ``max_header_profiles_per_minute``), ``probability`` (from the trace id when
-   there is one), ``on_demand`` (an open window), ``slow`` / ``error`` (the route
-   was armed by a slow / failing request), ``high_cpu`` (the process CPU trigger
-   is active);
-4. per-trigger sub-limits (``trigger_limits``), then the global budgets:
-   the overhead governor (``max_overhead``), ``max_concurrent_profiles`` and
-   ``max_profiles_per_minute`` (header and custom profiles are exempt from the
-   per-minute budget; the header has its own).  The concurrency slot itself is
-   taken atomically when the profile starts (:meth:`EntryDecider.claim`), so
-   requests deciding at the same moment can never overshoot the cap.
+   ``header`` (the header may ask: with ``header_secret`` its value must be the
+   secret; without one, ``header_trust`` decides: by default only while the
+   framework runs in debug mode), ``probability`` (from the trace id when there
+   is one and ``trace_id_ratio`` is on), ``on_demand`` (an open
+   window), ``slow`` / ``error`` (the route was armed by a slow / failing
+   request), ``high_cpu`` (the process CPU trigger is active);
+4. the budgets: the overhead governor (``max_overhead``), a free slot of
+   ``max_concurrent_profiles``, then the per-minute budgets, each a sliding
+   window (at most N in any 60 s, :mod:`.limits`): header profiles have their own
+   (``max_header_profiles_per_minute``) and custom ones none; the automatic
+   triggers share ``max_profiles_per_minute``, each within its share
+   (``trigger_limits``; by default probability and high CPU at most half, so the
+   other half is kept for slow, error and high-CPU profiles, whatever trace ids
+   clients choose).  The concurrency slot itself is taken atomically when the
+   profile starts (:meth:`EntryDecider.claim`), so requests deciding at the same
+   moment can never overshoot the cap.
 
 Most requests carry no header and meet no open window, armed route or CPU alarm:
 :meth:`EntryDecider.screen` answers for them from the header value and the trace
@@ -35,9 +40,10 @@ import random
 import re
 from typing import Callable, Optional
 
+from .._safety import LogOnce
 from .cpu import CpuMonitor, CpuTrigger, get_cpu_monitor
 from .governor import Governor
-from .limits import ConcurrencySlots, PerMinuteLimiter
+from .limits import ConcurrencySlots, ProfileBudget, Stamp, WindowLimiter, default_shares, give_back
 from .request import Decision, PolicyHost, RequestInfo
 from .triggers import OnDemandWindows, RouteArming
 
@@ -46,6 +52,12 @@ __all__ = ["EntryDecider", "Screen", "TRIGGERS"]
 TRIGGERS = ("header", "probability", "slow", "error", "high_cpu", "on_demand", "custom")
 #: header values that ask for a profile when no ``header_secret`` is set
 HEADER_YES = frozenset({"1", "true", "yes", "on"})
+#: header values that say "no profile" (never logged as ignored)
+HEADER_NO = frozenset({"", "0", "false", "no", "off"})
+#: ``header_trust`` values: without a ``header_secret``, is the header honoured?
+#: ``debug``: only while the framework runs in debug mode; ``any``: from anyone;
+#: ``off``: never (with a secret too)
+HEADER_TRUST = ("debug", "any", "off")
 _TRACE_ID_MAX = (1 << 64) - 1
 
 
@@ -76,10 +88,13 @@ class EntryDecider:
         self.clock = clock
         self.header_name = cfg.header.lower()
         self._secret = cfg.header_secret.encode("utf-8", "surrogatepass") if cfg.header_secret else None
+        self.header_trust = cfg.header_trust
+        self._header_log = LogOnce()
         self._excluded = [re.compile(p) for p in cfg.excluded_urls]
-        self.header_limiter = PerMinuteLimiter(cfg.max_header_profiles_per_minute, clock=clock)
-        self.profile_limiter = PerMinuteLimiter(cfg.max_profiles_per_minute, clock=clock)
-        self.trigger_limiters = {name: PerMinuteLimiter(n, clock=clock) for name, n in trigger_limits.items()}
+        self.header_limiter = WindowLimiter(cfg.max_header_profiles_per_minute, clock=clock)
+        shares = default_shares(cfg.max_profiles_per_minute)
+        shares.update(trigger_limits)
+        self.budget = ProfileBudget(cfg.max_profiles_per_minute, shares, clock=clock)
         self.slots = ConcurrencySlots(cfg.max_concurrent_profiles)
         self._random = rng
         self.arming = arming
@@ -92,9 +107,11 @@ class EntryDecider:
         self.probability = cfg.probability
         # a trace id's low 64 bits under this bound: selected (a trace-id-ratio sampler's rule)
         self._ratio_bound = cfg.probability * (_TRACE_ID_MAX + 1)
-        #: the probability trigger needs the request's trace id (0 < probability < 1)
-        self.needs_trace = 0.0 < cfg.probability < 1.0
+        #: the probability coin is the trace id (else a random draw per request)
+        self.by_trace_id = cfg.trace_id_ratio
         self._unsampled_ok = cfg.profile_unsampled_traces
+        #: the probability trigger needs the request's trace id or its sampled flag
+        self.needs_trace = 0.0 < cfg.probability < 1.0 and (self.by_trace_id or not self._unsampled_ok)
         self._gate = cfg.should_profile
         # requests that every time need the full decision (a gate to ask, a recording to start)
         # a disabled profiler decides for nobody (the header is ignored too)
@@ -117,10 +134,10 @@ class EntryDecider:
         if p > 0.0 and (sampled or self._unsampled_ok or trace_id is None):
             if p >= 1.0:
                 return _DECIDE_SAMPLED
-            if trace_id is not None:
-                if (trace_id & _TRACE_ID_MAX) < self._ratio_bound:
+            if trace_id is None or not self.by_trace_id:
+                if self._random.random() < p:
                     return _DECIDE_SAMPLED
-            elif self._random.random() < p:
+            elif (trace_id & _TRACE_ID_MAX) < self._ratio_bound:
                 return _DECIDE_SAMPLED
         return self._unselected
 
@@ -140,26 +157,57 @@ class EntryDecider:
         target = info.url or info.path
         return any(p.search(target) for p in self._excluded)
 
-    def header_valid(self, value: Optional[str]) -> bool:
-        """True when ``value`` (the trigger header's value, or None) asks for a profile."""
+    def header_asks(self, info: RequestInfo) -> bool:
+        """True when the request's trigger header asks for a profile and may (see
+        :data:`HEADER_TRUST`); an ignored header is logged once per reason, with the
+        option that would open it, and counted as ``header_ignored``."""
+        value = info.header(self.header_name)
         if value is None:
             return False
         value = value.strip()
+        trust = self.header_trust
+        if trust == "off":
+            return self._ignore_header("off", "header_trust='off'", "set header_trust to 'debug' or 'any'")
         if self._secret is not None:
             # any text compares, even one with lone surrogates (never raises)
-            return hmac.compare_digest(value.encode("utf-8", "surrogatepass"), self._secret)
-        return value.lower() in HEADER_YES
+            if hmac.compare_digest(value.encode("utf-8", "surrogatepass"), self._secret):
+                return True
+            return self._ignore_header("secret", "its value is not the header_secret (the value is not shown)",
+                                       "send the header_secret as the header's value")
+        value = value.lower()
+        if value in HEADER_NO:
+            return False  # it says no
+        if trust != "any":
+            debug = info.debug_mode()
+            if not debug:
+                why = ("this app has no debug mode (a plain WSGI/ASGI app)" if debug is None
+                       else f"the app is not in debug mode ({info.debug_flag} is False)")
+                key = "debug:" + (info.debug_flag if debug is not None else "")
+                return self._ignore_header(key, "no header_secret is set and " + why,
+                                           "set header_secret (OTELPROF_HEADER_SECRET) and send it as the "
+                                           "header's value, or header_trust='any' (OTELPROF_HEADER_TRUST=any) to "
+                                           "honour the header from anyone")
+        if value not in HEADER_YES:
+            return self._ignore_header("value", "its value is not one of 1, true, yes, on (no header_secret "
+                                       "is set)", "send 1, or set header_secret and send that")
+        return True
+
+    def _ignore_header(self, key: str, why: str, opens: str) -> bool:
+        self.stats.declined("header_ignored")
+        self._header_log(key, "otelprof: ignored the %s header: %s; to profile such requests, %s",
+                         self.config.header, why, opens)
+        return False
 
     def probability_hit(self, info: RequestInfo) -> bool:
         """Trace-id ratio when there is a trace (same trace, same answer in every
-        service), random otherwise."""
+        service) and ``trace_id_ratio`` is on, random otherwise."""
         p = self.probability
         if p <= 0.0:
             return False
         if p >= 1.0:
             return True
         link = info.link
-        if link is not None and link.trace_id:
+        if self.by_trace_id and link is not None and link.trace_id:
             return (link.trace_id & _TRACE_ID_MAX) < self._ratio_bound
         return self._random.random() < p
 
@@ -216,7 +264,7 @@ class EntryDecider:
                 return Decision.no("custom")
 
         triggers: list[str] = []
-        header = self.header_valid(info.header(self.header_name))
+        header = self.header_asks(info)
         if forced:
             triggers.append("custom")
         if probability_hit is None:
@@ -226,8 +274,11 @@ class EntryDecider:
         if probability_hit:
             triggers.append("probability")
         now = self.clock()
-        if self.windows:
-            for w in self.windows.match(info.route, info.path, now):
+        windows = self.windows
+        if windows:
+            # a window for a route template: ask the framework's router (as route arming does)
+            route = info.resolve_route() if windows.for_routes else info.route
+            for w in windows.match(route, info.path, now):
                 if self.chance(w.probability):
                     triggers.append("on_demand")
                     break
@@ -247,61 +298,60 @@ class EntryDecider:
             stats.declined("excluded")
             return Decision.no("excluded")
         if header:
-            if self.header_limiter.try_acquire():
-                triggers.insert(1 if forced else 0, "header")
-            else:
-                stats.declined("header_rate")
-        if not triggers:
-            return Decision.no("not_selected", header)
+            triggers.insert(1 if forced else 0, "header")
         return self.admit(triggers, header_requested=header)
 
     def admit(self, triggers: list[str], header_requested: bool = False) -> Decision:
-        """Apply the sub-limits and global budgets to a request some trigger selected.
-        Before starting the profile of a yes, take its slot with :meth:`claim`."""
+        """Apply the budgets to a request some trigger selected: the overhead
+        governor, a free concurrency slot (a hint), then the per-minute budgets (the
+        header's own, or the automatic triggers' shares and total).  Before starting
+        the profile of a yes, take its slot with :meth:`claim`."""
         stats = self.stats
-        exempt = "header" in triggers or "custom" in triggers
-        if self.trigger_limiters and not exempt:
-            kept = [t for t in triggers if t not in self.trigger_limiters]
-            if not kept:
-                for t in triggers:
-                    if self.trigger_limiters[t].try_acquire():
-                        kept.append(t)
-                        break
-            if not kept:
-                stats.declined("trigger_rate")
-                return Decision(False, declined="trigger_rate", header_requested=header_requested)
-            triggers = [t for t in triggers if t in kept or t not in self.trigger_limiters]
         gov = self.governor
         if gov.enabled:
             gov.update()
             if gov.declining:
                 stats.declined("overhead")
-                if "header" in triggers:
-                    self.header_limiter.refund()
                 return Decision(False, declined="overhead", header_requested=header_requested)
         if not self.slots.available():
             stats.declined("concurrency")
-            if "header" in triggers:
-                self.header_limiter.refund()
             return Decision(False, declined="concurrency", header_requested=header_requested)
-        if not exempt and not self.profile_limiter.try_acquire():
-            stats.declined("rate")
-            return Decision(False, declined="rate", header_requested=header_requested)
+        stamps: tuple[Stamp, ...] = ()
+        if "header" in triggers:
+            stamp = self.header_limiter.take()
+            if stamp is not None:
+                stamps = (stamp,)
+            else:
+                stats.declined("header_rate")
+                triggers = [t for t in triggers if t != "header"]
+                if not triggers:
+                    return Decision.no("not_selected", header_requested)
+        if not stamps and "custom" not in triggers:
+            # automatic triggers: the exhausted shares drop out, one share and the total pay
+            within = self.budget.within_shares(triggers)
+            taken = self.budget.take(within) if within else None
+            if taken is None:
+                # "rate": the whole budget is used up; "trigger_rate": the triggers' shares are
+                reason = "trigger_rate" if self.budget.total.has_room() else "rate"
+                stats.declined(reason)
+                return Decision(False, declined=reason, header_requested=header_requested)
+            triggers, stamps = within, taken
         expose = self.config.expose_profile_id
         if expose is None:
             expose = "header" in triggers
         hz = gov.hz(self.config.sample_hz) if gov.level else None
-        return Decision(True, tuple(triggers), header_requested=header_requested, expose_profile_id=expose, hz=hz)
+        return Decision(True, tuple(triggers), header_requested=header_requested, expose_profile_id=expose, hz=hz,
+                        stamps=stamps)
 
     def claim(self, decision: Decision) -> bool:
         """Take the concurrency slot for the profile of ``decision`` (a yes), atomically;
-        False (counted as a ``concurrency`` decline) when another request took the
-        last one since the decision.  Then pass the profile's session to :meth:`bind`."""
+        False (counted as a ``concurrency`` decline, its budget given back) when
+        another request took the last one since the decision.  Then pass the
+        profile's session to :meth:`bind`."""
         if self.slots.take():
             return True
         self.stats.declined("concurrency")
-        if "header" in decision.triggers:
-            self.header_limiter.refund()
+        give_back(decision.stamps)
         return False
 
     def bind(self, session: object) -> None:
@@ -312,15 +362,10 @@ class EntryDecider:
             self.slots.hold(session)
 
     def admit_kept(self, triggers: list[str]) -> bool:
-        """Budget check for a recording kept at the end (it already ran: only rates apply)."""
-        stats = self.stats
-        limited = [t for t in triggers if t in self.trigger_limiters]
-        if limited and len(limited) == len(triggers) and not any(
-                self.trigger_limiters[t].try_acquire() for t in limited):
-            stats.declined("trigger_rate")
-            return False
-        if not self.profile_limiter.try_acquire():
-            stats.declined("rate")
+        """Budget check for a recording kept at the end (it already ran: only the
+        per-minute budgets apply)."""
+        within = self.budget.within_shares(triggers)
+        if not within or self.budget.take(within) is None:
+            self.stats.declined("trigger_rate" if self.budget.total.has_room() else "rate")
             return False
         return True
-

@@ -7,6 +7,9 @@ per profiler (``Profiler.policy``), shared by every integration that uses it:
 * :mod:`.triggers` — armed routes and on-demand windows;
 * :mod:`.cpu` and :mod:`.governor` — the high-CPU trigger and the overhead governor.
 
+:meth:`Policy.state` gives a read-only snapshot of all of it (:class:`PolicyState`)
+for stats pages and debugging.
+
 Everything here depends only on :class:`~.request.PolicyHost` (what it needs of the
 engine) and :class:`~.request.ProfilableRequest` (what it needs of a request); it
 imports nothing from the integrations and nothing private from any module.
@@ -17,7 +20,9 @@ from __future__ import annotations
 import random
 import time
 import weakref
-from typing import Any, Callable, Optional
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Optional
 
 from .._safety import at_fork_reinit
 from ..config import parse_trigger_limits
@@ -30,7 +35,7 @@ from .tail import LateTriggers
 from .triggers import OnDemandWindow, OnDemandWindows, RouteArming
 from .watchdog import Watchdog
 
-__all__ = ["Policy", "TRIGGERS"]
+__all__ = ["Policy", "PolicyState", "OpenWindow", "TRIGGERS"]
 
 
 class Policy:
@@ -121,21 +126,28 @@ class Policy:
         for session in self.late.recording.holders():
             session.set_rate(self.governor.hz(self.late.recorder_hz or base, min_hz=1))
 
-    def state(self) -> dict[str, Any]:
-        """Trigger state for stats/debugging."""
+    def state(self) -> "PolicyState":
+        """A read-only snapshot of the trigger state, for stats pages and debugging
+        (see :class:`PolicyState`)."""
         now = self.clock()
         trig = self.cpu_trigger
-        return {
-            "armed_routes": {f"{t}:{r}": round(left, 3) for (t, r), left in self.arming.armed(now).items()},
-            "windows_open": len(self.windows.open_windows(now)),
-            "cpu_utilisation": None if trig is None else trig.last_utilisation,
-            "high_cpu_active": bool(trig is not None and trig.active(now)),
-            "governor_level": self.governor.level,
-            "overhead": self.governor.overhead,
-            "in_flight_watched": len(self.late.watchdog),
-            "profiling": len(self.entry.slots),
-            "recording": len(self.late.recording),
-        }
+        entry = self.entry
+        budgets = {"header": (entry.header_limiter.used(), entry.header_limiter.limit)}
+        budgets.update(entry.budget.usage())
+        return PolicyState(
+            armed_routes=MappingProxyType({f"{t}:{r}": round(left, 3)
+                                           for (t, r), left in self.arming.armed(now).items()}),
+            windows=tuple(OpenWindow(w.route, w.probability, round(w.until - now, 3))
+                          for w in self.windows.open_windows(now)),
+            cpu_utilisation=None if trig is None else trig.last_utilisation,
+            high_cpu_active=bool(trig is not None and trig.active(now)),
+            governor_level=self.governor.level,
+            overhead=self.governor.overhead,
+            in_flight_watched=len(self.late.watchdog),
+            profiling=len(entry.slots),
+            recording=len(self.late.recording),
+            budgets=MappingProxyType(budgets),
+        )
 
     def close(self) -> None:
         """The profiler shut down: watch no more requests, let the watchdog thread end."""
@@ -147,6 +159,62 @@ class Policy:
         # own state through their fork hooks; these belong to the policy itself
         self.entry.after_fork()
         self.late.after_fork()
+
+
+@dataclass(frozen=True)
+class OpenWindow:
+    """An open on-demand window, as :meth:`Policy.state` shows it."""
+
+    route: Optional[str]  #: the route template or path it matches (None: every request)
+    probability: float
+    seconds_left: float
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What the request policy is doing right now (``profiler.policy.state()``).
+    Read-only: a snapshot, changing it changes nothing.  :meth:`as_dict` gives
+    plain data (JSON-ready) for a stats page."""
+
+    #: ``{"trigger:route template or path": seconds left}`` (e.g. ``"error:/items/{id}"``)
+    armed_routes: Mapping[str, float]
+    #: the open on-demand windows (``profiler.enable_window``)
+    windows: tuple[OpenWindow, ...]
+    #: the process CPU utilisation last read (0-1 of the cores available), None
+    #: with the high-CPU trigger off or before the first reading
+    cpu_utilisation: Optional[float]
+    #: the high-CPU trigger is profiling requests right now
+    high_cpu_active: bool
+    #: the overhead governor's level: 0 = full rate, 1-4 = rate halved that many
+    #: times, 5 = new profiles declined
+    governor_level: int
+    #: the profiler's own CPU share of the process CPU the governor last measured
+    overhead: Optional[float]
+    #: requests the late triggers watch (slow promotion) right now
+    in_flight_watched: int
+    #: request profiles running (``max_concurrent_profiles`` counts these)
+    profiling: int
+    #: flight recordings running (``tail_sampling_hz``)
+    recording: int
+    #: ``{"header" | "total" | trigger: (profiles started in the last 60 s, limit)}``:
+    #: the header's budget, the automatic triggers' total and each trigger's share
+    budgets: Mapping[str, tuple[int, int]]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as plain dicts, lists and numbers."""
+        return {
+            "armed_routes": dict(self.armed_routes),
+            "windows": [{"route": w.route, "probability": w.probability, "seconds_left": w.seconds_left}
+                        for w in self.windows],
+            "cpu_utilisation": self.cpu_utilisation,
+            "high_cpu_active": self.high_cpu_active,
+            "governor_level": self.governor_level,
+            "overhead": self.overhead,
+            "in_flight_watched": self.in_flight_watched,
+            "profiling": self.profiling,
+            "recording": self.recording,
+            "budgets": {k: {"used": used, "limit": limit} for k, (used, limit) in self.budgets.items()},
+        }
 
 
 def _profiler_alive(host: PolicyHost) -> Callable[[], bool]:

@@ -15,8 +15,8 @@ never the other way round.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 from ..profile import SpanLink
 
@@ -43,22 +43,32 @@ class RequestInfo:
     already knows it; ``route_resolver`` finds it on demand (the policy asks only
     while some route is armed).  A route template always comes from the framework,
     never from the client.
+
+    ``debug`` tells whether the application's framework runs in debug mode (Django
+    ``settings.DEBUG``, Flask and Starlette ``app.debug``): a bool, a callable
+    asked only when the answer matters (a trigger header without a
+    ``header_secret``), or None for an app that has no debug mode (plain WSGI or
+    ASGI).  ``debug_flag`` names the flag in messages (``"app.debug"``).
     """
 
-    __slots__ = ("method", "path", "route", "header", "link", "_url", "_url_builder", "_route_resolver")
+    __slots__ = ("method", "path", "route", "header", "link", "debug_flag", "_url", "_url_builder",
+                 "_route_resolver", "_debug")
 
     def __init__(self, method: str = "GET", path: str = "/", url: Optional[str] = None, route: Optional[str] = None,
                  header: Callable[[str], Optional[str]] = _no_headers, link: Optional[SpanLink] = None, *,
                  url_builder: Optional[Callable[[], str]] = None,
-                 route_resolver: Optional[Callable[[], Optional[str]]] = None) -> None:
+                 route_resolver: Optional[Callable[[], Optional[str]]] = None,
+                 debug: Union[bool, None, Callable[[], Optional[bool]]] = None, debug_flag: str = "") -> None:
         self.method = method
         self.path = path
         self.route = route
         self.header = header
         self.link = link
+        self.debug_flag = debug_flag
         self._url = url or None
         self._url_builder = url_builder
         self._route_resolver = route_resolver
+        self._debug = debug
 
     @property
     def url(self) -> str:
@@ -75,6 +85,13 @@ class RequestInfo:
             self.route = self._route_resolver() or None
         return self.route
 
+    def debug_mode(self) -> Optional[bool]:
+        """True/False: the framework's debug flag; None: the app has none."""
+        debug = self._debug
+        if callable(debug):
+            debug = self._debug = debug()
+        return None if debug is None else bool(debug)
+
     def __repr__(self) -> str:
         return f"RequestInfo(method={self.method!r}, path={self.path!r}, route={self.route!r})"
 
@@ -90,6 +107,8 @@ class Decision:
     header_requested: bool = False
     expose_profile_id: bool = False
     hz: Optional[int] = None
+    #: the budget places a yes took (given back if its profile does not start)
+    stamps: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     @classmethod
     def no(cls, reason: str, header_requested: bool = False) -> "Decision":

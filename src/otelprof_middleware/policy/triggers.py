@@ -237,6 +237,11 @@ class OnDemandWindows:
     def __bool__(self) -> bool:
         return bool(self.windows)
 
+    @property
+    def for_routes(self) -> bool:
+        """True while an open window names a route (then requests' templates are resolved)."""
+        return any(w.route is not None for w in self.windows)
+
     def open(self, seconds: float, probability: float, route: Optional[str], max_window: float) -> OnDemandWindow:
         if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds) \
                 or seconds <= 0:
