@@ -123,15 +123,9 @@ def request_profiles(directory: str, n: int, shape: RouteProfiles) -> list[float
 
 def drop_digests(directory: str) -> None:
     """The folder as another tool (or an older version) would have written it."""
-    import sqlite3
-
-    conn = sqlite3.connect(os.path.join(directory, "index.sqlite3"))
-    try:
-        conn.execute("DELETE FROM digests")
-        conn.execute("DELETE FROM digest_data")
-        conn.commit()
-    finally:
-        conn.close()
+    index = ProfileIndex(directory)
+    index.clear_digests()
+    index.close()
 
 
 def export_cost(repeat: int) -> list[tuple[str, str, str]]:

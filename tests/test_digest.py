@@ -100,13 +100,9 @@ def random_profile(rng: random.Random, *, names: list[str] | None = None, thread
 
 
 def drop_digests(d: str) -> None:
-    conn = sqlite3.connect(os.path.join(d, INDEX_DB))
-    try:
-        conn.execute("DELETE FROM digests")
-        conn.execute("DELETE FROM digest_data")
-        conn.commit()
-    finally:
-        conn.close()
+    index = ProfileIndex(d)
+    assert index.clear_digests() > 0
+    index.close()
 
 
 def digest_rows(d: str) -> list[tuple[Any, ...]]:

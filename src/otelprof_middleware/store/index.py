@@ -797,6 +797,14 @@ class ProfileIndex:
                     out[ref] = (version, size, mtime, data)
         return out
 
+    def clear_digests(self) -> int:
+        """Forget every stored digest (readers rebuild them from the files as they
+        read them); how many there were."""
+        with self.transaction() as conn:
+            n = conn.execute("DELETE FROM digests").rowcount
+            conn.execute("DELETE FROM digest_data")
+        return int(n)
+
     def put_digests(self, rows: Sequence[tuple[int, str, int, int, int, bytes]], *, wait_s: float = 0.5) -> int:
         """Store digests a reader made: ``(ref, file, version, file size, file mtime_ns,
         blob)``, each only while its row still names that file.  Waits at most
