@@ -520,3 +520,19 @@ def test_the_viewers_background_pass_loads_stored_digests(tmp_path: Any, no_deco
     r = folder.merge(parse_selector("status=5xx"))
     assert stack_names(r) == expected_stacks([s for s in specs if s.status == 500])
     assert folder.last_merge["from_memory"] == len(r.profile_ids) > 0
+
+
+def test_a_profile_without_a_possible_digest_is_merged_from_its_pprof(tmp_path: Any) -> None:
+    """Negative values (another tool's pprof could hold them; ours never do) have no
+    digest: the exporter stores none, every merge decodes the file, the sums stay exact."""
+    d = str(tmp_path / "p")
+    odd = Spec("GET /odd", NOW - MIN, [(frames("main", "odd"), (2, 5 * 10**6, -3))], route="/odd")
+    normal = Spec("GET /odd", NOW - 2 * MIN, [(frames("main", "fine"), (1, 10**6, 10**6))], route="/odd")
+    write(d, [odd, normal])
+    assert len(digest_rows(d)) == 1
+    for _ in range(2):
+        folder = ProfileFolder(d, parallel=False)
+        r = folder.merge(parse_selector("route=/odd"))
+        assert stack_names(r) == expected_stacks([odd, normal]) and r.stacks.profiles == 2
+        assert folder.last_merge == {"from_memory": 0, "from_store": 1, "decoded": 1, "by_helpers": 0}
+    assert len(digest_rows(d)) == 1

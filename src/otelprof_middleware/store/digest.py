@@ -5,9 +5,9 @@ function name, file, start line, line) and their summed values (samples, CPU and
 wall time; thread names and labels are not used).  Decoding that from a
 ``.pb.gz`` in pure Python costs ~2 ms for a 300-stack request profile, so the
 ``file`` exporter, which holds the :class:`~otelprof_middleware.profile.Profile`
-anyway, also writes a *digest* of it into the index database (the ``digests``
-table, in the same transaction as the profile's row; retention deletes both in one
-step).  Profiles written by other tools, or before digests existed, are digested
+anyway, also writes a *digest* of it into the index database (tables ``digests``
+and ``digest_data``, in the same transaction as the profile's row; retention deletes
+them in one step with the row).  Profiles written by other tools, or before digests existed, are digested
 the first time they are read and the digest is stored then.
 
 A digest is one blob, in three parts after a fixed header:
