@@ -109,8 +109,8 @@ def digest_rows(d: str) -> list[tuple[Any, ...]]:
     conn = sqlite3.connect(os.path.join(d, INDEX_DB))
     try:
         return conn.execute("SELECT p.file, g.version, g.file_size, g.file_mtime_ns, g.size, length(b.data) "
-                            "FROM digests g LEFT JOIN profiles p ON p.id = g.ref LEFT JOIN digest_data b ON b.ref = g.ref "
-                            "ORDER BY p.file").fetchall()
+                            "FROM digests g LEFT JOIN profiles p ON p.id = g.ref "
+                            "LEFT JOIN digest_data b ON b.ref = g.ref ORDER BY p.file").fetchall()
     finally:
         conn.close()
 
@@ -403,7 +403,8 @@ def test_retention_deletes_digests_with_their_rows_and_counts_their_bytes(tmp_pa
     try:
         assert conn.execute("SELECT count(*) FROM profiles").fetchone()[0] == 5
         assert conn.execute("SELECT count(*) FROM digests").fetchone()[0] == 5
-        assert conn.execute("SELECT count(*) FROM digests WHERE ref NOT IN (SELECT id FROM profiles)").fetchone()[0] == 0
+        orphans = "SELECT count(*) FROM digests WHERE ref NOT IN (SELECT id FROM profiles)"
+        assert conn.execute(orphans).fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM digest_data").fetchone()[0] == 5
         file_bytes = conn.execute("SELECT total(size) FROM profiles").fetchone()[0]
         digest_bytes = conn.execute("SELECT total(size) FROM digests").fetchone()[0]
@@ -536,3 +537,5 @@ def test_a_profile_without_a_possible_digest_is_merged_from_its_pprof(tmp_path: 
         assert stack_names(r) == expected_stacks([odd, normal]) and r.stacks.profiles == 2
         assert folder.last_merge == {"from_memory": 0, "from_store": 1, "decoded": 1, "by_helpers": 0}
     assert len(digest_rows(d)) == 1
+    viewer = ProfileFolder(d, parallel=False)  # its background pass loads one, decodes one, then rests
+    assert viewer.prefill(budget=100) == 2 and viewer.prefill(budget=100) == 0

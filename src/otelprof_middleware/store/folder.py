@@ -233,6 +233,7 @@ class ProfileFolder:
         self._merges: "OrderedDict[tuple[Any, ...], MergeResult]" = OrderedDict()
         self._failures: "OrderedDict[tuple[str, int, int], str]" = OrderedDict()
         self._digests = _Digests(digest_budget, self._table)
+        self._no_digest: "OrderedDict[tuple[str, int, int], None]" = OrderedDict()  # files that cannot have one
         #: how the last merge got its profiles: digests already in memory, stored digests,
         #: decoded (and digested) here, by helper processes
         self.last_merge = _merge_stats()
@@ -504,6 +505,9 @@ class ProfileFolder:
                 blob, made = digest_stacks(ps, memory.stacks)
                 if made is None:
                     plain.append((pid, ps))
+                    self._no_digest[keys[pid]] = None
+                    while len(self._no_digest) > 4096:
+                        self._no_digest.popitem(last=False)
                 keep(pid, blob, made)
         self.index.put_digests(new)
         return ready, plain, skipped, stats
@@ -517,7 +521,7 @@ class ProfileFolder:
             if len(todo) >= budget or self._digests.size + 64 * 1024 * len(todo) >= self._digests.budget * 0.9:
                 break  # full: loading more would only push out others
             k = _file_key(self.directory, fname)
-            if k[1] >= 0 and self._digests.get(k) is None and k not in self._failures:
+            if k[1] >= 0 and self._digests.get(k) is None and k not in self._failures and k not in self._no_digest:
                 todo.append((pid, fname, ref))
         done = 0
         for i in range(0, len(todo), 10):  # a few at a time: a request waits for one chunk at most

@@ -929,7 +929,8 @@ def _delete_children(conn: sqlite3.Connection, rid: int) -> None:
 
 
 def _put_digest(conn: sqlite3.Connection, rid: int, version: int, file_size: int, mtime_ns: int, blob: bytes) -> None:
-    conn.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)", (rid, version, file_size, mtime_ns, len(blob)))
+    conn.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)",
+                 (rid, version, file_size, mtime_ns, len(blob)))
     conn.execute("INSERT OR REPLACE INTO digest_data VALUES (?, ?)", (rid, blob))
 
 
