@@ -4,9 +4,12 @@
 
 Builds, in a temporary folder:
 
-* ``--profiles`` request profiles of one route, ~300 stacks each (the shape of
-  ``bench_encode.py``'s request profile: 3000 ticks, 300 stacks ~30 frames deep over
-  200 functions), written by the real file exporter, half of them an hour older;
+* 2 x ``--profiles`` request profiles of one route, written by the real file
+  exporter (so each has its stored digest), half of them an hour older: each has
+  300 stacks drawn from the route's pool of 3000 (a call tree: stacks share their
+  callers, 25-35 frames over 200 functions), 3000 ticks;
+* a copy of that folder without digests (another tool's files, or an older
+  version's folder), and ``--profiles`` profiles that share no stack at all;
 * an index of ``--rows`` profiles (tiny real files, rows inserted in bulk);
 * a folder of ``--pages`` profiles for the pages' API calls.
 
@@ -14,8 +17,9 @@ and times, each ``--repeat`` times (min and median, seconds or milliseconds):
 
 | what | target |
 |---|---|
-| merge of ``--profiles`` profiles: never read before (in this process only, and with helper processes); stored (digested by the viewer's background pass) | ≤ 2 s |
-| diff of two selections of ``--profiles`` profiles each, the same three ways | ≤ 3 s |
+| merge of ``--profiles`` profiles never read before (a fresh reader each time): from stored digests; a one-shot ``otelprof merge``; without digests (decoded, in this process only and with helper processes); digests held in the viewer's memory | ≤ 2 s |
+| diff of two selections of ``--profiles`` profiles each, the same ways | ≤ 3 s |
+| the export worker's cost per profile, with and without its digest | (reported) |
 | list (newest 50), count, timeline over ``--rows`` profiles, through HTTP | ≤ 200 ms per call |
 | list page, Explore timeline, route menu with ``--pages`` profiles; one background index pass | responsive |
 
@@ -30,6 +34,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -38,8 +43,6 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from bench_encode import build_profile  # noqa: E402
 
 from otelprof_middleware.config import Config  # noqa: E402
 from otelprof_middleware.encoding import encode_pprof  # noqa: E402
@@ -64,17 +67,106 @@ def _time(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
     return min(runs), statistics.median(runs)
 
 
-def request_profiles(directory: str, n: int) -> None:
+class RouteProfiles:
+    """Request profiles of one route: each has ``stacks`` stacks drawn from the route's
+    pool of ``pool`` distinct stacks, 3000 ticks spread over them.  The pool is a call
+    tree as real code makes one: the first stack is 25-35 random frames (over 200
+    functions, 4 lines each), every next one is a copy of an earlier one cut 1 to 8
+    frames above its leaf and grown back to 25-35 frames, so stacks share their
+    callers.  ``pool=0``: every profile has stacks of its own, random frames all the
+    way (no two profiles share a stack, nor a caller): the worst case for digests."""
+
+    def __init__(self, pool: int = 3000, stacks: int = 300, seed: int = 7) -> None:
+        self.rng = random.Random(seed)
+        self.stacks = stacks
+        self.functions = [(f"pkg.module{i % 17}.Class{i % 7}.method_{i}", f"/srv/app/pkg/module{i % 17}.py", 10 + i)
+                          for i in range(200)]
+        self.pool: list[list[tuple[int, int]]] = []
+        for _ in range(pool):
+            base = self.rng.choice(self.pool)[:-self.rng.randint(1, 8)] if self.pool else []
+            self.pool.append(self._grow(base))
+
+    def _grow(self, stack: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        rng = self.rng
+        depth = rng.randint(25, 35)
+        return stack + [(rng.randrange(200), rng.randint(1, 4) * 10) for _ in range(max(1, depth - len(stack)))]
+
+    def profile(self, start_ns: int) -> Profile:
+        rng = self.rng
+        p = Profile(name="GET /api/items/{id}", start_time_ns=start_ns, duration_ns=2_500_000_000,
+                    period_ns=10_000_000, attributes={"http.route": "/api/items/{id}", "http.request.method": "GET"},
+                    triggers=("probability",))
+        b = ProfileBuilder(p)
+        chosen = rng.sample(self.pool, self.stacks) if self.pool else [self._grow([]) for _ in range(self.stacks)]
+        ids = [b.stack([b.location(b.function(*self.functions[f]), line) for f, line in reversed(st)])
+               for st in chosen]
+        for _ in range(3000):
+            b.add(ids[rng.randrange(len(ids))], "MainThread", count=1, cpu_ns=10_000_000,
+                  wall_ns=10_000_000 + rng.randrange(1000))
+        return p
+
+
+def request_profiles(directory: str, n: int, shape: RouteProfiles) -> list[float]:
+    """``n`` profiles written by the file exporter, half of them an hour older; the
+    seconds each export took."""
     now = time.time_ns()
     exporter = FileExporter(Config.load({"exporter": "file", "output_dir": directory, "max_files": 10 * n}, env={}))
-    base = build_profile(n_samples=3000, n_stacks=300, n_threads=1)
+    took = []
     for i in range(n):
-        p = Profile(name="GET /api/items/{id}", start_time_ns=now - (2 * H if i % 2 else H) + i * 10**6,
-                    duration_ns=base.duration_ns, period_ns=base.period_ns, functions=base.functions,
-                    locations=base.locations, stacks=base.stacks, samples=base.samples, link=base.link,
-                    attributes=dict(base.attributes), triggers=("probability",))
+        p = shape.profile(now - (2 * H if i % 2 else H) + i * 10**6)
+        t0 = time.perf_counter()
         exporter.export([p])
+        took.append(time.perf_counter() - t0)
     exporter.shutdown()
+    return took
+
+
+def drop_digests(directory: str) -> None:
+    """The folder as another tool (or an older version) would have written it."""
+    index = ProfileIndex(directory)
+    index.clear_digests()
+    index.close()
+
+
+def export_cost(repeat: int) -> list[tuple[str, str, str]]:
+    """Per profile on the export worker: encode_pprof, digest_profile, and the whole
+    FileExporter.export with and without the digest (interleaved), for a 300-stack
+    and a 20-stack request profile."""
+    from otelprof_middleware.export import file as file_module
+    from otelprof_middleware.store.digest import digest_profile
+
+    rows = []
+    for stacks in (300, 20):
+        shape = RouteProfiles(stacks=stacks)
+        profiles = [shape.profile(time.time_ns()) for _ in range(50)]
+        for what, fn in (("encode_pprof", encode_pprof), ("digest_profile", digest_profile)):
+            runs = [min(_time(lambda: fn(p), 3)[0] for p in profiles[:10]) for _ in range(repeat)]
+            rows.append((f"{what} of one {stacks}-stack request profile", "", f"{min(runs) * 1e3:.2f} ms"))
+        took: dict[bool, list[float]] = {True: [], False: []}
+        real = file_module.digest_profile
+        for r in range(repeat):
+            for digest_on in ((True, False) if r % 2 == 0 else (False, True)):
+                d = tempfile.mkdtemp(prefix="otelprof-bench-export-")
+                try:
+                    file_module.digest_profile = real if digest_on else (lambda profile: None)
+                    exporter = FileExporter(Config.load({"exporter": "file", "output_dir": d, "max_files": 1000},
+                                                        env={}))
+                    each = []
+                    for p in profiles:
+                        p.start_time_ns += 1000
+                        p.profile_id = os.urandom(16)
+                        t0 = time.perf_counter()
+                        exporter.export([p])
+                        each.append(time.perf_counter() - t0)
+                    exporter.shutdown()
+                    took[digest_on].append(statistics.median(each))
+                finally:
+                    file_module.digest_profile = real
+                    shutil.rmtree(d, ignore_errors=True)
+        rows.append((f"FileExporter.export of a {stacks}-stack profile, without / with its digest "
+                     "(median of 50 exports, min of runs)", "",
+                     f"{min(took[False]) * 1e3:.2f} ms / {min(took[True]) * 1e3:.2f} ms"))
+    return rows
 
 
 def bulk_index(directory: str, rows: int) -> None:
@@ -141,62 +233,104 @@ def main() -> int:
     results: list[tuple[str, str, str]] = []
     try:
         req = os.path.join(root, "requests")
+        n = args.profiles
         if not os.path.isdir(req):
             t0 = time.perf_counter()
-            request_profiles(req, 2 * args.profiles)
-            print(f"built {2 * args.profiles} request profiles in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+            request_profiles(req, 2 * n, RouteProfiles())
+            print(f"built {2 * n} request profiles in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        foreign = os.path.join(root, "foreign")
+        if not os.path.isdir(foreign):
+            shutil.copytree(req, foreign)
         sel_a = parse_selector("route=/api/items/{id} from=now-3h until=now-90m")
         sel_b = parse_selector("route=/api/items/{id} from=now-90m")
-        n = args.profiles
 
-        def cold_merge(parallel: bool) -> Callable[[], None]:
-            def run() -> None:
-                folder = ProfileFolder(req, parallel=parallel)
+        def merge(directory: str, parallel: bool = False, expect: str = "") -> Callable[[], None]:
+            def timed() -> None:
+                folder = ProfileFolder(directory, parallel=parallel)
                 r = folder.merge(sel_b, limit=n)
                 assert len(r.profile_ids) == n, len(r.profile_ids)
+                assert folder.last_merge[expect] >= n // 2, folder.last_merge
                 render_merge(r, "json", sel=sel_b)
-            return run
+            return timed
 
-        def cold_diff(parallel: bool) -> Callable[[], None]:
-            def run() -> None:
-                folder = ProfileFolder(req, parallel=parallel)
+        def diff(directory: str, parallel: bool = False, expect: str = "") -> Callable[[], None]:
+            def timed() -> None:
+                folder = ProfileFolder(directory, parallel=parallel)
                 left, right = folder.merge(sel_a, limit=n), folder.merge(sel_b, limit=n)
                 assert len(left.profile_ids) == len(right.profile_ids) == n
+                assert folder.last_merge[expect] >= n // 2, folder.last_merge
                 render_diff(left, right, "json", a=sel_a, b=sel_b)
-            return run
+            return timed
 
-        for parallel, how in ((False, "this process only"), (True, "with helper processes")):
-            lo, med = _time(cold_merge(parallel), args.repeat)
-            results.append((f"merge {n} profiles (300 stacks each), never read before, {how}, + JSON tree", "≤ 2 s",
-                            f"{lo:.2f} s / {med:.2f} s"))
-            lo, med = _time(cold_diff(parallel), args.repeat)
-            results.append((f"diff {n} vs {n} profiles, never read before, {how}, + JSON", "≤ 3 s",
-                            f"{lo:.2f} s / {med:.2f} s"))
+        def timed_runs(fn: Callable[[], None], before: Callable[[], None] = lambda: None) -> tuple[float, float]:
+            runs = []
+            for _ in range(args.repeat):
+                before()
+                t0 = time.perf_counter()
+                fn()
+                runs.append(time.perf_counter() - t0)
+            return min(runs), statistics.median(runs)
 
-        # stored profiles as the viewer holds them: digested by its background pass
-        stored = ProfileFolder(req)
+        def secs(lo_med: tuple[float, float]) -> str:
+            return f"{lo_med[0]:.2f} s / {lo_med[1]:.2f} s"
+
+        results.append((f"merge {n} exporter-written profiles (300 stacks each), never read before, "
+                        "from their stored digests, one process, + JSON tree", "≤ 2 s",
+                        secs(timed_runs(merge(req, expect="from_store")))))
+        results.append((f"diff {n} vs {n} of them, never read before, from stored digests, + JSON", "≤ 3 s",
+                        secs(timed_runs(diff(req, expect="from_store")))))
+        cli = [sys.executable, "-m", "otelprof_middleware", "merge", "-d", req, "--limit", str(n),
+               "--format", "json", "route=/api/items/{id}", "from=now-90m"]
+        results.append((f"`otelprof merge` of {n} of them, a one-shot process (start-up included), JSON", "≤ 2 s",
+                        secs(timed_runs(lambda: subprocess.run(cli, check=True, stdout=subprocess.DEVNULL)))))
+        for parallel, how in ((False, "one process"), (True, "with helper processes")):
+            results.append((f"merge {n} profiles without digests (another tool's folder: pprof decoded, "
+                            f"digested and stored), {how}, + JSON tree", "",
+                            secs(timed_runs(merge(foreign, parallel, "decoded" if not parallel else "by_helpers"),
+                                            lambda: drop_digests(foreign)))))
+            results.append((f"diff {n} vs {n} without digests, {how}, + JSON", "",
+                            secs(timed_runs(diff(foreign, parallel, "decoded" if not parallel else "by_helpers"),
+                                            lambda: drop_digests(foreign)))))
+        results.append(("the same merge once those digests are stored", "≤ 2 s",
+                        secs(timed_runs(merge(foreign, expect="from_store")))))
+
+        # the viewer: digests already in memory (its background pass loads the newest ones)
+        viewer = ProfileFolder(req)
         t0 = time.perf_counter()
-        while stored.prefill(newest=2 * n, budget=500):
+        while viewer.prefill(newest=2 * n, budget=500):
             pass
-        results.append((f"background digest of {2 * n} stored profiles (the viewer, while idle)", "",
+        results.append((f"background load of {2 * n} stored digests into the viewer's memory", "",
                         f"{time.perf_counter() - t0:.2f} s"))
 
-        def stored_merge() -> None:
-            r = stored.merge(sel_b, limit=n, reuse=False)  # every profile from its digest
-            assert stored.last_merge["from_digests"] == n
+        def memory_merge() -> None:
+            r = viewer.merge(sel_b, limit=n, reuse=False)
+            assert viewer.last_merge["from_memory"] == n, viewer.last_merge
             render_merge(r, "json", sel=sel_b)
 
-        def stored_diff() -> None:
-            left, right = stored.merge(sel_a, limit=n, reuse=False), stored.merge(sel_b, limit=n, reuse=False)
+        def memory_diff() -> None:
+            left, right = viewer.merge(sel_a, limit=n, reuse=False), viewer.merge(sel_b, limit=n, reuse=False)
             render_diff(left, right, "json", a=sel_a, b=sel_b)
 
-        lo, med = _time(stored_merge, args.repeat)
-        results.append((f"merge {n} stored profiles, + JSON tree", "≤ 2 s", f"{lo:.2f} s / {med:.2f} s"))
-        lo, med = _time(stored_diff, args.repeat)
-        results.append((f"diff {n} vs {n} stored profiles, + JSON", "≤ 3 s", f"{lo:.2f} s / {med:.2f} s"))
-        lo, med = _time(lambda: render_merge(stored.merge(sel_b, limit=n), "pprof", sel=sel_b), args.repeat)
+        results.append((f"merge {n} profiles whose digests the viewer holds in memory, + JSON tree", "≤ 2 s",
+                        secs(timed_runs(memory_merge))))
+        results.append((f"diff {n} vs {n}, digests in memory, + JSON", "≤ 3 s", secs(timed_runs(memory_diff))))
         results.append(("the same merge requested again (whole-merge cache), as pprof", "",
-                        f"{lo * 1e3:.0f} ms / {med * 1e3:.0f} ms"))
+                        "{:.0f} ms / {:.0f} ms".format(*(1e3 * x for x in timed_runs(
+                            lambda: render_merge(viewer.merge(sel_b, limit=n), "pprof", sel=sel_b))))))
+
+        unique = os.path.join(root, "unique")
+        if not os.path.isdir(unique):
+            request_profiles(unique, n, RouteProfiles(pool=0))
+        everything = parse_selector("")
+
+        def unique_merge() -> None:
+            folder = ProfileFolder(unique)
+            r = folder.merge(everything, limit=n)
+            assert folder.last_merge["from_store"] == n and len(r.stacks.stacks) > 290 * n
+
+        results.append((f"worst case: merge {n} stored profiles that share no stack (~{300 * n:,} distinct), "
+                        "without rendering", "", secs(timed_runs(unique_merge))))
+        results += export_cost(args.repeat)
 
         big = os.path.join(root, "index")
         if not os.path.isdir(big):

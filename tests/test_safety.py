@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
+import threading
+import weakref
+from typing import Callable
 
 import pytest
 
-from otelprof_middleware._safety import Firewall, LogOnce, at_fork_reinit
+from otelprof_middleware._safety import Firewall, LogOnce, around_fork, at_fork_reinit
 
 
 def test_log_once_logs_each_key_once(caplog: pytest.LogCaptureFixture) -> None:
@@ -47,6 +51,22 @@ def test_firewall_counts_logs_once_with_traceback(caplog: pytest.LogCaptureFixtu
     assert caplog.records[0].exc_info is not None
 
 
+def in_child(check: Callable[[], bool]) -> bool:
+    """``check()`` evaluated in a forked child process."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, b"1" if check() else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    got = os.read(r, 1)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return got == b"1"
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_fork_hook_runs_in_child_only_while_object_lives() -> None:
     class Thing:
@@ -60,16 +80,39 @@ def test_fork_hook_runs_in_child_only_while_object_lives() -> None:
     alive = Thing()
     gone = Thing()
     del gone
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            os.write(w, b"1" if alive.reset else b"0")
-        finally:
-            os._exit(0)
-    os.close(w)
-    got = os.read(r, 1)
-    os.waitpid(pid, 0)
-    assert got == b"1"
+    assert in_child(lambda: alive.reset) is True
     assert alive.reset is False  # the parent is untouched
     assert sys.getrefcount(alive) >= 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_around_fork_hooks_hold_across_the_fork_while_the_object_lives() -> None:
+    events: list[tuple[str, str]] = []
+
+    class Guard:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.lock = threading.Lock()
+            around_fork(self.before, self.after)
+
+        def before(self) -> None:
+            self.lock.acquire()
+            events.append(("before", self.name))
+
+        def after(self) -> None:
+            events.append(("after", self.name))
+            self.lock.release()
+
+    first, second = Guard("first"), Guard("second")
+    gone = Guard("gone")
+    del gone
+    # the child inherited both locks as they were at the fork: held
+    locks = (first.lock, second.lock)
+    assert in_child(lambda: all(lock.locked() for lock in locks)) is True
+    # newest first before the fork, the reverse after it; nothing for the object that is gone
+    assert events == [("before", "second"), ("before", "first"), ("after", "first"), ("after", "second")]
+    assert not first.lock.locked() and not second.lock.locked()
+    ref = weakref.ref(first)
+    del first
+    gc.collect()
+    assert ref() is None  # registering kept no strong reference

@@ -313,8 +313,9 @@ def test_corrupt_and_foreign_files_are_skipped_and_counted(tmp_path: Any) -> Non
         f.write(b"not ours")
     folder = ProfileFolder(d)
     folder.sync(force=True)
-    assert folder.index.summary() == {"profiles": 3, "bytes": folder.index.summary()["bytes"],
-                                      "foreign_files": 1, "unreadable_files": 1}
+    summary = folder.index.summary()
+    assert summary == {"profiles": 3, "bytes": summary["bytes"], "digests": 3,  # the exporter stored 3 digests
+                       "digest_bytes": summary["digest_bytes"], "foreign_files": 1, "unreadable_files": 1}
     reasons = {f["file"]: f["reason"] for f in folder.index.skipped_files()}
     assert reasons["go-cpu.pb.gz"] == "foreign" and reasons[bad].startswith("unreadable:")
     # a merge over everything still works
@@ -401,9 +402,21 @@ def test_two_writer_processes_and_a_reader_share_one_folder(tmp_path: Any, max_f
     assert len({e["profile_id"] for e in log}) == len(log)  # no line written twice or torn
     assert {e["profile_id"] for e in log} >= {pid for pid, _f in rows}
     assert len(log) <= want + max(1, want // 8)  # trimmed with the files
+    conn = sqlite3.connect(os.path.join(d, INDEX_DB))
+    try:  # every row has its digest, and no digest outlived its row
+        digests = conn.execute("SELECT count(*) FROM digests g JOIN profiles p ON p.id = g.ref").fetchone()[0]
+        orphans = conn.execute("SELECT count(*) FROM digests WHERE ref NOT IN (SELECT id FROM profiles)").fetchone()[0]
+        orphans += conn.execute("SELECT count(*) FROM digest_data WHERE ref NOT IN (SELECT ref FROM digests)"
+                                ).fetchone()[0]
+    finally:
+        conn.close()
+    assert digests == len(rows) and orphans == 0
     if max_files == 1000:
         idx = ProfileIndex(d)
         assert idx.count(parse_selector("route=/a")) == n and idx.count(parse_selector("route=/b")) == n
+        folder = ProfileFolder(d, parallel=False)
+        merged = folder.merge(parse_selector(""), limit=1000)
+        assert folder.last_merge["from_store"] == 2 * n and merged.stacks.profiles == 2 * n
 
 
 def test_flame_tree_beyond_max_nodes_keeps_exact_totals() -> None:
@@ -430,64 +443,6 @@ def test_flame_tree_beyond_max_nodes_keeps_exact_totals() -> None:
     names = [f["name"] for f in tree["functions"]]
     self_by = {names[r["f"]]: r["self"][0] for r in tree["top"]}
     assert self_by["leaf49"] == 50 and sum(self_by.values()) == total
-
-
-def test_merges_from_the_digest_cache_equal_the_sums(tmp_path: Any) -> None:
-    """A profile decoded once is merged from its digest afterwards (and after the
-    viewer's background prefill): the sums are the same as the synthetic stacks'."""
-    from helpers.profile_folder import expected_stacks
-
-    d = str(tmp_path / "p")
-    before = checkout_specs(8, NOW - 2 * 3600 * 10**9, MIN, slow_render=False, seed=5)
-    after = checkout_specs(6, NOW - 30 * MIN, MIN, slow_render=True, seed=6)
-    write(d, before + after)
-    folder = ProfileFolder(d, parallel=False)
-
-    def sums(sel: str) -> dict[tuple[str, ...], list[int]]:
-        r = folder.merge(parse_selector(sel))
-        table = r.stacks.table
-        out: dict[tuple[str, ...], list[int]] = {}
-        for key, values in r.stacks.stacks.items():
-            out[tuple(table.functions[k >> 24][0] for k in key)] = values
-        return out
-
-    assert sums("route=/checkout") == expected_stacks(before + after)  # decodes all 14, digests them
-    assert folder.last_merge == {"from_digests": 0, "decoded": 14, "by_helpers": 0}
-    assert sums("route=/checkout from=now-1h") == expected_stacks(after)  # 6 of them, from digests
-    assert folder.last_merge == {"from_digests": 6, "decoded": 0, "by_helpers": 0}
-    assert sums("route=/checkout until=now-1h") == expected_stacks(before)
-    fresh = ProfileFolder(d, parallel=False)
-    assert fresh.prefill(budget=100) == 14 and fresh.prefill(budget=100) == 0
-    folder = fresh
-    assert sums("route=/checkout status=5xx") == expected_stacks([s for s in before + after if s.status == 500])
-    assert folder.last_merge["decoded"] == 0
-
-
-@pytest.mark.integration
-def test_a_large_merge_shared_with_a_helper_process(tmp_path: Any) -> None:
-    """Past PARALLEL_MIN_FILES undecoded profiles, a helper process decodes a share; the
-    sum is the same as decoding everything here."""
-    from helpers.profile_folder import expected_stacks
-    from otelprof_middleware.store import folder as folder_module
-
-    d = str(tmp_path / "p")
-    specs = checkout_specs(24, NOW - 3600 * 10**9, MIN, slow_render=True, seed=9)
-    write(d, specs)
-    old = folder_module.PARALLEL_MIN_FILES
-    folder_module.PARALLEL_MIN_FILES = 10
-    try:
-        if (os.cpu_count() or 1) < 2:
-            pytest.skip("one core: no helper process")
-        folder = ProfileFolder(d)
-        r = folder.merge(parse_selector(""))
-    finally:
-        folder_module.PARALLEL_MIN_FILES = old
-    assert folder.last_merge["by_helpers"] >= 8 and folder.last_merge["from_digests"] == 0
-    assert folder.last_merge["decoded"] + folder.last_merge["by_helpers"] == 24
-    table = r.stacks.table
-    got = {tuple(table.functions[k >> 24][0] for k in key): v for key, v in r.stacks.stacks.items()}
-    assert got == expected_stacks(specs) and r.stacks.profiles == 24
-    assert len(r.profile_ids) == 24 and r.skipped == []
 
 
 _FORKER = textwrap.dedent("""

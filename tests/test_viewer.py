@@ -565,3 +565,22 @@ def test_browser_tooltip_zoom_and_metric_switch(profile_dir: Any, viewer_factory
                            " return s && s.textContent === 'all'; })()", "the zoom reset")
     finally:
         dt.close()
+
+
+def test_pages_name_the_folder_as_seen_from_where_the_viewer_started(tmp_path: Any, viewer_factory: Any,
+                                                                      monkeypatch: Any) -> None:
+    from otelprof_middleware.viewer.server import display_path
+
+    base = tmp_path / "work"
+    d = base / "profiles"
+    d.mkdir(parents=True)
+    real = os.path.realpath(d)
+    assert display_path(real, str(base)) == "./profiles"
+    assert display_path(os.path.realpath(base), str(base)) == "."
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert display_path(real, str(tmp_path / "elsewhere")) == "~/work/profiles"
+    monkeypatch.setenv("HOME", str(tmp_path / "elsewhere"))
+    assert display_path(real, str(tmp_path / "elsewhere")) == real
+    v = viewer_factory(str(d), relative_to=str(base))
+    info = v.json("/api/v1/folder")
+    assert info["display"] == "./profiles" and info["directory"] == real

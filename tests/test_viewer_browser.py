@@ -9,6 +9,7 @@ images in ``docs/img`` come from here).
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Iterator
 from urllib.parse import quote, unquote
@@ -44,13 +45,19 @@ def browser(tmp_path: Any) -> Iterator[DevTools]:
         dt.close()
 
 
+def started_beside(viewer_factory: Any, directory: str) -> Any:
+    """The viewer as ``otelprof view profiles`` run in the folder's parent directory
+    (the pages then name the folder ``./profiles``, as the screenshots in docs show)."""
+    return viewer_factory(directory, relative_to=os.path.dirname(directory))
+
+
 def _frame(dt: DevTools, name: str, graph: str = "#flame") -> dict[str, float]:
     return dt.center(f'{graph} g.frame[data-function="{name}"] rect')
 
 
 def test_explore_select_route_zoom_and_open_a_request_from_the_scatter(shop: str, viewer_factory: Any,
                                                                        browser: DevTools) -> None:
-    v = viewer_factory(shop)
+    v = started_beside(viewer_factory, shop)
     dt = browser
     dt.open(f"{v.base}/explore?q={quote('from=now-24h')}")
     dt.wait_for("document.querySelectorAll('#selector-route option').length > 2", "the route picker")
@@ -95,7 +102,7 @@ def test_explore_select_route_zoom_and_open_a_request_from_the_scatter(shop: str
 
 
 def test_compare_shows_what_got_slower(shop: str, viewer_factory: Any, browser: DevTools) -> None:
-    v = viewer_factory(shop)
+    v = started_beside(viewer_factory, shop)
     dt = browser
     a, b = "route=/checkout from=now-2h until=now-1h", "route=/checkout from=now-1h"
     dt.open(f"{v.base}/compare?a={quote(a)}&b={quote(b)}")
@@ -136,7 +143,7 @@ def test_compare_shows_what_got_slower(shop: str, viewer_factory: Any, browser: 
 
 
 def test_profile_page_links_to_its_routes_typical_request(shop: str, viewer_factory: Any, browser: DevTools) -> None:
-    v = viewer_factory(shop)
+    v = started_beside(viewer_factory, shop)
     pid = v.json("/api/v1/profiles?q=route%3D/checkout&limit=1")["profiles"][0]["profile_id"]
     dt = browser
     dt.open(f"{v.base}/profile/{pid}")
@@ -152,7 +159,7 @@ def test_profile_page_links_to_its_routes_typical_request(shop: str, viewer_fact
 
 
 def test_list_page_status_column_sorting_and_pasted_ids(shop: str, viewer_factory: Any, browser: DevTools) -> None:
-    v = viewer_factory(shop)
+    v = started_beside(viewer_factory, shop)
     dt = browser
     dt.open(f"{v.base}/")
     dt.wait_for("document.querySelectorAll('#profiles tbody tr').length === 50", "the list")
@@ -199,7 +206,7 @@ def test_profile_page_explains_a_thin_profile(tmp_path: Any, viewer_factory: Any
                             "otelprof.ticks_missed": 14, "otelprof.sample_hz": 100})
     d = str(tmp_path / "profiles")
     (p,) = write(d, [spec])
-    v = viewer_factory(d)
+    v = started_beside(viewer_factory, d)
     dt = browser
     dt.open(f"{v.base}/profile/{p.profile_id_hex}", height=900)
     dt.wait_for("document.querySelectorAll('#flame g.frame').length >= 8", "the flame graph")
@@ -214,4 +221,10 @@ def test_profile_page_explains_a_thin_profile(tmp_path: Any, viewer_factory: Any
     # the profiler's attributes are not repeated among the request's own
     assert "otelprof.governor_level" not in dt.eval("document.getElementById('attributes').textContent")
     assert dt.eval("document.getElementById('status').textContent") == str(spec.status)
+    # the folder as it was named where the viewer started; the whole path on hover
+    assert dt.eval("document.getElementById('folder').textContent") == "./profiles"
+    assert dt.eval("document.getElementById('folder').title") == os.path.realpath(d)
+    fname = v.json(f"/api/v1/profiles/{p.profile_id_hex}")["file"]
+    assert dt.eval("document.getElementById('pprof-command').textContent") == f"go tool pprof -http=: ./profiles/{fname}"
+    assert dt.eval("document.getElementById('pprof-command').title") == os.path.join(os.path.realpath(d), fname)
     dt.screenshot("viewer-profile.png", full_height=900)

@@ -11,8 +11,10 @@ uses these three instead of hand-rolled flags:
   firewall.report(key, message)`` at the entry point only, and let the code
   inside raise);
 * :func:`at_fork_reinit` registers a bound method that re-creates an object's
-  locks, queues and threads in a child process after ``fork``.  Only a weak
-  reference is kept, so registering never keeps an object alive.
+  locks, queues and threads in a child process after ``fork``; :func:`around_fork`
+  registers a pair of bound methods run just before a fork and, in the parent, right
+  after it (to hold a lock across the fork, say).  Only weak references are kept,
+  so registering never keeps an object alive.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import time
 import weakref
 from typing import Any, Callable, Optional
 
-__all__ = ["LogOnce", "Firewall", "at_fork_reinit", "log"]
+__all__ = ["LogOnce", "Firewall", "at_fork_reinit", "around_fork", "log"]
 
 #: the package logger
 log = logging.getLogger("otelprof_middleware")
@@ -103,9 +105,54 @@ def at_fork_reinit(method: Callable[[], None]) -> None:
             _fork_hooks[:] = [r for r in _fork_hooks if r() is not None]
 
 
+_around: list[tuple["weakref.WeakMethod[Callable[[], None]]", "weakref.WeakMethod[Callable[[], None]]"]] = []
+_forking = threading.local()  # .after: the after_in_parent hooks of this thread's fork in progress
+
+
+def around_fork(before: Callable[[], None], after_in_parent: Callable[[], None]) -> None:
+    """Call the bound ``before`` in the forking thread just before every ``fork``, and
+    ``after_in_parent`` in the parent right after it, for as long as their object
+    lives.  ``after_in_parent`` runs only if ``before`` did (the object is held from
+    one to the other); ``before`` hooks run newest first, as ``os.register_at_fork``
+    runs them.  The child gets its :func:`at_fork_reinit` hooks instead."""
+    pair = (weakref.WeakMethod(before), weakref.WeakMethod(after_in_parent))  # type: ignore[arg-type]
+    with _fork_hooks_lock:
+        _around.append(pair)
+        if len(_around) > 64:
+            _around[:] = [p for p in _around if p[0]() is not None]
+
+
+def _run_before_fork() -> None:
+    with _fork_hooks_lock:
+        pairs = list(_around)
+    held: list[Callable[[], None]] = []
+    _forking.after = held
+    for before_ref, after_ref in reversed(pairs):
+        before, after = before_ref(), after_ref()
+        if before is None or after is None:
+            continue
+        try:
+            before()
+        except Exception:  # pragma: no cover - a hook must never stop the fork
+            log.exception("otelprof: a before-fork hook failed")
+            continue
+        held.append(after)
+
+
+def _run_after_fork_in_parent() -> None:
+    hooks = getattr(_forking, "after", [])[::-1]
+    _forking.after = []
+    for after in hooks:
+        try:
+            after()
+        except Exception:  # pragma: no cover - a hook must never break the parent
+            log.exception("otelprof: an after-fork hook failed")
+
+
 def _run_fork_hooks() -> None:
     global _fork_hooks_lock
     _fork_hooks_lock = threading.Lock()  # may have been held by another thread at fork time
+    _forking.after = []  # the parent's, not the child's: the child re-creates what they held
     alive = []
     for ref in _fork_hooks:
         method = ref()
@@ -120,4 +167,5 @@ def _run_fork_hooks() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_run_fork_hooks)
+    os.register_at_fork(before=_run_before_fork, after_in_parent=_run_after_fork_in_parent,
+                        after_in_child=_run_fork_hooks)

@@ -12,10 +12,25 @@ a reason (header, error, slow, high CPU ...) outlive them; ``retention`` adds
 per-class quotas (``"probability=1000,slow=500,error=500,header=200"``).  Only
 files named like the exporter's own are ever deleted.
 
+Each profile's *digest* (:mod:`~otelprof_middleware.store.digest`: its stacks and
+summed values in the compact form merges read) is stored with its row, from the
+:class:`~otelprof_middleware.profile.Profile` in hand, so the viewer and the CLI
+merge and compare stored profiles without decoding a pprof.  A digest that cannot
+be made (or a bug making it) never stops the profile being written: it is then
+made the first time a reader decodes the file.
+
 If the index database cannot be used (locked for longer than its timeout, a
 read-only copy), the profile is still written and logged, and the next
 :meth:`~otelprof_middleware.store.index.ProfileIndex.sync` indexes it; a corrupt
 database is moved aside and rebuilt from the log and the files.
+
+Fork: SQLite keeps process-wide locks and file state that a child inherits as they
+were, so a fork in the middle of an export (gunicorn ``--preload`` forks its
+workers while the master's first profile is written) could leave the child's
+SQLite stuck.  Before a fork the exporter waits (at most ``FORK_WAIT_S``) for the
+export in progress to end and holds its lock until the fork is done
+(``_safety.around_fork``); the child starts with a fresh lock and no connection
+(``_safety.at_fork_reinit``).
 """
 
 from __future__ import annotations
@@ -26,11 +41,11 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from .._safety import LogOnce, at_fork_reinit
+from .._safety import LogOnce, around_fork, at_fork_reinit
 from ..encoding import encode_pprof
+from ..store.digest import FORMAT_VERSION, digest_profile
 from ..store.index import IndexUnusable, ProfileIndex, Retention, clean_attributes, write_private
 from ..store.layout import INDEX_DB, INDEX_LOG, PROFILE_FILE_RE, profile_file_name
 from .base import ExportResult
@@ -43,6 +58,7 @@ __all__ = ["FileExporter", "profile_summary", "INDEX_LOG"]
 
 _log_once = LogOnce(every=300.0)
 _STALE_TMP_S = 600.0
+FORK_WAIT_S = 5.0
 
 
 def profile_summary(profile: "Profile") -> dict[str, Any]:
@@ -79,7 +95,7 @@ class FileExporter:
         self._index: Optional[ProfileIndex] = None
         self._held_for_fork = False
         at_fork_reinit(self.after_fork)
-        _guard_fork(self)
+        around_fork(self._before_fork, self._after_fork_in_parent)
 
     # ------------------------------------------------------------------ index
     def _open(self) -> ProfileIndex:
@@ -142,7 +158,8 @@ class FileExporter:
                 data = encode_pprof(profile)
                 fname = profile_file_name(profile.start_time_ns, profile.profile_id_hex)
                 tmp = os.path.join(self.dir, f".{fname}.tmp")
-                write_private(tmp, data)
+                st = write_private(tmp, data)
+                digest = _digest(profile)
                 entry = profile_summary(profile)
                 entry["name"] = _cut(entry["name"], 512)
                 entry["attributes"] = clean_attributes(entry["attributes"])
@@ -150,7 +167,8 @@ class FileExporter:
                 entry["file"] = fname
                 line = (json.dumps(entry, separators=(",", ":"), default=str) + "\n").encode("utf-8", "replace")
                 try:
-                    index.add(fname, tmp, len(data), entry, line, self.retention)
+                    index.add(fname, tmp, len(data), entry, line, self.retention,
+                              digest=(FORMAT_VERSION, st.st_mtime_ns, digest) if digest is not None else None)
                 except (sqlite3.Error, IndexUnusable) as e:
                     self._index_failed(index, e)
                     if os.path.exists(tmp):  # not moved yet: keep the profile, log it, index it later
@@ -158,6 +176,14 @@ class FileExporter:
                         _append(os.path.join(self.dir, INDEX_LOG), line)
                 done += 1
         return ExportResult(exported=done)
+
+    def _before_fork(self) -> None:
+        self._held_for_fork = self._lock.acquire(timeout=FORK_WAIT_S)
+
+    def _after_fork_in_parent(self) -> None:
+        if self._held_for_fork:
+            self._held_for_fork = False
+            self._lock.release()
 
     def after_fork(self) -> None:
         # the parent's worker may have held the lock at fork time; the parent's
@@ -173,30 +199,13 @@ class FileExporter:
             self._index.close()
 
 
-FORK_WAIT_S = 5.0
-
-
-def _guard_fork(exporter: FileExporter) -> None:
-    """Fork only between two exports.  SQLite keeps process-wide locks and file state
-    that a child inherits as they were: a fork in the middle of an export (gunicorn
-    ``--preload`` forks its workers while the master's first profile is written) can
-    leave the child's SQLite stuck.  Before a fork, wait (at most ``FORK_WAIT_S``) for
-    the export in progress to end; ``_safety.at_fork_reinit`` only runs after it."""
-    ref = weakref.ref(exporter)
-
-    def before() -> None:
-        e = ref()
-        if e is not None:
-            e._held_for_fork = e._lock.acquire(timeout=FORK_WAIT_S)
-
-    def after_in_parent() -> None:
-        e = ref()
-        if e is not None and e._held_for_fork:
-            e._held_for_fork = False
-            e._lock.release()
-
-    if hasattr(os, "register_at_fork"):
-        os.register_at_fork(before=before, after_in_parent=after_in_parent)
+def _digest(profile: "Profile") -> Optional[bytes]:
+    try:
+        return digest_profile(profile)
+    except Exception:  # a bug here must not lose the profile: readers digest it from the pprof
+        _log_once("file-digest", "otelprof: could not make a digest of a profile; it is still written, and "
+                  "digested when first read", exc=True)
+        return None
 
 
 def _cut(text: str, limit: int) -> str:

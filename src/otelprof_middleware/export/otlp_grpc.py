@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any, Mapping, Optional, Sequence, Union
 from urllib.parse import urlsplit
 
@@ -161,12 +162,17 @@ class OTLPGRPCExporter(NetworkExporter):
             if self._interrupted:
                 return interrupted()
             future = self._in_flight = self._stub().future(prepared.body, **kwargs)
+        started = time.monotonic()
         try:
             response = future.result()
         except grpc.FutureCancelledError:
             return interrupted()
         except grpc.RpcError as exc:
-            return interrupted() if self._interrupted else self._classify(exc)
+            if self._interrupted:
+                return interrupted()
+            # DEADLINE_EXCEEDED is "the attempt itself was a wait" only when the deadline
+            # really ran out; a server answering it at once gets the whole backoff
+            return self._classify(exc, deadline_reached=time.monotonic() - started >= 0.9 * kwargs["timeout"])
         finally:
             with self._lock:
                 self._in_flight = None
@@ -185,7 +191,7 @@ class OTLPGRPCExporter(NetworkExporter):
         if future is not None:
             future.cancel()
 
-    def _classify(self, exc: Any) -> Attempt:
+    def _classify(self, exc: Any, deadline_reached: bool = True) -> Attempt:
         try:
             code = exc.code()
             name = code.name if code is not None else "UNKNOWN"
@@ -205,7 +211,7 @@ class OTLPGRPCExporter(NetworkExporter):
         message = f"gRPC {name}" + (f": {self.scrub(details)}" if details else "")
         retryable = name in RETRYABLE_CODES or (name == "RESOURCE_EXHAUSTED" and delay is not None)
         return Attempt(ok=False, retryable=retryable, retry_after=delay, message=message, status="gRPC " + name,
-                       timed_out=name == "DEADLINE_EXCEEDED")
+                       timed_out=name == "DEADLINE_EXCEEDED" and deadline_reached)
 
     def after_fork(self) -> None:
         # never close the parent's channel from the child

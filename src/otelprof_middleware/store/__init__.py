@@ -5,10 +5,13 @@ the viewer and the CLI make of it.
 * :mod:`.index`: the SQLite index (one write lock for all writers, retention,
   import of ``index.jsonl``, selector queries, timeline);
 * :mod:`.selector`: the selector language shared by the API, the CLI and the pages;
+* :mod:`.digest`: each profile's digest (its stacks and values in the compact form
+  merges read, stored with its row by the exporter) and the digest reader;
 * :mod:`.pprof`: the bounded pprof reader;
 * :mod:`.aggregate`: merged, differential and "my code" views and their formats;
 * :mod:`.folder`: :class:`~.folder.ProfileFolder`, the one reader the viewer and the
-  CLI share (safe file reads, merges, the digest cache, helper processes);
+  CLI share (safe file reads, merges from digests, the in-memory digest layer,
+  helper processes);
 * :mod:`.outputs`: merges and diffs written in each output format.
 """
 
@@ -18,7 +21,7 @@ import importlib
 from typing import Any
 
 # Submodules load on first use: the file exporter (in the application's process)
-# needs only .index and .layout, not the reader, the merges or the protobuf schema.
+# needs only .index, .layout and .digest, not the reader, the merges or the protobuf schema.
 _WHERE = {
     "ProfileFolder": "folder", "MergeResult": "folder", "ProfileIndex": "index", "Retention": "index",
     "INDEX_DB": "layout", "INDEX_LOG": "layout", "Limits": "pprof", "PprofError": "pprof",

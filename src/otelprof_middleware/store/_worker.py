@@ -1,9 +1,9 @@
 """A helper process for large merges: ``python -m otelprof_middleware.store._worker``.
 
-It reads ``(directory, rows, limits)`` (pickled) on stdin, decodes and sums those
-profile files exactly as the parent would (:func:`..folder.merge_files`, the same
-file checks and limits) and writes the summed stacks (pickled) to stdout.  Only the
-parent process that started it talks to it."""
+It reads ``(directory, rows, limits)`` (pickled) on stdin, decodes and digests those
+profile files exactly as the parent would (:func:`..folder.digest_files`, the same
+file checks and limits) and writes the digests (pickled) to stdout; the parent
+merges and stores them.  Only the parent process that started it talks to it."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import sys
 
 
 def main() -> int:
-    from .folder import merge_in_worker
+    from .folder import digest_files
 
     directory, rows, limits = pickle.load(sys.stdin.buffer)
-    pickle.dump(merge_in_worker(directory, rows, limits), sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    pickle.dump(digest_files(directory, rows, limits), sys.stdout.buffer, protocol=pickle.HIGHEST_PROTOCOL)
     sys.stdout.buffer.flush()
     return 0
 

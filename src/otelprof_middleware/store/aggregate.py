@@ -226,23 +226,56 @@ class _Functions:
         return i
 
 
+class _Packed:
+    """All of a stack's values in one integer (``v0 + v1 * 2**w + v2 * 2**(2w) ...``), so
+    that building a tree adds one integer per frame instead of a list.  Fields are
+    wide enough for the sum of every stack's absolute values, so any partial sum
+    (a node, a function) unpacks exactly, negative values included."""
+
+    def __init__(self, rows: Any, width: int) -> None:
+        bound = 1
+        for i in range(width):
+            bound = max(bound, sum(abs(v[i]) for v in rows))
+        self.bits = max(64, bound.bit_length() + 2)
+        self.width = width
+        self.shifts = range(0, self.bits * width, self.bits)
+
+    def pack(self, values: Sequence[int]) -> int:
+        if len(values) == 3 and self.width == 3:
+            b = self.bits
+            return values[0] + (values[1] << b) + (values[2] << 2 * b)
+        return sum(v << s for v, s in zip(values, self.shifts))
+
+    def unpack(self, x: int) -> list[int]:
+        out = []
+        b = self.bits
+        mask = (1 << b) - 1
+        half = 1 << (b - 1)
+        for _ in range(self.width):
+            f = x & mask
+            if f >= half:
+                f -= 1 << b
+            out.append(f)
+            x = (x - f) >> b
+        return out
+
+
 class _Tree:
     """Stacks merged into a tree by function, for :func:`flame_json` and :func:`diff_json`.
 
-    A node is ``[f, children, name, line counts, *value lists]`` (``lists`` lists of
-    ``width`` values each); beyond ``max_nodes`` nodes, :meth:`child` returns None and
-    the caller folds the rest of that stack into the last node it reached."""
+    A node is ``[f, children, name, line counts, *values]`` (``lists`` packed value
+    integers, see :class:`_Packed`); beyond ``max_nodes`` nodes, :meth:`child` returns
+    None and the caller folds the rest of that stack into the last node it reached."""
 
-    def __init__(self, lists: int, width: int, max_nodes: int) -> None:
+    def __init__(self, lists: int, max_nodes: int) -> None:
         self.lists = lists
-        self.width = width
         self.max_nodes = max_nodes
         self.root = self._node(-1, "all")
         self.nodes = 1
         self.truncated = 0
 
     def _node(self, f: int, name: Optional[str]) -> list[Any]:
-        return [f, {}, name, {}, *([0] * self.width for _ in range(self.lists))]
+        return [f, {}, name, {}] + [0] * self.lists
 
     def child(self, node: list[Any], key: Any, f: int, name: Optional[str] = None) -> Optional[list[Any]]:
         child = node[1].get(key)
@@ -253,10 +286,6 @@ class _Tree:
             child = node[1][key] = self._node(f, name)
             self.nodes += 1
         return child
-
-    def step(self, node: Optional[list[Any]], f: int) -> Optional[list[Any]]:
-        """Function ``f``'s child of ``node``; None from the moment a stack hits ``max_nodes``."""
-        return None if node is None else self.child(node, f, f)
 
     def export(self, rows: list[dict[str, Any]], convert: Any) -> dict[str, Any]:
         """JSON-ready dicts (``convert(node)`` each, children under ``"c"``), without
@@ -288,52 +317,62 @@ def flame_json(ss: StackSet, *, max_nodes: int = 200_000, scale: Optional[float]
     ``max_nodes`` distinct nodes are folded into their parent's self value
     (``truncated_nodes`` counts the stacks that were cut)."""
     ntypes = len(ss.sample_types)
+    packer = _Packed(ss.stacks.values(), ntypes)
+    pack, unpack = packer.pack, packer.unpack
     fns = _Functions(ss.table)
-    tree = _Tree(2, ntypes, max_nodes)  # value lists: 4 = total, 5 = self
-    self_by_fn: dict[int, list[int]] = {}
-    total_by_fn: dict[int, list[int]] = {}
-    threads: dict[str, list[int]] = {}
+    fn_of = fns.index
+    tree = _Tree(2, max_nodes)  # packed values: 4 = total, 5 = self
+    root = tree.root
+    self_by_fn: dict[int, int] = {}
+    total_by_fn: dict[int, int] = {}
+    threads: dict[str, int] = {}
     for key, values in ss.stacks.items():
-        node: Optional[list[Any]] = tree.root
-        _acc(tree.root[4], values)
+        pv = pack(values)
+        first = values[0] if values else 1  # what the hottest line is chosen by
+        node: Optional[list[Any]] = root
+        root[4] += pv
         thread, frames = _split_thread(key)
         if thread is not None:
-            _acc(threads.setdefault(thread, [0] * ntypes), values)
-            node = tree.child(tree.root, ("thread", thread), -2, f"thread: {thread or '?'}")
+            threads[thread] = threads.get(thread, 0) + pv
+            node = tree.child(root, ("thread", thread), -2, f"thread: {thread or '?'}")
             if node is not None:
-                _acc(node[4], values)
-        last = node if node is not None else tree.root
+                node[4] += pv
+        last = node if node is not None else root
         seen: set[int] = set()
         f = -1
         for k in frames:
-            f = fns(k >> LINE_BITS)
+            fid = k >> LINE_BITS
+            f = fn_of[fid] if fid in fn_of else fns(fid)
             if f not in seen:
                 seen.add(f)
-                _acc(total_by_fn.setdefault(f, [0] * ntypes), values)
-            node = tree.step(node, f)
+                total_by_fn[f] = total_by_fn.get(f, 0) + pv
+            if node is None:
+                continue
+            child = node[1].get(f)
+            node = child if child is not None else tree.child(node, f, f)
             if node is None:
                 continue
             last = node
-            _acc(node[4], values)
+            node[4] += pv
             line = k & _LINE_MASK
             if line:
-                node[3][line] = node[3].get(line, 0) + (values[0] if values else 1)
-        _acc(last[5], values)
+                lines = node[3]
+                lines[line] = lines.get(line, 0) + first
+        last[5] += pv
         if f >= 0:
-            _acc(self_by_fn.setdefault(f, [0] * ntypes), values)
+            self_by_fn[f] = self_by_fn.get(f, 0) + pv
 
     def convert(node: list[Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {"f": node[0], "v": _scaled(node[4], scale)}
-        if any(node[5]):
-            out["s"] = _scaled(node[5], scale)
+        out: dict[str, Any] = {"f": node[0], "v": _scaled(unpack(node[4]), scale)}
+        if node[5]:
+            out["s"] = _scaled(unpack(node[5]), scale)
         if node[2] is not None:
             out["name"] = node[2]
         if node[3]:
             out["line"] = max(node[3].items(), key=lambda kv: (kv[1], -kv[0]))[0]
         return out
 
-    zero = [0] * ntypes
-    totals = tree.root[4]
+    totals = unpack(root[4])
     return {
         "sample_types": [{"type": t, "unit": u} for t, u in ss.sample_types],
         "default_type": pick_metric(ss.sample_types, totals),
@@ -341,9 +380,9 @@ def flame_json(ss: StackSet, *, max_nodes: int = 200_000, scale: Optional[float]
         "profiles": ss.profiles,
         "functions": fns.rows,
         "tree": tree.export(fns.rows, convert),
-        "top": [{"f": f, "self": _scaled(self_by_fn.get(f, zero), scale),
-                 "total": _scaled(total_by_fn.get(f, zero), scale)} for f in range(len(fns.rows))],
-        "threads": [{"name": k, "v": _scaled(v, scale)} for k, v in sorted(threads.items())],
+        "top": [{"f": f, "self": _scaled(unpack(self_by_fn.get(f, 0)), scale),
+                 "total": _scaled(unpack(total_by_fn.get(f, 0)), scale)} for f in range(len(fns.rows))],
+        "threads": [{"name": k, "v": _scaled(unpack(v), scale)} for k, v in sorted(threads.items())],
         "truncated_nodes": tree.truncated,
     }
 
@@ -375,54 +414,68 @@ def diff_json(left: StackSet, right: StackSet, *, normalize: bool = True, max_no
     maps = [[names.index(t) for t, _u in side.sample_types] for side in (left, right)]
     scales = [(1.0 / side.profiles if normalize and side.profiles else 1.0) for side in (left, right)]
     n = len(types)
-    fns = _Functions(left.table)
-    tree = _Tree(4, n, max_nodes)  # value lists: 4 left, 5 right, 6 left self, 7 right self
-    fn_stats: dict[int, list[list[int]]] = {}  # f -> [l self, r self, l total, r total]
-    for side, ss in enumerate((left, right)):
-        where = maps[side]
+    sides: list[list[tuple[tuple[Any, ...], list[int]]]] = []
+    for where, ss in zip(maps, (left, right)):
+        rows = []
         for key, raw in ss.stacks.items():
             values = [0] * n
             for i, v in zip(where, raw):
                 values[i] = v
-            node: Optional[list[Any]] = tree.root
-            last = tree.root
-            _acc(tree.root[4 + side], values)
+            rows.append((key, values))
+        sides.append(rows)
+    packer = _Packed([v for rows in sides for _k, v in rows], n)
+    pack, unpack = packer.pack, packer.unpack
+    fns = _Functions(left.table)
+    fn_of = fns.index
+    tree = _Tree(4, max_nodes)  # packed values: 4 left, 5 right, 6 left self, 7 right self
+    root = tree.root
+    fn_stats: dict[int, list[int]] = {}  # f -> [l self, r self, l total, r total]
+    for side, rows in enumerate(sides):
+        for key, values in rows:
+            pv = pack(values)
+            node: Optional[list[Any]] = root
+            last = root
+            root[4 + side] += pv
             seen: set[int] = set()
             f = -1
             for k in _split_thread(key)[1]:
-                f = fns(k >> LINE_BITS)
+                fid = k >> LINE_BITS
+                f = fn_of[fid] if fid in fn_of else fns(fid)
                 st = fn_stats.get(f)
                 if st is None:
-                    st = fn_stats[f] = [[0] * n, [0] * n, [0] * n, [0] * n]
+                    st = fn_stats[f] = [0, 0, 0, 0]
                 if f not in seen:
                     seen.add(f)
-                    _acc(st[2 + side], values)
-                node = tree.step(node, f)
+                    st[2 + side] += pv
+                if node is None:
+                    continue
+                child = node[1].get(f)
+                node = child if child is not None else tree.child(node, f, f)
                 if node is None:
                     continue
                 last = node
-                _acc(node[4 + side], values)
-            _acc(last[6 + side], values)
+                node[4 + side] += pv
+            last[6 + side] += pv
             if f >= 0:
-                _acc(fn_stats[f][side], values)
+                fn_stats[f][side] += pv
     sl, sr = scales
 
-    def side_values(values: list[int], scale: float) -> list[Any]:
-        return [_num(v * scale) for v in values]
+    def side_values(packed: int, scale: float) -> list[Any]:
+        return [_num(v * scale) for v in unpack(packed)]
 
     def convert(node: list[Any]) -> dict[str, Any]:
         lv, rv = side_values(node[4], sl), side_values(node[5], sr)
         out: dict[str, Any] = {"f": node[0], "l": lv, "r": rv, "d": [_num(b - a) for a, b in zip(lv, rv)]}
-        if any(node[6]):
+        if node[6]:
             out["ls"] = side_values(node[6], sl)
-        if any(node[7]):
+        if node[7]:
             out["rs"] = side_values(node[7], sr)
         if node[2] is not None:
             out["name"] = node[2]
         return out
 
-    rows = fns.rows
-    top = tree.export(rows, convert)
+    rows_out = fns.rows
+    top = tree.export(rows_out, convert)
     changed: list[dict[str, Any]] = []
     for f, (ls, rs, lt, rt) in fn_stats.items():
         left_self, right_self = side_values(ls, sl), side_values(rs, sr)
@@ -435,7 +488,7 @@ def diff_json(left: StackSet, right: StackSet, *, normalize: bool = True, max_no
     metric = pick_metric(types, [a + b for a, b in zip(ltot, rtot)])
     mi = names.index(metric) if metric in names else 0
     # the culprit of a slowdown is where self time grew; its callers' totals only follow it
-    changed.sort(key=lambda r: (-r["delta_self"][mi], -r["delta_total"][mi], rows[r["f"]]["name"]))
+    changed.sort(key=lambda r: (-r["delta_self"][mi], -r["delta_total"][mi], rows_out[r["f"]]["name"]))
     return {
         "sample_types": [{"type": t, "unit": u} for t, u in types],
         "default_type": metric,
@@ -444,7 +497,7 @@ def diff_json(left: StackSet, right: StackSet, *, normalize: bool = True, max_no
         "right_profiles": right.profiles,
         "left_totals": ltot,
         "right_totals": rtot,
-        "functions": rows,
+        "functions": rows_out,
         "tree": top,
         "functions_changed": changed,
         "regressions": [r for r in changed if r["delta_self"][mi] > 0 or r["delta_total"][mi] > 0][:regressions],

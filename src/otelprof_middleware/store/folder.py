@@ -14,7 +14,6 @@ single profiles are cached, and an unreadable file's error is remembered by
 from __future__ import annotations
 
 import hashlib
-import operator
 import os
 import stat
 import threading
@@ -23,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 from .aggregate import StackSet, fold_library
+from .digest import FORMAT_VERSION, Digest, DigestError, StackTable, digest_stacks, load_digest, sum_digests
 from .index import IndexUnusable, ProfileIndex
 from .layout import PROFILE_FILE_RE
-from .pprof import DEFAULT_LIMITS, LINE_BITS, FunctionTable, Limits, PprofError, ProfileStacks, read_stacks
+from .pprof import DEFAULT_LIMITS, FunctionTable, Limits, PprofError, ProfileStacks, read_stacks
 from .selector import Selector, parse_selector
 
 __all__ = ["ProfileFolder", "NotFound", "Ambiguous", "Busy", "MergeResult", "DEFAULT_MERGE_LIMIT"]
@@ -35,8 +35,6 @@ MAX_MERGE_LIMIT = 20_000
 _MAX_FUNCTIONS = 2_000_000  # the shared function table is started afresh beyond this
 _MAX_STACKS = 4_000_000  # and so is the stack table of the digest cache
 
-
-_ADD = operator.add
 
 
 class NotFound(LookupError):
@@ -124,46 +122,29 @@ def _read_row(directory: str, pid: str, fname: str, table: FunctionTable, limits
     return None
 
 
-def merge_files(directory: str, rows: Sequence[tuple[str, str]], table: FunctionTable, limits: Limits,
-                failures: Optional[Mapping[tuple[str, int, int], str]] = None,
-                ) -> tuple[StackSet, list[str], list[dict[str, str]]]:
-    """``(summed stacks, profile ids used, skipped)`` of ``rows`` (``(profile id, file)``)."""
-    ss = StackSet(table)
-    used: list[str] = []
-    skipped: list[dict[str, str]] = []
+def digest_files(directory: str, rows: Sequence[tuple[str, str]], limits: Limits) -> list[tuple[str, str, Any]]:
+    """Decode and digest profile files in a helper process: per ``(profile id, file)``
+    ``(profile id, "digest", blob)``, ``(profile id, "skip", error)``, or ``(profile id,
+    "here", None)`` for one that has no digest (the parent decodes it itself)."""
+    stacks = StackTable(FunctionTable())
+    out: list[tuple[str, str, Any]] = []
     for pid, fname in rows:
-        ps = _read_row(directory, pid, fname, table, limits, failures, skipped)
-        if ps is not None:
-            ss.add(ps)
-            used.append(pid)
-    return ss, used, skipped
-
-
-def merge_in_worker(directory: str, rows: Sequence[tuple[str, str]], limits: Limits) -> tuple[Any, ...]:
-    """:func:`merge_files` in a worker process: plain data back (its own function table)."""
-    table = FunctionTable()
-    ss, used, skipped = merge_files(directory, rows, table, limits)
-    return ss.sample_types, table.functions, ss.stacks, ss.profiles, used, skipped
-
-
-def _absorb(ss: StackSet, part: tuple[Any, ...]) -> tuple[list[str], list[dict[str, str]]]:
-    """Add a worker's merged stacks to ``ss`` (its frames re-interned in ``ss.table``)."""
-    sample_types, functions, stacks, profiles, used, skipped = part
-    remap = [ss.table.intern(*f) << LINE_BITS for f in functions]
-    mask = (1 << LINE_BITS) - 1
-    other = StackSet(ss.table, sample_types)
-    other.stacks = {tuple(remap[k >> LINE_BITS] | (k & mask) for k in key): values for key, values in stacks.items()}
-    other.profiles = profiles
-    ss.absorb(other)
-    return used, skipped
+        skipped: list[dict[str, str]] = []
+        ps = _read_row(directory, pid, fname, stacks.table, limits, None, skipped)
+        if ps is None:
+            out.append((pid, "skip", skipped[0]["error"]))
+            continue
+        blob, _d = digest_stacks(ps, stacks)
+        out.append((pid, "digest", blob) if blob is not None else (pid, "here", None))
+    return out
 
 
 class _Worker:
-    """One helper process decoding a share of a large merge (the decoder is pure Python:
-    a second core halves a 1000-profile merge).  Any failure to start or run it means
-    the share is decoded in this process instead."""
+    """One helper process decoding and digesting a share of the profiles a merge found
+    without a digest (the decoder is pure Python: a second core halves that work).  Any
+    failure to start or run it means the share is decoded in this process instead."""
 
-    def __init__(self, directory: str, rows: Sequence[tuple[str, str]], limits: Limits) -> None:
+    def __init__(self, directory: str, rows: Sequence[tuple[str, str, int]], limits: Limits) -> None:
         import pickle
         import subprocess
         import sys
@@ -175,11 +156,11 @@ class _Worker:
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      env=env, close_fds=True)
         assert self.proc.stdin is not None
-        self.proc.stdin.write(pickle.dumps((directory, list(rows), limits)))
+        self.proc.stdin.write(pickle.dumps((directory, [(pid, fname) for pid, fname, _ref in rows], limits)))
         self.proc.stdin.close()
         self.proc.stdin = None  # communicate() must not touch it again
 
-    def result(self, timeout: float) -> tuple[Any, ...]:
+    def result(self, timeout: float) -> list[tuple[str, str, Any]]:
         import pickle
 
         try:
@@ -194,53 +175,43 @@ class _Worker:
 
 
 class _Digests:
-    """Decoded profiles kept compact for repeated merges: every distinct stack gets a
-    small id (one table per folder reader), and a profile is kept as one flat
-    ``array('q')`` of ``[stack id, value, value, ...]`` rows (about 10 KB for 300
-    stacks), up to ``budget`` bytes, least recently used first out.  Merging a cached
-    profile is then a few integer-keyed additions per stack instead of a decode."""
+    """Digests loaded in memory, on top of the stored ones: by file ``(name, size,
+    mtime)``, least recently used first out beyond ``budget`` bytes, their stacks in
+    one :class:`~.digest.StackTable` (over the folder reader's function table)."""
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, table: FunctionTable) -> None:
         self.budget = budget
         self.size = 0
-        self.stack_ids: dict[tuple[Any, ...], int] = {}
-        self.stacks: list[tuple[Any, ...]] = []
-        self.entries: "OrderedDict[tuple[str, int, int], tuple[tuple[tuple[str, str], ...], Any]]" = OrderedDict()
+        self.stacks = StackTable(table)
+        self.entries: "OrderedDict[tuple[str, int, int], Digest]" = OrderedDict()
 
-    def clear(self) -> None:
+    def clear(self, table: FunctionTable) -> None:
         self.size = 0
-        self.stack_ids.clear()
-        self.stacks.clear()
+        self.stacks = StackTable(table)
         self.entries.clear()
 
-    def get(self, key: tuple[str, int, int]) -> Optional[tuple[tuple[tuple[str, str], ...], Any]]:
+    def get(self, key: tuple[str, int, int]) -> Optional[Digest]:
         hit = self.entries.get(key)
         if hit is not None:
             self.entries.move_to_end(key)
         return hit
 
-    def put(self, key: tuple[str, int, int], ps: ProfileStacks) -> tuple[tuple[tuple[str, str], ...], Any]:
-        from array import array
-
-        ids = self.stack_ids
-        rows: list[int] = []
-        for stack, values in ps.stacks.items():
-            sid = ids.get(stack)
-            if sid is None:
-                sid = ids[stack] = len(self.stacks)
-                self.stacks.append(stack)
-            rows.append(sid)
-            rows.extend(values)
-        entry = (tuple(ps.sample_types), array("q", rows))
-        self.entries[key] = entry
-        self.size += len(rows) * 8
+    def put(self, key: tuple[str, int, int], digest: Digest) -> None:
+        old = self.entries.pop(key, None)
+        if old is not None:
+            self.size -= old.nbytes
+        self.entries[key] = digest
+        self.size += digest.nbytes
         while self.size > self.budget and self.entries:
-            _k, (_t, old) = self.entries.popitem(last=False)
-            self.size -= len(old) * 8
-        return entry
+            _k, out = self.entries.popitem(last=False)
+            self.size -= out.nbytes
 
 
 PARALLEL_MIN_FILES = 200
+
+
+def _merge_stats() -> dict[str, int]:
+    return {"from_memory": 0, "from_store": 0, "decoded": 0, "by_helpers": 0}
 
 
 class ProfileFolder:
@@ -261,9 +232,11 @@ class ProfileFolder:
         self._singles: "OrderedDict[tuple[Any, ...], ProfileStacks]" = OrderedDict()
         self._merges: "OrderedDict[tuple[Any, ...], MergeResult]" = OrderedDict()
         self._failures: "OrderedDict[tuple[str, int, int], str]" = OrderedDict()
-        self._digests = _Digests(digest_budget)
-        #: how the last merge got its profiles: from the digest cache, decoded here, by helpers
-        self.last_merge = {"from_digests": 0, "decoded": 0, "by_helpers": 0}
+        self._digests = _Digests(digest_budget, self._table)
+        self._no_digest: "OrderedDict[tuple[str, int, int], None]" = OrderedDict()  # files that cannot have one
+        #: how the last merge got its profiles: digests already in memory, stored digests,
+        #: decoded (and digested) here, by helper processes
+        self.last_merge = _merge_stats()
 
     @property
     def exists(self) -> bool:
@@ -331,7 +304,7 @@ class ProfileFolder:
             self._table = FunctionTable()
             self._singles.clear()
             self._merges.clear()
-            self._digests.clear()
+            self._digests.clear(self._table)
         return self._table
 
     def _stacks_of(self, fname: str, *, by_thread: bool = False, with_labels: bool = False) -> ProfileStacks:
@@ -397,7 +370,7 @@ class ProfileFolder:
         limit = max(1, min(int(limit), MAX_MERGE_LIMIT))
         rows = self.index.files(sel, limit=limit)
         matched = self.index.count(sel) if len(rows) >= limit else len(rows)
-        ids = tuple(pid for pid, _f in rows)
+        ids = tuple(pid for pid, _f, _r in rows)
         key = (hashlib.sha1("\n".join(ids).encode()).hexdigest(), len(ids), my_code)
         self._acquire()
         try:
@@ -417,118 +390,157 @@ class ProfileFolder:
         finally:
             self._decode.release()
 
-    def _merge_rows(self, rows: list[tuple[str, str]], table: FunctionTable,
+    def _merge_rows(self, rows: list[tuple[str, str, int]], table: FunctionTable,
                     ) -> tuple[StackSet, list[str], list[dict[str, str]]]:
-        """Decode and sum ``rows``: profiles in the digest cache are added from it; the
-        others are decoded (and kept in the cache).  When many are not cached, helper
-        processes (one per extra core, at most 3) decode a share each meanwhile."""
-        cached: list[tuple[str, Any]] = []
-        todo: list[tuple[str, str]] = []
-        keys: dict[str, tuple[str, int, int]] = {}
-        for pid, fname in rows:
-            k = keys[pid] = _file_key(self.directory, fname)
-            entry = self._digests.get(k) if k[1] >= 0 else None
-            if entry is not None:
-                cached.append((pid, entry))
-            else:
-                todo.append((pid, fname))
+        """Sum ``rows`` (``(profile id, file, row id)``, caller holds the decode lock)
+        from their digests: in memory, else stored, else decoded from the pprof and
+        digested (stored for next time).  When many need decoding, helper processes (one
+        per extra core, at most 3) take a share each."""
+        ready, plain, skipped, stats = self._digests_of(rows, helpers=self.parallel)
+        self.last_merge = stats
         ss = StackSet(table)
-        used: list[str] = []
+        stacks = self._digests.stacks.stacks
+        for types, (sums, count) in sum_digests(d for _pid, d in ready).items():
+            part = StackSet(table, list(types))
+            part.stacks = {stacks[sid]: values for sid, values in sums.items()}
+            part.profiles = count
+            ss.absorb(part)
+        for _pid, ps in plain:
+            ss.add(ps)
+        order = {pid: n for n, (pid, _f, _r) in enumerate(rows)}
+        used = sorted([pid for pid, _d in ready] + [pid for pid, _ps in plain], key=order.__getitem__)
+        return self._remember(rows, ss, used, skipped)
+
+    def _digests_of(self, rows: Sequence[tuple[str, str, int]], *, helpers: bool,
+                    ) -> tuple[list[tuple[str, Digest]], list[tuple[str, ProfileStacks]], list[dict[str, str]],
+                               dict[str, int]]:
+        """``(digests, decoded profiles that have none, skipped, stats)`` of ``rows``
+        (the caller holds the decode lock)."""
+        stats = _merge_stats()
+        memory = self._digests
+        ready: list[tuple[str, Digest]] = []
+        plain: list[tuple[str, ProfileStacks]] = []
         skipped: list[dict[str, str]] = []
-        stats = self.last_merge = {"from_digests": len(cached), "decoded": 0, "by_helpers": 0}
-        helpers = min(3, (os.cpu_count() or 1) - 1)
+        keys: dict[str, tuple[str, int, int]] = {}
+        missing: list[tuple[str, str, int]] = []
+        for pid, fname, ref in rows:
+            k = keys[pid] = _file_key(self.directory, fname)
+            hit = memory.get(k) if k[1] >= 0 else None
+            if hit is not None:
+                ready.append((pid, hit))
+            else:
+                missing.append((pid, fname, ref))
+        stats["from_memory"] = len(ready)
+        stored = self.index.digests([ref for _pid, _f, ref in missing]) if missing else {}
+        todo: list[tuple[str, str, int]] = []
+        for pid, fname, ref in missing:
+            k = keys[pid]
+            row = stored.get(ref)
+            if row is not None and row[0] == FORMAT_VERSION and (row[1], row[2]) == k[1:]:
+                try:
+                    d = load_digest(row[3], memory.stacks, max_stack_depth=self.limits.max_stack_depth)
+                except DigestError:
+                    pass  # damaged: decoded below, and stored again
+                else:
+                    memory.put(k, d)
+                    ready.append((pid, d))
+                    stats["from_store"] += 1
+                    continue
+            todo.append((pid, fname, ref))
+        if not todo:
+            return ready, plain, skipped, stats
+        # no usable digest: decode the pprof, digest it, store the digest
+        refs = {pid: (fname, ref) for pid, fname, ref in todo}
+        new: list[tuple[int, str, int, int, int, bytes]] = []
+
+        def keep(pid: str, blob: Optional[bytes], d: Optional[Digest]) -> None:
+            fname, ref = refs[pid]
+            k = keys[pid]
+            if d is not None:
+                memory.put(k, d)
+                ready.append((pid, d))
+            if blob is not None and k[1] >= 0 and len(blob) <= 2 * k[1] + 4096:  # bounded by the files' sizes
+                new.append((ref, fname, FORMAT_VERSION, k[1], k[2], blob))
+
         workers: list[Any] = []
-        if len(todo) >= PARALLEL_MIN_FILES and self.parallel and helpers >= 1:
-            chunk = -(-len(todo) // (helpers + 1))
+        n_helpers = min(3, (os.cpu_count() or 1) - 1)
+        if helpers and len(todo) >= PARALLEL_MIN_FILES and n_helpers >= 1:
+            chunk = -(-len(todo) // (n_helpers + 1))
             for share in (todo[i:i + chunk] for i in range(chunk, len(todo), chunk)):
                 try:
                     workers.append(_Worker(self.directory, share, self.limits))
                 except Exception:  # cannot start a process here: this process decodes that share
                     workers.append(share)
             todo = todo[:chunk]
-        for pid, fname in todo:  # this process's share, digested for next time
-            ps = _read_row(self.directory, pid, fname, table, self.limits, self._failures, skipped)
-            if ps is not None:
-                cached.append((pid, self._digests.put(keys[pid], ps)))
-                stats["decoded"] += 1
-        self._add_digests(ss, [e for _pid, e in cached])
-        used += [pid for pid, _e in cached]
-        for w in workers:
-            try:
-                if isinstance(w, list):
-                    raise RuntimeError("no worker")
-                part_used, part_skipped = _absorb(ss, w.result(timeout=self.decode_timeout))
-                stats["by_helpers"] += len(part_used)
-            except Exception:  # the worker failed: decode its share here
-                share = w if isinstance(w, list) else w.rows
-                extra, part_used, part_skipped = merge_files(self.directory, share, table, self.limits,
-                                                             self._failures)
-                ss.absorb(extra)
-                stats["decoded"] += len(part_used)
-            used += part_used
-            skipped += part_skipped
-        order = {pid: n for n, (pid, _f) in enumerate(rows)}
-        used.sort(key=order.__getitem__)
-        return self._remember(rows, ss, used, skipped)
-
-    def _add_digests(self, ss: StackSet, entries: Sequence[tuple[tuple[tuple[str, str], ...], Any]]) -> None:
-        """Sum digested profiles by stack id, then add each distinct stack once."""
-        by_types: dict[tuple[tuple[str, str], ...], dict[int, list[int]]] = {}
-        counts: dict[tuple[tuple[str, str], ...], int] = {}
-        for types, rows in entries:
-            acc = by_types.get(types)
-            if acc is None:
-                acc = by_types[types] = {}
-            counts[types] = counts.get(types, 0) + 1
-            width = len(types) + 1
-            get = acc.get
-            for i in range(0, len(rows), width):
-                sid = rows[i]
-                values = rows[i + 1:i + width]
-                old = get(sid)
-                if old is None:
-                    acc[sid] = values.tolist()
+        for w in [todo] + workers:
+            share = w if isinstance(w, list) else w.rows
+            if not isinstance(w, list):
+                try:
+                    done = w.result(timeout=self.decode_timeout)
+                except Exception:  # the helper failed: its share is decoded here
+                    pass
                 else:
-                    acc[sid] = list(map(_ADD, old, values))
-        stacks = self._digests.stacks
-        for types, acc in by_types.items():
-            part = StackSet(ss.table, list(types))
-            part.stacks = {stacks[sid]: values for sid, values in acc.items()}
-            part.profiles = counts[types]
-            ss.absorb(part)
+                    again = []
+                    for pid, kind, payload in done:
+                        if kind == "digest":
+                            try:
+                                loaded = load_digest(payload, memory.stacks,
+                                                     max_stack_depth=self.limits.max_stack_depth)
+                            except DigestError:
+                                again.append(pid)
+                                continue
+                            keep(pid, payload, loaded)
+                            stats["by_helpers"] += 1
+                        elif kind == "skip":
+                            skipped.append({"profile_id": pid, "error": str(payload)})
+                        else:
+                            again.append(pid)
+                    retry = set(again)
+                    share = [row for row in share if row[0] in retry]
+            for pid, fname, _ref in share:
+                ps = _read_row(self.directory, pid, fname, memory.stacks.table, self.limits, self._failures, skipped)
+                if ps is None:
+                    continue
+                stats["decoded"] += 1
+                blob, made = digest_stacks(ps, memory.stacks)
+                if made is None:
+                    plain.append((pid, ps))
+                    self._no_digest[keys[pid]] = None
+                    while len(self._no_digest) > 4096:
+                        self._no_digest.popitem(last=False)
+                keep(pid, blob, made)
+        self.index.put_digests(new)
+        return ready, plain, skipped, stats
 
     def prefill(self, *, newest: int = 2000, budget: int = 100) -> int:
-        """Digest up to ``budget`` of the ``newest`` profiles that are not cached yet (the
-        viewer calls this in the background, so a merge of stored profiles rarely has to
-        decode).  Returns how many were digested."""
-        done = 0
-        for pid, fname in self.index.files(parse_selector(""), limit=newest):
-            if done >= budget:
-                break
+        """Load (or decode, digest and store) up to ``budget`` of the ``newest``
+        profiles' digests that are not in memory yet (the viewer calls this in the
+        background, so merges in its pages rarely wait).  Returns how many."""
+        todo: list[tuple[str, str, int]] = []
+        for pid, fname, ref in self.index.files(parse_selector(""), limit=newest):
+            if len(todo) >= budget or self._digests.size + 64 * 1024 * len(todo) >= self._digests.budget * 0.9:
+                break  # full: loading more would only push out others
             k = _file_key(self.directory, fname)
-            if k[1] < 0 or self._digests.get(k) is not None or k in self._failures:
-                continue
-            if self._digests.size >= self._digests.budget * 0.9:
-                break  # full: digesting more would only push out others
+            if k[1] >= 0 and self._digests.get(k) is None and k not in self._failures and k not in self._no_digest:
+                todo.append((pid, fname, ref))
+        done = 0
+        for i in range(0, len(todo), 10):  # a few at a time: a request waits for one chunk at most
             if not self._decode.acquire(timeout=1.0):
                 break  # a request is decoding: leave the processor to it
             try:
-                table = self._table_for_use()
-                ps = read_stacks(read_profile_file(self.directory, fname, self.limits), table, limits=self.limits)
-                self._digests.put(k, ps)
-                done += 1
-            except (NotFound, PprofError) as e:
-                if isinstance(e, PprofError):
-                    self._failures[k] = str(e)
+                self._table_for_use()
+                ready, plain, skipped, _stats = self._digests_of(todo[i:i + 10], helpers=False)
+                self._remember(todo[i:i + 10], None, [], skipped)
+                done += len(ready) + len(plain)
             finally:
                 self._decode.release()
         return done
 
-    def _remember(self, rows: list[tuple[str, str]], ss: StackSet, used: list[str], skipped: list[dict[str, str]],
-                  ) -> tuple[StackSet, list[str], list[dict[str, str]]]:
+    def _remember(self, rows: Sequence[tuple[str, str, int]], ss: Any, used: list[str],
+                  skipped: list[dict[str, str]]) -> tuple[Any, list[str], list[dict[str, str]]]:
         """Keep unreadable files' errors, so the next merge does not read them again."""
         if skipped:
-            files = dict(rows)
+            files = {pid: fname for pid, fname, _ref in rows}
             for s in skipped:
                 if s["error"] != "file removed":
                     self._failures[_file_key(self.directory, files[s["profile_id"]])] = s["error"]

@@ -24,6 +24,12 @@ Writers are the ``file`` exporters of every process that shares the folder
   database was locked) and adopts exporter files that have no row, reading them
   with the bounded pprof reader.  Unreadable and foreign files are counted, never
   listed, never deleted.
+* **Digests.**  Next to its row, a profile may have a digest (see :mod:`.digest`):
+  its stacks and values in the compact form merges read instead of the pprof
+  (``digests`` holds what it is for and its size, ``digest_data`` the blob, so
+  that sizes are summed without reading blobs).  The exporter stores one in the same transaction as the row;
+  readers store one for a profile they had to decode.  A digest is deleted with
+  its row (retention, a vanished file), and its bytes count towards ``max_bytes``.
 * Files and the database are created ``0600``, a folder the exporter creates
   ``0700``.
 """
@@ -53,7 +59,7 @@ __all__ = ["ProfileIndex", "Retention", "IndexUnusable", "KEEP_ORDER", "keep_cla
 
 log = logging.getLogger("otelprof_middleware")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: digests
 #: retention classes, strongest first: a profile belongs to the first of its triggers found here
 KEEP_ORDER = RETENTION_CLASSES[:-1]
 _BASELINE = ("probability", "other")  # evicted first under max_files / max_bytes pressure
@@ -100,6 +106,11 @@ CREATE TABLE IF NOT EXISTS attributes (
     PRIMARY KEY (key, value, ref)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS attributes_ref ON attributes(ref);
+CREATE TABLE IF NOT EXISTS digests (
+    ref INTEGER PRIMARY KEY, version INTEGER NOT NULL, file_size INTEGER NOT NULL, file_mtime_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS digest_data (ref INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS skipped (
     file TEXT PRIMARY KEY, reason TEXT NOT NULL, size INTEGER, mtime_ns INTEGER
 ) WITHOUT ROWID;
@@ -253,14 +264,15 @@ def _open_private(path: str, flags: int) -> int:
     return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o600)
 
 
-def write_private(path: str, data: bytes) -> None:
-    """Write ``data`` to a new file ``path`` created 0600 (fails if it exists)."""
+def write_private(path: str, data: bytes) -> os.stat_result:
+    """Write ``data`` to a new file ``path`` created 0600 (fails if it exists); its stat."""
     fd = _open_private(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
             view = view[n:]
+        return os.fstat(fd)
     finally:
         os.close(fd)
 
@@ -442,14 +454,18 @@ class ProfileIndex:
 
     # ------------------------------------------------------------------ writing
     def add(self, fname: str, tmp_path: str, size: int, entry: Mapping[str, Any], line: bytes,
-            retention: Retention) -> list[str]:
-        """Move ``tmp_path`` to ``fname``, index it, log ``line``, apply retention.
+            retention: Retention, digest: Optional[tuple[int, int, bytes]] = None) -> list[str]:
+        """Move ``tmp_path`` to ``fname``, index it (with ``digest``: ``(format
+        version, file mtime_ns, blob)``), log ``line``, apply retention.
 
         Returns the file names retention removed."""
         cols, _doc = row_values(entry, fname, size, "exporter")
         with self._db(), self.transaction() as conn:
             os.replace(tmp_path, os.path.join(self.directory, fname))
-            self._insert(conn, cols, replace=True)
+            rid = self._insert(conn, cols, replace=True)
+            if digest is not None and rid is not None:
+                version, mtime_ns, blob = digest
+                _put_digest(conn, rid, version, size, mtime_ns, blob)
             offset = self._append_log(line)
             if offset is not None:
                 self._set_meta(conn, "log", offset)
@@ -458,18 +474,19 @@ class ProfileIndex:
                 self._maybe_compact_log(conn, len(removed))
         return removed
 
-    def _insert(self, conn: sqlite3.Connection, cols: dict[str, Any], *, replace: bool) -> bool:
+    def _insert(self, conn: sqlite3.Connection, cols: dict[str, Any], *, replace: bool) -> Optional[int]:
+        """Insert a row and its attributes; its id, or None when it was there already."""
         names = [c for c in cols if c != "id"]
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         if replace:
             old = conn.execute("SELECT id FROM profiles WHERE profile_id = ? OR file = ?",
                                (cols["profile_id"], cols["file"])).fetchall()
             for (rid,) in old:
-                conn.execute("DELETE FROM attributes WHERE ref = ?", (rid,))
+                _delete_children(conn, rid)
         cur = conn.execute(f"{verb} INTO profiles ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
                            [cols[c] for c in names])
         if not cur.rowcount:
-            return False
+            return None
         rid = cur.lastrowid
         attrs = json.loads(cols["doc"]).get("attributes") or {}
         rows = []
@@ -482,7 +499,7 @@ class ProfileIndex:
                     num = None
             rows.append((k, str(v).lower() if isinstance(v, bool) else str(v), num, rid))
         conn.executemany("INSERT OR IGNORE INTO attributes (key, value, num, ref) VALUES (?, ?, ?, ?)", rows)
-        return True
+        return rid
 
     def _append_log(self, line: bytes) -> Optional[str]:
         """Append one line (one ``write``); returns ``"<inode>:<size after>"``."""
@@ -511,14 +528,16 @@ class ProfileIndex:
         victims: dict[int, tuple[str, int]] = {}
         for cls, quota in r.quotas.items():
             for rid, fname, size in conn.execute(
-                    "SELECT id, file, size FROM profiles WHERE keep_class = ? "
+                    f"SELECT id, file, {_SIZE_WITH_DIGEST} FROM profiles WHERE keep_class = ? "
                     "ORDER BY start_ns DESC, id DESC LIMIT -1 OFFSET ?", (cls, quota)):
                 victims[rid] = (fname, size)
         count, total = conn.execute("SELECT count(*), total(size) FROM profiles").fetchone()
+        total += conn.execute("SELECT total(size) FROM digests").fetchone()[0]
         count -= len(victims)
         total -= sum(s for _f, s in victims.values())
         if count > r.max_files or total > r.max_bytes:
-            for rid, fname, size in conn.execute("SELECT id, file, size FROM profiles ORDER BY tier, start_ns, id"):
+            for rid, fname, size in conn.execute(f"SELECT id, file, {_SIZE_WITH_DIGEST} FROM profiles "
+                                                 "ORDER BY tier, start_ns, id"):
                 if count <= r.max_files and total <= r.max_bytes:
                     break
                 if rid in victims:
@@ -535,7 +554,7 @@ class ProfileIndex:
                         os.unlink(path)
                     except FileNotFoundError:
                         pass
-            conn.execute("DELETE FROM attributes WHERE ref = ?", (rid,))
+            _delete_children(conn, rid)
             conn.execute("DELETE FROM profiles WHERE id = ?", (rid,))
             removed.append(fname)
         return removed
@@ -648,7 +667,7 @@ class ProfileIndex:
         with self.transaction() as conn:
             for entry, fname, file_size in entries:
                 cols, _doc = row_values(entry, fname, file_size, "log")
-                if self._insert(conn, cols, replace=False):
+                if self._insert(conn, cols, replace=False) is not None:
                     imported += 1
                     conn.execute("DELETE FROM skipped WHERE file = ?", (fname,))
             self._set_meta(conn, "log", f"{st.st_ino}:{end}")
@@ -702,12 +721,15 @@ class ProfileIndex:
                 for f in gone:
                     if _regular_file(os.path.join(self.directory, f)) is None:
                         rid = indexed[f]
-                        conn.execute("DELETE FROM attributes WHERE ref = ?", (rid,))
+                        _delete_children(conn, rid)
                         conn.execute("DELETE FROM profiles WHERE id = ?", (rid,))
                         stats.removed_rows += 1
                 for cols in adopted:
-                    if self._insert(conn, cols, replace=False):
+                    if self._insert(conn, cols, replace=False) is not None:
                         stats.adopted += 1
+                # digests of rows another version's writer removed
+                conn.execute("DELETE FROM digests WHERE ref NOT IN (SELECT id FROM profiles)")
+                conn.execute("DELETE FROM digest_data WHERE ref NOT IN (SELECT ref FROM digests)")
                 conn.execute("DELETE FROM skipped")
                 conn.executemany("INSERT OR REPLACE INTO skipped VALUES (?, ?, ?, ?)",
                                  [(f, r, s, m) for f, (r, s, m) in unreadable.items()]
@@ -722,9 +744,11 @@ class ProfileIndex:
     def summary(self) -> dict[str, Any]:
         with self._db() as conn:
             count, total = conn.execute("SELECT count(*), total(size) FROM profiles").fetchone()
+            digests, digest_bytes = conn.execute("SELECT count(*), total(size) FROM digests").fetchone()
             kinds = dict(conn.execute("SELECT CASE WHEN reason = 'foreign' THEN 'foreign' ELSE 'unreadable' END, "
                                       "count(*) FROM skipped GROUP BY 1").fetchall())
-        return {"profiles": count, "bytes": int(total), "foreign_files": kinds.get("foreign", 0),
+        return {"profiles": count, "bytes": int(total), "digests": digests, "digest_bytes": int(digest_bytes),
+                "foreign_files": kinds.get("foreign", 0),
                 "unreadable_files": kinds.get("unreadable", 0)}
 
     def skipped_files(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -754,12 +778,56 @@ class ProfileIndex:
         with self._db() as conn:
             return int(conn.execute(f"SELECT count(*) FROM profiles WHERE {where}", params).fetchone()[0])
 
-    def files(self, sel: Selector, *, limit: int) -> list[tuple[str, str]]:
-        """``(profile id, file name)`` of the newest ``limit`` profiles matching ``sel``."""
+    def files(self, sel: Selector, *, limit: int) -> list[tuple[str, str, int]]:
+        """``(profile id, file name, row id)`` of the newest ``limit`` profiles matching ``sel``."""
         where, params = sel.to_sql()
         with self._db() as conn:
-            return conn.execute(f"SELECT profile_id, file FROM profiles WHERE {where} "
+            return conn.execute(f"SELECT profile_id, file, id FROM profiles WHERE {where} "
                                 "ORDER BY start_ns DESC, id DESC LIMIT ?", [*params, limit]).fetchall()
+
+    def digests(self, refs: Sequence[int]) -> dict[int, tuple[int, int, int, bytes]]:
+        """Stored digests of the rows ``refs``: ``{ref: (version, file size, file mtime_ns, blob)}``."""
+        out: dict[int, tuple[int, int, int, bytes]] = {}
+        with self._db() as conn:
+            for i in range(0, len(refs), 500):
+                chunk = list(refs[i:i + 500])
+                for ref, version, size, mtime, data in conn.execute(
+                        "SELECT d.ref, d.version, d.file_size, d.file_mtime_ns, b.data FROM digests d "
+                        f"JOIN digest_data b ON b.ref = d.ref WHERE d.ref IN ({','.join('?' * len(chunk))})", chunk):
+                    out[ref] = (version, size, mtime, data)
+        return out
+
+    def clear_digests(self) -> int:
+        """Forget every stored digest (readers rebuild them from the files as they
+        read them); how many there were."""
+        with self.transaction() as conn:
+            n = conn.execute("DELETE FROM digests").rowcount
+            conn.execute("DELETE FROM digest_data")
+        return int(n)
+
+    def put_digests(self, rows: Sequence[tuple[int, str, int, int, int, bytes]], *, wait_s: float = 0.5) -> int:
+        """Store digests a reader made: ``(ref, file, version, file size, file mtime_ns,
+        blob)``, each only while its row still names that file.  Waits at most
+        ``wait_s`` for the write lock (a reader never holds up exporters for long);
+        returns how many were stored (0 for a read-only or in-memory index)."""
+        if not rows or not self.writable or self._memory is not None:
+            return 0
+        stored = 0
+        try:
+            with self._db() as conn:
+                conn.execute(f"PRAGMA busy_timeout = {int(wait_s * 1000)}")
+                try:
+                    with self.transaction() as tx:
+                        for ref, fname, version, size, mtime, blob in rows:
+                            if tx.execute("SELECT 1 FROM profiles WHERE id = ? AND file = ?",
+                                          (ref, fname)).fetchone():
+                                _put_digest(tx, ref, version, size, mtime, blob)
+                                stored += 1
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        except (sqlite3.Error, IndexUnusable):
+            return 0  # locked or read-only after all: kept in memory, stored another time
+        return stored
 
     def get(self, profile_id: str) -> Optional[dict[str, Any]]:
         with self._db() as conn:
@@ -850,6 +918,20 @@ class ProfileIndex:
 
 
 _ABANDONED: list[Any] = []
+_SIZE_WITH_DIGEST = "size + coalesce((SELECT d.size FROM digests d WHERE d.ref = profiles.id), 0)"
+
+
+def _delete_children(conn: sqlite3.Connection, rid: int) -> None:
+    """What hangs off a profile row, deleted before the row in the same transaction."""
+    conn.execute("DELETE FROM attributes WHERE ref = ?", (rid,))
+    conn.execute("DELETE FROM digests WHERE ref = ?", (rid,))
+    conn.execute("DELETE FROM digest_data WHERE ref = ?", (rid,))
+
+
+def _put_digest(conn: sqlite3.Connection, rid: int, version: int, file_size: int, mtime_ns: int, blob: bytes) -> None:
+    conn.execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?, ?, ?)",
+                 (rid, version, file_size, mtime_ns, len(blob)))
+    conn.execute("INSERT OR REPLACE INTO digest_data VALUES (?, ?)", (rid, blob))
 
 
 def _rank(sorted_values: list[float], q: float) -> Optional[float]:

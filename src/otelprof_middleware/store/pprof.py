@@ -34,6 +34,8 @@ from typing import Any, Iterable, Optional, Sequence
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
+from .digest import LINE_BITS  # a frame key is function_id << LINE_BITS | line
+
 __all__ = [
     "Limits",
     "DEFAULT_LIMITS",
@@ -52,7 +54,6 @@ __all__ = [
 
 MiB = 1024 * 1024
 _add = operator.add
-LINE_BITS = 24  # a frame key is function_id << LINE_BITS | line
 _LINE_MASK = (1 << LINE_BITS) - 1
 
 

@@ -125,11 +125,26 @@ def _view(query: dict[str, list[str]]) -> bool:
 # --------------------------------------------------------------------------- the API
 
 
+def display_path(directory: str, relative_to: str) -> str:
+    """The folder as people name it: ``./profiles`` inside ``relative_to`` (where the
+    viewer was started), ``~/...`` inside the home directory, else the whole path."""
+    base = os.path.realpath(relative_to)
+    if directory == base:
+        return "."
+    if directory.startswith(base.rstrip(os.sep) + os.sep):
+        return "." + os.sep + os.path.relpath(directory, base)
+    home = os.path.realpath(os.path.expanduser("~"))
+    if home != os.sep and directory.startswith(home + os.sep):
+        return "~" + os.sep + os.path.relpath(directory, home)
+    return directory
+
+
 class ViewerAPI:
     """The ``/api/v1`` endpoints over one :class:`ProfileFolder` (no HTTP here)."""
 
-    def __init__(self, folder: ProfileFolder) -> None:
+    def __init__(self, folder: ProfileFolder, display: str = "") -> None:
         self.folder = folder
+        self.display = display or folder.directory
 
     def _sel(self, query: dict[str, list[str]], name: str = "q") -> Any:
         try:
@@ -139,7 +154,7 @@ class ViewerAPI:
 
     def folder_info(self) -> dict[str, Any]:
         f = self.folder
-        info: dict[str, Any] = {"directory": f.directory, "exists": f.exists}
+        info: dict[str, Any] = {"directory": f.directory, "display": self.display, "exists": f.exists}
         if f.exists:
             info.update(f.index.summary())
             info["in_memory_index"] = f.index.in_memory
@@ -192,6 +207,7 @@ class ViewerAPI:
                 view = f.profile_view(pid, by_thread=_flag(query, "by_thread"), my_code=_view(query))
                 view["download"] = f"{API_PREFIX}/profiles/{pid}/pprof"
                 view["directory"] = f.directory
+                view["display_directory"] = self.display
                 return 200, view, "", ()
             return 200, f.entry(pid), "", ()
         if rest == "/merge":
@@ -386,11 +402,13 @@ class ViewerServer(ThreadingHTTPServer):
 
     def __init__(self, directory: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *,
                  verbose: bool = False, idle_timeout: float = IDLE_TIMEOUT_S,
-                 max_connections: int = MAX_CONNECTIONS, sync_interval: float = SYNC_INTERVAL_S) -> None:
+                 max_connections: int = MAX_CONNECTIONS, sync_interval: float = SYNC_INTERVAL_S,
+                 relative_to: Optional[str] = None) -> None:
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.folder = ProfileFolder(directory)
-        self.api = ViewerAPI(self.folder)
+        # the pages name the folder relative to where the viewer was started (``relative_to``)
+        self.api = ViewerAPI(self.folder, display_path(self.folder.directory, relative_to or os.getcwd()))
         self.verbose = verbose
         self.idle_timeout = idle_timeout
         self.max_connections = max_connections

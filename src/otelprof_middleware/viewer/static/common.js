@@ -168,12 +168,17 @@
   };
 
   // ---- navigation bar state
+  // folder: the API's folder info ({display, directory}); the whole path shows on hover
   O.setNav = function (name, folder) {
     if (name !== undefined) {
       Array.prototype.forEach.call(document.querySelectorAll('.nav a'), function (a) {
         a.classList.toggle('active', a.getAttribute('data-page') === name);
       });
     }
-    if (folder !== undefined) document.getElementById('folder').textContent = folder || '';
+    if (folder !== undefined) {
+      var node = document.getElementById('folder');
+      node.textContent = (folder && (folder.display || folder.directory)) || '';
+      node.title = (folder && folder.directory) || '';
+    }
   };
 })();

@@ -97,7 +97,7 @@
       p[0].addEventListener('change', function () { search.value = O.setTerm(search.value, p[1], p[0].value); apply(); });
     });
     function render(data) {
-      O.setNav('list', data.folder.directory);
+      O.setNav('list', data.folder);
       tbody.textContent = '';
       data.profiles.forEach(function (p) {
         var href = '/profile/' + p.profile_id;
@@ -216,7 +216,7 @@
     var p = data.profile || {};
     var types = data.sample_types.map(function (t) { return t.type; });
     document.title = (p.name || p.profile_id) + ' — otelprof viewer';
-    O.setNav('', data.directory);
+    O.setNav('', { display: data.display_directory, directory: data.directory });
     body.textContent = '';
     var meta = el('dl', { className: 'meta' });
     function fact(label, value, id) { meta.appendChild(el('div', null, el('dt', { text: label }), el('dd', { id: id }, value))); }
@@ -240,10 +240,12 @@
     var attrTable = el('table', { className: 'attrs', id: 'attributes' }, el('tbody', null, attrKeys.map(function (k) {
       return el('tr', null, el('td', { text: k }), el('td', { text: String(attrs[k]) }));
     })));
-    var path = (data.directory ? data.directory.replace(/\/$/, '') + '/' : '') + (p.file || 'FILE');
+    var shown = data.display_directory || data.directory;  // relative to where the viewer runs, as the top bar
+    var path = (shown ? shown.replace(/\/$/, '') + '/' : '') + (p.file || 'FILE');
     var links = el('div', { className: 'actions' },
       el('a', { className: 'download', id: 'download', href: data.download, download: p.profile_id + '.pb.gz', text: 'Download pprof' }),
-      el('span', { className: 'muted' }, 'or ', el('code', { id: 'pprof-command', text: 'go tool pprof -http=: ' + path })));
+      el('span', { className: 'muted' }, 'or ', el('code', { id: 'pprof-command', text: 'go tool pprof -http=: ' + path,
+        title: data.directory ? data.directory.replace(/\/$/, '') + '/' + (p.file || 'FILE') : '' })));
     var group = p.route ? 'route=' + O.quote(p.route) + (p.method ? ' method=' + p.method : '') : (p.name ? 'name=' + O.quote(p.name) : '');
     var related = el('div', { className: 'actions' });
     if (group) {
@@ -484,7 +486,7 @@
   // ------------------------------------------------------------------ start
   function start() {
     O.initMeasure();
-    O.getJSON(O.API + '/folder').then(function (f) { O.setNav(undefined, f.directory); }).catch(function () {});
+    O.getJSON(O.API + '/folder').then(function (f) { O.setNav(undefined, f); }).catch(function () {});
     var app = document.getElementById('app');
     var path = location.pathname.replace(/\/+$/, '') || '/';
     var m = /^\/profile\/([0-9a-fA-F]{4,32})$/.exec(path);
