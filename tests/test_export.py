@@ -82,7 +82,9 @@ def test_file_export_writes_pprof_and_index_line(profiler_factory, otel_tracing,
     assert line["span_id"] == format(ctx.span_id, "016x")
     assert line["name"] == "nightly-import"
     assert line["trigger"] == "manual"
-    assert line["attributes"] == {"tenant": "a", "rows": 3}
+    user_attrs = {k: v for k, v in line["attributes"].items() if not k.startswith("otelprof.")}
+    assert user_attrs == {"tenant": "a", "rows": 3}
+    assert line["attributes"]["otelprof.sampler"] in ("native", "python")  # how it was sampled
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", line["start"])
     assert line["duration_ms"] > 0
     assert line["samples"] > 0
