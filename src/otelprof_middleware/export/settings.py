@@ -114,5 +114,8 @@ def pyroscope_target(config: "Config") -> PyroscopeTarget:
 
 
 def resource(config: "Config") -> dict[str, str | int]:
-    """The OpenTelemetry resource of this process for ``config``'s service."""
-    return _resource_attributes(config.service_name, config.resource_attributes)
+    """The OpenTelemetry resource of this process for ``config``'s service (its
+    string values pass ``redact_patterns``)."""
+    from ..privacy import Privacy
+
+    return Privacy.from_config(config).resource(_resource_attributes(config.service_name, config.resource_attributes))

@@ -496,7 +496,7 @@ class RequestHandle(TailTicket):
             "otelprof.samples": summary["samples"],
             "otelprof.cpu_ms": summary["cpu_ms"],
             "otelprof.wall_ms": summary["wall_ms"],
-            "otelprof.top_frame": summary["top_frame"],
+            "otelprof.top_frame": self.rp.profiler.privacy.text(str(summary["top_frame"])),  # as in the profile
         })
 
 
