@@ -103,8 +103,8 @@ def mask_path(path: str) -> str:
     :data:`MAX_PATH_CHARS` characters are kept."""
     if not path:
         return path
-    path = _cut(path, MAX_PATH_CHARS)
-    return "/".join(_mask_segment(seg) for seg in path.split("/"))
+    masked = "/".join(_mask_segment(seg) for seg in path[: 4 * MAX_PATH_CHARS].split("/"))
+    return _cut(masked, MAX_PATH_CHARS)
 
 
 def _cut(text: str, limit: int) -> str:
