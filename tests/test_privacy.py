@@ -197,14 +197,6 @@ SECRETS = ("tok_SECRET0", "user@example.com", "QS_SECRET", "HDR_SECRET", "COOKIE
 
 def _app() -> Any:
     async def app(scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
         body = b""
         while True:
             msg = await receive()
@@ -254,7 +246,7 @@ def exported(profiler_factory: Any, otel_tracing: Any, tmp_path: Any) -> Iterato
             with tracer.start_as_current_span(f"{scope['method']} {scope['path']}"):
                 await mw(scope, receive, send)
 
-        with serve_in_thread(traced) as base:
+        with serve_in_thread(traced, lifespan="off") as base:
             resp = httpx.post(base + "/reset-password/tok_SECRET0/user@example.com?api_key=QS_SECRET",
                               headers={"Authorization": "Bearer HDR_SECRET", "Cookie": "session=COOKIE_SECRET"},
                               content=b"password=BODY_SECRET", timeout=30)

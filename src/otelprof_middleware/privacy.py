@@ -30,6 +30,7 @@ Private by default (``docs/privacy.md`` lists every exported field):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -260,6 +261,7 @@ class Privacy:
         self._roots: Optional[tuple[str, ...]] = None
         self._roots_key: Optional[tuple[Any, ...]] = None
         self._files: dict[str, str] = {}
+        self._functions: dict[Function, Function] = {}  # as given -> as exported
 
     @classmethod
     def from_config(cls, config: "Config") -> "Privacy":
@@ -268,10 +270,10 @@ class Privacy:
 
     # ------------------------------------------------------------------ pieces
     def text(self, s: str) -> str:
-        """``s`` with every ``redact_patterns`` match replaced by ``***``."""
+        """``s`` with every ``redact_patterns`` match replaced by ``***``, as valid UTF-8."""
         for p in self.patterns:
             s = p.sub(REDACTED, s)
-        return s
+        return clean_text(s)
 
     def _value(self, v: Any) -> Any:
         return self.text(v) if isinstance(v, str) else v
@@ -301,6 +303,7 @@ class Privacy:
             self._roots = _file_roots(self.app_root)
             self._roots_key = key
             self._files.clear()
+            self._functions.clear()
         return self._roots
 
     # ------------------------------------------------------------------ the profile
@@ -310,22 +313,33 @@ class Privacy:
         self._request_path(profile)
         patterns = bool(self.patterns)
         if self.file_paths == "relative" or patterns:
-            text, file_name = self.text, self.file_name
-            profile.functions = [Function(clean_text(text(f.name)), clean_text(file_name(f.filename)), f.start_line)
-                                 for f in profile.functions]
+            done = self._functions
+            if len(done) >= self._MAX_CACHE:
+                done.clear()
+            out = []
+            for f in profile.functions:
+                g = done.get(f)
+                if g is None:
+                    g = done[f] = Function(self.text(f.name), self.file_name(f.filename), f.start_line)
+                out.append(g)
+            profile.functions = out
         if patterns:
-            profile.name = clean_text(self.text(profile.name))
+            profile.name = self.text(profile.name)
+            threads: dict[str, str] = {}  # a few thread names, many samples
             for s in profile.samples:
                 if s.thread_name:
-                    s.thread_name = clean_text(self.text(s.thread_name))
-            profile.attributes = {k: clean_text(self.text(v)) if isinstance(v, str) else v
+                    name = threads.get(s.thread_name)
+                    if name is None:
+                        name = threads[s.thread_name] = self.text(s.thread_name)
+                    s.thread_name = name
+            profile.attributes = {k: self.text(v) if isinstance(v, str) else v
                                   for k, v in profile.attributes.items()}
         link = profile.link
         if link is not None and link.span_name:
             name = link.span_name if self.url_paths == "raw" else _mask_path_tokens(link.span_name)
-            name = clean_text(self.text(name))
+            name = self.text(name)
             if name != link.span_name:
-                profile.link = type(link)(link.trace_id, link.span_id, link.sampled, link.source, name)
+                profile.link = dataclasses.replace(link, span_name=name)
         return profile
 
     def _request_path(self, profile: Profile) -> None:
