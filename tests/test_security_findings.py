@@ -305,10 +305,14 @@ def test_L11_one_lone_surrogate_never_fails_a_batch(profiler_factory: Any, tmp_p
             scope["hot"]()
 
         site = Site(_app(work=work), profiler)
-        assert site.get("/ok/1") == ("probability",)
-        assert site.get(f"/{bad}/2") == ("probability",)  # WSGI servers decode latin-1; adapters may not
-        with profiler.profile(f"job {bad}", **{f"k{bad}": bad}):
-            work()
+        own_name = threading.current_thread().name
+        try:
+            assert site.get("/ok/1") == ("probability",)
+            assert site.get(f"/{bad}/2") == ("probability",)  # WSGI servers decode latin-1; adapters may not
+            with profiler.profile(f"job {bad}", **{f"k{bad}": bad}):
+                work()
+        finally:
+            threading.current_thread().name = own_name  # this thread runs the next tests too
         assert profiler.force_flush(30)
         messages = otlp.messages
     assert len(messages) == 1  # one batch of three, delivered whole
