@@ -356,6 +356,7 @@ class Profiler:
             for session in list(self._active):
                 self.finish_session(session)
             self.policy.close()
+            get_sampler().release_idle_timers()
             self._shutdown_ok = self._pipeline.shutdown(max(0.0, deadline - time.monotonic()))
         finally:
             _live_profilers.discard(self)

@@ -46,6 +46,11 @@ if TYPE_CHECKING:  # the sampler only reads sessions; session.py knows nothing o
 
 __all__ = ["Sampler", "Schedule", "get_sampler"]
 
+#: After its last session ends, the sampler thread keeps looking at the last rate for
+#: this long (seconds) before it sleeps until woken: requests that follow each other
+#: then start their sessions without waking it.
+LINGER_SECONDS = 1.0
+
 
 class Schedule:
     """When one session is sampled: owned by the sampler."""
@@ -118,6 +123,7 @@ class Sampler:
         self._sessions: tuple[Session, ...] = ()  # copy-on-write: ticks iterate a snapshot
         self._thread: Optional[threading.Thread] = None
         self._hz = 0  # the rate of the current loop (highest rate of the active sessions)
+        self._lingering = False  # no session, but the thread still looks at that rate for a while
         self._stopping = False
         self._timers: Optional[native_sampler.CpuTimers] = None
         self._timers_checked = False
@@ -134,9 +140,10 @@ class Sampler:
             self._sessions = self._sessions + (session,)
             if self._background and (self._thread is None or not self._thread.is_alive()):
                 self._start_locked()
-            if len(self._sessions) == 1 or session.hz > self._hz:
+            if (len(self._sessions) == 1 and not self._lingering) or session.hz > self._hz:
                 # wake the thread only when it is idle or must now tick faster: waking it
-                # for every request would cost every request a GIL hand-over
+                # for every request would cost every request a GIL hand-over (a lingering
+                # thread looks again within one interval, before the first sample is due)
                 self._cond.notify()
         session.bind(self)  # from now on the session tells us about its targets
 
@@ -157,6 +164,12 @@ class Sampler:
         session.stacks.close()  # a tick still under way adds nothing now: the numbers are final
         if schedule is not None:
             session.report = schedule.report(time.monotonic_ns())
+
+    def release_idle_timers(self) -> None:
+        """Stop the CPU timers kept for threads' next profiles (profiler shutdown)."""
+        timers = self._timers
+        if timers is not None and not self._sessions:
+            timers.expire_parked(everything=True)
 
     @property
     def active_sessions(self) -> int:
@@ -259,11 +272,38 @@ class Sampler:
         me = threading.get_ident()
         next_tick = time.monotonic()
         cond = self._cond
+        idle_since: Optional[float] = None
         while True:
             with cond:
                 while not self._sessions and not self._stopping:
+                    now = time.monotonic()
+                    if idle_since is None:
+                        idle_since = now
+                    if self._hz and now - idle_since < LINGER_SECONDS:
+                        # between requests: look again at the last rate for a while, so the
+                        # next request's session needs no wake-up (a GIL hand-over, ~10-20 µs
+                        # of that request's time)
+                        self._lingering = True
+                        cond.wait(1.0 / self._hz)
+                        continue
+                    self._lingering = False
                     self._hz = 0
+                    timers = self._timers
+                    if timers is not None and timers.parked:
+                        # idle CPU timers kept for the next request: stop them once stale
+                        cond.release()
+                        try:
+                            left = timers.expire_parked()
+                        finally:
+                            cond.acquire()
+                        if left and not self._sessions and not self._stopping:
+                            cond.wait(native_sampler.PARK_SECONDS)
+                            continue
                     cond.wait()  # idle: blocked, no periodic wake-ups
+                    next_tick = time.monotonic()
+                if idle_since is not None:
+                    idle_since = None
+                    self._lingering = False
                     next_tick = time.monotonic()
                 if self._stopping:
                     return
