@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -202,3 +203,200 @@ def test_bad_values_fail_at_start_up(option: str, value: Any) -> None:
     with pytest.raises(ConfigError, match=option):
         Profiler(exporters=[], **{option: value})
 
+
+
+# --------------------------------------------------------------------------- continuous mode
+
+
+class Sink:
+    """A continuous sink that keeps what the sampler gives it."""
+
+    def __init__(self, hz: int) -> None:
+        self.hz = hz
+        self.max_depth = 64
+        self.native = False
+        self.rolls = 0
+        self.samples: list[tuple[str, Any, int, int, Any]] = []
+        self.extra_links: dict[int, SpanLink] = {}
+
+    def roll(self, now_ns: int) -> None:
+        self.rolls += 1
+
+    def links(self) -> dict[int, SpanLink]:
+        return dict(self.extra_links)
+
+    def record(self, thread_name: str, codes: Any, lastis: Any, cpu_ns: int, wall_ns: int, link: Any) -> None:
+        self.samples.append((thread_name, codes, cpu_ns, wall_ns, link))
+
+
+def test_one_walk_per_thread_and_tick_feeds_both_the_session_and_the_continuous_profile(monkeypatch: Any) -> None:
+    import threading
+
+    from otelprof_middleware import sampler as sampler_mod
+    from otelprof_middleware.session import Session
+
+    reads = []
+    real = sampler_mod._current_frames
+
+    def counting() -> Any:
+        reads.append(1)
+        return real()
+
+    monkeypatch.setattr(sampler_mod, "_current_frames", counting)
+    s = sampler_mod.Sampler(background=False)
+    link = SpanLink(trace_id=7, span_id=8, span_name="GET /x")
+    session = Session("GET /x", hz=100, max_depth=64, max_duration=60, max_samples=1000, link=link, native=False)
+    s.register(session)
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait, name="request-worker", daemon=True)
+    worker.start()
+    session.attach_thread(worker.ident, "request-worker")  # (the ticking thread itself is never sampled)
+    sink = Sink(100)
+    assert s.set_continuous(sink)
+    assert not s.set_continuous(Sink(50))  # one continuous sink per process
+    t0 = time.monotonic_ns()  # both are due one interval after they started
+    for i in range(1, 11):
+        s.tick(t0 + i * 10_000_000)
+    assert len(reads) == 10  # every thread's stack read once per tick, for both consumers
+    assert session.stacks.ticks == 10
+    mine = [x for x in sink.samples if x[0] == "request-worker"]
+    assert len(mine) == 10 and all(x[4] == link for x in mine)  # the session's span, in its thread
+    others = [x for x in sink.samples if x[0] != "request-worker"]
+    assert threading.current_thread().name not in {x[0] for x in sink.samples}  # the ticking thread: never
+    assert all(x[4] is None for x in others)
+    assert sink.rolls == 10
+    s.set_continuous(None)
+    s.tick(t0 + 20 * 10_000_000)
+    assert len(sink.samples) == len(mine) + len(others)  # stopped
+    s.unregister(session)
+    stop.set()
+    worker.join()
+
+
+def spin_cpu(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_continuous_profile_covers_background_threads_and_work_outside_requests(profiler_factory: Any) -> None:
+    import threading
+
+    from otelprof_middleware.sampler import get_sampler
+
+    exp = InMemoryProfileExporter()
+    profiler = profiler_factory(exporters=[exp], continuous_hz=100, continuous_window=3600)
+    stop = threading.Event()
+    cpu = {}
+
+    def background() -> None:
+        while not stop.is_set():
+            spin_cpu(0.01)
+        cpu["ns"] = time.thread_time_ns()
+
+    t = threading.Thread(target=background, name="bg-worker", daemon=True)
+    t.start()
+    sampler = get_sampler()
+    start = sampler.ticks
+    deadline = time.monotonic() + 120
+    while sampler.ticks < start + 30 and time.monotonic() < deadline:  # enough ticks, however slow the machine
+        time.sleep(0.02)
+    stop.set()
+    t.join()
+    assert profiler.force_flush(30)
+    (cont,) = [p for p in exp.profiles if p.attributes.get("otelprof.window") == "continuous"]
+    assert cont.link is None and cont.period_ns == 10_000_000
+    bg = [x for x in cont.samples if x.thread_name == "bg-worker"]
+    assert bg and sum(x.count for x in bg) >= 5
+    bg_cpu = sum(x.cpu_ns for x in bg)
+    assert 0 < bg_cpu <= cpu["ns"]  # measured on the thread's clock: never more than it used
+    names = {cont.functions[cont.locations[cont.stacks[x.stack_index][0]].function_index].name for x in bg}
+    assert "spin_cpu" in names
+    st = profiler.stats()
+    assert st["window_profiles"] == 1 and st["profiles_started"] == 0
+    identities(st)
+    # a second flush opens a new window: a new id, later samples only
+    assert profiler.shutdown(10)
+    assert not sampler.running or sampler._continuous is None  # shutdown stopped continuous sampling
+    ids = [p.profile_id for p in exp.profiles]
+    assert len(ids) == len(set(ids)) and len(ids) >= 1
+
+
+def test_continuous_samples_of_a_profiled_request_carry_its_link(profiler_factory: Any) -> None:
+    exp = InMemoryProfileExporter()
+    profiler = profiler_factory(exporters=[exp], continuous_hz=100, continuous_window=3600, sample_hz=100,
+                                min_samples=0)
+    link = SpanLink(trace_id=0x1234, span_id=0x5678, span_name="job")
+    session = profiler.start_session("job", link=link, triggers=("manual",))
+    from otelprof_middleware.sampler import get_sampler
+
+    sampler = get_sampler()
+    start = sampler.ticks
+    deadline = time.monotonic() + 120
+    while sampler.ticks < start + 20 and time.monotonic() < deadline:
+        spin_cpu(0.005)
+    profiler.finish_session(session)
+    assert profiler.shutdown(30)  # shutdown flushes the open continuous window
+    by_kind = {p.attributes.get("otelprof.window", "request"): p for p in exp.profiles}
+    assert set(by_kind) == {"continuous", "request"}
+    linked = [x for x in by_kind["continuous"].samples if x.link == link]
+    assert linked and all(x.thread_name == "MainThread" for x in linked)
+    assert by_kind["request"].sample_count > 0
+
+
+def test_span_registry_links_threads_and_tasks_to_their_root_span(otel_tracing: Any) -> None:
+    import asyncio
+
+    from otelprof_middleware.windows import SpanRegistry
+
+    tracer, _exp = otel_tracing
+    reg = SpanRegistry()
+    assert reg.install()
+    import threading
+
+    with tracer.start_as_current_span("root") as root:
+        with tracer.start_as_current_span("child"):
+            got = reg.links()[threading.get_ident()]
+            assert got.span_id == root.get_span_context().span_id  # the root, not the child
+    assert threading.get_ident() not in reg.links()
+
+    seen = {}
+
+    async def request() -> None:
+        with tracer.start_as_current_span("async-root") as span:
+            seen["span"] = span.get_span_context().span_id
+            seen["links"] = reg.links()
+
+    asyncio.run(request())
+    assert seen["links"][threading.get_ident()].span_id == seen["span"]
+    assert reg.tasks == {} and reg.threads == {}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_continuous_mode_restarts_in_a_forked_child(profiler_factory: Any) -> None:
+    exp = InMemoryProfileExporter()
+    profiler = profiler_factory(exporters=[exp], continuous_hz=100, continuous_window=3600)
+    from otelprof_middleware.sampler import get_sampler
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            sampler = get_sampler()
+            start = sampler.ticks
+            deadline = time.monotonic() + 60
+            while sampler.ticks < start + 10 and time.monotonic() < deadline:
+                spin_cpu(0.005)
+            profiler.force_flush(10)
+            conts = [p for p in exp.profiles if p.attributes.get("otelprof.window") == "continuous"]
+            ok = len(conts) == 1 and any(x.thread_name == "MainThread" for x in conts[0].samples)
+            os.write(w, b"ok" if ok else repr((sampler.ticks, [p.attributes for p in exp.profiles])).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        got = f.read()
+    os.waitpid(pid, 0)
+    assert got == b"ok"

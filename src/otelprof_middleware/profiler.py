@@ -51,7 +51,7 @@ from .sampler import get_sampler
 from .session import Session
 from .stats import Stats
 from .tracecontext import current_link
-from .windows import ShortRequestAggregator
+from .windows import ContinuousRecorder, ShortRequestAggregator
 
 __all__ = ["Profiler", "get_profiler", "set_profiler", "shared_profiler", "current_session", "activate_session",
            "deactivate_session"]
@@ -157,6 +157,9 @@ class Profiler:
                 window=cfg.aggregate_window, min_samples=cfg.min_samples, max_routes=cfg.aggregate_max_routes,
                 max_stacks=cfg.window_max_stacks, submit=self._pipeline.submit, stats=self._stats,
                 firewall=self._firewall)
+        self._continuous: Optional[ContinuousRecorder] = None
+        if cfg.enabled and cfg.continuous_hz > 0:
+            self._start_continuous()
         #: the request policy (triggers, budgets); replace it before building a
         #: middleware to inject clocks or random sources (tests)
         self.policy: Policy = Policy(self)
@@ -343,8 +346,24 @@ class Profiler:
         try:
             if self._aggregator is not None:
                 self._aggregator.flush(close=close)
+            if self._continuous is not None:
+                self._continuous.flush(close=close, sampler=get_sampler())
         except Exception:
             self.report_failure("windows", "otelprof: could not end the window profiles")
+
+    def _start_continuous(self) -> None:
+        cfg = self.config
+        recorder = ContinuousRecorder(hz=cfg.continuous_hz, window=cfg.continuous_window,
+                                      max_depth=cfg.max_stack_depth, max_stacks=cfg.window_max_stacks,
+                                      native=cfg.native_sampler, submit=self._pipeline.submit, stats=self._stats,
+                                      firewall=self._firewall)
+        recorder.spans.install()  # (again later if the tracer provider is set after us)
+        sampler = get_sampler()
+        if not sampler.set_continuous(recorder):
+            _warn_once("continuous", "otelprof: continuous_hz is set for a second profiler in this process; "
+                       "only the first one samples the process continuously")
+            return
+        self._continuous = recorder
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Stop profiling and deliver what is left within ``timeout`` seconds in all

@@ -44,7 +44,7 @@ from .export.priority import Priority, priority_of
 from .profile import AttributeValue, Profile, ProfileBuilder, SpanLink, clean_text
 from .stacks import StackTable
 
-__all__ = ["WindowProfile", "ShortRequestAggregator", "WindowTimer"]
+__all__ = ["WindowProfile", "ShortRequestAggregator", "WindowTimer", "ContinuousRecorder", "SpanRegistry"]
 
 
 class WindowProfile:
@@ -288,3 +288,197 @@ class ShortRequestAggregator:
         if close:
             self._timer.stop()
         self._hand_over(ended)
+
+
+class SpanRegistry:
+    """The local root span (the request's server span) each thread or asyncio task
+    is working for, kept by an OpenTelemetry span processor, so that continuous
+    samples of requests that have no profile of their own carry their span.
+
+    Duck-typed ``SpanProcessor`` (the SDK is optional); added to the global SDK
+    ``TracerProvider`` by :meth:`install`.  ``on_start`` runs in the thread (and
+    task) that starts the span: what is recorded is where the request runs."""
+
+    def __init__(self) -> None:
+        self.threads: dict[int, SpanLink] = {}  # thread id -> span (synchronous requests)
+        self.tasks: dict[Any, tuple[Any, int, SpanLink]] = {}  # task -> (its loop, thread id, span)
+        self._by_span: dict[int, tuple[str, Any]] = {}  # span id -> where it was recorded
+        self._provider: Any = None
+        self._lock = threading.Lock()
+
+    def install(self) -> bool:
+        """Add this processor to the global SDK tracer provider, if there is one now
+        (a provider set later is picked up at a later call).  True once installed."""
+        try:
+            from opentelemetry import trace
+        except Exception:  # pragma: no cover - the API is a dependency
+            return False
+        with self._lock:
+            provider = trace.get_tracer_provider()
+            if provider is self._provider:
+                return True
+            add = getattr(provider, "add_span_processor", None)
+            if add is None:
+                return False
+            add(self)
+            self._provider = provider
+            return True
+
+    # --- SpanProcessor
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        parent = getattr(span, "parent", None)
+        if parent is not None and not parent.is_remote:
+            return  # a child span: the request's root span stays the link
+        ctx = span.get_span_context()
+        link = SpanLink(trace_id=ctx.trace_id, span_id=ctx.span_id, sampled=bool(ctx.trace_flags.sampled),
+                        span_name=getattr(span, "name", "") or "")
+        tid = threading.get_ident()
+        task = None
+        try:
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+            task = asyncio.current_task(loop)
+        except RuntimeError:
+            pass
+        if task is not None:
+            self.tasks[task] = (loop, tid, link)
+            self._by_span[ctx.span_id] = ("task", task)
+        else:
+            self.threads[tid] = link
+            self._by_span[ctx.span_id] = ("thread", tid)
+
+    def _on_ending(self, span: Any) -> None:
+        pass
+
+    def on_end(self, span: Any) -> None:
+        ctx = span.get_span_context()
+        where = self._by_span.pop(ctx.span_id, None)
+        if where is None:
+            return
+        kind, key = where
+        if kind == "task":
+            got = self.tasks.get(key)
+            if got is not None and got[2].span_id == ctx.span_id:
+                self.tasks.pop(key, None)
+        else:
+            link = self.threads.get(key)
+            if link is not None and link.span_id == ctx.span_id:
+                self.threads.pop(key, None)
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    def links(self) -> dict[int, SpanLink]:
+        """thread id -> the span its running work belongs to, now (sampler thread)."""
+        out = dict(self.threads)
+        if self.tasks:
+            import asyncio
+
+            for task, (loop, tid, link) in list(self.tasks.items()):
+                try:
+                    if asyncio.current_task(loop) is task:
+                        out[tid] = link
+                except Exception:
+                    continue
+        return out
+
+    def after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self.threads = {}
+        self.tasks = {}
+        self._by_span = {}
+
+
+class ContinuousRecorder:
+    """The continuous profile: what the sampler thread records, when
+    ``continuous_hz`` is on, about every thread of the process, one
+    :class:`WindowProfile` per ``continuous_window``.
+
+    The sampler reads ``hz``, ``max_depth`` and ``native``, calls :meth:`links` for
+    the spans of requests running now, :meth:`record` for each thread's sample,
+    and :meth:`roll` at each of its ticks (a window that is over is handed over)."""
+
+    def __init__(self, *, hz: int, window: float, max_depth: int, max_stacks: int, native: bool,
+                 submit: Submit, stats: Any, firewall: Firewall, service: str = "") -> None:
+        self.hz = hz
+        self.window_ns = int(window * 1e9)
+        self.max_depth = max_depth
+        self.max_stacks = max_stacks
+        self.native = native
+        self._submit = submit
+        self._stats = stats
+        self._firewall = firewall
+        self._service = service
+        self.spans = SpanRegistry()
+        self._closed = False
+        self._init()
+        at_fork_reinit(self._after_fork)
+
+    def _init(self) -> None:
+        self._lock = threading.Lock()
+        self._current = self._new_window()
+
+    def _new_window(self) -> WindowProfile:
+        return WindowProfile("continuous", "continuous", period_ns=int(1e9 / self.hz), max_stacks=self.max_stacks,
+                             attributes={"otelprof.window_s": self.window_ns / 1e9, "otelprof.sampler": "python",
+                                         "otelprof.rates": f"{self.hz}Hz"})
+
+    def links(self) -> dict[int, SpanLink]:
+        if self.spans._provider is None:
+            self.spans.install()  # a tracer provider set after the profiler was made
+        return self.spans.links()
+
+    def record(self, thread_name: str, codes: Any, lastis: Any, cpu_ns: int, wall_ns: int,
+               link: Optional[SpanLink]) -> None:
+        wp = self._current
+        table = wp.table_for(link) if wp.stack_count < wp.max_stacks else None
+        if table is None:
+            if not wp.truncated:
+                wp.truncated = "window_max_stacks"
+            self._stats.incr("window_samples_dropped")
+            return
+        before = len(table.entries)
+        table.add(thread_name, codes, lastis, cpu_ns, wall_ns)
+        wp.stack_count += len(table.entries) - before
+
+    def roll(self, now_ns: int) -> None:
+        """Hand the window over if it is over (sampler thread)."""
+        if now_ns - self._current.start_mono_ns >= self.window_ns:
+            self._hand_over(now_ns, reopen=True)
+
+    def _hand_over(self, now_ns: int, *, reopen: bool) -> None:
+        with self._lock:
+            ended = self._current
+            if ended.end_mono_ns is not None:
+                return  # handed over already (shutdown)
+            ended.end_mono_ns = now_ns
+            if reopen:
+                self._current = self._new_window()
+        if not ended.parts:
+            return  # nothing sampled (e.g. right after a flush)
+        self._stats.incr("window_profiles")
+        try:
+            self._submit(ended)
+        except Exception:
+            self._firewall.report("window-submit", "otelprof: could not queue a window profile")
+
+    def flush(self, *, close: bool = False, sampler: Any = None) -> None:
+        """End the current window now (``force_flush``); ``close``: and stop (shutdown)."""
+        if close and not self._closed:
+            self._closed = True
+            if sampler is not None:
+                sampler.set_continuous(None, only=self)
+        self._hand_over(time.monotonic_ns(), reopen=not close)
+
+    def _after_fork(self) -> None:
+        # the parent's window is the parent's; the child samples itself from now on
+        self.spans.after_fork()
+        self._init()
+        if not self._closed:
+            from .sampler import get_sampler
+
+            get_sampler().set_continuous(self)
