@@ -126,3 +126,81 @@ def test_burst_of_short_requests_yields_aggregates_linked_to_each_span(profiler_
             samples_by_span[span_id] = samples_by_span.get(span_id, 0) + sample.values[types.index("samples")]
     assert requests == len(aggregated)
     assert samples_by_span == {k: s.attributes["otelprof.samples"] for k, s in aggregated.items()}
+
+
+def test_continuous_mode_links_request_samples_to_their_spans_through_uvicorn(profiler_factory: Any, otel_tracing: Any,
+                                                                               tmp_path: Any) -> None:
+    """``continuous_hz`` with no per-request profiles at all (probability 0): the whole
+    process is sampled; samples taken while a request ran carry its span (the span
+    registry), a background thread of the app is in the profile too; one request
+    profiled by its header beside it keeps its own profile."""
+    import threading
+
+    from fastapi import FastAPI
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    _tracer, span_exporter = otel_tracing
+    app = FastAPI()
+
+    @app.get("/cpu")
+    async def cpu() -> dict:
+        spin(0.05)
+        return {"ok": 1}
+
+    stop = threading.Event()
+
+    def housekeeping() -> None:  # work outside any request
+        while not stop.is_set():
+            spin(0.005)
+            stop.wait(0.005)
+
+    bg = threading.Thread(target=housekeeping, name="app-housekeeping", daemon=True)
+    bg.start()
+    with OTLPReceiver() as rx:
+        profiler = profiler_factory(exporter="otlp", endpoint=rx.url, probability=0.0, continuous_hz=100,
+                                    continuous_window=3600, batch_timeout=60, header_trust="any", min_samples=0)
+        app.add_middleware(ProfilingMiddleware, profiler=profiler)
+        FastAPIInstrumentor.instrument_app(app)
+        try:
+            with serve_in_thread(app) as base, httpx.Client(base_url=base, timeout=60) as client:
+                for _ in range(6):
+                    assert client.get("/cpu").status_code == 200
+                assert client.get("/cpu", headers={"X-Enable-Profiling": "1"}).status_code == 200
+        finally:
+            FastAPIInstrumentor.uninstrument_app(app)
+            stop.set()
+            bg.join()
+        assert profiler.shutdown(30)  # ends the continuous window
+        messages = list(rx.messages)
+
+    spans = {s.context.span_id: s for s in span_exporter.get_finished_spans() if s.kind == trace.SpanKind.SERVER}
+    assert len(spans) == 7
+    continuous = []
+    per_request = []
+    for req in messages:
+        d = req.dictionary
+        for prof in req.resource_profiles[0].scope_profiles[0].profiles:
+            attrs = {d.string_table[d.attribute_table[i].key_strindex]: d.attribute_table[i].value
+                     for i in prof.attribute_indices}
+            kind = attrs.get("otelprof.window")
+            (continuous if kind is not None and kind.string_value == "continuous" else per_request).append((d, prof))
+    assert continuous and per_request
+    linked: dict[int, int] = {}
+    threads = set()
+    for d, prof in continuous:
+        if d.string_table[prof.sample_type.type_strindex] != "samples":
+            continue  # the CPU profile
+        for sample in prof.samples:
+            names = {d.string_table[d.attribute_table[i].key_strindex]: d.attribute_table[i].value.string_value
+                     for i in sample.attribute_indices}
+            threads.add(names.get("thread.name"))
+            if sample.link_index:
+                link = d.link_table[sample.link_index]
+                span_id = int.from_bytes(link.span_id, "big")
+                assert span_id in spans  # only ever a request's server span
+                assert int.from_bytes(link.trace_id, "big") == spans[span_id].context.trace_id
+                linked[span_id] = linked.get(span_id, 0) + sum(sample.values)
+    assert "app-housekeeping" in threads  # a background thread, outside any request
+    # 50 ms of CPU per request at 100 Hz: most requests' CPU is linked to their span
+    assert len(linked) >= 3, (len(linked), threads)
