@@ -168,6 +168,9 @@ class WindowTimer:
 
 Submit = Callable[[WindowProfile], Any]
 
+#: requests in flight the span registry follows at most (memory bound)
+MAX_OPEN_SPANS = 100_000
+
 
 class ShortRequestAggregator:
     """Per-route aggregates of short requests profiled by chance, one set per window."""
@@ -332,6 +335,8 @@ class SpanRegistry:
         ctx = span.get_span_context()
         link = SpanLink(trace_id=ctx.trace_id, span_id=ctx.span_id, sampled=bool(ctx.trace_flags.sampled),
                         span_name=getattr(span, "name", "") or "")
+        if len(self._by_span) >= MAX_OPEN_SPANS:  # spans that never ended (a leak elsewhere): start afresh
+            self.after_fork()
         tid = threading.get_ident()
         task = None
         try:
