@@ -1,6 +1,7 @@
 """Benchmark the window-profile modes side by side in one run (not a test).
 
     .venv/bin/python bench/bench_modes.py [--rounds 3] [--duration 5] [--connections 8] [--stacks asgi,wsgi]
+    .venv/bin/python bench/bench_modes.py --micro     # in-process cost per request, no server
 
 Stacks: FastAPI under uvicorn (1 worker) and Flask under gunicorn (1 sync worker),
 each server pinned to core 0 (``taskset``), loaded by ``wrk`` pinned to core 1.
@@ -183,14 +184,63 @@ def _stats(port: int) -> dict:
         return json.loads(r.read())
 
 
+def micro(repeat: int = 5, number: int = 3000) -> None:
+    """In-process cost per request (µs) of each configuration on a trivial ASGI app
+    called directly (no server, no sockets), best of ``repeat`` batches."""
+    import asyncio
+
+    ns: dict = {}
+    exec(textwrap.dedent(COMMON.replace('os.environ["BENCH_MODE"]', '"none"')
+                         .replace('int(os.environ["BENCH_LOOPS"])', "1")), ns)
+    from otelprof_middleware import Profiler
+    from otelprof_middleware.asgi import ProfilingMiddleware
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    scope = {"type": "http", "method": "GET", "path": "/fast", "query_string": b"", "scheme": "http",
+             "root_path": "", "headers": [(b"host", b"127.0.0.1")]}
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        pass
+
+    async def run(a) -> float:
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                await a(dict(scope), receive, send)
+            best = min(best, (time.perf_counter() - t0) / number)
+        return best * 1e6
+
+    async def go() -> None:
+        configs = {"none": app}
+        for mode in MODES[1:]:
+            configs[mode] = ProfilingMiddleware(app, profiler=Profiler(**ns["otelprof_options"](mode)))
+        print(f"| config | µs per request (best of {repeat} x {number}) |")
+        print("|---|---:|")
+        for name, a in configs.items():
+            print(f"| {name} | {await run(a):.1f} |")
+
+    asyncio.run(go())
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--micro", action="store_true", help="only the in-process cost per request")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--stacks", default=",".join(STACKS))
     ap.add_argument("--modes", default=",".join(MODES))
     args = ap.parse_args()
+    if args.micro:
+        micro()
+        return 0
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is required")
