@@ -299,7 +299,11 @@ class CpuTimers:
                 codes = tuple(UNKNOWN if c is None else c for c in codes)
             for session, target in entries:
                 w = c1 - max(c0, target.attach_cpu)
-                if w <= 0 or session.finished:
+                # a finishing session still takes what its buffers hold (the release drains
+                # them): only a closed table is final.  Checking ``finished`` here lost every
+                # sample of a request the sampler thread had not drained before it ended
+                # (a 3 ms request under load: no CPU at all for a task)
+                if w <= 0 or session.stacks.closed:
                     continue
                 try:
                     self._bill(th, session, target, w, mono, omitted, codes, lastis, addrs)
@@ -312,7 +316,7 @@ class CpuTimers:
         was running then, so it gets none of it."""
         for session, target in th.entries:
             w = end - max(start, target.attach_cpu)
-            if w > 0 and target.task is None and not session.finished:
+            if w > 0 and target.task is None and not session.stacks.closed:
                 try:
                     session.stacks.add(target.thread_name or _thread_name(th.ident), (UNSAMPLED,), (0,), w, w)
                     target.cpu_billed += w

@@ -38,6 +38,7 @@ __all__ = [
     "GAP",
     "UNKNOWN",
     "UNSAMPLED",
+    "PROFILER",
     "FOLD_OWN_FRAMES",
     "line_of",
     "qualname",
@@ -51,7 +52,8 @@ GAP = object()  # marks frames dropped from the middle of a too-deep stack (its 
 UNKNOWN = object()  # a frame the native sampler recorded but could not name (its code was gone)
 UNSAMPLED = object()  # CPU measured on a thread's clock that no sample located (a block shorter than an interval)
 
-_MARKER_NAMES = {id(UNKNOWN): "<unknown>", id(UNSAMPLED): "<unsampled CPU>"}
+PROFILER = object()  # a stack made only of our own frames: the profiler's work on the request's thread
+_MARKER_NAMES = {id(UNKNOWN): "<unknown>", id(UNSAMPLED): "<unsampled CPU>", id(PROFILER): "<otelprof>"}
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -127,7 +129,9 @@ def _is_own(code: Any) -> bool:
 
 def _fold(codes: tuple[Any, ...], lastis: tuple[int, ...], own: dict[int, bool]) -> tuple[tuple[Any, ...], tuple[int, ...]]:
     """Leave out our own frames (their time goes to their caller); a stack made of
-    nothing else is kept as it is."""
+    nothing else (the profiler starting or ending on the request's thread, before or
+    after any user frame) becomes one ``<otelprof>`` frame: measured time, and
+    plainly ours."""
     keep = []
     for i, code in enumerate(codes):
         if code is GAP or id(code) in _MARKER_NAMES:
@@ -139,8 +143,10 @@ def _fold(codes: tuple[Any, ...], lastis: tuple[int, ...], own: dict[int, bool])
             mine = own[k] = _is_own(code)
         if not mine:
             keep.append(i)
-    if len(keep) == len(codes) or not keep:
+    if len(keep) == len(codes):
         return codes, lastis
+    if not keep or all(codes[i] is GAP for i in keep):
+        return (PROFILER,), (0,)
     return tuple(codes[i] for i in keep), tuple(lastis[i] for i in keep)
 
 
