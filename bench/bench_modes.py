@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -42,6 +41,7 @@ import time
 import urllib.request
 
 from _calibrate import shared_loops  # noqa: E402  (bench/ is on sys.path)
+from bench_wsgi import _free_port, _wrk  # noqa: E402  (the same load generator as the WSGI benchmark)
 
 MODES = ("none", "p100", "agg", "cont")
 ENDPOINTS = ("/fast", "/cpu")
@@ -128,12 +128,6 @@ def stats():
 '''
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(workdir: str, stack: str, mode: str) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     if stack == "asgi":
@@ -165,18 +159,6 @@ def _stop(proc: subprocess.Popen) -> None:
     except (subprocess.TimeoutExpired, ProcessLookupError):
         proc.kill()
         proc.wait()
-
-
-def _wrk(url: str, duration: float, connections: int) -> tuple[float, float]:
-    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{max(1, int(round(duration)))}s",
-           "--latency", url]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 60).stdout
-    if "Non-2xx" in out or "Socket errors" in out:
-        raise RuntimeError("wrk reported errors:\n" + out)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    m = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
-    p99 = float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)] if m else float("nan")
-    return rps, p99
 
 
 def _stats(port: int) -> dict:

@@ -171,27 +171,38 @@ def test_off_when_window_is_zero_or_min_samples_is_one(profiler_factory: Any) ->
         assert profiler.stats()["dropped"] == {"too_short": 1} and exp.profiles == []
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_child_after_fork_starts_without_the_parents_window(profiler_factory: Any) -> None:
-    profiler, exp = make(profiler_factory, aggregate_window=3600)
-    short_request(profiler, "a", span=1, samples=2, route="/a")
+def in_child(body: Any) -> bytes:
+    """Run ``body() -> bytes`` in a forked child; what it returned (or its error)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
         code = 1
         try:
-            s = short_request(profiler, "a", span=2, samples=1, route="/a")
-            profiler.force_flush(10)
-            ok = [p.attributes.get("otelprof.requests") for p in exp.profiles] == [1] and s.aggregate_id is not None
-            os.write(w, b"ok" if ok else repr([p.attributes for p in exp.profiles]).encode())
+            os.write(w, body())
             code = 0
+        except BaseException as exc:
+            os.write(w, repr(exc).encode())
         finally:
             os._exit(code)
     os.close(w)
     with os.fdopen(r, "rb") as f:
         got = f.read()
     os.waitpid(pid, 0)
-    assert got == b"ok"
+    return got
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_child_after_fork_starts_without_the_parents_window(profiler_factory: Any) -> None:
+    profiler, exp = make(profiler_factory, aggregate_window=3600)
+    short_request(profiler, "a", span=1, samples=2, route="/a")
+
+    def child() -> bytes:
+        s = short_request(profiler, "a", span=2, samples=1, route="/a")
+        profiler.force_flush(10)
+        ok = [p.attributes.get("otelprof.requests") for p in exp.profiles] == [1] and s.aggregate_id is not None
+        return b"ok" if ok else repr([p.attributes for p in exp.profiles]).encode()
+
+    assert in_child(child) == b"ok"
     assert profiler.force_flush(10)
     assert [p.attributes["otelprof.requests"] for p in exp.profiles] == [1]  # the parent's own request only
 
@@ -378,25 +389,15 @@ def test_continuous_mode_restarts_in_a_forked_child(profiler_factory: Any) -> No
     profiler = profiler_factory(exporters=[exp], continuous_hz=100, continuous_window=3600)
     from otelprof_middleware.sampler import get_sampler
 
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        code = 1
-        try:
-            sampler = get_sampler()
-            start = sampler.ticks
-            deadline = time.monotonic() + 60
-            while sampler.ticks < start + 10 and time.monotonic() < deadline:
-                spin_cpu(0.005)
-            profiler.force_flush(10)
-            conts = [p for p in exp.profiles if p.attributes.get("otelprof.window") == "continuous"]
-            ok = len(conts) == 1 and any(x.thread_name == "MainThread" for x in conts[0].samples)
-            os.write(w, b"ok" if ok else repr((sampler.ticks, [p.attributes for p in exp.profiles])).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        got = f.read()
-    os.waitpid(pid, 0)
-    assert got == b"ok"
+    def child() -> bytes:
+        sampler = get_sampler()  # a new sampler, its thread started again for the continuous profile
+        start = sampler.ticks
+        deadline = time.monotonic() + 60
+        while sampler.ticks < start + 10 and time.monotonic() < deadline:
+            spin_cpu(0.005)
+        profiler.force_flush(10)
+        conts = [p for p in exp.profiles if p.attributes.get("otelprof.window") == "continuous"]
+        ok = len(conts) == 1 and any(x.thread_name == "MainThread" for x in conts[0].samples)
+        return b"ok" if ok else repr((sampler.ticks, [p.attributes for p in exp.profiles])).encode()
+
+    assert in_child(child) == b"ok"

@@ -168,22 +168,36 @@ class WindowTimer:
 
 Submit = Callable[[WindowProfile], Any]
 
+
+class _Shipper:
+    """Hands finished window profiles to the export pipeline, counted, never raising."""
+
+    def __init__(self, submit: Submit, stats: Any, firewall: Firewall) -> None:
+        self._submit = submit
+        self._stats = stats
+        self._firewall = firewall
+
+    def _ship(self, wp: WindowProfile) -> None:
+        self._stats.incr("window_profiles")
+        try:
+            self._submit(wp)
+        except Exception:  # the pipeline counts what it takes; nothing here may raise
+            self._firewall.report("window-submit", "otelprof: could not queue a window profile")
+
 #: requests in flight the span registry follows at most (memory bound)
 MAX_OPEN_SPANS = 100_000
 
 
-class ShortRequestAggregator:
+class ShortRequestAggregator(_Shipper):
     """Per-route aggregates of short requests profiled by chance, one set per window."""
 
     def __init__(self, *, window: float, min_samples: int, max_routes: int, max_stacks: int,
                  submit: Submit, stats: Any, firewall: Firewall) -> None:
+        super().__init__(submit, stats, firewall)
         self.window_ns = int(window * 1e9)
         self.min_samples = min_samples
         self.max_routes = max_routes
         self.max_stacks = max_stacks
-        self._submit = submit
-        self._stats = stats
-        self._firewall = firewall
         self._timer = WindowTimer(self._timer_due)
         self._init()
         at_fork_reinit(self._init)
@@ -263,11 +277,7 @@ class ShortRequestAggregator:
 
     def _hand_over(self, ended: list[WindowProfile]) -> None:
         for agg in ended:
-            self._stats.incr("window_profiles")
-            try:
-                self._submit(agg)
-            except Exception:  # the pipeline counts what it takes; nothing here may raise
-                self._firewall.report("window-submit", "otelprof: could not queue a window profile")
+            self._ship(agg)
 
     def _timer_due(self) -> Optional[float]:
         now = time.monotonic_ns()
@@ -398,7 +408,7 @@ class SpanRegistry:
         self._by_span = {}
 
 
-class ContinuousRecorder:
+class ContinuousRecorder(_Shipper):
     """The continuous profile: what the sampler thread records, when
     ``continuous_hz`` is on, about every thread of the process, one
     :class:`WindowProfile` per ``continuous_window``.
@@ -408,16 +418,13 @@ class ContinuousRecorder:
     and :meth:`roll` at each of its ticks (a window that is over is handed over)."""
 
     def __init__(self, *, hz: int, window: float, max_depth: int, max_stacks: int, native: bool,
-                 submit: Submit, stats: Any, firewall: Firewall, service: str = "") -> None:
+                 submit: Submit, stats: Any, firewall: Firewall) -> None:
+        super().__init__(submit, stats, firewall)
         self.hz = hz
         self.window_ns = int(window * 1e9)
         self.max_depth = max_depth
         self.max_stacks = max_stacks
         self.native = native
-        self._submit = submit
-        self._stats = stats
-        self._firewall = firewall
-        self._service = service
         self.spans = SpanRegistry()
         self._closed = False
         self._init()
@@ -463,13 +470,8 @@ class ContinuousRecorder:
             ended.end_mono_ns = now_ns
             if reopen:
                 self._current = self._new_window()
-        if not ended.parts:
-            return  # nothing sampled (e.g. right after a flush)
-        self._stats.incr("window_profiles")
-        try:
-            self._submit(ended)
-        except Exception:
-            self._firewall.report("window-submit", "otelprof: could not queue a window profile")
+        if ended.parts:  # (nothing sampled, e.g. right after a flush: nothing to send)
+            self._ship(ended)
 
     def flush(self, *, close: bool = False, sampler: Any = None) -> None:
         """End the current window now (``force_flush``); ``close``: and stop (shutdown)."""
