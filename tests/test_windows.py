@@ -240,20 +240,12 @@ class Sink:
         self.samples.append((thread_name, codes, cpu_ns, wall_ns, link))
 
 
-def test_one_walk_per_thread_and_tick_feeds_both_the_session_and_the_continuous_profile(monkeypatch: Any) -> None:
+def test_one_walk_per_thread_and_tick_feeds_both_the_session_and_the_continuous_profile() -> None:
     import threading
 
     from otelprof_middleware import sampler as sampler_mod
     from otelprof_middleware.session import Session
 
-    reads = []
-    real = sampler_mod._current_frames
-
-    def counting() -> Any:
-        reads.append(1)
-        return real()
-
-    monkeypatch.setattr(sampler_mod, "_current_frames", counting)
     s = sampler_mod.Sampler(background=False)
     link = SpanLink(trace_id=7, span_id=8, span_name="GET /x")
     session = Session("GET /x", hz=100, max_depth=64, max_duration=60, max_samples=1000, link=link, native=False)
@@ -268,7 +260,7 @@ def test_one_walk_per_thread_and_tick_feeds_both_the_session_and_the_continuous_
     t0 = time.monotonic_ns()  # both are due one interval after they started
     for i in range(1, 11):
         s.tick(t0 + i * 10_000_000)
-    assert len(reads) == 10  # every thread's stack read once per tick, for both consumers
+    assert s.stack_reads == 10  # pure Python: all threads' stacks read once per tick, for both consumers
     assert session.stacks.ticks == 10
     mine = [x for x in sink.samples if x[0] == "request-worker"]
     assert len(mine) == 10 and all(x[4] == link for x in mine)  # the session's span, in its thread
@@ -328,7 +320,9 @@ def test_continuous_profile_covers_background_threads_and_work_outside_requests(
     identities(st)
     # a second flush opens a new window: a new id, later samples only
     assert profiler.shutdown(10)
-    assert not sampler.running or sampler._continuous is None  # shutdown stopped continuous sampling
+    probe = Sink(10)
+    assert sampler.set_continuous(probe)  # shutdown let go of continuous sampling: free for another one
+    sampler.set_continuous(None, only=probe)
     ids = [p.profile_id for p in exp.profiles]
     assert len(ids) == len(set(ids)) and len(ids) >= 1
 

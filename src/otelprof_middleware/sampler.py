@@ -148,6 +148,9 @@ class Sampler:
         self._timers_checked = False
         self.ticks = 0
         self.errors = 0
+        #: stack reads so far: a thread due for several sessions (and the continuous
+        #: profile) in one tick is read once (native: per thread; pure Python: per tick)
+        self.stack_reads = 0
         self._log_once = LogOnce()
         self._firewall = Firewall(self._count_error, self._log_once)
         self._cpu_ns_thread = 0
@@ -368,6 +371,7 @@ class Sampler:
             self._sample(session, schedule, frames, wall, cpu_now)
         if self._continuous is not None:
             self._sample_continuous(now_ns, frames, cpu_now)
+        self.stack_reads += frames.reads
         if timers is not None:
             timers.retune(lambda s: schedules[s].interval_ns if s in schedules else s.interval_ns)
 
@@ -523,12 +527,13 @@ class _Frames:
     create frame objects for the other thread's frames and have crashed CPython
     3.11 under thread churn (see docs/sampling.md)."""
 
-    __slots__ = ("lib", "_native", "_py")
+    __slots__ = ("lib", "_native", "_py", "reads")
 
     def __init__(self, lib: Any) -> None:
         self.lib = lib  # the native extension, or None
         self._native: dict[int, Any] = {}
         self._py: Optional[dict[int, FrameType]] = None
+        self.reads = 0  # stacks read: one per thread (native), one for all threads (sys._current_frames)
 
     def stack(self, tid: int, stop: Any, max_depth: int, native: bool) -> Optional[tuple[Any, Any]]:
         """Leaf-first (codes, offsets) of thread ``tid``, cut at frame ``stop`` (included);
@@ -537,6 +542,7 @@ class _Frames:
         if native and lib is not None:
             if tid not in self._native:
                 self._native[tid] = lib.walk(tid, min(max_depth + 1, 512))
+                self.reads += 1
             got = self._native[tid]
             if got is None:
                 return None
@@ -553,6 +559,7 @@ class _Frames:
             return cap_depth(codes, lastis, max_depth, omitted)
         if self._py is None:
             self._py = _current_frames()
+            self.reads += 1
         frame = self._py.get(tid)
         if frame is None or (stop is not None and not _on_stack(frame, stop)):
             return None
