@@ -295,7 +295,7 @@ class Config:
                                    "one profile per route and window of this length; 0 = off (dropped)")
     aggregate_max_routes: int = _opt(100, "int", 1, 100_000, doc="routes with an aggregate per window")
     window_max_stacks: int = _opt(10_000, "int", 10, 10_000_000, doc="distinct (stack, thread, span) entries "
-                                  "per window profile")
+                                  "held per window (all aggregates together; the continuous profile)")
     continuous_hz: int = _opt(0, "int", 0, 1000, doc="sample the whole process at this rate; 0 = off")
     continuous_window: float = _opt(60.0, "duration", 1, 3600, doc="length of one continuous profile")
 

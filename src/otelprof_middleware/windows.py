@@ -17,8 +17,9 @@ labels) for every sample taken for a request:
   the sampler thread samples every thread of the process at that rate and writes
   here; one profile per ``continuous_window``.
 
-Memory is bounded: at most ``aggregate_max_routes`` aggregates per window, and
-``window_max_stacks`` (stack, thread, span) entries in each window profile; what
+Memory is bounded: at most ``aggregate_max_routes`` aggregates per window,
+``window_max_stacks`` (stack, thread, span) entries in all aggregates of a window
+together, and as many in the continuous profile; what
 does not fit is counted (``dropped["window_full"]`` for a request that could not
 join, ``window_samples_dropped`` for continuous samples).
 
@@ -206,6 +207,7 @@ class ShortRequestAggregator(_Shipper):
         self._lock = threading.Lock()
         self._routes: dict[str, WindowProfile] = {}
         self._end_ns = 0  # monotonic end of the current window (0: none open)
+        self._window_stacks = 0  # entries held by all aggregates of the window (window_max_stacks)
         self._closed = False
 
     def eligible(self, session: Any) -> bool:
@@ -251,9 +253,12 @@ class ShortRequestAggregator(_Shipper):
                     agg = self._routes[key] = WindowProfile(key, "aggregate", period_ns=session.period_ns,
                                                             max_stacks=self.max_stacks, attributes=attrs,
                                                             triggers=tuple(session.triggers))
-                if agg is None or not agg.add_table(session.link, session.stacks):
+                n = len(session.stacks.entries)
+                if agg is None or self._window_stacks + n > self.max_stacks or not agg.add_table(
+                        session.link, session.stacks):
                     dropped = True
                 else:
+                    self._window_stacks += n
                     for t in session.triggers:
                         if t not in agg.triggers:
                             agg.triggers = agg.triggers + (t,)
@@ -273,6 +278,7 @@ class ShortRequestAggregator(_Shipper):
             agg.end_mono_ns = now_ns
         self._routes = {}
         self._end_ns = 0
+        self._window_stacks = 0
         return ended
 
     def _hand_over(self, ended: list[WindowProfile]) -> None:
