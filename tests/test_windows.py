@@ -241,27 +241,36 @@ class Sink:
         self.samples.append((thread_name, codes, cpu_ns, wall_ns, link))
 
 
-def test_one_walk_per_thread_and_tick_feeds_both_the_session_and_the_continuous_profile() -> None:
+@pytest.mark.parametrize("native", [False, True], ids=["python", "native"])
+def test_one_walk_per_thread_and_tick_feeds_both_the_session_and_the_continuous_profile(native: bool) -> None:
     import threading
 
+    from otelprof_middleware import native_sampler
     from otelprof_middleware import sampler as sampler_mod
     from otelprof_middleware.session import Session
 
+    if native and native_sampler.load()[0] is None:
+        pytest.skip("native sampler unavailable here")
     s = sampler_mod.Sampler(background=False)
     link = SpanLink(trace_id=7, span_id=8, span_name="GET /x")
-    session = Session("GET /x", hz=100, max_depth=64, max_duration=60, max_samples=1000, link=link, native=False)
+    session = Session("GET /x", hz=100, max_depth=64, max_duration=60, max_samples=1000, link=link, native=native)
     s.register(session)
     stop = threading.Event()
     worker = threading.Thread(target=stop.wait, name="request-worker", daemon=True)
     worker.start()
     session.attach_thread(worker.ident, "request-worker")  # (the ticking thread itself is never sampled)
     sink = Sink(100)
+    sink.native = native
     assert s.set_continuous(sink)
     assert not s.set_continuous(Sink(50))  # one continuous sink per process
+    threads = len(threading.enumerate())
     t0 = time.monotonic_ns()  # both are due one interval after they started
     for i in range(1, 11):
         s.tick(t0 + i * 10_000_000)
-    assert s.stack_reads == 10  # pure Python: all threads' stacks read once per tick, for both consumers
+    assert len(threading.enumerate()) == threads
+    # read once per tick for both consumers: pure Python reads all threads at once, the
+    # native walk reads each thread but this one (the worker is not read a second time)
+    assert s.stack_reads == (10 if not native else 10 * (threads - 1))
     assert session.stacks.ticks == 10
     mine = [x for x in sink.samples if x[0] == "request-worker"]
     assert len(mine) == 10 and all(x[4] == link for x in mine)  # the session's span, in its thread
