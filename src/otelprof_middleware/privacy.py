@@ -39,7 +39,7 @@ import sys
 import sysconfig
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Optional, Pattern
 
-from .profile import Function, Profile, clean_text
+from .profile import Function, Profile, SpanLink, clean_text
 
 if TYPE_CHECKING:
     from .config import Config
@@ -334,21 +334,38 @@ class Privacy:
                     s.thread_name = name
             profile.attributes = {k: self.text(v) if isinstance(v, str) else v
                                   for k, v in profile.attributes.items()}
-        link = profile.link
-        if link is not None and link.span_name:
+        # span names: the profile's link, and each sample's own (window profiles)
+        links: dict[SpanLink, SpanLink] = {}
+        profile.link = self._link(profile.link, links)
+        for s in profile.samples:
+            if s.link is not None:
+                s.link = self._link(s.link, links)
+        return profile
+
+    def _link(self, link: Optional[SpanLink], done: dict[SpanLink, SpanLink]) -> Optional[SpanLink]:
+        if link is None or not link.span_name:
+            return link
+        out = done.get(link)
+        if out is None:
             name = link.span_name if self.url_paths == "raw" else _mask_path_tokens(link.span_name)
             name = self.text(name)
-            if name != link.span_name:
-                profile.link = dataclasses.replace(link, span_name=name)
-        return profile
+            out = done[link] = link if name == link.span_name else dataclasses.replace(link, span_name=name)
+        return out
 
     def _request_path(self, profile: Profile) -> None:
         attrs = profile.attributes
         raw = attrs.get("url.path")
-        if not isinstance(raw, str):
-            return
         route = attrs.get("http.route")
         method = attrs.get("http.request.method")
+        if not isinstance(raw, str):
+            # no path attribute, e.g. the aggregate of a route's short requests, named like a
+            # request ("GET /users/42" when the route template was unknown)
+            if not (route or self.url_paths == "raw") and isinstance(method, str) and method \
+                    and profile.name.startswith(method + " /"):
+                path = profile.name[len(method) + 1:]
+                shown = mask_path(path) if self.url_paths == "masked" else ""
+                profile.name = f"{method} {shown}" if shown else method
+            return
         if self.url_paths == "raw":
             shown = _cut(raw, MAX_PATH_CHARS)
         elif self.url_paths == "off" or (isinstance(route, str) and route):
