@@ -156,7 +156,11 @@ class ProfilingMiddleware:
         if handle is None:  # the application gets the server's own send, untouched
             await self.app(scope, receive, send)
             return
-        await handle.acall(self.app, scope, receive, handle.send)
+        try:
+            await self.app(scope, receive, handle.send)
+        except BaseException as exc:
+            handle.finish(error=exc)
+            raise
         handle.finish()
 
     async def _unconfigured(self, scope: Scope, receive: Receive, send: Send) -> None:
