@@ -3,6 +3,7 @@ called directly, side by side with the bare app, no server.
 
     python bench/bench_request_path.py [--number 2000] [--repeat 31]
     python bench/bench_request_path.py --instructions      # valgrind (callgrind) instruction counts
+    python bench/bench_request_path.py --floor             # + the hand-inlined floor (request_path_floor.py)
 
 For each adapter (raw ASGI, raw WSGI, Flask, Django) the same trivial application
 is called with and without our integration, in interleaved batches (bare,
@@ -28,7 +29,10 @@ governor):
   ratio does not select (the decision every service makes for that trace);
 * ``late triggers off``: slow promotion, route arming and the high-CPU trigger off
   (nothing watches an unprofiled request);
-* ``profiled`` (``--profiled``): probability 1, for scale.
+* ``profiled`` (``--profiled``): probability 1, for scale;
+* ``floor`` (``--floor``): not our middleware but the hand-inlined floor of a
+  watched request (``bench/request_path_floor.py``): the least pure Python can do
+  for the default feature set, on the same app.
 
 ``--instructions`` counts instead of timing: each adapter and configuration runs
 in its own ``valgrind --tool=callgrind`` process, which dumps the calling thread's
@@ -61,6 +65,8 @@ import time
 from typing import Any, Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+import request_path_floor  # noqa: E402  (after the path set-up above)
+
 logging.getLogger("otelprof_middleware").addHandler(logging.NullHandler())  # no start-up lines in the table
 
 TARGET_US = 1.5
@@ -82,6 +88,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "late triggers off": {"options": dict(slow_promotion=False, slow_route_arming=False, error_profile_duration=0,
                                           cpu_trigger=False)},
 }
+#: the hand-inlined floor of a watched request (``request_path_floor.py``), defaults
+FLOOR = {"floor (hand-inlined, defaults)": {"floor": True}}
 PROFILED = {"profiled (probability 1)": {"options": dict(probability=1.0, max_profiles_per_minute=10**6,
                                                        max_overhead=1.0, min_samples=10**3)}}
 
@@ -172,8 +180,8 @@ def asgi_driver(app: Any, scope: dict[str, Any]) -> Callable[[int], None]:
     return run
 
 
-def flask_drivers(options: dict[str, Any], environ: dict[str, Any]) -> tuple[Callable[[int], None],
-                                                                              Callable[[int], None]]:
+def flask_drivers(options: dict[str, Any], environ: dict[str, Any],
+                  floor: bool = False) -> tuple[Callable[[int], None], Callable[[int], None]]:
     from flask import Flask
 
     from otelprof_middleware.flask import OtelProf
@@ -185,12 +193,14 @@ def flask_drivers(options: dict[str, Any], environ: dict[str, Any]) -> tuple[Cal
         return "ok"
 
     own = app.wsgi_app
+    if floor:
+        return wsgi_driver(own, environ), wsgi_driver(request_path_floor.wsgi(own, NeverSelects().random), environ)
     OtelProf(app, profiler=make_profiler(options))
     return wsgi_driver(own, environ), wsgi_driver(app.wsgi_app, environ)
 
 
-def django_drivers(options: dict[str, Any], environ: dict[str, Any]) -> tuple[Callable[[int], None],
-                                                                               Callable[[int], None]]:
+def django_drivers(options: dict[str, Any], environ: dict[str, Any],
+                   floor: bool = False) -> tuple[Callable[[int], None], Callable[[int], None]]:
     import django
     from django.conf import settings
 
@@ -212,16 +222,20 @@ def django_drivers(options: dict[str, Any], environ: dict[str, Any]) -> tuple[Ca
     from otelprof_middleware.django import ProfilingMiddleware
     from otelprof_middleware.integrations.django import request_profiling_from_settings
 
-    handler = WSGIHandler()  # no middleware: Django's own request handling
-    settings.OTELPROF = {"exporter": "none", **options}  # a new dict: a new profiler
-    never_selecting(request_profiling_from_settings().profiler, options)
-    middleware = ProfilingMiddleware(handler.get_response)
-
     def driver(call: Callable[[Any], Any]) -> Callable[[int], None]:
         def run(n: int) -> None:
             for _ in range(n):
                 call(WSGIRequest(environ.copy())).close()
         return run
+
+    handler = WSGIHandler()  # no middleware: Django's own request handling
+    if floor:
+        middleware: Any = request_path_floor.django(handler.get_response, NeverSelects().random)
+        return driver(handler.get_response), driver(middleware)
+    settings.OTELPROF = {"exporter": "none", **options}  # a new dict: a new profiler
+    never_selecting(request_profiling_from_settings().profiler, options)
+    middleware = ProfilingMiddleware(handler.get_response)
+
 
     return driver(handler.get_response), driver(middleware)
 
@@ -251,20 +265,26 @@ def side_by_side(pair: tuple[Callable[[int], None], Callable[[int], None]], numb
 def drivers(adapter: str, cfg: dict[str, Any]) -> tuple[Callable[[int], None], Callable[[int], None]]:
     options = dict(cfg.get("options", {}))
     tp = bool(cfg.get("traceparent"))
+    floor = bool(cfg.get("floor"))
     if adapter == "ASGI":
         from otelprof_middleware.asgi import ProfilingMiddleware as ASGIMiddleware
 
         scope = asgi_scope(tp)
+        if floor:
+            return asgi_driver(asgi_app, scope), asgi_driver(request_path_floor.asgi(asgi_app, NeverSelects().random),
+                                                             scope)
         return asgi_driver(asgi_app, scope), asgi_driver(ASGIMiddleware(asgi_app, profiler=make_profiler(options)),
                                                          scope)
     if adapter == "WSGI":
         from otelprof_middleware.wsgi import ProfilingMiddleware as WSGIMiddleware
 
         env = wsgi_environ(tp)
+        if floor:
+            return wsgi_driver(wsgi_app, env), wsgi_driver(request_path_floor.wsgi(wsgi_app, NeverSelects().random), env)
         return wsgi_driver(wsgi_app, env), wsgi_driver(WSGIMiddleware(wsgi_app, profiler=make_profiler(options)), env)
     if adapter == "Flask":
-        return flask_drivers(options, wsgi_environ(tp))
-    return django_drivers(options, wsgi_environ(tp))
+        return flask_drivers(options, wsgi_environ(tp), floor)
+    return django_drivers(options, wsgi_environ(tp), floor)
 
 
 def _batch(run: Callable[[int], None], number: int) -> None:
@@ -275,7 +295,7 @@ def _batch(run: Callable[[int], None], number: int) -> None:
 
 def child_instructions(adapter: str, label: str, number: int, repeat: int) -> int:
     """Under callgrind: warm up, then ``repeat`` pairs of batches (bare, wrapped)."""
-    bare, wrapped = drivers(adapter, {**CONFIGS, **PROFILED}[label])
+    bare, wrapped = drivers(adapter, {**CONFIGS, **PROFILED, **FLOOR}[label])
     bare(max(50, number // 5))
     wrapped(max(50, number // 5))
     for _ in range(repeat):
@@ -340,6 +360,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=31, help="batch pairs (the median difference counts)")
     ap.add_argument("--adapters", default="ASGI,WSGI,Flask,Django")
     ap.add_argument("--profiled", action="store_true", help="also measure a profiled request (probability 1)")
+    ap.add_argument("--floor", action="store_true", help="also measure the hand-inlined floor of a watched request "
+                                                          "(bench/request_path_floor.py)")
     ap.add_argument("--instructions", action="store_true",
                     help="count instructions with valgrind's callgrind instead of timing (defaults: "
                          "--number 300 --repeat 5)")
@@ -350,6 +372,8 @@ def main() -> int:
     configs = dict(CONFIGS)
     if args.profiled:
         configs.update(PROFILED)
+    if args.floor:
+        configs.update(FLOOR)
     if args.configs:
         configs = {k: v for k, v in configs.items() if any(c in k for c in args.configs.split("|"))}
     if args.child:
