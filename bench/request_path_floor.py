@@ -50,10 +50,19 @@ class Trig:
         self.coin = coin
         self.inflight: dict[Any, bool] = {}
 
-    def quiet(self, header: Optional[str], traceparent: Any) -> bool:
-        return (header is None and traceparent is None and current_context().get(SPAN_KEY) is None
+    def enter(self, cls: type, header: Optional[str], traceparent: Any) -> Any:
+        """The record of a request nothing selects (watched), or None (decide in full)."""
+        if (header is None and traceparent is None and current_context().get(SPAN_KEY) is None
                 and not self.armed and not self.windows and not self.cpu_firing
-                and self.coin() >= self.probability)
+                and self.coin() >= self.probability):
+            rec = _new(cls)
+            rec.status = None
+            rec.t0 = _clock()
+            ref = _ref(rec)
+            self.inflight[ref] = True
+            rec.token = _hops.set(ref)
+            return rec
+        return None
 
     def end(self, rec: "Rec") -> None:
         _hops.reset(rec.token)
@@ -90,15 +99,10 @@ def wsgi(app: Callable[..., Any], coin: Callable[[], float]) -> Callable[..., An
     trig = WSGIRec.trig = Trig(coin)
 
     def middleware(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if not trig.quiet(environ.get("HTTP_X_ENABLE_PROFILING"), environ.get("HTTP_TRACEPARENT")):
+        rec = trig.enter(WSGIRec, environ.get("HTTP_X_ENABLE_PROFILING"), environ.get("HTTP_TRACEPARENT"))
+        if rec is None:
             return app(environ, start_response)
-        rec = _new(WSGIRec)
         rec.send = start_response
-        rec.status = None
-        rec.t0 = _clock()
-        ref = _ref(rec)
-        trig.inflight[ref] = True
-        rec.token = _hops.set(ref)
         try:
             result = app(environ, rec.start_response)
         except BaseException:
@@ -134,15 +138,10 @@ def asgi(app: Callable[..., Any], coin: Callable[[], float]) -> Callable[..., An
                 header = value
             elif name == b"traceparent":
                 traceparent = value
-        if not trig.quiet(header, traceparent):
+        rec = trig.enter(ASGIRec, header, traceparent)
+        if rec is None:
             return await app(scope, receive, send)
-        rec = _new(ASGIRec)
         rec.send = send
-        rec.status = None
-        rec.t0 = _clock()
-        ref = _ref(rec)
-        trig.inflight[ref] = True
-        rec.token = _hops.set(ref)
         try:
             await app(scope, receive, rec.on_send)
         finally:
@@ -156,14 +155,9 @@ def django(get_response: Callable[[Any], Any], coin: Callable[[], float]) -> Cal
 
     def middleware(request: Any) -> Any:
         meta = request.META
-        if not trig.quiet(meta.get("HTTP_X_ENABLE_PROFILING"), meta.get("HTTP_TRACEPARENT")):
+        rec = trig.enter(Rec, meta.get("HTTP_X_ENABLE_PROFILING"), meta.get("HTTP_TRACEPARENT"))
+        if rec is None:
             return get_response(request)
-        rec = _new(Rec)
-        rec.status = None
-        rec.t0 = _clock()
-        ref = _ref(rec)
-        trig.inflight[ref] = True
-        rec.token = _hops.set(ref)
         try:
             response = get_response(request)
         except BaseException:
