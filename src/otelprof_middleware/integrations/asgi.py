@@ -239,8 +239,8 @@ class ASGIRequest(RequestHandle):
         try:
             if self.session is not None:
                 message = self._profiled_message(message)
-            elif message.get("type") == "http.response.start":
-                self.status = message.get("status")
+            elif self.status is None and message.get("type") == "http.response.start":
+                self.status = message.get("status")  # (body messages: one attribute check)
         except Exception:
             self.rp.report_failure("asgi-send", "otelprof: profiling failed while sending a response; "
                                    "the response is unchanged")
