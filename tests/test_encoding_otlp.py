@@ -90,12 +90,14 @@ def test_cpu_and_wall_profiles() -> None:
     p = build_profile(LINK_A, attributes={"http.route": "/a"}, triggers=("slow", "error"))
     req = encode(p)
     cpu, wall = req.resource_profiles[0].scope_profiles[0].profiles
+    # CPU: measured nanoseconds as counts of a 1 ns period (count x period = CPU time)
     assert vtype(req, cpu.sample_type) == ("samples", "count")
     assert vtype(req, cpu.period_type) == ("cpu", "nanoseconds")
+    assert cpu.period == 1
     assert vtype(req, wall.sample_type) == ("wall", "nanoseconds")
     assert vtype(req, wall.period_type) == ("wall", "nanoseconds")
+    assert wall.period == PERIOD
     for prof in (cpu, wall):
-        assert prof.period == PERIOD
         assert prof.profile_id == p.profile_id and len(prof.profile_id) == 16
         assert prof.time_unix_nano == p.start_time_ns and prof.duration_nano == p.duration_ns
         assert profile_attrs(req, prof) == {
@@ -105,16 +107,19 @@ def test_cpu_and_wall_profiles() -> None:
             "otelprof.link.source": "span",
         }
     link = (LINK_A.trace_id_bytes, LINK_A.span_id_bytes)
+    shared = {"span_name": "GET /a", "http.route": "/a"}  # on every sample (Pyroscope labels)
+    # The zero-CPU sample is left out of the CPU profile; values are the measured ns.
     assert resolve(req, cpu) == [
-        (["Repo.query_db", "Handler.handle", "<module>"], [3], {"thread.name": "MainThread"}, link),
-        (["Repo.query_db", "Handler.handle", "<module>"], [1], {}, link),
-        (["asyncio.sleep", "Handler.handle", "<module>"], [2], {"thread.name": "worker-1"}, link),
+        (["Repo.query_db", "Handler.handle", "<module>"], [3 * PERIOD], {"thread.name": "MainThread", **shared}, link),
+        (["Repo.query_db", "Handler.handle", "<module>"], [PERIOD], shared, link),
     ]
     # The zero-wall sample is left out of the wall profile.
     assert resolve(req, wall) == [
-        (["Repo.query_db", "Handler.handle", "<module>"], [3 * PERIOD + 5], {"thread.name": "MainThread"}, link),
-        (["asyncio.sleep", "Handler.handle", "<module>"], [2 * PERIOD], {"thread.name": "worker-1"}, link),
+        (["Repo.query_db", "Handler.handle", "<module>"], [3 * PERIOD + 5], {"thread.name": "MainThread", **shared}, link),
+        (["asyncio.sleep", "Handler.handle", "<module>"], [2 * PERIOD], {"thread.name": "worker-1", **shared}, link),
     ]
+    assert sum(v for _, (v,), _, _ in resolve(req, cpu)) * cpu.period == p.cpu_ns
+    assert sum(v for _, (v,), _, _ in resolve(req, wall)) == p.wall_ns
 
 
 def test_dictionary_entries() -> None:
@@ -193,8 +198,9 @@ def test_samples_with_same_identity_are_merged() -> None:
     req = encode(p)
     assert check_request(req) == []
     cpu, wall = req.resource_profiles[0].scope_profiles[0].profiles
-    assert [(s[1], s[2]) for s in resolve(req, cpu)] == [([3], {"thread.name": "T"}), ([4], {"thread.name": "U"})]
-    assert [(s[1], s[2]) for s in resolve(req, wall)] == [([300], {"thread.name": "T"})]
+    # T's two samples merged (10 + 20 ns); U used no CPU and no wall: in neither profile
+    assert [(s[1], s[2]) for s in resolve(req, cpu)] == [([30], {"thread.name": "T", "span_name": "GET /a"})]
+    assert [(s[1], s[2]) for s in resolve(req, wall)] == [([300], {"thread.name": "T", "span_name": "GET /a"})]
     assert len(req.dictionary.stack_table) == 2
 
 
@@ -217,7 +223,31 @@ def test_deep_stack_and_unicode() -> None:
     req = encode(p)
     assert check_request(req) == []
     [(got, values, attrs, _)] = resolve(req, req.resource_profiles[0].scope_profiles[0].profiles[0])
-    assert got == names and values == [1] and attrs == {"thread.name": "Thread-ü"}
+    assert got == names and values == [1] and attrs == {"thread.name": "Thread-ü", "span_name": "GET /a"}
+
+
+def test_lone_surrogates_never_fail_the_request() -> None:
+    """One bad string (a file name decoded with surrogateescape, a header value, an
+    environment variable) is replaced, never a serialization error for the batch."""
+    bad = "caf\udce9"
+    p = Profile(name=f"GET /{bad}", start_time_ns=1, duration_ns=1, period_ns=PERIOD,
+                link=SpanLink(LINK_A.trace_id, LINK_A.span_id, span_name=bad),
+                attributes={f"k{bad}": bad, "http.route": f"/{bad}"})
+    b = ProfileBuilder(p)
+    b.add(b.stack([b.location(b.function(f"fn_{bad}", f"/{bad}.py", 1), 1)]), f"T{bad}", count=1, cpu_ns=5, wall_ns=5)
+    good = Profile(name="ok", start_time_ns=1, duration_ns=1, period_ns=PERIOD, link=LINK_B)
+    gb = ProfileBuilder(good)
+    gb.add(gb.stack([gb.location(gb.function("fine", "/ok.py", 1), 1)]), "T", count=1, cpu_ns=7, wall_ns=7)
+    req = encode(p, good, resource={"service.name": f"svc{bad}", f"host{bad}": bad, "n": 1})
+    assert check_request(req) == []
+    cpu = req.resource_profiles[0].scope_profiles[0].profiles[0]
+    [(names, values, attrs, _)] = resolve(req, cpu)
+    assert names == ["fn_caf\ufffd"] and values == [5]
+    assert attrs == {"thread.name": "Tcaf\ufffd", "span_name": "caf\ufffd", "http.route": "/caf\ufffd"}
+    assert profile_attrs(req, cpu)["kcaf\ufffd"] == "caf\ufffd"
+    res = {kv.key: _value(kv.value) for kv in req.resource_profiles[0].resource.attributes}
+    assert res == {"service.name": "svccaf\ufffd", "hostcaf\ufffd": "caf\ufffd", "n": 1}
+    assert len(req.resource_profiles[0].scope_profiles[0].profiles) == 4  # the good profile is there too
 
 
 def test_empty_profile_and_empty_request() -> None:

@@ -128,7 +128,8 @@ def test_linked_profile_round_trips_names_values_labels() -> None:
     for (names, values, labels), (w_names, w_values, w_thread) in zip(got, want):
         assert names == w_names
         assert values == w_values
-        expected_labels = {"span_id": "00f067aa0ba902b7", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_name": "GET /items"}
+        expected_labels = {"span_id": "00f067aa0ba902b7", "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+                           "span_name": "GET /items", "http.route": "/items"}
         if w_thread:
             expected_labels["thread_name"] = w_thread
         assert labels == expected_labels
@@ -157,7 +158,8 @@ def test_unlinked_profile_has_no_span_labels() -> None:
     p = build_web_profile(None)
     d = decode_pprof(encode_pprof(p))
     labels = [s.labels for s in d.samples]
-    assert labels == [{"thread_name": "MainThread"}, {"thread_name": "MainThread"}, {}]
+    route = {"http.route": "/items"}  # the route template of the profile, on every sample
+    assert labels == [{**route, "thread_name": "MainThread"}, {**route, "thread_name": "MainThread"}, route]
     assert all(s.label_keys == list(s.labels) for s in d.samples)
 
 
@@ -214,6 +216,39 @@ def test_empty_profile() -> None:
     d = decode_both(p)
     assert d.samples == [] and d.locations == {} and d.functions == {}
     assert d.sample_types[1] == ("cpu", "nanoseconds") and d.default_sample_type == "cpu"
+
+
+@pytest.mark.parametrize("kind, value_of, period_type", [
+    ("cpu", lambda smp: smp.cpu_ns, ("cpu", "nanoseconds")),
+    ("wall", lambda smp: smp.wall_ns, ("wall", "nanoseconds")),
+])
+def test_single_type_profiles_for_pyroscope(kind, value_of, period_type) -> None:  # type: ignore[no-untyped-def]
+    """One value per sample (what Pyroscope series are made of), only samples that
+    have that value, the period type matching the sample type."""
+    p = build_web_profile(LINK)
+    d = decode_both(p, kind=kind)
+    assert d.sample_types == [(kind, "nanoseconds")] and d.default_sample_type == kind
+    assert d.period_type == period_type and d.period == PERIOD
+    want = [(names, [value_of(smp)], thread) for (names, _v, thread), smp in zip(expected_samples(p), p.samples)
+            if value_of(smp)]
+    got = stacks_by_function(d)
+    assert [(n, v, lab.get("thread_name", "")) for n, v, lab in got] == want
+    assert sum(v[0] for _, v, _ in got) == (p.cpu_ns if kind == "cpu" else p.wall_ns)
+    assert all(lab["span_id"] == "00f067aa0ba902b7" and lab["http.route"] == "/items" for _, _, lab in got)
+
+
+def test_lone_surrogates_never_break_the_profile() -> None:
+    """File names decoded with surrogateescape, odd thread or span names: replaced, never an error."""
+    bad = "caf\udce9"
+    p = make_profile(SpanLink(TRACE_ID, SPAN_ID, span_name=bad), attributes={"http.route": f"/{bad}"})
+    b = ProfileBuilder(p)
+    b.add(b.stack([b.location(b.function(f"fn_{bad}", f"/srv/{bad}.py", 1), 2)]), f"T-{bad}", count=1, cpu_ns=5,
+          wall_ns=6)
+    d = decode_both(p, extra_labels={"env": bad})
+    [(names, values, labels)] = stacks_by_function(d)
+    assert names == ["fn_caf\ufffd"] and values == [1, 5, 6]
+    assert labels["thread_name"] == "T-caf\ufffd" and labels["span_name"] == "caf\ufffd"
+    assert labels["http.route"] == "/caf\ufffd" and labels["env"] == "caf\ufffd"
 
 
 def test_decoder_rejects_bad_string_table() -> None:

@@ -82,7 +82,9 @@ def test_file_export_writes_pprof_and_index_line(profiler_factory, otel_tracing,
     assert line["span_id"] == format(ctx.span_id, "016x")
     assert line["name"] == "nightly-import"
     assert line["trigger"] == "manual"
-    assert line["attributes"] == {"tenant": "a", "rows": 3}
+    user_attrs = {k: v for k, v in line["attributes"].items() if not k.startswith("otelprof.")}
+    assert user_attrs == {"tenant": "a", "rows": 3}
+    assert line["attributes"]["otelprof.sampler"] in ("native", "python")  # how it was sampled
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", line["start"])
     assert line["duration_ms"] > 0
     assert line["samples"] > 0
@@ -260,12 +262,14 @@ class BlockingExporter:
     def __init__(self):
         self.release = threading.Event()
         self.started = threading.Event()
+        self.returned = threading.Event()
         self.exported = []
 
     def export(self, profiles):
         self.started.set()
         self.release.wait(30)
         self.exported.extend(profiles)
+        self.returned.set()
         return ExportResult(exported=len(profiles))
 
     def shutdown(self):
@@ -338,7 +342,12 @@ def test_queue_overflow_drops_and_counts_without_blocking(profiler_factory):
     assert profiler.stats()["dropped"] == {"queue_full": 4, "shutdown": 1}
     blocking.release.set()
     assert profiler.force_flush(5)
-    # the exporter finished its call after the deadline: not counted a second time
+    # the exporter finished its call after the deadline (wait for its worker to be done
+    # with it: force_flush after shutdown has nothing to wait for): not counted a second time
+    assert blocking.returned.wait(5)
+    workers = [t for t in threading.enumerate() if t.name == "otelprof-export-blocking"]
+    for t in workers:
+        t.join(5)
     assert [p.name for p in blocking.exported] == ["in-flight"]
     assert profiler.stats()["exporters"]["blocking"]["dropped"] == {"shutdown": 3}
     assert profiler.stats()["exporters"]["blocking"]["exported"] == 0

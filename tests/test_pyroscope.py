@@ -4,6 +4,7 @@ decoder and by ``go tool pprof``), the legacy /ingest fallback, auth and retries
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -55,12 +56,21 @@ def test_push_through_the_profiler_with_span_labels(profiler_factory, otel_traci
         assert profiler.force_flush(20)
         (req,) = rx.accepted(PUSH)
         assert req.headers["content-type"] == "application/proto"
-        (series,) = rx.series()
-        assert series.labels == {"__name__": "process_cpu", "service_name": "demo-web"}
-        (raw, sample_id) = series.samples[0]
+        # one series per profile type: CPU and wall, named as the OTLP path names them
+        cpu_series, wall_series = rx.series()
+        for series, name in ((cpu_series, "process_cpu"), (wall_series, "wall")):
+            assert series.labels["__name__"] == name and series.labels["service_name"] == "demo-web"
+            # the resource as Pyroscope maps it: dots become underscores
+            assert series.labels["process_pid"] == str(os.getpid())
+            assert series.labels["telemetry_sdk_language"] == "python"
+            assert all("." not in k for k in series.labels), series.labels
+        (raw, sample_id) = cpu_series.samples[0]
         assert raw[:2] == b"\x1f\x8b"  # gzip'd pprof
         assert len(sample_id) == 36  # a UUID
         decoded = decode_pprof(raw)
+        assert decoded.sample_types == [("cpu", "nanoseconds")] and decoded.period_type == ("cpu", "nanoseconds")
+        wall = decode_pprof(wall_series.samples[0][0])
+        assert wall.sample_types == [("wall", "nanoseconds")] and wall.period_type == ("wall", "nanoseconds")
         stacks = stacks_by_function(decoded)
         assert any("pyro_work_loop" in names for names, _v, _l in stacks)
         for _names, _values, labels in stacks:
@@ -94,7 +104,7 @@ def test_auth_bearer_token():
         assert rx.requests[0].headers["authorization"] == "Bearer tok123"
 
 
-def test_batch_is_one_push_with_one_series_per_profile():
+def test_batch_is_one_push_with_a_cpu_and_a_wall_series_per_profile():
     stats = Stats()
     with PyroscopeReceiver() as rx:
         ch = pyro_channel(rx, stats=stats)
@@ -102,10 +112,26 @@ def test_batch_is_one_push_with_one_series_per_profile():
         send_all(ch, profiles)
         assert len(rx.requests) == 1
         series = rx.series()
-        assert len(series) == 3
-        span_ids = sorted({stacks_by_function(decode_pprof(s.samples[0][0]))[0][2]["span_id"] for s in series})
-        assert span_ids == sorted(format(p.link.span_id, "016x") for p in profiles)
+        assert [s.labels["__name__"] for s in series] == ["process_cpu", "wall"] * 3
+        span_ids = [stacks_by_function(decode_pprof(s.samples[0][0]))[0][2]["span_id"] for s in series]
+        assert span_ids == [format(p.link.span_id, "016x") for p in profiles for _ in range(2)]
+        for s, p in zip(series[::2], profiles):  # the CPU series holds the profile's CPU ns exactly
+            assert sum(v[0] for _, v, _ in stacks_by_function(decode_pprof(s.samples[0][0]))) == p.cpu_ns
     assert stats.snapshot()["exporters"]["pyroscope"]["exported"] == 3
+
+
+def test_series_labels_map_the_resource_as_pyroscope_does():
+    with PyroscopeReceiver() as rx:
+        ch = pyro_channel(rx, resource_attributes={"service.version": "1.4.2", "deployment.environment": "prod",
+                                                   "k8s.pod.name": "web-1", "bad-name": "x", "team": "a,b"})
+        send_all(ch, [synthetic("a")])
+        labels = rx.series()[0].labels
+        assert labels["service_version"] == "1.4.2"
+        # the deprecated name still arrives, and its semantic-convention successor too
+        assert labels["deployment_environment"] == labels["deployment_environment_name"] == "prod"
+        assert labels["k8s_pod_name"] == "web-1" and labels["team"] == "a,b"
+        assert "bad-name" not in labels and "bad_name" not in labels  # Pyroscope would reject the series
+        assert len(labels) <= 30
 
 
 @pytest.mark.parametrize("status", [404, 415, 501])
@@ -116,19 +142,23 @@ def test_falls_back_to_ingest_when_push_is_unavailable(status):
         profiles = [synthetic("a"), synthetic("b", seed=1)]
         send_all(ch, profiles)
         ingests = rx.accepted("/ingest")
-        assert len(ingests) == 2
-        for r, p in zip(ingests, profiles):
+        assert len(ingests) == 4  # a CPU and a wall pprof per profile
+        for r, (p, kind) in zip(ingests, [(p, k) for p in profiles for k in ("cpu", "wall")]):
             assert r.query["format"] == "pprof"
-            assert r.query["name"] == "demo-web"
+            # the series labels ride in the name (the server names the profile type after the
+            # sample type: a CPU-only pprof is process_cpu, a wall-only one is wall)
+            assert r.query["name"].startswith("demo-web{") and f"process_pid={os.getpid()}" in r.query["name"]
             assert r.query["spyName"] != "pyspy"
             assert int(r.query["from"]) == p.start_time_ns // 10**9
-            labels = stacks_by_function(decode_pprof(r.body))[0][2]
+            decoded = decode_pprof(r.body)
+            assert decoded.sample_types == [(kind, "nanoseconds")]
+            labels = stacks_by_function(decoded)[0][2]
             assert labels["span_id"] == format(p.link.span_id, "016x")
         # the fallback sticks: the next batch goes straight to /ingest
         n_push = len([r for r in rx.requests if r.path == PUSH])
         send_all(ch, [synthetic("c", seed=2)])
         assert len([r for r in rx.requests if r.path == PUSH]) == n_push == 1
-        assert len(rx.accepted("/ingest")) == 3
+        assert len(rx.accepted("/ingest")) == 6
     assert stats.snapshot()["exporters"]["pyroscope"]["exported"] == 3
 
 
@@ -139,9 +169,9 @@ def test_ingest_retry_resumes_without_duplicates():
         profiles = [synthetic("a"), synthetic("b", seed=1), synthetic("c", seed=2)]
         send_all(ch, profiles)
         bodies = [r.body for r in rx.accepted("/ingest")]
-        assert len(bodies) == 3  # a, (b failed with 503, retried) b, c: each once
+        assert len(bodies) == 6  # CPU + wall of a (its wall pprof got a 503 and was retried), b and c: each once
         got = [stacks_by_function(decode_pprof(b))[0][2]["span_id"] for b in bodies]
-        assert got == [format(p.link.span_id, "016x") for p in profiles]
+        assert got == [format(p.link.span_id, "016x") for p in profiles for _ in range(2)]
         assert wait.delays == [1.0]
 
 
@@ -151,7 +181,7 @@ def test_push_503_is_retried_exactly_once_delivered():
         ch = pyro_channel(rx, wait=wait)
         send_all(ch, [synthetic("a")])
         assert [r.status for r in rx.requests] == [503, 200]
-        assert len(rx.series()) == 1
+        assert len(rx.series()) == 2  # CPU and wall, once
         assert wait.delays == [2.0]
 
 

@@ -77,7 +77,9 @@ def test_script_profile_is_flushed_at_exit(tmp_path):
     line = lines[0]
     assert line["file"] == files[0]
     assert line["name"] == "nightly-import"
-    assert line["attributes"] == {"tenant": "a"}
+    user_attrs = {k: v for k, v in line["attributes"].items() if not k.startswith("otelprof.")}
+    assert user_attrs == {"tenant": "a"}
+    assert line["attributes"]["otelprof.sampler"] in ("native", "python")  # how it was sampled
     assert line["trace_id"] == ids["trace_id"]
     assert line["span_id"] == ids["span_id"]
     assert line["samples"] > 0

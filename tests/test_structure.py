@@ -24,9 +24,6 @@ TESTS = ROOT / "tests"
 # edges of a known cycle and private names that another stream's rework removes.
 ALLOWED_CYCLE_EDGES: set[tuple[str, str]] = set()
 ALLOWED_PRIVATE_NAMES = {
-    # truth: the sampler's schedule and thread get public seams (test_asgi_unit, test_sampler)
-    "_tick": "truth",
-    "_thread": "truth",
 }
 
 

@@ -41,20 +41,21 @@ SAMPLE_BOUND_S = 30.0  # safety bound only: the loops below end as soon as a sam
 # --------------------------------------------------------------------------- workload
 
 
-def _sampled(session: Any, func: Any) -> bool:
-    """True once the session holds a sample whose stack contains ``func``'s code."""
+def _sampled(session: Any, func: Any, cpu: bool = False) -> bool:
+    """True once the session holds a sample whose stack contains ``func``'s code
+    (with ``cpu``: a sample with CPU time, not only a wall-time observation)."""
     code = func.__code__
     try:
         entries = list(session.stacks.entries.values())
     except RuntimeError:  # the sampler changed the dict while we copied it
         return False
-    return any(code in rec[3] for rec in entries)
+    return any(code in rec[3] and (rec[1] > 0 or not cpu) for rec in entries)
 
 
 def viewer_test_spin_cpu(session: Any) -> int:
     x = 0
     deadline = time.monotonic() + SAMPLE_BOUND_S
-    while not _sampled(session, viewer_test_spin_cpu) and time.monotonic() < deadline:
+    while not _sampled(session, viewer_test_spin_cpu, cpu=True) and time.monotonic() < deadline:
         for i in range(20000):
             x += i * i % 7
     return x
@@ -150,7 +151,9 @@ def test_list_is_newest_first_with_index_fields(profile_dir: Any, viewer_factory
     assert req["name"] == "GET /viewer-test/{id}" and req["route"] == "/viewer-test/{id}"
     assert req["trigger"] == "header,probability" and req["triggers"] == ["header", "probability"]
     assert req["trace_id"] == format(TRACE_ID, "032x") and req["span_id"] == format(SPAN_ID, "016x")
-    assert req["attributes"] == {"http.route": "/viewer-test/{id}", "tenant": "acme <b>"}
+    user_attrs = {k: v for k, v in req["attributes"].items() if not k.startswith("otelprof.")}
+    assert user_attrs == {"http.route": "/viewer-test/{id}", "tenant": "acme <b>"}
+    assert req["attributes"]["otelprof.sampler"] in ("native", "python")  # how it was sampled
     assert req["samples"] == entries["request"]["samples"] and req["cpu_ms"] == entries["request"]["cpu_ms"]
     assert req["keep_class"] == "header"
     assert got[0]["trace_id"] is None
@@ -489,8 +492,9 @@ def test_browser_renders_list_and_flame_graph(profile_dir: Any, viewer_factory: 
     m = re.search(r'<svg[^>]*id="flame".*?</svg>', dom, re.S)
     assert m, dom[-3000:]
     flame = m.group(0)
-    # function names drawn by the flame graph code: as frames and as their text labels
-    for fn in ("viewer_test_handler", "viewer_test_spin_cpu", "viewer_test_wait_io"):
+    # function names drawn by the flame graph code: as frames and as their text labels (the CPU
+    # view: viewer_test_wait_io only waits, so it shows in the wall view below, not here)
+    for fn in ("viewer_test_handler", "viewer_test_spin_cpu"):
         assert f'data-function="{fn}"' in flame, fn
     assert re.search(r"<text[^>]*>viewer_test_handler</text>", flame)
     assert '<button type="button" data-metric="cpu" class="active">CPU time</button>' in dom

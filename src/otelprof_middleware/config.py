@@ -63,9 +63,11 @@ URL_OPTIONS = frozenset({"endpoint", "pyroscope_endpoint"})
 #: triggers that ``trigger_limits`` can cap (the header has ``max_header_profiles_per_minute``)
 LIMITABLE_TRIGGERS = frozenset({"probability", "slow", "error", "high_cpu", "on_demand"})
 GENERIC_PROTOCOL_VAR = "OTEL_EXPORTER_OTLP_PROTOCOL"
-#: ``OTELPROF_*`` variables read by parts of the package that are not options (none
-#: today); listed here so that the unknown-variable warning leaves them alone.
-NON_OPTION_ENV_VARS: frozenset[str] = frozenset()
+#: ``OTELPROF_*`` variables read by parts of the package that are not options;
+#: listed here so that the unknown-variable warning leaves them alone.
+NON_OPTION_ENV_VARS: frozenset[str] = frozenset({
+    "OTELPROF_BUILD_NATIVE",  # read by setup.py at install time: build the C extension or not
+})
 #: where a value came from when nobody gave it
 DEFAULT_SOURCE = "default"
 
@@ -285,6 +287,8 @@ class Config:
     max_stack_depth: int = _opt(128, "int", 8, 2048, doc="frames kept per sample (leaf frames and the root)")
     max_profile_duration: float = _opt(30.0, "duration", 0.01, 3600, doc="hard cap on one profile's length")
     max_samples: int = _opt(10000, "int", 10, 10_000_000, doc="hard cap on sampler ticks per profile")
+    native_sampler: bool = _opt(True, "bool", doc="CPU samples from per-thread CPU timers (C extension, Linux); "
+                                "false or unavailable: the pure-Python sampler")
     min_samples: int = _opt(1, "int", 0, 1000, doc="profiles with fewer samples are not exported")
 
     # --- export

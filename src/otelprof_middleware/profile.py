@@ -10,12 +10,33 @@ turn it into pprof or OTLP.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Iterable, Union
 
-__all__ = ["SpanLink", "Function", "Location", "Sample", "Profile", "ProfileBuilder", "AttributeValue"]
+__all__ = ["SpanLink", "Function", "Location", "Sample", "Profile", "ProfileBuilder", "AttributeValue", "clean_text"]
 
 AttributeValue = Union[str, int, float, bool]
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(s: str) -> str:
+    """``s`` as valid UTF-8 text: lone surrogates (file names decoded with
+    ``surrogateescape``, odd thread names, header values) become U+FFFD.  Protobuf
+    refuses them, so one such string would otherwise fail a whole export batch."""
+    if not isinstance(s, str):
+        s = str(s)
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", s)
+    return s
+
+
+def clean_value(v: AttributeValue) -> AttributeValue:
+    return clean_text(v) if isinstance(v, str) else v
 
 
 @dataclass(frozen=True)
@@ -139,7 +160,7 @@ class ProfileBuilder:
         idx = self._functions.get(key)
         if idx is None:
             idx = self._functions[key] = len(self.profile.functions)
-            self.profile.functions.append(key)
+            self.profile.functions.append(Function(clean_text(name), clean_text(filename), start_line))
         return idx
 
     def location(self, function_index: int, line: int = 0) -> int:
@@ -162,7 +183,7 @@ class ProfileBuilder:
         key = (stack_index, thread_name)
         s = self._samples.get(key)
         if s is None:
-            s = self._samples[key] = Sample(stack_index, thread_name)
+            s = self._samples[key] = Sample(stack_index, clean_text(thread_name))
             self.profile.samples.append(s)
         s.count += count
         s.cpu_ns += cpu_ns

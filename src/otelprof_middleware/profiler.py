@@ -230,6 +230,7 @@ class Profiler:
                 link=link,
                 attributes=attributes,
                 triggers=triggers,
+                native=cfg.native_sampler,
             )
             if attach:
                 session.attach_current()

@@ -1,126 +1,496 @@
-"""The process-wide stack sampler.
+"""The process-wide sampler: one background thread that decides when to sample.
 
-One daemon thread per process, started lazily when the first session registers
-and blocked (no periodic wake-ups) while no session is active.  On each tick it
-reads ``sys._current_frames()`` once and samples only what the active sessions
-ask for:
+It is started lazily when the first session registers and blocks (no periodic
+wake-ups) while no session is active.  For each registered session it keeps a
+:class:`Schedule` (due time, the rate in force, rate history, missed ticks); the
+session only states its rate plan (:class:`~otelprof_middleware.session.Session`).
 
-* a **thread target**: the thread's current stack, with the CPU time that thread
-  used since the session last looked at it (``time.pthread_getcpuclockid``);
-* a **task target** (asyncio): when the task is the one running on its loop, the
-  loop thread's stack cut at the task's outermost coroutine, with CPU; when it is
-  suspended, its chain of awaiting coroutines, as wall time only.
+Two kinds of samples:
 
-Samples are aggregated in a :class:`StackTable` per session, keyed by code
-object identity and line numbers, so a tick allocates little.  Turning raw
-stacks into the :class:`~otelprof_middleware.profile.Profile` model (names,
-files) happens later, on the export worker.
+* **CPU samples** come, where the native extension is available, from per-thread
+  CPU timers (:mod:`~otelprof_middleware.native_sampler`): the interrupted thread
+  records its own stack, so CPU is billed where it was spent.  The sampler thread
+  drains those buffers at each tick.  Without the extension (or with
+  ``native_sampler=False``) CPU is sampled here instead: at each tick, the CPU a
+  thread used since the previous tick (``time.pthread_getcpuclockid``) is billed
+  to the stack the thread shows now.  That is the **pure-Python mode's known
+  bias**: this thread needs the GIL to look, so it sees a busy thread only where
+  that thread releases the GIL, and the CPU burnt in between lands there (I/O
+  calls, logging).  Totals stay right; shares between functions do not.
+* **Wall samples** are taken here, at each session's rate, with
+  ``sys._current_frames()``: a thread target's current stack; a task target's
+  stack cut at its outermost coroutine when it is running, its chain of awaiting
+  coroutines when it is suspended.  For a thread or task whose CPU comes from a
+  timer, the wall sample holds only the wall time *not* spent on CPU since the
+  last tick (the on-CPU part rides with the CPU samples, where the CPU went).
+
+Raw samples go into each session's :class:`~otelprof_middleware.stacks.StackTable`;
+turning them into a profile happens later, on the export worker.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import gc
 import sys
 import threading
 import time
-from types import CodeType, FrameType
-from typing import TYPE_CHECKING, Any, Optional
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
-from .profile import Profile, ProfileBuilder
+from . import native_sampler
+from ._safety import Firewall, LogOnce
+from .stacks import UNKNOWN, UNSAMPLED, SamplingReport, cap_depth, thread_cpu_ns
 
-if TYPE_CHECKING:
-    from .session import Session
+if TYPE_CHECKING:  # the sampler only reads sessions; session.py knows nothing of the sampler
+    from .session import Session, Target
 
-__all__ = ["Sampler", "StackTable", "get_sampler", "thread_cpu_ns"]
-
-log = logging.getLogger("otelprof_middleware")
-
-_GAP = object()  # marks frames dropped from the middle of a too-deep stack
-
-try:  # per-thread CPU clocks (Linux, most Unixes)
-    _getcpuclockid = time.pthread_getcpuclockid
-    _clock_gettime_ns = time.clock_gettime_ns
-    HAVE_THREAD_CPU = True
-except AttributeError:  # pragma: no cover - Windows/macOS without it
-    HAVE_THREAD_CPU = False
+__all__ = ["Sampler", "Schedule", "get_sampler"]
 
 
-def thread_cpu_ns(ident: int) -> Optional[int]:
-    """CPU time of another thread of this process in ns, or None if unavailable."""
-    if not HAVE_THREAD_CPU:
-        return None
-    try:
-        return _clock_gettime_ns(_getcpuclockid(ident))
-    except (OSError, OverflowError, ValueError):
-        return None
+class Schedule:
+    """When one session is sampled: owned by the sampler."""
 
+    __slots__ = ("session", "hz", "level", "interval_ns", "due_ns", "last_tick_ns", "ticks", "missed",
+                 "history", "kinds", "sources")
 
-class StackTable:
-    """Raw aggregated samples of one session: (thread name, code ids, instruction
-    offsets) → values.  Offsets (``f_lasti``) are turned into line numbers by
-    :meth:`fill`, on the export worker: reading ``f_lasti`` costs a third of
-    ``f_lineno`` (a line-table search) in the sampler's per-frame loop."""
-
-    __slots__ = ("entries", "ticks")
-
-    def __init__(self) -> None:
-        # key -> [count, cpu_ns, wall_ns, codes tuple]; the codes keep the code objects
-        # alive, so the ids in the key can never be reused by another code object.
-        self.entries: dict[tuple[Any, ...], list[Any]] = {}
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.hz = session.hz
+        self.level = session.governor_level
+        self.interval_ns = int(1e9 / self.hz)
+        start = session.start_mono_ns
+        self.due_ns = start + self.interval_ns  # first sample one interval after the start, like a timer
+        self.last_tick_ns = start
         self.ticks = 0
+        self.missed = 0
+        self.history: list[tuple[int, int, int]] = [(self.hz, self.level, start)]  # (hz, level, since)
+        self.kinds: set[str] = set()  # where CPU samples came from: "native", "python"
+        self.sources: set[str] = set()  # what interrupted native-sampled threads
 
-    def add(self, thread_name: str, codes: list[Any], lastis: list[int], cpu_ns: int, wall_ns: int) -> None:
-        key = (thread_name, tuple(map(id, codes)), tuple(lastis))
-        rec = self.entries.get(key)
-        if rec is None:
-            self.entries[key] = [1, cpu_ns, wall_ns, tuple(codes)]
+    def follow_plan(self, now_ns: int) -> None:
+        """Apply the session's rate plan: end a boost that is over, take up a new rate."""
+        session = self.session
+        if session.boost_over(now_ns):
+            session.end_boost()
+        hz, level = session.hz, session.governor_level
+        if hz != self.hz or level != self.level:
+            self.hz, self.level = hz, level
+            self.interval_ns = int(1e9 / hz)
+            self.history.append((hz, level, now_ns))
+            self.due_ns = min(self.due_ns, self.last_tick_ns + self.interval_ns)
+
+    def take(self, now_ns: int) -> Optional[int]:
+        """The wall time since the previous tick if the session is due, else None."""
+        if now_ns < self.due_ns:
+            return None
+        interval = self.interval_ns
+        self.due_ns = max(self.due_ns + interval, now_ns - interval)
+        wall = now_ns - self.last_tick_ns
+        self.last_tick_ns = now_ns
+        self.ticks += 1
+        if wall > interval + interval // 2:  # late: count the intervals lost
+            self.missed += (wall - interval // 2) // interval
+        return wall
+
+    def report(self, end_ns: int) -> SamplingReport:
+        start = self.session.start_mono_ns
+        rates = []
+        for i, (hz, level, since) in enumerate(self.history):
+            until = self.history[i + 1][2] if i + 1 < len(self.history) else end_ns
+            if until > since or i == len(self.history) - 1:
+                rates.append((hz, level, since - start, max(since, until) - start))
+        kinds = self.kinds
+        sampler = "+".join(k for k in ("native", "python") if k in kinds) or (
+            "native" if self.session.native and native_sampler.load()[0] is not None else "python")
+        return SamplingReport(sampler=sampler, rates=rates, ticks=self.ticks, ticks_missed=self.missed,
+                              period_ns=self.interval_ns, cpu_timer=",".join(sorted(self.sources)))
+
+
+class Sampler:
+    """Samples the targets of registered sessions at up to the highest rate they ask for."""
+
+    def __init__(self, *, background: bool = True) -> None:
+        """``background=False``: no thread of its own; the owner calls :meth:`tick`
+        (tests, benchmarks)."""
+        self._background = background
+        self._cond = threading.Condition(threading.Lock())
+        self._schedules: dict[Session, Schedule] = {}
+        self._sessions: tuple[Session, ...] = ()  # copy-on-write: ticks iterate a snapshot
+        self._thread: Optional[threading.Thread] = None
+        self._hz = 0  # the rate of the current loop (highest rate of the active sessions)
+        self._stopping = False
+        self._timers: Optional[native_sampler.CpuTimers] = None
+        self._timers_checked = False
+        self.ticks = 0
+        self.errors = 0
+        self._log_once = LogOnce()
+        self._firewall = Firewall(self._count_error, self._log_once)
+        self._cpu_ns_thread = 0
+
+    # ---------------------------------------------------------------- sessions
+    def register(self, session: Session) -> None:
+        with self._cond:
+            self._schedules[session] = Schedule(session)
+            self._sessions = self._sessions + (session,)
+            if self._background and (self._thread is None or not self._thread.is_alive()):
+                self._start_locked()
+            if len(self._sessions) == 1 or session.hz > self._hz:
+                # wake the thread only when it is idle or must now tick faster: waking it
+                # for every request would cost every request a GIL hand-over
+                self._cond.notify()
+        session.bind(self)  # from now on the session tells us about its targets
+
+    def unregister(self, session: Session) -> None:
+        """Stop sampling ``session``: bill what its CPU timers still hold and the
+        remainders, and leave it a :class:`SamplingReport`.  The lock is never held
+        during a tick, so a request never waits for one; a tick already under way
+        may still add a sample (readers snapshot the table)."""
+        with self._cond:
+            self._sessions = tuple(s for s in self._sessions if s is not session)
+            schedule = self._schedules.pop(session, None)
+        session.bind(None)
+        for target in session.targets:
+            try:
+                self._release(session, target, schedule)
+            except Exception:  # the other targets' timers must still stop
+                self._firewall.report("release", "otelprof: a sampled thread could not be released cleanly")
+        session.stacks.close()  # a tick still under way adds nothing now: the numbers are final
+        if schedule is not None:
+            session.report = schedule.report(time.monotonic_ns())
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def running(self) -> bool:
+        """True while the sampler's background thread exists (it parks, without
+        waking, while no session is registered)."""
+        t = self._thread
+        return t is not None and t.is_alive()
+
+    @property
+    def cpu_ns_self(self) -> int:
+        """CPU used by sampling: this thread, plus the CPU timers' signal handlers
+        (they run on the sampled threads) -- for the overhead governor."""
+        timers = self._timers
+        return self._cpu_ns_thread + (timers.handler_cpu_ns() if timers is not None else 0)
+
+    # ---------------------------------------------------------------- TargetObserver
+    def target_added(self, session: Session, target: Target) -> None:
+        timers = self._cpu_timers() if session.native else None
+        schedule = self._schedules.get(session)
+        source = None
+        if timers is not None:
+            source = timers.add(session, target, schedule.interval_ns if schedule else session.interval_ns)
+        if source is not None:
+            if schedule is not None:
+                schedule.kinds.add("native")
+                schedule.sources.add(source)
+            if target.task is None:
+                target.wall_cpu_mark = thread_cpu_ns(target.thread_id, target.native_id)
+            return
+        target.cpu_mark = thread_cpu_ns(target.thread_id, target.native_id)
+        if schedule is not None:
+            schedule.kinds.add("python")
+
+    def target_removed(self, session: Session, target: Target) -> None:
+        self._release(session, target, self._schedules.get(session))
+
+    def _release(self, session: Session, target: Target, schedule: Optional[Schedule]) -> None:
+        now_ns = time.monotonic_ns()
+        now_cpu = thread_cpu_ns(target.thread_id, target.native_id) if target.task is None else None
+        if target.native:
+            mark = target.wall_cpu_mark
+            timers = self._timers
+            if timers is not None:
+                timers.remove(session, target)
         else:
-            rec[0] += 1
-            rec[1] += cpu_ns
-            rec[2] += wall_ns
+            mark = target.cpu_mark
+            if target.task is None and mark is not None:
+                # the CPU used since the last tick goes to the last stack: totals match the clock
+                if now_cpu is not None and now_cpu > mark:
+                    bill_remainder(session, target, now_cpu - mark)
+                    target.cpu_mark = now_cpu
+        # the off-CPU wall after the last tick (its CPU went with the remainder and the
+        # drained CPU samples): without it a request's wall falls short by up to one
+        # interval -- all of it for a request shorter than one
+        key = target.last_wall_key if target.last_wall_key is not None else target.last_key
+        if schedule is None or key is None:
+            return
+        if target.task is not None:
+            on_cpu = target.cpu_since_wall  # CPU samples of the task since the last tick
+        elif now_cpu is not None and mark is not None:
+            on_cpu = max(0, now_cpu - mark)
+        else:
+            return
+        off_cpu = (now_ns - max(schedule.last_tick_ns, session.start_mono_ns)) - on_cpu
+        if off_cpu > 0:
+            session.stacks.add_to(key, wall_ns=off_cpu)
 
-    def fill(self, profile: Profile) -> Profile:
-        """Intern everything into ``profile`` (runs on the export worker)."""
-        b = ProfileBuilder(profile)
-        fn_cache: dict[int, int] = {}
-        line_cache: dict[tuple[int, int], int] = {}
-        # a snapshot: a tick that was under way when the session finished may still add
-        for (thread_name, _ids, lastis), (count, cpu, wall, codes) in list(self.entries.items()):
-            locs = []
-            for code, lasti in zip(codes, lastis):
-                if code is _GAP:
-                    f = b.function(f"<{lasti} frames omitted>")  # the gap's slot holds the count
-                    locs.append(b.location(f, 0))
+    def _cpu_timers(self) -> Optional[native_sampler.CpuTimers]:
+        if not self._timers_checked:
+            with self._cond:
+                if not self._timers_checked:
+                    lib, _reason = native_sampler.load()
+                    self._timers = native_sampler.CpuTimers(lib, bill_remainder) if lib is not None else None
+                    self._timers_checked = True
+        return self._timers
+
+    # ---------------------------------------------------------------- thread
+    def _start_locked(self) -> None:
+        self._stopping = False
+        t = threading.Thread(target=self._run, name="otelprof-sampler", daemon=True)
+        self._thread = t
+        t.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        t = self._thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=1.0)
+
+    def _count_error(self, key: str) -> None:
+        self.errors += 1
+
+    def _run(self) -> None:
+        me = threading.get_ident()
+        next_tick = time.monotonic()
+        cond = self._cond
+        while True:
+            with cond:
+                while not self._sessions and not self._stopping:
+                    self._hz = 0
+                    cond.wait()  # idle: blocked, no periodic wake-ups
+                    next_tick = time.monotonic()
+                if self._stopping:
+                    return
+                sessions = self._sessions
+            try:
+                self._tick(time.monotonic_ns(), sessions)
+            except Exception:  # never let a sampler bug kill the thread
+                self._firewall.report("tick", "otelprof: sampler tick failed; the affected samples are skipped")
+            cpu = thread_cpu_ns(me)
+            if cpu is not None:
+                self._cpu_ns_thread = cpu
+            hz = max(s.hz for s in sessions)  # after the tick: it may have ended a boost
+            interval = 1.0 / hz
+            next_tick += interval
+            now = time.monotonic()
+            delay = next_tick - now
+            if delay <= 0:  # fell behind (GIL contention): don't try to catch up
+                next_tick = now
+                delay = interval * 0.1
+            with cond:
+                self._hz = hz
+                if not self._stopping:
+                    cond.wait(delay)  # cut short when a session needs a faster rate
+            next_tick = min(next_tick, time.monotonic())
+
+    # ---------------------------------------------------------------- one tick
+    def tick(self, now_ns: Optional[int] = None) -> None:
+        """Take one tick now, on the calling thread: drain the CPU timers and sample
+        every registered session that is due at ``now_ns`` (default: now)."""
+        self._tick(time.monotonic_ns() if now_ns is None else now_ns)
+
+    def _tick(self, now_ns: int, sessions: Optional[Iterable[Session]] = None) -> None:
+        self.ticks += 1
+        timers = self._timers
+        if timers is not None:
+            timers.drain_all()  # CPU samples first: the wall samples below subtract them
+        frames = _Frames(timers.lib if timers is not None else None)
+        cpu_now: dict[int, Optional[int]] = {}
+        schedules = self._schedules
+        for session in self._sessions if sessions is None else sessions:
+            if session.finished:
+                continue
+            schedule = schedules.get(session)
+            if schedule is None:
+                continue
+            schedule.follow_plan(now_ns)
+            wall = schedule.take(now_ns)
+            if wall is None or session.sample_budget_exhausted(now_ns):
+                continue
+            self._sample(session, schedule, frames, wall, cpu_now)
+        if timers is not None:
+            timers.retune(lambda s: schedules[s].interval_ns if s in schedules else s.interval_ns)
+
+    def _sample(self, session: Session, schedule: Schedule, frames: "_Frames", wall: int,
+                cpu_now: dict[int, Optional[int]]) -> None:
+        table = session.stacks
+        interval = schedule.interval_ns
+        max_depth = session.max_depth
+        native = session.native
+        waiting: list[Target] = []  # suspended tasks, sampled unless a helper thread works for them
+        busy_thread = False
+        for target in session.targets:
+            tid = target.thread_id
+            task = target.task
+            if task is not None:
+                if task.done():
                     continue
-                cached = fn_cache.get(id(code))
-                if cached is None:
-                    cached = fn_cache[id(code)] = b.function(_qualname(code), code.co_filename, code.co_firstlineno)
-                line = line_cache.get((id(code), lasti))
-                if line is None:
-                    line = line_cache[(id(code), lasti)] = _line_of(code, lasti)
-                locs.append(b.location(cached, line))
-            b.add(b.stack(locs), thread_name, count, cpu, wall)
-        return profile
+                running = _current_task(target.loop) is task
+                if not running:
+                    waiting.append(target)
+                    continue
+                stop = getattr(task.get_coro(), "cr_frame", None)
+                stack = frames.stack(tid, stop, max_depth, native) if stop is not None else None
+                if stack is None:
+                    # the loop switched tasks after the frames were read: this stack
+                    # belongs to another task, never to this one
+                    waiting.append(target)
+                    continue
+                busy_thread = True  # this tick's wall is in the running task's sample
+            else:
+                stack = frames.stack(tid, None, max_depth, native)
+                busy_thread = True
+            if stack is None:
+                continue
+            codes, lastis = stack
+            name = target.thread_name or _thread_name(tid)
+            if target.native:
+                off_cpu = _off_cpu(target, wall, cpu_now)
+                if off_cpu <= 0:
+                    continue
+                if off_cpu < interval // 2 and target.last_key is not None:
+                    # a sliver between CPU samples (e.g. waiting for the GIL): this stack
+                    # is where the thread let go of the GIL, a biased place; keep the
+                    # time with the last CPU sample instead of a sample of its own
+                    table.add_to(target.last_key, wall_ns=off_cpu)
+                    target.last_wall_key = target.last_key
+                    continue
+                # not a place for CPU remainders: where a running thread is seen by this
+                # thread is where it let go of the GIL, not where its CPU went
+                target.last_wall_key = table.add(name, codes, lastis, 0, off_cpu)
+                continue
+            if tid not in cpu_now:
+                cpu_now[tid] = thread_cpu_ns(tid, target.native_id)
+            now_cpu = cpu_now[tid]
+            cpu = 0
+            if now_cpu is not None:
+                if target.cpu_mark is not None:
+                    cpu = max(0, now_cpu - target.cpu_mark)
+                target.cpu_mark = now_cpu
+            target.last_key = target.last_wall_key = table.add(name, codes, lastis, cpu, wall)
+        for target in waiting:
+            if not target.native:
+                tid = target.thread_id
+                if tid not in cpu_now:
+                    cpu_now[tid] = thread_cpu_ns(tid, target.native_id)
+                # move the CPU mark on: what other tasks burn meanwhile is not ours
+                target.cpu_mark = cpu_now[tid]
+            off_cpu = _off_cpu(target, wall, cpu_now)
+            if busy_thread or off_cpu <= 0:
+                continue  # the task awaits work we sample in its thread; don't count wall twice
+            codes, lastis = _walk_coroutine(target.task.get_coro(), max_depth)
+            if codes:
+                table.add(target.thread_name, codes, lastis, 0, off_cpu)
 
 
-def _qualname(code: CodeType) -> str:
-    return getattr(code, "co_qualname", code.co_name)
+def _off_cpu(target: Target, wall: int, cpu_now: dict[int, Optional[int]]) -> int:
+    """The part of this tick's ``wall`` a timer-sampled target spent off CPU (its CPU
+    samples carry the on-CPU part as wall time).
+
+    A thread's CPU timer fires after its CPU is spent, so the CPU samples drained at a
+    tick lag the tick: subtracting them from the tick's wall would count the CPU since
+    the last timer as off-CPU wall now and again as a CPU sample later (wall totals
+    10-15 % above the real duration on CPU-bound requests).  A thread target therefore
+    reads its CPU clock at each tick; a task (its thread's clock also counts other
+    tasks) subtracts the CPU billed to it and carries any excess to the next tick."""
+    mark = target.wall_cpu_mark
+    if target.task is None and mark is not None:
+        tid = target.thread_id
+        if tid not in cpu_now:
+            cpu_now[tid] = thread_cpu_ns(tid, target.native_id)
+        now_cpu = cpu_now[tid]
+        if now_cpu is not None:
+            target.wall_cpu_mark = now_cpu
+            target.cpu_since_wall = 0
+            return wall - max(0, now_cpu - mark)
+    off_cpu = wall - target.cpu_since_wall
+    target.cpu_since_wall = max(0, -off_cpu)  # CPU billed ahead of the ticks: the next ticks owe it
+    return off_cpu
 
 
-def _line_of(code: CodeType, lasti: int) -> int:
-    """The line ``frame.f_lineno`` reports for a frame of ``code`` at byte offset
-    ``lasti`` (``frame.f_lasti``): ``co_firstlineno`` before the first instruction,
-    0 where the line table has no line."""
-    if lasti < 0:
-        return code.co_firstlineno
-    for start, end, line in code.co_lines():
-        if start <= lasti < end:
-            return line or 0
-    return 0
+# ---------------------------------------------------------------------- stack walking
 
 
-def _walk_thread(frame: Optional[FrameType], stop: Any, max_depth: int) -> tuple[list[Any], list[int]]:
+class _Frames:
+    """The stacks of other threads during one tick, read once per thread.
+
+    With the native extension, ``walk`` reads a thread's frames directly (under the
+    GIL, with fault-free reads, no frame objects made); without it, or for sessions
+    that opted out of native code, ``sys._current_frames()`` and ``f_back``, which
+    create frame objects for the other thread's frames and have crashed CPython
+    3.11 under thread churn (see docs/sampling.md)."""
+
+    __slots__ = ("lib", "_native", "_py")
+
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib  # the native extension, or None
+        self._native: dict[int, Any] = {}
+        self._py: Optional[dict[int, FrameType]] = None
+
+    def stack(self, tid: int, stop: Any, max_depth: int, native: bool) -> Optional[tuple[Any, Any]]:
+        """Leaf-first (codes, offsets) of thread ``tid``, cut at frame ``stop`` (included);
+        None if the thread has no stack or ``stop`` is not on it."""
+        lib = self.lib
+        if native and lib is not None:
+            if tid not in self._native:
+                self._native[tid] = lib.walk(tid, min(max_depth + 1, 512))
+            got = self._native[tid]
+            if got is None:
+                return None
+            codes, lastis, addrs, omitted = got
+            if stop is not None:
+                addr = lib.frame_address(stop)
+                if addr not in addrs:
+                    return None
+                i = addrs.index(addr)
+                omitted = omitted if i == len(addrs) - 1 else 0
+                codes, lastis = codes[:i + 1], lastis[:i + 1]
+            if None in codes:
+                codes = tuple(UNKNOWN if c is None else c for c in codes)
+            return cap_depth(codes, lastis, max_depth, omitted)
+        if self._py is None:
+            self._py = _current_frames()
+        frame = self._py.get(tid)
+        if frame is None or (stop is not None and not _on_stack(frame, stop)):
+            return None
+        return _walk_thread(frame, stop, max_depth)
+
+
+def _current_frames() -> dict[int, FrameType]:
+    """``sys._current_frames()`` with the garbage collector off meanwhile: a collection
+    started inside it (it allocates while holding the runtime's thread-list lock) can
+    deadlock the process on CPython before 3.11.9 / 3.12.3 (python/cpython#106883, the
+    fix there does the same)."""
+    was = gc.isenabled()
+    if was:
+        gc.disable()
+    try:
+        return sys._current_frames()
+    finally:
+        if was:
+            gc.enable()
+
+
+def bill_remainder(session: Session, target: Target, cpu_ns: int) -> None:
+    """Bill CPU the samples did not cover (used after the last sample, less than one
+    interval) to the target's last stack, so totals match the thread's clock.  When
+    no sample located any of it (a block shorter than one interval) it is shown as
+    ``<unsampled CPU>``: billing it to the stack of the moment (our own detach code)
+    would put it where it was not spent."""
+    if target.last_key is not None and session.stacks.add_to(target.last_key, cpu_ns=cpu_ns, wall_ns=cpu_ns):
+        return
+    name = target.thread_name or _thread_name(target.thread_id)
+    target.last_key = session.stacks.add(name, (UNSAMPLED,), (0,), cpu_ns, cpu_ns)
+
+
+
+def _walk_thread(frame: Optional[FrameType], stop: Any, max_depth: int) -> tuple[Any, Any]:
     """Leaf-first code objects and instruction offsets from ``frame`` down to the
     root (or to ``stop``, a frame included as the last one)."""
     codes: list[Any] = []
@@ -134,19 +504,11 @@ def _walk_thread(frame: Optional[FrameType], stop: Any, max_depth: int) -> tuple
             break
         frame = frame.f_back
     if len(codes) > max_depth:
-        _truncate(codes, lines, max_depth)
+        return cap_depth(codes, lines, max_depth)
     return codes, lines
 
 
-def _truncate(codes: list[Any], lines: list[int], max_depth: int) -> None:
-    """Keep the leaf frames and the root, with a marker for the gap."""
-    keep_leaf = max_depth - 2
-    omitted = len(codes) - keep_leaf - 1
-    codes[keep_leaf:-1] = [_GAP]
-    lines[keep_leaf:-1] = [omitted]
-
-
-def _walk_coroutine(coro: Any, max_depth: int) -> tuple[list[Any], list[int]]:
+def _walk_coroutine(coro: Any, max_depth: int) -> tuple[Any, Any]:
     """Leaf-first frames of a suspended coroutine chain (``cr_await`` links)."""
     codes: list[Any] = []
     lines: list[int] = []
@@ -167,164 +529,8 @@ def _walk_coroutine(coro: Any, max_depth: int) -> tuple[list[Any], list[int]]:
     codes.reverse()
     lines.reverse()
     if len(codes) > max_depth:
-        _truncate(codes, lines, max_depth)
+        return cap_depth(codes, lines, max_depth)
     return codes, lines
-
-
-class Sampler:
-    """Samples the targets of registered sessions at up to the highest rate they ask for."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._sessions: tuple[Session, ...] = ()  # copy-on-write: ticks iterate a snapshot
-        self._thread: Optional[threading.Thread] = None
-        self._hz = 0  # the rate of the current loop (highest rate of the active sessions)
-        self._stopping = False
-        self.ticks = 0
-        self.errors = 0
-        self._logged_error = False
-        self.cpu_ns_self = 0  # CPU used by the sampler thread itself (for the overhead governor)
-
-    # ---------------------------------------------------------------- sessions
-    def register(self, session: "Session") -> None:
-        with self._cond:
-            self._sessions = self._sessions + (session,)
-            if self._thread is None or not self._thread.is_alive():
-                self._start_locked()
-            if len(self._sessions) == 1 or session.hz > self._hz:
-                # wake the thread only when it is idle or must now tick faster: waking it
-                # for every request would cost every request a GIL hand-over
-                self._cond.notify()
-
-    def unregister(self, session: "Session") -> None:
-        # Brief: the lock is never held during a tick, so a request never waits for
-        # one.  A tick already under way may still add a sample to this session;
-        # readers snapshot the table (``StackTable.fill``), so that sample is just lost.
-        with self._cond:
-            self._sessions = tuple(s for s in self._sessions if s is not session)
-
-    @property
-    def active_sessions(self) -> int:
-        return len(self._sessions)
-
-    def _start_locked(self) -> None:
-        self._stopping = False
-        t = threading.Thread(target=self._run, name="otelprof-sampler", daemon=True)
-        self._thread = t
-        t.start()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        t = self._thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout=1.0)
-
-    # ---------------------------------------------------------------- loop
-    def _run(self) -> None:
-        me = threading.get_ident()
-        next_tick = time.monotonic()
-        cond = self._cond
-        while True:
-            with cond:
-                while not self._sessions and not self._stopping:
-                    self._hz = 0
-                    cond.wait()  # idle: blocked, no periodic wake-ups
-                    next_tick = time.monotonic()
-                if self._stopping:
-                    return
-                sessions = self._sessions
-            try:
-                self._tick(time.monotonic_ns(), sessions)
-            except Exception:  # never let a sampler bug kill the thread
-                self.errors += 1
-                if not self._logged_error:
-                    self._logged_error = True
-                    log.exception("otelprof: sampler tick failed; the affected samples are skipped")
-            cpu = thread_cpu_ns(me)
-            if cpu is not None:
-                self.cpu_ns_self = cpu
-            hz = max(s.hz for s in sessions)  # after the tick: it may have ended a boost
-            interval = 1.0 / hz
-            next_tick += interval
-            now = time.monotonic()
-            delay = next_tick - now
-            if delay <= 0:  # fell behind (GIL contention): don't try to catch up
-                next_tick = now
-                delay = interval * 0.1
-            with cond:
-                self._hz = hz
-                if not self._stopping:
-                    cond.wait(delay)  # cut short when a session needs a faster rate
-            next_tick = min(next_tick, time.monotonic())
-
-    def _tick(self, now_ns: int, sessions: "Optional[tuple[Session, ...]]" = None) -> None:
-        self.ticks += 1
-        frames = sys._current_frames()
-        cpu_now: dict[int, Optional[int]] = {}
-        for session in self._sessions if sessions is None else sessions:
-            if session.finished:
-                continue
-            if session.boost_until_ns and now_ns >= session.boost_until_ns:
-                session.end_boost()
-            if now_ns < session.next_due_ns:
-                continue
-            session.next_due_ns = max(session.next_due_ns + session.interval_ns, now_ns - session.interval_ns)
-            if session.sample_budget_exhausted(now_ns):
-                continue
-            wall = now_ns - session.last_tick_ns
-            session.last_tick_ns = now_ns
-            table = session.stacks
-            table.ticks += 1
-            max_depth = session.max_depth
-            waiting: list[Any] = []  # suspended tasks, sampled unless a helper thread works for them
-            busy_thread = False
-            for target in session.targets:
-                tid = target.thread_id
-                task = target.task
-                if task is not None:
-                    if task.done():
-                        continue
-                    running = _current_task(target.loop) is task
-                    if not running:
-                        waiting.append(target)
-                        continue
-                    frame = frames.get(tid)
-                    stop = getattr(task.get_coro(), "cr_frame", None)
-                    if stop is None or not _on_stack(frame, stop):
-                        # the loop switched tasks after the frames were read: this stack
-                        # belongs to another task, never to this one
-                        waiting.append(target)
-                        continue
-                    busy_thread = True  # this tick's wall is in the running task's sample
-                else:
-                    frame = frames.get(tid)
-                    stop = None
-                    busy_thread = True
-                if frame is None:
-                    continue
-                codes, lines = _walk_thread(frame, stop, max_depth)
-                if tid not in cpu_now:
-                    cpu_now[tid] = thread_cpu_ns(tid)
-                now_cpu = cpu_now[tid]
-                cpu = 0
-                if now_cpu is not None:
-                    if target.cpu_mark is not None:
-                        cpu = max(0, now_cpu - target.cpu_mark)
-                    target.cpu_mark = now_cpu
-                table.add(target.thread_name or _thread_name(tid), codes, lines, cpu, wall)
-            for target in waiting:
-                tid = target.thread_id
-                if tid not in cpu_now:
-                    cpu_now[tid] = thread_cpu_ns(tid)
-                # move the CPU mark on: what other tasks burn meanwhile is not ours
-                target.cpu_mark = cpu_now[tid]
-                if busy_thread:
-                    continue  # the task awaits work we sample in its thread; don't count wall twice
-                codes, lines = _walk_coroutine(target.task.get_coro(), max_depth)
-                if codes:
-                    table.add(target.thread_name, codes, lines, 0, wall)
 
 
 def _on_stack(frame: Optional[FrameType], stop: Any) -> bool:
@@ -365,11 +571,16 @@ def get_sampler() -> Sampler:
     return s
 
 
-def _after_fork_in_child() -> None:
-    global _sampler, _sampler_lock
-    _sampler_lock = threading.Lock()
-    _sampler = None  # the parent's thread does not exist here; start afresh lazily
+class _ForkReset:
+    """The parent's sampler thread does not exist in a child: start afresh lazily."""
+
+    def after_fork(self) -> None:
+        global _sampler, _sampler_lock
+        _sampler_lock = threading.Lock()
+        _sampler = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork_reset = _ForkReset()
+from ._safety import at_fork_reinit  # noqa: E402
+
+at_fork_reinit(_fork_reset.after_fork)

@@ -1,38 +1,71 @@
 """One profiling session: a unit of work (request, job, block) being sampled.
 
-A session knows its trace link, its attributes and what the sampler should look
-at: threads (the request's own thread, thread-pool threads while they work for
-it) and asyncio tasks.  The sampler thread writes samples into
-``session.stacks``; everything else belongs to the code that owns the session.
+A session says *what* to sample and how densely: its targets (the request's own
+thread, thread-pool threads while they work for it, asyncio tasks) and its rate
+plan (``hz``, a boost that ends at a given time, the governor's rate).  The
+sampler (:mod:`~otelprof_middleware.sampler`) decides *when*: it keeps each
+session's schedule, writes samples into ``session.stacks`` and, when the session
+ends, hands back a :class:`SamplingReport` (rates actually used, missed ticks,
+which sampler ran).  The session learns about the sampler only through the
+:class:`TargetObserver` it is given at registration, so this module imports
+nothing of the sampler.
+
 Finished sessions are turned into a :class:`~otelprof_middleware.profile.Profile`
 on the export worker, never on the request path.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
-from .profile import AttributeValue, Profile, SpanLink
-from .sampler import StackTable, thread_cpu_ns
+from .profile import AttributeValue, Profile, SpanLink, clean_text, clean_value
+from .stacks import SamplingReport, StackTable, native_id_of
 
-__all__ = ["Session", "Target"]
+__all__ = ["Session", "Target", "TargetObserver", "SamplingReport", "session_summary"]
+
+MAX_HZ = 1000
 
 
 class Target:
-    """Something the sampler looks at for a session: a thread, or a task on a loop thread."""
+    """Something the sampler looks at for a session: a thread, or a task on a loop thread.
 
-    __slots__ = ("thread_id", "thread_name", "task", "loop", "cpu_mark", "refs")
+    The fields after ``refs`` are the sampler's accounting for this target (how
+    much CPU it billed, where the last sample went); nothing else writes them."""
+
+    __slots__ = ("thread_id", "native_id", "thread_name", "task", "loop", "refs",
+                 "native", "cpu_mark", "wall_cpu_mark", "attach_cpu", "cpu_billed", "cpu_since_wall", "last_key", "last_wall_key",
+                 "frame_addr", "coro", "handler_mark")
 
     def __init__(self, thread_id: int, thread_name: str = "", task: Any = None, loop: Any = None) -> None:
         self.thread_id = thread_id
+        self.native_id = native_id_of(thread_id)  # the kernel's id: its CPU clock stays safe to read
         self.thread_name = thread_name
         self.task = task
         self.loop = loop
-        self.cpu_mark: Optional[int] = thread_cpu_ns(thread_id)
         self.refs = 1
+        self.native = False  # CPU samples come from the thread's CPU timer (else from ticks)
+        self.cpu_mark: Optional[int] = None  # thread CPU at the last tick (pure-Python sampling)
+        self.wall_cpu_mark: Optional[int] = None  # thread CPU at the last wall tick (native thread targets)
+        self.attach_cpu = 0  # thread CPU when attached (native sampling)
+        self.cpu_billed = 0  # CPU billed to this target so far (ns)
+        self.cpu_since_wall = 0  # CPU billed since the last wall tick (ns)
+        self.last_key: Any = None  # StackTable key of the last sample (remainders go there)
+        self.last_wall_key: Any = None  # key of the last wall sample (the wall after the last tick goes there)
+        self.frame_addr = 0  # the task's outermost coroutine frame (native task cut)
+        self.coro: Any = None  # keeps that frame's memory alive while attached
+        self.handler_mark = 0  # the timer's own handler CPU when attached
+
+
+class TargetObserver(Protocol):
+    """What a session tells the sampler about its targets (set at registration)."""
+
+    def target_added(self, session: "Session", target: Target) -> None: ...
+
+    def target_removed(self, session: "Session", target: Target) -> None: ...
 
 
 class Session:
@@ -49,6 +82,7 @@ class Session:
         link: Optional[SpanLink] = None,
         attributes: Optional[dict[str, AttributeValue]] = None,
         triggers: tuple[str, ...] = (),
+        native: bool = True,
     ) -> None:
         self.name = name
         self.profile_id = os.urandom(16)
@@ -66,16 +100,15 @@ class Session:
         self.finished = False
         self.stacks = StackTable()
         self.targets: tuple[Target, ...] = ()
-        self._lock = threading.Lock()
-        self.hz = hz
-        self.interval_ns = int(1e9 / hz)
-        self.period_ns = self.interval_ns
-        self.boost_until_ns = 0  # while > 0: sampled at a boosted rate until then (monotonic ns)
-        self._base_hz = hz
+        self.native = native  # use the native CPU sampler where it is available
         self.keep_if_empty = False  # export even with fewer than min_samples (its id was promised)
-        # first sample one interval after start, like a timer would
-        self.next_due_ns = self.start_mono_ns + self.interval_ns
-        self.last_tick_ns = self.start_mono_ns
+        self.report: Optional[SamplingReport] = None
+        self._observer: Optional[TargetObserver] = None
+        self._lock = threading.Lock()
+        # the rate plan: the sampler reads it and decides when it takes effect
+        self._hz = self._base_hz = _clamp_hz(hz)
+        self.boost_until_ns = 0  # while > 0: sampled at ``hz`` until then (monotonic ns), then at the base rate
+        self.governor_level = 0  # the overhead governor's level behind the current rate
 
     # ------------------------------------------------------------ identity
     @property
@@ -85,6 +118,40 @@ class Session:
     def add_trigger(self, trigger: str) -> None:
         if trigger not in self.triggers:
             self.triggers = self.triggers + (trigger,)
+
+    # ------------------------------------------------------------ rate plan
+    @property
+    def hz(self) -> int:
+        """The rate asked for right now (a boost included)."""
+        return self._hz
+
+    @property
+    def interval_ns(self) -> int:
+        return int(1e9 / self._hz)
+
+    def set_rate(self, hz: int, *, governor_level: Optional[int] = None) -> None:
+        """Sample at ``hz`` from now on (ends a boost).  ``governor_level``: the overhead
+        governor's level that chose this rate, recorded in the profile."""
+        hz = _clamp_hz(hz)
+        self._hz = self._base_hz = hz
+        self.boost_until_ns = 0
+        if governor_level is not None:
+            self.governor_level = max(0, int(governor_level))
+
+    def return_to(self, hz: int, after: float) -> None:
+        """The current rate is a boost (so that a request of a few ms still gets samples):
+        go back to ``hz`` once ``after`` seconds have passed since the start.  The sampler
+        ends the boost at its first tick past that time (:meth:`end_boost`)."""
+        self._base_hz = _clamp_hz(hz)
+        self.boost_until_ns = self.start_mono_ns + int(after * 1e9)
+
+    def boost_over(self, now_ns: int) -> bool:
+        return bool(self.boost_until_ns) and now_ns >= self.boost_until_ns
+
+    def end_boost(self) -> None:
+        if self.boost_until_ns:
+            self._hz = self._base_hz
+            self.boost_until_ns = 0
 
     # ------------------------------------------------------------ targets
     def attach_thread(self, ident: Optional[int] = None, name: Optional[str] = None) -> int:
@@ -99,19 +166,25 @@ class Session:
                 if t.thread_id == ident and t.task is None:
                     t.refs += 1
                     return ident
-            self.targets = self.targets + (Target(ident, name or ""),)
+            target = Target(ident, name or "")
+            self.targets = self.targets + (target,)
+        self._added(target)
         return ident
 
     def detach_thread(self, ident: Optional[int] = None) -> None:
         if ident is None:
             ident = threading.get_ident()
+        removed = None
         with self._lock:
             for t in self.targets:
                 if t.thread_id == ident and t.task is None:
                     t.refs -= 1
                     if t.refs <= 0:
                         self.targets = tuple(x for x in self.targets if x is not t)
-                    return
+                        removed = t
+                    break
+        if removed is not None:
+            self._removed(removed)
 
     def attach_task(self, task: Any, loop: Any, thread_id: Optional[int] = None) -> None:
         """Sample asyncio ``task`` (running on ``loop``, in ``thread_id``, default the calling thread)."""
@@ -121,7 +194,9 @@ class Session:
         with self._lock:
             if any(t.task is task for t in self.targets):
                 return
-            self.targets = self.targets + (Target(thread_id, name, task=task, loop=loop),)
+            target = Target(thread_id, name, task=task, loop=loop)
+            self.targets = self.targets + (target,)
+        self._added(target)
 
     def attach_current(self) -> str:
         """Attach the current asyncio task if called from one, else the current thread.
@@ -141,7 +216,27 @@ class Session:
 
     def detach_all(self) -> None:
         with self._lock:
-            self.targets = ()
+            targets, self.targets = self.targets, ()
+        for t in targets:
+            self._removed(t)
+
+    def bind(self, observer: Optional[TargetObserver]) -> None:
+        """Set (or clear) the observer told about targets; a new one hears of the
+        targets attached so far."""
+        self._observer = observer
+        if observer is not None:
+            for t in self.targets:
+                observer.target_added(self, t)
+
+    def _added(self, target: Target) -> None:
+        obs = self._observer
+        if obs is not None:
+            obs.target_added(self, target)
+
+    def _removed(self, target: Target) -> None:
+        obs = self._observer
+        if obs is not None:
+            obs.target_removed(self, target)
 
     # ------------------------------------------------------------ sampler side
     def sample_budget_exhausted(self, now_ns: int) -> bool:
@@ -155,45 +250,36 @@ class Session:
             return True
         return False
 
-    def set_rate(self, hz: int) -> None:
-        """Change this session's sampling rate."""
-        hz = max(1, min(1000, int(hz)))
-        self.hz = hz
-        self.interval_ns = int(1e9 / hz)
-        self.period_ns = self.interval_ns
-        self._base_hz = hz
-        self.boost_until_ns = 0
-
-    def return_to(self, hz: int, after: float) -> None:
-        """The current rate is a boost (so that a request of a few ms still gets samples):
-        go back to ``hz`` once ``after`` seconds have passed since the start.  The sampler
-        ends the boost at its first tick past that time."""
-        self._base_hz = hz
-        self.boost_until_ns = self.start_mono_ns + int(after * 1e9)
-
-    def end_boost(self) -> None:
-        if self.boost_until_ns:
-            self.set_rate(self._base_hz)
-
     # ------------------------------------------------------------ results
     @property
     def duration_ns(self) -> int:
         end = self.end_mono_ns if self.end_mono_ns is not None else time.monotonic_ns()
         return end - self.start_mono_ns
 
+    @property
+    def period_ns(self) -> int:
+        report = self.report
+        return report.period_ns if report is not None and report.period_ns else self.interval_ns
+
     def to_profile(self) -> Profile:
         """Build the profile model from the raw samples (on the export worker)."""
-        attrs = dict(self.attributes)
+        attrs = {clean_text(k): clean_value(v) for k, v in self.attributes.items()}
+        duration = self.duration_ns
+        if self.report is not None:
+            attrs.update(self.report.attributes(duration))
         if self.error:
             attrs.setdefault("otelprof.error", self.error)
         if self.truncated:
             attrs["otelprof.truncated"] = self.truncated
+        link = self.link
+        if link is not None and link.span_name:
+            link = dataclasses.replace(link, span_name=clean_text(link.span_name))
         profile = Profile(
-            name=self.name,
+            name=clean_text(self.name),
             start_time_ns=self.start_time_ns,
-            duration_ns=self.duration_ns,
+            duration_ns=duration,
             period_ns=self.period_ns,
-            link=self.link,
+            link=link,
             attributes=attrs,
             triggers=self.triggers,
             profile_id=self.profile_id,
@@ -203,18 +289,14 @@ class Session:
         return self.stacks.fill(profile)
 
 
+def _clamp_hz(hz: int) -> int:
+    return max(1, min(MAX_HZ, int(hz)))
+
+
 def session_summary(session: Session) -> dict[str, object]:
-    """Cheap facts for span attributes at the end of a request: sample count, CPU ms,
-    the hottest self-time function.  Call only after sampling stopped."""
-    cpu = 0
-    count = 0
-    by_leaf: dict[str, int] = {}
-    for (_thread, _ids, _lines), (n, c, _w, codes) in list(session.stacks.entries.items()):
-        count += n
-        cpu += c
-        if codes:
-            leaf = codes[0]
-            name = getattr(leaf, "co_qualname", None) or getattr(leaf, "co_name", None) or "<frames omitted>"
-            by_leaf[name] = by_leaf.get(name, 0) + (c or n)
-    top = max(by_leaf.items(), key=lambda kv: kv[1])[0] if by_leaf else ""
-    return {"samples": count, "cpu_ms": round(cpu / 1e6, 3), "top_frame": top}
+    """Cheap facts for span attributes at the end of a request: sample count, CPU and
+    wall ms, the hottest self-time function (our own frames folded, as in the
+    profile).  The same numbers the profile's encoders will show."""
+    s = session.stacks.summary()
+    return {"samples": s.samples, "cpu_ms": round(s.cpu_ns / 1e6, 3), "wall_ms": round(s.wall_ns / 1e6, 3),
+            "top_frame": s.top_frame}

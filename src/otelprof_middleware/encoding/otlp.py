@@ -6,10 +6,37 @@
 * One ResourceProfiles (resource attributes as plain ``key`` + value, which is what
   Pyroscope reads) with one ScopeProfiles.
 * Two OTLP Profiles per :class:`~otelprof_middleware.profile.Profile` (``sample_type``
-  is singular in OTLP): CPU = ``samples/count`` with period ``cpu/nanoseconds``, and wall
-  = ``wall/nanoseconds``.  Both carry the same ``profile_id``, time window and attributes.
-* Samples link to the profile's span through ``link_index``; ``thread.name`` is a sample
-  attribute; every Location carries ``profile.frame.type=cpython``.
+  is singular in OTLP), both carrying the same ``profile_id``, time window and
+  attributes:
+
+  - **CPU**: ``sample_type = samples/count``, ``period_type = cpu/nanoseconds``,
+    ``period = 1``; each sample's value is the **measured CPU nanoseconds** of that
+    stack and thread.  Read as OTLP says (each count stands for ``period`` of
+    ``period_type``), a count is one nanosecond of CPU, so count x period is the
+    CPU time for any consumer.  Why this shape: Grafana Pyroscope
+    (``pkg/ingester/otlp/convert.go``) names a profile from
+    ``sample_type:unit:period_type:period_unit``; exactly
+    ``samples:count:cpu:nanoseconds`` becomes ``process_cpu`` with values
+    multiplied by ``period`` (here 1: unchanged), i.e. the profile type
+    ``process_cpu:cpu:nanoseconds:cpu:nanoseconds`` that Grafana's "Traces to
+    profiles" and the pprof push path use.  Any other CPU shape is named after its
+    period type (``cpu:...``) and misses that type; the usual
+    ``period = interval`` with tick counts is what we must not send: our rate
+    changes within a profile (header boost, governor) and ticks are not CPU time.
+  - **Wall**: ``sample_type = wall/nanoseconds``, ``period_type =
+    wall/nanoseconds``, ``period`` = the sampling interval (informational);
+    values are wall nanoseconds.  Pyroscope names it ``wall`` (its period type)
+    and does not scale it: ``wall:wall:nanoseconds:wall:nanoseconds``.
+
+  Every sample has one value (Pyroscope rejects more when a period is set);
+  samples with no CPU (or no wall) time are left out of that profile.  No
+  sample-count profile is sent: our sample counts are not a CPU measure.
+* Samples link to the profile's span through ``link_index``; their attributes are
+  ``thread.name``, ``span_name`` and ``http.route`` (the route template), which
+  Pyroscope turns into labels (``thread_name``, ``span_name``, ``http_route``);
+  every Location carries ``profile.frame.type=cpython``.
+* Strings are valid UTF-8 (lone surrogates replaced): one bad string must not
+  fail a whole batch.
 """
 
 from __future__ import annotations
@@ -20,7 +47,7 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.profiles.v1development import profiles_pb2 as pb
 
-from ..profile import Profile
+from ..profile import Profile, clean_text
 from ._protowire import LEN, VARINT, Memo, VarintCache, packed, tag
 
 __all__ = ["encode_otlp_request", "DEFAULT_SCOPE_NAME", "FRAME_TYPE"]
@@ -36,6 +63,7 @@ _ZERO_SPAN_ID = bytes(8)
 # (sample_type, period_type) of the two Profiles emitted per input profile, in order.
 CPU_TYPES = (("samples", "count"), ("cpu", "nanoseconds"))
 WALL_TYPES = (("wall", "nanoseconds"), ("wall", "nanoseconds"))
+CPU_PERIOD = 1  # each count is one nanosecond of CPU (see the module docstring)
 
 # Wire tags (profiles.proto v1.10.0 field numbers) for the hand-written parts.
 _D_MAPPING, _D_LOCATION, _D_FUNCTION, _D_STACK = tag(1, LEN), tag(2, LEN), tag(3, LEN), tag(7, LEN)
@@ -52,19 +80,15 @@ def _any_value(value: object) -> AnyValue:
     if isinstance(value, bool):
         return AnyValue(bool_value=value)
     if isinstance(value, int):
-        return AnyValue(int_value=value)
+        if -(1 << 63) <= value < 1 << 63:
+            return AnyValue(int_value=value)
+        return AnyValue(string_value=str(value))  # does not fit an int64
     if isinstance(value, float):
         return AnyValue(double_value=value)
-    return AnyValue(string_value=str(value))
+    return AnyValue(string_value=_clean(value if isinstance(value, str) else str(value)))
 
 
-def _clean(s: str) -> str:
-    """Protobuf strings must be valid UTF-8: replace lone surrogates."""
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "replace").decode("utf-8")
-    return s
+_clean = clean_text  # protobuf strings must be valid UTF-8: lone surrogates replaced
 
 
 class _Dictionary:
@@ -186,16 +210,16 @@ def _add_profiles(d: _Dictionary, profile: Profile, out: RepeatedProfiles) -> No
     stacks = profile.stacks
     stack_map = Memo(lambda i: d.stack(tuple([loc_index[j] for j in stacks[i]])))
 
-    # Merge by OTLP sample identity (stack, attributes, link); the link is per profile
-    # and the only sample attribute is thread.name.
+    # Merge by OTLP sample identity (stack, attributes, link); the link and the
+    # route/span name are per profile, thread.name is the only per-sample attribute.
     merged: dict[tuple[int, str], list[int]] = {}
     for sample in profile.samples:
         key = (stack_map[sample.stack_index], sample.thread_name)
         acc = merged.get(key)
         if acc is None:
-            merged[key] = [sample.count, sample.wall_ns]
+            merged[key] = [sample.cpu_ns, sample.wall_ns]
         else:
-            acc[0] += sample.count
+            acc[0] += sample.cpu_ns
             acc[1] += sample.wall_ns
 
     # Encode both Profiles' samples in one pass; per sample the fields are
@@ -203,30 +227,39 @@ def _add_profiles(d: _Dictionary, profile: Profile, out: RepeatedProfiles) -> No
     vc = VarintCache()
     link_field = _SAMPLE_LINK + vc[link_index] if link_index else b""
 
+    shared = []  # attributes of every sample of this profile
+    if link is not None and link.is_valid and link.span_name:
+        shared.append(d.attribute("span_name", link.span_name))
+    route = profile.attributes.get("http.route")
+    if isinstance(route, str) and route:
+        shared.append(d.attribute("http.route", route))
+
     def attr_field(thread_name: str) -> bytes:
-        attr = d.attribute("thread.name", thread_name) if thread_name else 0
-        return (_SAMPLE_ATTRS + vc[len(vc[attr])] + vc[attr] if attr else b"") + link_field + _SAMPLE_VALUES
+        attrs = ([d.attribute("thread.name", thread_name)] if thread_name else []) + shared
+        ids = packed(attrs)
+        return (_SAMPLE_ATTRS + vc[len(ids)] + ids if attrs else b"") + link_field + _SAMPLE_VALUES
 
     attr_fields = Memo(attr_field)
     stack_fields = Memo(lambda st: _SAMPLE_STACK + vc[st] if st else b"")
     cpu: list[bytes] = []
     wall: list[bytes] = []
-    for (st, thread_name), (count, wall_ns) in merged.items():
+    for (st, thread_name), (cpu_ns, wall_ns) in merged.items():
         prefix = stack_fields[st] + attr_fields[thread_name]
         n = len(prefix) + 1  # + the values' length byte (one varint is < 128 bytes)
-        if count:
-            v = vc[count]
+        if cpu_ns:
+            v = vc[cpu_ns]
             cpu += (_PROFILE_SAMPLE, vc[n + len(v)], prefix, vc[len(v)], v)
         if wall_ns:
             v = vc[wall_ns]
             wall += (_PROFILE_SAMPLE, vc[n + len(v)], prefix, vc[len(v)], v)
 
     attribute_indices = _profile_attribute_indices(d, profile)
-    for (sample_type, period_type), samples in ((CPU_TYPES, cpu), (WALL_TYPES, wall)):
+    for (sample_type, period_type), period, samples in ((CPU_TYPES, CPU_PERIOD, cpu),
+                                                        (WALL_TYPES, profile.period_ns, wall)):
         prof = out.add(
             sample_type=pb.ValueType(type_strindex=d.string(sample_type[0]), unit_strindex=d.string(sample_type[1])),
             period_type=pb.ValueType(type_strindex=d.string(period_type[0]), unit_strindex=d.string(period_type[1])),
-            period=profile.period_ns,
+            period=period,
             time_unix_nano=profile.start_time_ns,
             duration_nano=profile.duration_ns,
             profile_id=profile.profile_id,
@@ -245,10 +278,10 @@ def encode_otlp_request(
     """Build one request holding two OTLP Profiles (CPU, wall) per input profile."""
     req = ExportProfilesServiceRequest()
     rp = req.resource_profiles.add()
-    rp.resource.attributes.extend(KeyValue(key=k, value=_any_value(v)) for k, v in resource_attributes.items())
+    rp.resource.attributes.extend(KeyValue(key=_clean(k), value=_any_value(v)) for k, v in resource_attributes.items())
     sp = rp.scope_profiles.add()
-    sp.scope.name = scope_name
-    sp.scope.version = scope_version
+    sp.scope.name = _clean(scope_name)
+    sp.scope.version = _clean(scope_version)
 
     d = _Dictionary()
     for profile in profiles:

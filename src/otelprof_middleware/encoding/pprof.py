@@ -2,15 +2,27 @@
 
 Shape (google/pprof ``proto/profile.proto``, Go ``runtime/pprof`` CPU profiles):
 
-* ``sample_type = [samples/count, cpu/nanoseconds, wall/nanoseconds]``,
+* ``kind="all"`` (the local file, the viewer, ``go tool pprof``):
+  ``sample_type = [samples/count, cpu/nanoseconds, wall/nanoseconds]``,
   ``default_sample_type = "cpu"`` (consumers would otherwise pick the last type),
-  ``period_type = cpu/nanoseconds``, ``period = profile.period_ns``;
+  ``period_type = cpu/nanoseconds``, ``period = profile.period_ns``.  ``samples``
+  counts stack samples of every kind (a CPU sample, a wall observation of a
+  suspended task): it is not a CPU measure, ``cpu`` is (measured nanoseconds);
+* ``kind="cpu"`` / ``kind="wall"`` (Grafana Pyroscope): one value per sample,
+  ``cpu/nanoseconds`` with period type ``cpu/nanoseconds``, or
+  ``wall/nanoseconds`` with period type ``wall/nanoseconds``; samples with no such
+  value are left out.  Pyroscope names series ``<__name__>:<type>:<unit>:<period
+  type>:<period unit>``, so with ``__name__`` ``process_cpu`` and ``wall`` these
+  are ``process_cpu:cpu:nanoseconds:cpu:nanoseconds`` and
+  ``wall:wall:nanoseconds:wall:nanoseconds`` -- the same names as the OTLP path
+  (:mod:`.otlp`);
 * one Location per :class:`Location` (id = index + 1, ``mapping_id`` 0, one Line),
   one Function per :class:`Function` (id = index + 1, ``system_name`` left 0 so
   ``go tool pprof`` does not run names such as ``<module>`` through its demangler);
 * per-sample string labels ``span_id``/``trace_id`` (valid link), ``span_name``,
-  ``thread_name`` and ``extra_labels``; a key is never repeated on a sample and the
-  built-in labels win over ``extra_labels``;
+  ``http.route`` (the route template, from the profile's attributes),
+  ``thread_name`` and ``extra_labels``; a key is never repeated on a sample and
+  the built-in labels win over ``extra_labels``;
 * ``comment`` holds ``otelprof.profile_id=<hex>``.
 
 The protobuf is written by hand (:mod:`._protowire`); per-stack location ids and
@@ -22,14 +34,20 @@ from __future__ import annotations
 import zlib
 from typing import Mapping
 
-from ..profile import Profile
+from ..profile import Profile, clean_text
 from ._protowire import LEN, VARINT, Memo, VarintCache, field_bytes, field_packed, field_varint, packed, tag, varint
 
-__all__ = ["encode_pprof", "SAMPLE_TYPES", "DEFAULT_SAMPLE_TYPE", "GZIP_LEVEL"]
+__all__ = ["encode_pprof", "SAMPLE_TYPES", "KINDS", "DEFAULT_SAMPLE_TYPE", "GZIP_LEVEL"]
 
 SAMPLE_TYPES: tuple[tuple[str, str], ...] = (("samples", "count"), ("cpu", "nanoseconds"), ("wall", "nanoseconds"))
 PERIOD_TYPE: tuple[str, str] = ("cpu", "nanoseconds")
 DEFAULT_SAMPLE_TYPE = "cpu"
+#: kind -> (sample types, period type, default sample type)
+KINDS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, str], str]] = {
+    "all": (SAMPLE_TYPES, PERIOD_TYPE, DEFAULT_SAMPLE_TYPE),
+    "cpu": ((("cpu", "nanoseconds"),), ("cpu", "nanoseconds"), "cpu"),
+    "wall": ((("wall", "nanoseconds"),), ("wall", "nanoseconds"), "wall"),
+}
 GZIP_LEVEL = 1  # gzip.BestSpeed, as Go's runtime/pprof writes CPU profiles
 _RESERVED_LABEL_PREFIX = "pprof::"
 
@@ -64,13 +82,13 @@ class _StringTable:
         idx = self._index.get(s)
         if idx is None:
             idx = self._index[s] = len(self.strings)
-            self.strings.append(s)
+            self.strings.append(clean_text(s))  # lone surrogates: U+FFFD, never an error
         return idx
 
     def encode(self) -> bytes:
         parts: list[bytes] = []
         for s in self.strings:
-            b = s.encode("utf-8", "replace")
+            b = s.encode("utf-8")
             parts += (_TAG_STRING, varint(len(b)), b)
         return b"".join(parts)
 
@@ -92,6 +110,9 @@ def _profile_labels(profile: Profile) -> list[tuple[str, str]]:
         labels.append(("trace_id", link.trace_id_hex))
         if link.span_name:
             labels.append(("span_name", link.span_name))
+    route = profile.attributes.get("http.route")
+    if isinstance(route, str) and route:
+        labels.append(("http.route", route))  # the template (integrations never set a raw path here)
     return labels
 
 
@@ -100,12 +121,15 @@ def _gzip(data: bytes) -> bytes:
     return c.compress(data) + c.flush()
 
 
-def encode_pprof(profile: Profile, *, compress: bool = True, extra_labels: Mapping[str, str] | None = None) -> bytes:
-    """Serialize ``profile`` as a pprof ``Profile`` (gzip-compressed unless ``compress=False``)."""
+def encode_pprof(profile: Profile, *, compress: bool = True, extra_labels: Mapping[str, str] | None = None,
+                 kind: str = "all") -> bytes:
+    """Serialize ``profile`` as a pprof ``Profile`` (gzip-compressed unless ``compress=False``).
+    ``kind``: ``"all"`` (samples, cpu, wall), ``"cpu"`` or ``"wall"`` (see the module docstring)."""
+    types, period_t, default_t = KINDS[kind]
     strings = _StringTable()
     s = strings
 
-    sample_types = [field_bytes(_P_SAMPLE_TYPE, _value_type(s(t), s(u))) for t, u in SAMPLE_TYPES]
+    sample_types = [field_bytes(_P_SAMPLE_TYPE, _value_type(s(t), s(u))) for t, u in types]
 
     base_labels = _profile_labels(profile)
     extras = [
@@ -132,9 +156,16 @@ def encode_pprof(profile: Profile, *, compress: bool = True, extra_labels: Mappi
     prefix_memo = Memo(stack_prefix_for)
     out: list[bytes] = sample_types
     extend = out.extend
+    only = None if kind == "all" else ("cpu_ns" if kind == "cpu" else "wall_ns")
     for sample in profile.samples:
+        if only is None:
+            values = vc[sample.count] + vc[sample.cpu_ns] + vc[sample.wall_ns]
+        else:
+            value = getattr(sample, only)
+            if not value:
+                continue
+            values = vc[value]
         prefix = prefix_memo[sample.stack_index]
-        values = vc[sample.count] + vc[sample.cpu_ns] + vc[sample.wall_ns]
         labels = labels_memo[sample.thread_name]
         nv = len(values)  # < 128: one length byte
         extend((_TAG_SAMPLE, vc[len(prefix) + 1 + nv + len(labels)], prefix, vc[nv], values, labels))
@@ -163,8 +194,8 @@ def encode_pprof(profile: Profile, *, compress: bool = True, extra_labels: Mappi
     comments = [s(f"otelprof.profile_id={profile.profile_id_hex}")]
     if profile.truncated:
         comments.append(s(f"otelprof.truncated={profile.truncated}"))
-    period_type = _value_type(s(PERIOD_TYPE[0]), s(PERIOD_TYPE[1]))
-    default_type = s(DEFAULT_SAMPLE_TYPE)
+    period_type = _value_type(s(period_t[0]), s(period_t[1]))
+    default_type = s(default_t)
 
     append(strings.encode())
     append(field_varint(_P_TIME, profile.start_time_ns))

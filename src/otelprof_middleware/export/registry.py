@@ -63,7 +63,7 @@ def _pyroscope(config: "Config") -> Exporter:
     from .pyroscope import PyroscopeExporter
 
     return PyroscopeExporter(pyroscope_target(config), max_request_bytes=config.max_request_bytes,
-                             retry_policy=retry_policy(config))
+                             retry_policy=retry_policy(config), resource=resource(config))
 
 
 def _console(config: "Config") -> Exporter:

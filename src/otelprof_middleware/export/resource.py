@@ -13,6 +13,7 @@ import sys
 from typing import Mapping, MutableMapping, Optional, Union
 
 from .._version import __version__
+from ..profile import clean_text
 
 __all__ = ["SCOPE_NAME", "SCOPE_VERSION", "DEFAULT_SERVICE_NAME", "resource_attributes", "refresh_pid"]
 
@@ -27,8 +28,15 @@ ResourceValue = Union[str, int]
 
 def resource_attributes(service_name: str = DEFAULT_SERVICE_NAME,
                         extra: Optional[Mapping[str, str]] = None) -> dict[str, ResourceValue]:
-    """The resource of this process: SDK, runtime, process and host facts, then
-    ``extra`` (``OTEL_RESOURCE_ATTRIBUTES``), then ``service.name``."""
+    """The resource of this process, lowest precedence first: what we detect
+    (semantic-convention names: ``telemetry.sdk.*`` describe this library, which
+    produces the profiles; ``process.*``, ``host.name``), the resource of the
+    OpenTelemetry SDK's tracer provider when the application set one up (so profiles
+    carry the ``service.version``, ``deployment.environment.name`` ... of its traces),
+    then ``extra`` (``OTEL_RESOURCE_ATTRIBUTES``), then ``service.name`` (the SDK's,
+    when ours is only the default).  ``deployment.environment`` (deprecated by the
+    semantic conventions) also fills ``deployment.environment.name``.  Strings are
+    cleaned of lone surrogates: one bad environment variable must not fail every export."""
     attrs: dict[str, ResourceValue] = {
         "telemetry.sdk.language": "python",
         "telemetry.sdk.name": SCOPE_NAME,
@@ -42,9 +50,36 @@ def resource_attributes(service_name: str = DEFAULT_SERVICE_NAME,
         attrs["host.name"] = socket.gethostname()
     except OSError:
         pass
+    sdk = _tracer_provider_resource()
+    attrs.update((k, v) for k, v in sdk.items() if not k.startswith("telemetry.sdk.") and k != "service.name")
     attrs.update(extra or {})
+    sdk_service = str(sdk.get("service.name", ""))
+    if service_name.startswith("unknown_service") and sdk_service and not sdk_service.startswith("unknown_service"):
+        service_name = sdk_service  # the application named itself only in its SDK setup
     attrs["service.name"] = service_name
-    return attrs
+    if "deployment.environment" in attrs and "deployment.environment.name" not in attrs:
+        attrs["deployment.environment.name"] = attrs["deployment.environment"]
+    return {clean_text(k): clean_text(v) if isinstance(v, str) else v for k, v in attrs.items()}
+
+
+def _tracer_provider_resource() -> dict[str, ResourceValue]:
+    """Scalar attributes of the global OpenTelemetry SDK tracer provider's resource, if any."""
+    try:
+        from opentelemetry import trace
+
+        resource = getattr(trace.get_tracer_provider(), "resource", None)
+        items = dict(getattr(resource, "attributes", None) or {})
+    except Exception:  # no SDK, or an unusual provider: nothing to add
+        return {}
+    out: dict[str, ResourceValue] = {}
+    for k, v in items.items():
+        if isinstance(v, bool):
+            out[str(k)] = str(v).lower()
+        elif isinstance(v, (str, int)):
+            out[str(k)] = v
+        elif isinstance(v, float):
+            out[str(k)] = repr(v)
+    return out
 
 
 def refresh_pid(resource: MutableMapping[str, ResourceValue]) -> None:

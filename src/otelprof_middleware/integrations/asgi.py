@@ -270,9 +270,10 @@ class ASGIRequest(RequestHandle):
                                                   for k, v in extra]
                 return new
         elif kind == "http.response.body" and not message.get("more_body", False):
-            # The OTel ASGI middleware ends its span right after this message: put the
-            # summary on it now (finish() refreshes it if the span still records).
-            self.annotate_span()
+            # The OTel ASGI middleware ends its span right after this message: end the
+            # profile here, so the summary put on the span is the finished profile's
+            # (the same numbers as pprof and OTLP), not the samples so far.
+            self.finish()
         return message
 
     def on_profiled_end(self, error: Optional[BaseException]) -> None:

@@ -482,6 +482,7 @@ class RequestHandle(TailTicket):
             "otelprof.profile_id": session.profile_id_hex,
             "otelprof.samples": summary["samples"],
             "otelprof.cpu_ms": summary["cpu_ms"],
+            "otelprof.wall_ms": summary["wall_ms"],
             "otelprof.top_frame": summary["top_frame"],
         })
 

@@ -122,9 +122,9 @@ class Policy:
         self.host.stats_recorder.incr("governor_steps")
         base = self.config.sample_hz
         for session in self.entry.slots.holders():
-            session.set_rate(self.governor.hz(base))
+            session.set_rate(self.governor.hz(base), governor_level=level)
         for session in self.late.recording.holders():
-            session.set_rate(self.governor.hz(self.late.recorder_hz or base, min_hz=1))
+            session.set_rate(self.governor.hz(self.late.recorder_hz or base, min_hz=1), governor_level=level)
 
     def state(self) -> "PolicyState":
         """A read-only snapshot of the trigger state, for stats pages and debugging

@@ -1,0 +1,357 @@
+"""CPU samples from per-thread CPU timers (the optional C extension ``_native``).
+
+Why: a sampler thread inside the process needs the GIL to look at another
+thread, so it only ever sees a busy thread where that thread *releases* the GIL
+(a socket send, a log write), and the CPU burnt in between is billed there.  The
+extension instead arms, for each sampled thread, a POSIX timer on that thread's
+own CPU clock; the kernel interrupts the thread itself each ``interval`` of its
+CPU time, wherever it is, and a signal handler records its Python stack into a
+ring buffer (see ``native/cpu_sampler.c``).  This module is the Python side:
+
+* :func:`load` imports and installs the extension once, or says why it cannot
+  (no extension built, not Linux, SIGPROF already taken, ...); the reason is
+  logged once and profiles record ``otelprof.sampler=python``;
+* :class:`CpuTimers` keeps one timer per sampled thread (shared by every session
+  with a target on it, at the highest rate among them), drains the ring buffers
+  (the sampler thread each tick; a detaching thread for itself) and bills each
+  sample to the targets it belongs to: a thread target gets its thread's samples
+  while attached, a task target the loop thread's samples whose stack holds the
+  task's outermost coroutine frame, cut there.  Each sample carries the CPU the
+  thread used since its previous sample (read from the thread's clock), so rate
+  changes never distort totals; at detach the rest of the measured CPU (less than
+  one interval) goes to the target's last stack, so totals match the clock.
+
+What interrupts the thread (``native/cpu_sampler.c``): a perf_event task-clock
+counter of the thread where perf events are allowed (the kernel counts the
+thread's CPU time with a high-resolution timer while it runs; it overflows every
+millisecond of CPU or so, and the handler records the first overflow after a
+randomly drawn interval -- longer periods were measured to favour code that
+switches threads often), else a POSIX timer on the thread's CPU clock.  Linux checks those timers only at its scheduler tick
+(``CONFIG_HZ``, often 250 Hz): rates above that give fewer, heavier samples, and
+on a busy machine code that gives up the CPU very often (``time.sleep(0)``) is
+rarely the one running at a tick, so it gets fewer samples than its CPU share.
+Each next interval is drawn uniformly in [interval/2, 3*interval/2), so work that
+repeats with the sampling period is not always caught at the same point.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from ._safety import LogOnce, at_fork_reinit
+from .stacks import UNKNOWN, UNSAMPLED, cap_depth, thread_cpu_ns
+
+if TYPE_CHECKING:
+    from .session import Session, Target
+
+__all__ = ["load", "CpuTimers"]
+
+#: Use perf_event task-clock counters where allowed (False: POSIX CPU timers only).
+PERF_EVENTS = True
+#: What each source is called in profiles (``otelprof.cpu_timer``).
+SOURCE_NAMES = {"perf": "perf_event", "perf-user": "perf_event_user", "timer": "posix_timer"}
+
+_log_once = LogOnce()
+_lib: Any = None
+_reason: Optional[str] = None
+_load_lock = threading.Lock()
+
+
+def load() -> tuple[Any, str]:
+    """The installed extension module and "", or None and why it is unavailable."""
+    global _lib, _reason
+    if _lib is not None or _reason is not None:
+        return _lib, _reason or ""
+    with _load_lock:
+        if _lib is None and _reason is None:
+            lib, reason = _try_load()
+            if lib is None:
+                _reason = reason
+                _log_once("native-unavailable",
+                          "otelprof: native CPU sampler unavailable (%s): using the pure-Python sampler, "
+                          "whose CPU attribution leans towards code that releases the GIL "
+                          "(see docs/sampling.md)", reason)
+            else:
+                _lib = lib
+                atexit.register(_stop_all_at_exit)
+    return _lib, _reason or ""
+
+
+def _try_load() -> tuple[Any, str]:
+    if not sys.platform.startswith("linux"):
+        return None, f"not available on {sys.platform}"
+    try:
+        _native = importlib.import_module(__package__ + "._native")
+    except ImportError as e:
+        return None, f"extension not built ({e})"
+    if "cpu_sampler" not in getattr(_native, "features", ()):
+        return None, "extension built without the CPU sampler (unsupported Python version?)"
+    try:
+        _native.install()
+    except (OSError, RuntimeError) as e:
+        return None, str(e)
+    return _native, ""
+
+
+def _stop_all_at_exit() -> None:
+    lib = _lib
+    if lib is not None:
+        try:
+            lib.stop_all()
+        except Exception:  # pragma: no cover - never fail the interpreter's exit
+            pass
+
+
+class _Thread:
+    """One sampled thread: its timer and the (session, target) pairs it serves."""
+
+    __slots__ = ("ident", "native_id", "handle", "interval_ns", "entries", "lock", "name")
+
+    def __init__(self, ident: int, native_id: int, handle: int, interval_ns: int) -> None:
+        self.ident = ident
+        self.native_id = native_id
+        self.handle = handle
+        self.interval_ns = interval_ns
+        self.entries: list[tuple["Session", "Target"]] = []
+        self.lock = threading.Lock()  # one drain+dispatch at a time (single consumer)
+
+
+class CpuTimers:
+    """The per-thread CPU timers of one sampler (see the module docstring)."""
+
+    def __init__(self, lib: Any, bill_remainder: Callable[["Session", "Target", int], None]) -> None:
+        self.lib = lib
+        self._bill_rest = bill_remainder  # (session, target, cpu_ns): the sampler's rule for remainders
+        self._threads: dict[int, _Thread] = {}
+        self._lock = threading.Lock()
+        self._max_frames = 0
+        self.samples = 0  # samples drained
+        self.unknown_frames = 0
+        self.broken = False  # our signal handler was replaced: no more timers
+        at_fork_reinit(self._after_fork)
+
+    # ------------------------------------------------------------------ targets
+    def add(self, session: "Session", target: "Target", interval_ns: int) -> Optional[str]:
+        """Bill ``target`` from its thread's CPU timer (started if needed); returns the
+        timer's kind (:data:`SOURCE_NAMES`), or None if the thread cannot have one
+        (then the caller samples it in Python)."""
+        ident = target.thread_id
+        if self.broken:
+            return None
+        with self._lock:
+            th = self._threads.get(ident)
+            if th is None:
+                depth = min(session.max_depth, 512)
+                if depth > self._max_frames:
+                    self._max_frames = self.lib.set_max_frames(depth)
+                try:
+                    handle = self.lib.start(ident, target.native_id, interval_ns, PERF_EVENTS)
+                except (OSError, RuntimeError, LookupError, ValueError) as e:
+                    _log_once("native-start", "otelprof: no CPU timer for thread %s (%s): sampled in Python",
+                              ident, e)
+                    return None
+                th = self._threads[ident] = _Thread(ident, target.native_id, handle, interval_ns)
+            elif interval_ns < th.interval_ns:
+                self._set_interval(th, interval_ns)
+        cpu = thread_cpu_ns(ident, th.native_id)
+        with th.lock:
+            target.attach_cpu = cpu if cpu is not None else 0
+            target.cpu_billed = target.cpu_since_wall = 0
+            target.handler_mark = self._handler_cpu(th)
+            if target.task is not None:
+                target.coro = target.task.get_coro()
+                frame = getattr(target.coro, "cr_frame", None)
+                target.frame_addr = self.lib.frame_address(frame) if frame is not None else 0
+            target.native = True
+            th.entries.append((session, target))
+            return self._source(th)
+
+    def remove(self, session: "Session", target: "Target") -> None:
+        """Bill what the thread's buffer still holds, then the measured remainder,
+        and stop its timer if no one else needs it."""
+        th = self._threads.get(target.thread_id)
+        if th is None:
+            return
+        with th.lock:
+            try:
+                self._drain(th)
+                if target.task is None:
+                    self._bill_remainder(th, target)
+            finally:  # whatever happened, the target leaves and an unused timer stops
+                th.entries = [(s, t) for s, t in th.entries if t is not target]
+                target.native = False
+                target.coro = None
+                last = not th.entries
+        if last:
+            with self._lock:
+                if self._threads.get(th.ident) is th and not th.entries:
+                    del self._threads[th.ident]
+                    with th.lock:
+                        try:
+                            self.lib.stop(th.handle)  # the rest belongs to nobody now
+                        except ValueError:  # already stopped (interpreter exit)
+                            pass
+
+    def _bill_remainder(self, th: _Thread, target: "Target") -> None:
+        now = thread_cpu_ns(th.ident, th.native_id)
+        if now is None:
+            return
+        own = self._handler_cpu(th) - target.handler_mark  # our signal handler's CPU on that thread
+        rest = (now - target.attach_cpu) - own - target.cpu_billed
+        if rest > 0:
+            for session, t in th.entries:
+                if t is target:
+                    self._bill_rest(session, target, rest)
+                    target.cpu_billed += rest
+                    break
+
+    # ------------------------------------------------------------------ ticks
+    def drain_all(self) -> None:
+        if not self._threads:
+            return
+        if not self.lib.handler_ok():
+            # someone replaced our SIGPROF handler: our timers would fire into theirs
+            _log_once("native-handler-replaced", "otelprof: another SIGPROF handler was installed; native CPU "
+                      "sampling stops in this process (the pure-Python sampler takes over for new profiles)")
+            self.broken = True
+            self.stop_all()
+            return
+        for th in list(self._threads.values()):
+            with th.lock:
+                self._drain(th)
+
+    def retune(self, interval_of: Any) -> None:
+        """Run each thread's timer at the fastest rate among its sessions:
+        ``interval_of(session)`` gives a session's current interval in ns."""
+        for th in list(self._threads.values()):
+            entries = th.entries
+            if not entries:
+                continue
+            want = min(interval_of(s) for s, _ in entries)
+            if want != th.interval_ns:
+                self._set_interval(th, want)
+
+    def handler_cpu_ns(self) -> int:
+        try:
+            return int(self.lib.stats()["handler_cpu_ns"])
+        except Exception:
+            return 0
+
+    def stop_all(self) -> None:
+        """Stop every timer; targets still attached go on in pure-Python mode."""
+        with self._lock:
+            threads, self._threads = self._threads, {}
+        for th in threads.values():
+            with th.lock:
+                try:
+                    self.lib.stop(th.handle)
+                except ValueError:
+                    pass
+                for _session, target in th.entries:
+                    target.native = False
+                    target.cpu_mark = thread_cpu_ns(th.ident, th.native_id)
+                th.entries = []
+
+    # ------------------------------------------------------------------ internals
+    def _set_interval(self, th: _Thread, interval_ns: int) -> None:
+        try:
+            self.lib.set_interval(th.handle, interval_ns)
+            th.interval_ns = interval_ns
+        except (OSError, ValueError):
+            pass
+
+    def _handler_cpu(self, th: _Thread) -> int:
+        try:
+            return int(self.lib.slot_stats(th.handle)[0])
+        except ValueError:
+            return 0
+
+    def _source(self, th: _Thread) -> str:
+        try:
+            return SOURCE_NAMES.get(self.lib.slot_stats(th.handle)[3], "posix_timer")
+        except ValueError:
+            return "posix_timer"
+
+    def _drain(self, th: _Thread) -> None:
+        try:
+            samples = self.lib.drain(th.handle)
+        except ValueError:  # stopped under us (interpreter exit)
+            return
+        if samples:
+            self.samples += len(samples)
+            self._dispatch(th, samples)
+
+    def _dispatch(self, th: _Thread, samples: list[Any]) -> None:
+        entries = th.entries
+        if not entries:
+            return
+        for c0, c1, mono, _overruns, omitted, codes, lastis, addrs, lost in samples:
+            if lost:
+                self._bill_lost(th, c0 - lost, c0)
+            if not codes:
+                continue  # CPU outside any Python frame: left to the remainder
+            if None in codes:
+                self.unknown_frames += codes.count(None)
+                codes = tuple(UNKNOWN if c is None else c for c in codes)
+            for session, target in entries:
+                w = c1 - max(c0, target.attach_cpu)
+                # a finishing session still takes what its buffers hold (the release drains
+                # them): only a closed table is final.  Checking ``finished`` here lost every
+                # sample of a request the sampler thread had not drained before it ended
+                # (a 3 ms request under load: no CPU at all for a task)
+                if w <= 0 or session.stacks.closed:
+                    continue
+                try:
+                    self._bill(th, session, target, w, mono, omitted, codes, lastis, addrs)
+                except Exception:  # one broken session never stops the others' samples
+                    _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
+
+    def _bill_lost(self, th: _Thread, start: int, end: int) -> None:
+        """CPU of samples dropped while the buffer was full: measured, not located.
+        A thread target shows it as ``<unsampled CPU>``; a task cannot tell whether it
+        was running then, so it gets none of it."""
+        for session, target in th.entries:
+            w = end - max(start, target.attach_cpu)
+            if w > 0 and target.task is None and not session.stacks.closed:
+                try:
+                    session.stacks.add(target.thread_name or _thread_name(th.ident), (UNSAMPLED,), (0,), w, w)
+                    target.cpu_billed += w
+                    target.cpu_since_wall += w
+                except Exception:
+                    _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
+
+    def _bill(self, th: _Thread, session: "Session", target: "Target", w: int, mono: int, omitted: int,
+              codes: Any, lastis: Any, addrs: Any) -> None:
+        if target.task is None:
+            cut_codes, cut_lastis, cut_omitted = codes, lastis, omitted
+        else:
+            fa = target.frame_addr
+            if not fa or fa not in addrs:
+                return  # another task (or the loop itself) was running
+            i = addrs.index(fa)
+            # the task's outermost frame ends its stack (a gap can only precede the root)
+            cut_omitted = omitted if i == len(addrs) - 1 else 0
+            cut_codes, cut_lastis = codes[:i + 1], lastis[:i + 1]
+        if session.sample_budget_exhausted(mono):
+            return
+        cut_codes, cut_lastis = cap_depth(cut_codes, cut_lastis, session.max_depth, cut_omitted)
+        target.last_key = session.stacks.add(target.thread_name or _thread_name(th.ident), cut_codes, cut_lastis,
+                                             w, w)
+        target.cpu_billed += w
+        target.cpu_since_wall += w
+
+    def _after_fork(self) -> None:
+        # the parent's threads and timers do not exist in the child (the C side
+        # resets its slots itself)
+        self._threads = {}
+        self._lock = threading.Lock()
+
+
+def _thread_name(ident: int) -> str:
+    t = threading._active.get(ident)  # type: ignore[attr-defined]
+    return t.name if t is not None else f"thread-{ident}"
+
