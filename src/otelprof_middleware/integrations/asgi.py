@@ -20,9 +20,11 @@ through untouched):
   which other requests share), tasks that send the response for it (Starlette runs a
   ``StreamingResponse`` body in a child task) are attached at their first ``send``,
   and thread-pool work started for it is followed (:mod:`.threads`);
-* the profile covers the request until the application returns (the last body
-  chunk and Starlette background tasks included), also when it raises (the error
-  propagates unchanged) or is cancelled;
+* the profile covers the request until its last body chunk is sent (where the
+  OpenTelemetry ASGI span ends too, so the summary on the span is the finished
+  profile's; Starlette background tasks that run after it are not included), or
+  until the application returns, raises (the error propagates unchanged) or is
+  cancelled without finishing the body;
 * the trace link is the current OpenTelemetry span at entry, else the span seen
   at the first ``send`` (our middleware may sit outside the OTel one), else the
   incoming ``traceparent`` (link source ``traceparent``);
