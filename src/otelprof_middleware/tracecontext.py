@@ -22,7 +22,7 @@ from opentelemetry import trace as _trace
 from .profile import SpanLink
 
 __all__ = ["current_link", "current_span", "link_from_span", "parse_traceparent", "trace_of_traceparent",
-           "set_span_attributes", "current_context", "SPAN_KEY", "span_or_none"]
+           "set_span_attributes", "current_context", "SPAN_KEY", "span_or_none", "context_reader"]
 
 _TRACEPARENT = re.compile(r"^\s*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?\s*$")
 # the canonical version-00 shape (any case, as parse_traceparent accepts)
@@ -32,7 +32,7 @@ _SAMPLED_LAST_DIGIT = frozenset("13579bdfBDF")  # an odd flags byte: the sampled
 _TRACEPARENT_MAX = 512  # later versions may append fields; nothing legitimate is this long
 
 
-def _context_reader() -> tuple[Callable[[], Mapping[str, Any]], Any]:
+def context_reader() -> tuple[Callable[[], Mapping[str, Any]], Any]:
     """(the current OpenTelemetry context getter, the key of its span): the context
     variable's own ``get`` with the default runtime context, else the public API."""
     try:
@@ -50,7 +50,7 @@ def _context_reader() -> tuple[Callable[[], Mapping[str, Any]], Any]:
 
 #: ``current_context().get(SPAN_KEY)``: what OpenTelemetry's current context holds as
 #: its span (None for most requests: no span); give anything else to :func:`span_or_none`
-current_context, SPAN_KEY = _context_reader()
+current_context, SPAN_KEY = context_reader()
 
 
 def span_or_none(value: Any) -> Any:
