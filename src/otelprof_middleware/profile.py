@@ -2,8 +2,12 @@
 
 A :class:`Profile` holds interned functions, locations (function + line) and
 stacks (leaf first), and per (stack, thread) sample values: ``count``,
-``cpu_ns`` and ``wall_ns``.  It knows nothing of frameworks or wire formats:
-integrations fill its attributes, encoders (``otelprof_middleware.encoding``)
+``cpu_ns`` and ``wall_ns``.  A profile of one unit of work links to its span
+(``Profile.link``); a profile covering a time window (an aggregate of short
+requests, the continuous profile) has no link of its own, and each sample taken
+for a request carries that request's span (``Sample.link``).
+
+It knows nothing of frameworks or wire formats: integrations fill its attributes, encoders (``otelprof_middleware.encoding``)
 turn it into pprof or OTLP.
 """
 
@@ -91,6 +95,7 @@ class Sample:
     count: int = 0
     cpu_ns: int = 0
     wall_ns: int = 0
+    link: SpanLink | None = None  # this sample's own span (window profiles); None: the profile's link
 
 
 @dataclass
@@ -153,7 +158,7 @@ class ProfileBuilder:
         self._functions: dict[Function, int] = {}
         self._locations: dict[Location, int] = {}
         self._stacks: dict[tuple[int, ...], int] = {}
-        self._samples: dict[tuple[int, str], Sample] = {}
+        self._samples: dict[tuple[int, str, SpanLink | None], Sample] = {}
 
     def function(self, name: str, filename: str = "", start_line: int = 0) -> int:
         key = Function(name, filename, start_line)
@@ -179,11 +184,12 @@ class ProfileBuilder:
             self.profile.stacks.append(key)
         return idx
 
-    def add(self, stack_index: int, thread_name: str = "", count: int = 1, cpu_ns: int = 0, wall_ns: int = 0) -> None:
-        key = (stack_index, thread_name)
+    def add(self, stack_index: int, thread_name: str = "", count: int = 1, cpu_ns: int = 0, wall_ns: int = 0,
+            link: SpanLink | None = None) -> None:
+        key = (stack_index, thread_name, link)
         s = self._samples.get(key)
         if s is None:
-            s = self._samples[key] = Sample(stack_index, clean_text(thread_name))
+            s = self._samples[key] = Sample(stack_index, clean_text(thread_name), link=link)
             self.profile.samples.append(s)
         s.count += count
         s.cpu_ns += cpu_ns

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import CodeType
 from typing import Any, Optional
 
-from .profile import AttributeValue, Profile, ProfileBuilder
+from .profile import AttributeValue, Profile, ProfileBuilder, SpanLink
 
 __all__ = [
     "StackTable",
@@ -268,9 +268,12 @@ class StackTable:
         top = max(ranked)[1] if ranked else ""
         return StackSummary(samples, cpu, wall, top)
 
-    def fill(self, profile: Profile) -> Profile:
-        """Intern everything into ``profile`` (runs on the export worker)."""
-        b = ProfileBuilder(profile)
+    def fill(self, profile: Profile, *, builder: Optional[ProfileBuilder] = None,
+             link: Optional[SpanLink] = None) -> Profile:
+        """Intern everything into ``profile`` (runs on the export worker).  Window
+        profiles fill one profile from many tables: they pass one ``builder`` for all,
+        and each table's span as the ``link`` of its samples."""
+        b = builder if builder is not None else ProfileBuilder(profile)
         fn_cache: dict[int, int] = {}
         line_cache: dict[tuple[int, int], int] = {}
         own: dict[int, bool] = {}
@@ -295,5 +298,5 @@ class StackTable:
                 if line is None:
                     line = line_cache[(id(code), lasti)] = line_of(code, lasti)
                 locs.append(b.location(cached, line))
-            b.add(b.stack(locs), thread_name, count, cpu, wall)
+            b.add(b.stack(locs), thread_name, count, cpu, wall, link=link)
         return profile

@@ -31,7 +31,8 @@
   Every sample has one value (Pyroscope rejects more when a period is set);
   samples with no CPU (or no wall) time are left out of that profile.  No
   sample-count profile is sent: our sample counts are not a CPU measure.
-* Samples link to the profile's span through ``link_index``; their attributes are
+* Samples link to the profile's span through ``link_index`` (a sample with a link
+  of its own, in a window profile, to that span instead); their attributes are
   ``thread.name``, ``span_name`` and ``http.route`` (the route template), which
   Pyroscope turns into labels (``thread_name``, ``span_name``, ``http_route``);
   every Location carries ``profile.frame.type=cpython``.
@@ -212,9 +213,9 @@ def _add_profiles(d: _Dictionary, profile: Profile, out: RepeatedProfiles) -> No
 
     # Merge by OTLP sample identity (stack, attributes, link); the link and the
     # route/span name are per profile, thread.name is the only per-sample attribute.
-    merged: dict[tuple[int, str], list[int]] = {}
+    merged: dict[tuple[int, str, Any], list[int]] = {}
     for sample in profile.samples:
-        key = (stack_map[sample.stack_index], sample.thread_name)
+        key = (stack_map[sample.stack_index], sample.thread_name, sample.link)
         acc = merged.get(key)
         if acc is None:
             merged[key] = [sample.cpu_ns, sample.wall_ns]
@@ -225,26 +226,32 @@ def _add_profiles(d: _Dictionary, profile: Profile, out: RepeatedProfiles) -> No
     # Encode both Profiles' samples in one pass; per sample the fields are
     # stack_index, attribute_indices, link_index (the shared prefix) and values.
     vc = VarintCache()
-    link_field = _SAMPLE_LINK + vc[link_index] if link_index else b""
-
     shared = []  # attributes of every sample of this profile
-    if link is not None and link.is_valid and link.span_name:
-        shared.append(d.attribute("span_name", link.span_name))
     route = profile.attributes.get("http.route")
     if isinstance(route, str) and route:
         shared.append(d.attribute("http.route", route))
 
-    def attr_field(thread_name: str) -> bytes:
-        attrs = ([d.attribute("thread.name", thread_name)] if thread_name else []) + shared
+    def attr_field(key: tuple[str, Any]) -> bytes:
+        # a sample's own link (window profiles) wins over the profile's
+        thread_name, own = key
+        sample_link = own if own is not None else link
+        index = link_index
+        if own is not None:
+            index = d.link(own.trace_id_bytes, own.span_id_bytes) if own.is_valid else 0
+        attrs = [d.attribute("thread.name", thread_name)] if thread_name else []
+        if sample_link is not None and sample_link.is_valid and sample_link.span_name:
+            attrs.append(d.attribute("span_name", sample_link.span_name))
+        attrs += shared
         ids = packed(attrs)
-        return (_SAMPLE_ATTRS + vc[len(ids)] + ids if attrs else b"") + link_field + _SAMPLE_VALUES
+        return ((_SAMPLE_ATTRS + vc[len(ids)] + ids if attrs else b"") + (_SAMPLE_LINK + vc[index] if index else b"")
+                + _SAMPLE_VALUES)
 
     attr_fields = Memo(attr_field)
     stack_fields = Memo(lambda st: _SAMPLE_STACK + vc[st] if st else b"")
     cpu: list[bytes] = []
     wall: list[bytes] = []
-    for (st, thread_name), (cpu_ns, wall_ns) in merged.items():
-        prefix = stack_fields[st] + attr_fields[thread_name]
+    for (st, thread_name, own_link), (cpu_ns, wall_ns) in merged.items():
+        prefix = stack_fields[st] + attr_fields[(thread_name, own_link)]
         n = len(prefix) + 1  # + the values' length byte (one varint is < 128 bytes)
         if cpu_ns:
             v = vc[cpu_ns]
