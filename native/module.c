@@ -9,6 +9,7 @@
 
 static PyMethodDef *const parts[] = {
     otp_cpu_sampler_methods,
+    otp_alloc_hook_methods,
 };
 
 static PyMethodDef module_methods[64];
@@ -39,8 +40,8 @@ PyInit__native(void)
     PyObject *features = PyTuple_New(0);
 #if OTP_HAVE_CPU_SAMPLER
     Py_DECREF(features);
-    features = Py_BuildValue("(s)", "cpu_sampler");
-    if (features != NULL && otp_cpu_sampler_init(m) != 0) {
+    features = Py_BuildValue("(ss)", "cpu_sampler", "alloc_hook");
+    if (features != NULL && (otp_cpu_sampler_init(m) != 0 || otp_alloc_hook_init(m) != 0)) {
         Py_DECREF(features);
         Py_DECREF(m);
         return NULL;

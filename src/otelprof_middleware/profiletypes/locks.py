@@ -1,0 +1,170 @@
+"""Lock waits per request (the ``lock`` profile type).
+
+While installed, ``threading.Lock`` and ``threading.RLock`` make wrapped locks.
+``Condition``, ``Semaphore``, ``BoundedSemaphore``, ``Event`` and ``queue.Queue``
+build their locks through those two names, so theirs are wrapped too (those
+created after installation: a lock made at import time before the profiler
+started stays a plain lock).
+
+A wrapped lock's ``acquire`` on a thread attached to no session is the plain
+acquire plus one dict lookup.  On an attached thread, ``lock_sample_rate`` of the
+acquisitions are watched: a non-blocking attempt first; only if the lock is held
+by someone else is the wait timed, and the wait (``lock_wait/nanoseconds``) and
+one acquisition (``lock_acquires/count``), both scaled by ``1 / lock_sample_rate``,
+are recorded with the acquiring stack and the lock's creation site (label
+``lock_site``, ``file:line`` of the first frame outside ``threading``/``queue``).
+Acquisitions that did not wait cost nothing more and are not recorded.
+
+Waiting inside ``Condition.wait`` (for a notify) is not a lock wait and is not
+counted; re-taking the lock after it is.  Uninstalling restores the original
+names; wrapped locks still in use keep working, unwatched.  ``isinstance(x,
+threading.Lock)`` is false for wrapped locks while installed (the same trade-off
+as other lock profilers).
+
+asyncio waits already show as wall time in a task's stack (``Lock.acquire``,
+``Semaphore.acquire``, ``Event.wait`` frames name them).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+import time
+from threading import get_ident
+from typing import TYPE_CHECKING, Any
+
+from ..stacks import walk_frames
+from . import threads
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["install", "uninstall", "installed"]
+
+_original: dict[str, Any] = {}
+_active = False
+_rate = 1.0
+_SKIP_FILES = frozenset(os.path.normcase(m.__file__) for m in (threading, sys.modules.get("queue") or threading)
+                        if getattr(m, "__file__", None))
+_OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _creation_site() -> str:
+    frame: Any = sys._getframe(2)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if os.path.normcase(filename) not in _SKIP_FILES and not filename.startswith(_OWN_DIR):
+            return f"{filename}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown>"
+
+
+class _Watched:
+    """A lock (``_inner``) whose contended acquisitions are timed for profiled threads."""
+
+    __slots__ = ("_inner", "_site", "__weakref__")
+
+    def __init__(self, inner: Any, site: str) -> None:
+        self._inner = inner
+        self._site = site
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if not _active or get_ident() not in threads.entries:
+            return self._inner.acquire(blocking, timeout)
+        return _timed(self, blocking, timeout)
+
+    def __enter__(self) -> bool:
+        if not _active or get_ident() not in threads.entries:
+            return self._inner.acquire()
+        return _timed(self, True, -1)
+
+    def release(self) -> None:
+        self._inner.release()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._inner.release()
+
+    def locked(self) -> bool:
+        return self._inner.locked()
+
+    def __getattr__(self, name: str) -> Any:
+        # RLock's _is_owned/_release_save/_acquire_restore (Condition uses them),
+        # _at_fork_reinit, ...
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return f"<profiled {self._inner!r} from {self._site}>"
+
+
+def _timed(lock: _Watched, blocking: bool, timeout: float) -> bool:
+    inner = lock._inner
+    rate = _rate
+    if rate < 1.0 and random.random() >= rate:
+        return inner.acquire(blocking, timeout)
+    if inner.acquire(False):
+        return True  # no wait: nothing to record
+    if not blocking:
+        return False
+    start = time.monotonic_ns()
+    got = inner.acquire(True, timeout)
+    waited = time.monotonic_ns() - start
+    try:
+        _record(lock, waited, rate)
+    except Exception:  # never let profiling break a lock
+        pass
+    return got
+
+
+def _record(lock: _Watched, waited: int, rate: float) -> None:
+    ident = get_ident()
+    found = threads.entries.get(ident)
+    if not found:
+        return
+    owners = threads.for_current(ident, found)
+    if not owners:
+        return
+    frame = sys._getframe(2)  # the caller of acquire/__enter__
+    scale = 1.0 / rate if rate > 0 else 1.0
+    values = {"lock_wait": int(round(waited * scale)), "lock_acquires": int(round(scale))}
+    labels = (("lock_site", lock._site),)
+    for recorder, target in owners:
+        if recorder.lock:
+            stop = None
+            if target.task is not None:
+                stop = getattr(target.task.get_coro(), "cr_frame", None)
+            codes, lastis = walk_frames(frame, stop, recorder.session.max_depth)
+            recorder.record(target, codes, lastis, values, labels)
+
+
+def _make_lock() -> _Watched:
+    return _Watched(_original["Lock"](), _creation_site())
+
+
+def _make_rlock(*args: Any, **kwargs: Any) -> _Watched:
+    return _Watched(_original["RLock"](*args, **kwargs), _creation_site())
+
+
+def install(config: "Config") -> bool:
+    global _active, _rate
+    _rate = config.lock_sample_rate
+    if not _original:
+        _original["Lock"] = threading.Lock
+        _original["RLock"] = threading.RLock
+        threading.Lock = _make_lock  # type: ignore[misc,assignment]
+        threading.RLock = _make_rlock  # type: ignore[misc,assignment]
+    _active = True
+    return True
+
+
+def uninstall() -> None:
+    global _active
+    _active = False
+    if _original:
+        threading.Lock = _original.pop("Lock")  # type: ignore[misc]
+        threading.RLock = _original.pop("RLock")  # type: ignore[misc]
+
+
+def installed() -> bool:
+    return bool(_original)
