@@ -36,7 +36,7 @@
 
 #define OTP_TLS __thread __attribute__((tls_model("initial-exec")))
 #define OTP_ALLOC_THREADS 256
-#define OTP_ALLOC_BUF (128 * 1024)
+#define OTP_ALLOC_BUF (512 * 1024)
 #define OTP_LIVE_SIZE 65536          /* power of two */
 #define OTP_FREED_MAX 16384
 #define OTP_WALK_FAILS_MAX 1000      /* consecutive walk failures before the hook gives up */
@@ -44,16 +44,21 @@
 typedef struct {
     uint64_t size;      /* bytes asked for */
     uint64_t ptr;       /* address returned */
-    uint32_t nframes;
+    uint32_t nframes;   /* OTP_SAME_STACK: the stack of the thread's previous record, not repeated */
     uint32_t omitted;
 } alloc_rec;
+
+#define OTP_SAME_STACK 0xFFFFFFFFu
 
 typedef struct {
     unsigned long ident;
     int refs;           /* sessions with a target on this thread */
     char *buf;
     size_t used;
+    size_t last;        /* offset of the last record with frames (+1; 0 = none since the drain) */
     uint64_t lost;      /* samples dropped: the buffer was full */
+    double lost_space;  /* their estimated bytes and objects (scaled as the drain scales) */
+    double lost_objects;
 } tracked;
 
 static PyMemAllocatorEx orig;
@@ -68,7 +73,9 @@ static otp_walk_scratch scratch;
 static otp_frame *frames;
 static int frames_cap;
 static uint64_t live[OTP_LIVE_SIZE];   /* open addressing, 0 = empty, 1 = deleted */
+static uint64_t live_tmp[OTP_LIVE_SIZE / 2];
 static int live_count;
+static int live_deleted;  /* tombstones: rehashed away before they make probes long */
 static uint64_t freed[OTP_FREED_MAX];
 static int n_freed;
 static uint64_t st_samples, st_lost, st_walk_errors, st_disabled, st_live_full, st_freed_lost;
@@ -128,9 +135,30 @@ live_slot(uint64_t p)
     return (size_t)p & (OTP_LIVE_SIZE - 1);
 }
 
+static void
+live_rehash(void)
+{
+    int n = 0;
+    for (size_t i = 0; i < OTP_LIVE_SIZE; i++) {
+        if (live[i] > 1 && n < OTP_LIVE_SIZE / 2)
+            live_tmp[n++] = live[i];
+    }
+    memset(live, 0, sizeof live);
+    for (int k = 0; k < n; k++) {
+        size_t i = live_slot(live_tmp[k]);
+        while (live[i] != 0)
+            i = (i + 1) & (OTP_LIVE_SIZE - 1);
+        live[i] = live_tmp[k];
+    }
+    live_count = n;
+    live_deleted = 0;
+}
+
 static int
 live_add(uint64_t p)
 {
+    if (live_deleted > OTP_LIVE_SIZE / 4)
+        live_rehash();
     if (live_count >= OTP_LIVE_SIZE / 2) {
         st_live_full++;
         return 0;
@@ -138,6 +166,8 @@ live_add(uint64_t p)
     size_t i = live_slot(p);
     for (;;) {
         if (live[i] <= 1) {
+            if (live[i] == 1)
+                live_deleted--;
             live[i] = p;
             live_count++;
             return 1;
@@ -159,6 +189,7 @@ live_forget(uint64_t p)
         if (v == p) {
             live[i] = 1;
             live_count--;
+            live_deleted++;
             if (n_freed < OTP_FREED_MAX)
                 freed[n_freed++] = p;
             else
@@ -181,15 +212,8 @@ sample(void *ptr, size_t size)
     PyThreadState *ts;
     if (t == NULL || !sampling || (ts = PyGILState_GetThisThreadState()) == NULL)
         goto done;
-    size_t need = sizeof(alloc_rec) + (size_t)max_frames * sizeof(otp_frame);
-    if (t->used + need > OTP_ALLOC_BUF) {
-        t->lost++;
-        st_lost++;
-        goto done;
-    }
     uint32_t omitted = 0, errors = 0;
-    alloc_rec *r = (alloc_rec *)(t->buf + t->used);
-    int n = otp_walk(ts, &scratch, (otp_frame *)(r + 1), max_frames, &omitted, &errors);
+    int n = otp_walk(ts, &scratch, frames, max_frames, &omitted, &errors);
     if (n < 0 || (n == 0 && errors)) {
         st_walk_errors++;
         if (++walk_fails >= OTP_WALK_FAILS_MAX) {
@@ -198,12 +222,34 @@ sample(void *ptr, size_t size)
         }
         goto done;
     }
+    /* an allocation loop samples the same stack again and again: say so in 24 bytes */
+    int same = 0;
+    if (t->last) {
+        const alloc_rec *prev = (const alloc_rec *)(t->buf + t->last - 1);
+        same = prev->nframes == (uint32_t)n && prev->omitted == omitted
+               && memcmp(prev + 1, frames, (size_t)n * sizeof(otp_frame)) == 0;
+    }
+    size_t need = sizeof(alloc_rec) + (same ? 0 : (size_t)n * sizeof(otp_frame));
+    if (t->used + need > OTP_ALLOC_BUF) {
+        /* not drained in time: keep the estimate, lose the stack */
+        double k = size > 0 ? 1.0 / -expm1(-(double)size / mean_bytes) : 1.0;
+        t->lost++;
+        t->lost_space += (double)size * k;
+        t->lost_objects += k;
+        st_lost++;
+        goto done;
+    }
+    alloc_rec *r = (alloc_rec *)(t->buf + t->used);
+    if (!same) {
+        memcpy(r + 1, frames, (size_t)n * sizeof(otp_frame));
+        t->last = t->used + 1;
+    }
     walk_fails = 0;
     r->size = size;
     r->ptr = (uint64_t)(uintptr_t)ptr;
-    r->nframes = (uint32_t)n;
+    r->nframes = same ? OTP_SAME_STACK : (uint32_t)n;
     r->omitted = omitted;
-    t->used += sizeof(alloc_rec) + (size_t)n * sizeof(otp_frame);
+    t->used += need;
     st_samples++;
     if (heap_on)
         live_add(r->ptr);
@@ -316,11 +362,14 @@ forget_all(void)
     for (int i = 0; i < n_threads; i++) {
         threads[i].refs = 0;
         threads[i].used = 0;
+        threads[i].last = 0;
         threads[i].lost = 0;
+        threads[i].lost_space = threads[i].lost_objects = 0;
     }
     n_threads = 0;
     memset(live, 0, sizeof live);
     live_count = 0;
+    live_deleted = 0;
     n_freed = 0;
 }
 
@@ -392,20 +441,24 @@ ah_track(PyObject *self, PyObject *args)
         }
         t->ident = ident;
         t->used = 0;
+        t->last = 0;
         t->lost = 0;
+        t->lost_space = t->lost_objects = 0;
         t->refs = 1;
         Py_RETURN_TRUE;
     }
     if (t != NULL && --t->refs <= 0) {
         t->refs = 0;
         t->used = 0;
+        t->last = 0;
         while (n_threads > 0 && threads[n_threads - 1].refs == 0)
             n_threads--;
     }
     Py_RETURN_TRUE;
 }
 
-/* alloc_drain() -> ([(ident, size, ptr, omitted, codes, lastis, addrs)], [freed ptr], {ident: lost}) */
+/* alloc_drain() -> ([(ident, size, ptr, omitted, codes, lastis, addrs)], [freed ptr],
+ *                  {ident: (samples lost, their estimated bytes, objects)}) */
 static PyObject *
 ah_drain(PyObject *self, PyObject *noarg)
 {
@@ -421,7 +474,8 @@ ah_drain(PyObject *self, PyObject *noarg)
     for (int i = 0; i < n_threads; i++) {
         tracked *t = &threads[i];
         if (t->lost) {
-            PyObject *k = PyLong_FromUnsignedLong(t->ident), *v = PyLong_FromUnsignedLongLong(t->lost);
+            PyObject *k = PyLong_FromUnsignedLong(t->ident);
+            PyObject *v = Py_BuildValue("(Kdd)", (unsigned long long)t->lost, t->lost_space, t->lost_objects);
             int bad = (!k || !v || PyDict_SetItem(lost, k, v) != 0);
             Py_XDECREF(k);
             Py_XDECREF(v);
@@ -430,6 +484,7 @@ ah_drain(PyObject *self, PyObject *noarg)
                 goto fail;
             }
             t->lost = 0;
+            t->lost_space = t->lost_objects = 0;
         }
         if (t->used == 0)
             continue;
@@ -445,26 +500,46 @@ ah_drain(PyObject *self, PyObject *noarg)
         }
         memcpy(copy, t->buf, used);
         t->used = 0;
+        t->last = 0;
         size_t off = 0;
+        PyObject *codes = NULL, *lastis = NULL, *addrs = NULL;  /* the last stack read */
+        uint32_t omitted = 0;
         while (off < used) {
             alloc_rec *r = (alloc_rec *)(copy + off);
-            off += sizeof(alloc_rec) + (size_t)r->nframes * sizeof(otp_frame);
-            PyObject *codes, *lastis, *addrs;
-            uint64_t unknown = 0;
-            if (otp_frame_tuples((otp_frame *)(r + 1), (int)r->nframes, &codes, &lastis, &addrs, &unknown) != 0) {
-                tl_busy = was_busy;
-                goto fail;
+            if (r->nframes == OTP_SAME_STACK) {
+                off += sizeof(alloc_rec);
+                if (codes == NULL)
+                    continue;  /* cannot happen: a repeat follows a full record of the same buffer */
+            } else {
+                off += sizeof(alloc_rec) + (size_t)r->nframes * sizeof(otp_frame);
+                Py_XDECREF(codes);
+                Py_XDECREF(lastis);
+                Py_XDECREF(addrs);
+                codes = lastis = addrs = NULL;
+                uint64_t unknown = 0;
+                if (otp_frame_tuples((otp_frame *)(r + 1), (int)r->nframes, &codes, &lastis, &addrs,
+                                     &unknown) != 0) {
+                    tl_busy = was_busy;
+                    goto fail;
+                }
+                omitted = r->omitted;
             }
-            PyObject *item = Py_BuildValue("(kKKINNN)", ident, (unsigned long long)r->size,
-                                           (unsigned long long)r->ptr, (unsigned int)r->omitted,
+            PyObject *item = Py_BuildValue("(kKKIOOO)", ident, (unsigned long long)r->size,
+                                           (unsigned long long)r->ptr, (unsigned int)omitted,
                                            codes, lastis, addrs);
             if (item == NULL || PyList_Append(samples, item) != 0) {
                 Py_XDECREF(item);
+                Py_XDECREF(codes);
+                Py_XDECREF(lastis);
+                Py_XDECREF(addrs);
                 tl_busy = was_busy;
                 goto fail;
             }
             Py_DECREF(item);
         }
+        Py_XDECREF(codes);
+        Py_XDECREF(lastis);
+        Py_XDECREF(addrs);
         free(copy);
         copy = NULL;
     }
@@ -513,6 +588,7 @@ ah_forget_live(PyObject *self, PyObject *arg)
         if (live[i] == p) {
             live[i] = 1;
             live_count--;
+            live_deleted++;
             break;
         }
         i = (i + 1) & (OTP_LIVE_SIZE - 1);
@@ -567,7 +643,7 @@ PyMethodDef otp_alloc_hook_methods[] = {
     {"alloc_uninstall", ah_uninstall, METH_NOARGS, "Restore the object allocator; False if another hook sits over ours."},
     {"alloc_installed", ah_installed, METH_NOARGS, "(ours is the installed allocator, sampling)"},
     {"alloc_track", ah_track, METH_VARARGS, "alloc_track(ident, on): sample that thread's allocations or stop."},
-    {"alloc_drain", ah_drain, METH_NOARGS, "alloc_drain() -> (samples, freed addresses, {ident: lost})"},
+    {"alloc_drain", ah_drain, METH_NOARGS, "alloc_drain() -> (samples, freed addresses, {ident: (lost, lost bytes, lost objects)})"},
     {"alloc_forget_live", ah_forget_live, METH_O, "alloc_forget_live(ptr): stop watching a sampled address."},
     {"alloc_stats", ah_stats, METH_NOARGS, "Counters of the allocation sampler."},
     {"alloc_bench", ah_bench, METH_VARARGS, "alloc_bench(n, size) -> ns per object malloc+free pair."},

@@ -39,6 +39,7 @@ __all__ = [
     "UNKNOWN",
     "UNSAMPLED",
     "GC_MARKERS",
+    "ALLOC_LOST",
     "StackInterner",
     "FOLD_OWN_FRAMES",
     "line_of",
@@ -55,8 +56,10 @@ UNKNOWN = object()  # a frame the native sampler recorded but could not name (it
 UNSAMPLED = object()  # CPU measured on a thread's clock that no sample located (a block shorter than an interval)
 #: synthetic leaf frames of samples taken during a garbage collection, by generation
 GC_MARKERS = (object(), object(), object())
+ALLOC_LOST = object()  # allocation samples whose stack was dropped (a buffer not drained in time)
 
 _MARKER_NAMES = {id(UNKNOWN): "<unknown>", id(UNSAMPLED): "<unsampled CPU>",
+                 id(ALLOC_LOST): "<allocation samples lost>",
                  **{id(m): f"[gc gen {i}]" for i, m in enumerate(GC_MARKERS)}}
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

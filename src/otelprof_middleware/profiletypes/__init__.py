@@ -293,7 +293,10 @@ class Hooks:
     def _after_fork(self) -> None:
         # the child has only the forking thread: no hook, no user, no stale state;
         # a profiler alive in the child re-installs at its first session (ensure)
+        from . import alloc
+
         self._lock = threading.Lock()
+        alloc.reset_after_fork()
         self.uninstall_all()
         threads.reset()
 

@@ -25,10 +25,11 @@ from __future__ import annotations
 import importlib
 import math
 import sys
+import threading
 from typing import TYPE_CHECKING, Any, Optional
 
 from .._safety import LogOnce
-from ..stacks import UNKNOWN, cap_depth
+from ..stacks import ALLOC_LOST, UNKNOWN, cap_depth
 from . import threads
 
 if TYPE_CHECKING:
@@ -43,6 +44,14 @@ _interval = 512 * 1024
 _heap = False
 #: heap: sampled address -> recorders holding it as live
 _live: dict[int, list["Recorder"]] = {}
+_drain_lock = threading.Lock()
+
+
+def reset_after_fork() -> None:
+    """In a forked child (:class:`~otelprof_middleware.profiletypes.Hooks` calls it):
+    a drain under way in the parent left its lock held."""
+    global _drain_lock
+    _drain_lock = threading.Lock()
 
 
 def available() -> tuple[Any, str]:
@@ -103,6 +112,14 @@ def scale(size: int, interval: int) -> float:
 
 
 def drain() -> None:
+    """Bill the buffered samples (the sampler thread each tick; a thread leaving a
+    session, for itself).  One drain at a time, dispatch included: a thread leaving
+    its session must not drop its entry while another drain still holds its samples."""
+    with _drain_lock:
+        _drain()
+
+
+def _drain() -> None:
     lib = _lib
     if lib is None:
         return
@@ -139,9 +156,13 @@ def drain() -> None:
     for ptr in freed:
         for recorder in _live.pop(ptr, ()):
             recorder.live.pop(ptr, None)
-    for ident, n in lost.items():
-        for recorder, _target in entries.get(ident, ()):
-            recorder.alloc_lost += n
+    for ident, (n, space, objects) in lost.items():
+        # the estimate is kept (the stack is not): totals stay unbiased
+        values = {"alloc_space": int(round(space)), "alloc_objects": int(round(objects))}
+        for recorder, target in entries.get(ident, ()):
+            if recorder.alloc:
+                recorder.alloc_lost += n
+                recorder.record(target, (ALLOC_LOST,), (0,), values)
 
 
 def release_live(recorder: "Recorder") -> None:

@@ -59,7 +59,12 @@ def _callback(phase: str, info: dict[str, Any]) -> None:
 
 
 def leaf(ident: int, mono_ns: int) -> Optional[object]:
-    """The ``[gc gen N]`` marker if thread ``ident`` was collecting at ``mono_ns``."""
+    """The ``[gc gen N]`` marker if thread ``ident`` was collecting at ``mono_ns``
+    (a collection under way included: the sampler thread may drain in the middle of
+    one, e.g. while a finalizer or a GC callback lets go of the GIL)."""
+    began = _started.get(ident)
+    if began is not None and mono_ns >= began[0]:
+        return GC_MARKERS[min(began[1], 2)]
     recent = _recent.get(ident)
     if not recent:
         return None
@@ -106,4 +111,4 @@ def installed() -> bool:
 
 def watching() -> bool:
     """True if some thread's collections are on record (cheap: checked per CPU sample)."""
-    return bool(_recent)
+    return bool(_recent) or bool(_started)

@@ -1,10 +1,12 @@
 """Lock waits per request (the ``lock`` profile type).
 
 While installed, ``threading.Lock`` and ``threading.RLock`` make wrapped locks.
-``Condition``, ``Semaphore``, ``BoundedSemaphore``, ``Event`` and ``queue.Queue``
-build their locks through those two names, so theirs are wrapped too (those
-created after installation: a lock made at import time before the profiler
-started stays a plain lock).
+``Condition``, ``Event`` and ``queue.Queue`` build their locks through those two
+names, so theirs are wrapped too (those created after installation: a lock made
+at import time before the profiler started stays a plain lock).
+``threading.Semaphore``/``BoundedSemaphore`` become subclasses whose ``acquire``
+is timed the same way: waiting for a semaphore is waiting in ``Condition.wait``,
+not for a lock, so the lock wrapper alone would not see it.
 
 A wrapped lock's ``acquire`` on a thread attached to no session is the plain
 acquire plus one dict lookup.  On an attached thread, ``lock_sample_rate`` of the
@@ -33,7 +35,7 @@ import sys
 import threading
 import time
 from threading import get_ident
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..stacks import walk_frames
 from . import threads
@@ -111,13 +113,13 @@ def _timed(lock: _Watched, blocking: bool, timeout: float) -> bool:
     got = inner.acquire(True, timeout)
     waited = time.monotonic_ns() - start
     try:
-        _record(lock, waited, rate)
+        _record(lock._site, waited, rate)
     except Exception:  # never let profiling break a lock
         pass
     return got
 
 
-def _record(lock: _Watched, waited: int, rate: float) -> None:
+def _record(site: str, waited: int, rate: float) -> None:
     ident = get_ident()
     found = threads.entries.get(ident)
     if not found:
@@ -128,7 +130,7 @@ def _record(lock: _Watched, waited: int, rate: float) -> None:
     frame = sys._getframe(2)  # the caller of acquire/__enter__
     scale = 1.0 / rate if rate > 0 else 1.0
     values = {"lock_wait": int(round(waited * scale)), "lock_acquires": int(round(scale))}
-    labels = (("lock_site", lock._site),)
+    labels = (("lock_site", site),)
     for recorder, target in owners:
         if recorder.lock:
             stop = None
@@ -136,6 +138,55 @@ def _record(lock: _Watched, waited: int, rate: float) -> None:
                 stop = getattr(target.task.get_coro(), "cr_frame", None)
             codes, lastis = walk_frames(frame, stop, recorder.session.max_depth)
             recorder.record(target, codes, lastis, values, labels)
+
+
+def _timed_wait(acquire: Any, site: str, blocking: bool, timeout: Optional[float]) -> bool:
+    """``acquire(blocking, timeout)`` of a semaphore, timed like a lock's."""
+    rate = _rate
+    if rate < 1.0 and random.random() >= rate:
+        return acquire(blocking, timeout)
+    if acquire(False):
+        return True
+    if not blocking:
+        return False
+    start = time.monotonic_ns()
+    got = acquire(True, timeout)
+    waited = time.monotonic_ns() - start
+    try:
+        _record(site, waited, rate)
+    except Exception:  # never let profiling break a semaphore
+        pass
+    return got
+
+
+class _WatchedSemaphore(threading.Semaphore):
+    _site = "<unknown>"
+
+    def __init__(self, value: int = 1) -> None:
+        super().__init__(value)
+        self._site = _creation_site()
+
+    def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool:
+        if not _active or get_ident() not in threads.entries:
+            return super().acquire(blocking, timeout)
+        return _timed_wait(super().acquire, self._site, blocking, timeout)
+
+    __enter__ = acquire
+
+
+class _WatchedBoundedSemaphore(threading.BoundedSemaphore):
+    _site = "<unknown>"
+
+    def __init__(self, value: int = 1) -> None:
+        super().__init__(value)
+        self._site = _creation_site()
+
+    def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool:
+        if not _active or get_ident() not in threads.entries:
+            return super().acquire(blocking, timeout)
+        return _timed_wait(super().acquire, self._site, blocking, timeout)
+
+    __enter__ = acquire
 
 
 def _make_lock() -> _Watched:
@@ -152,8 +203,12 @@ def install(config: "Config") -> bool:
     if not _original:
         _original["Lock"] = threading.Lock
         _original["RLock"] = threading.RLock
+        _original["Semaphore"] = threading.Semaphore
+        _original["BoundedSemaphore"] = threading.BoundedSemaphore
         threading.Lock = _make_lock  # type: ignore[misc,assignment]
         threading.RLock = _make_rlock  # type: ignore[misc,assignment]
+        threading.Semaphore = _WatchedSemaphore  # type: ignore[misc]
+        threading.BoundedSemaphore = _WatchedBoundedSemaphore  # type: ignore[misc]
     _active = True
     return True
 
@@ -164,6 +219,8 @@ def uninstall() -> None:
     if _original:
         threading.Lock = _original.pop("Lock")  # type: ignore[misc]
         threading.RLock = _original.pop("RLock")  # type: ignore[misc]
+        threading.Semaphore = _original.pop("Semaphore")  # type: ignore[misc]
+        threading.BoundedSemaphore = _original.pop("BoundedSemaphore")  # type: ignore[misc]
 
 
 def installed() -> bool:
