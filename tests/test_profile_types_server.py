@@ -65,7 +65,7 @@ def make_app() -> tuple[Any, dict[str, Any]]:
     from fastapi import FastAPI
 
     app = FastAPI()
-    state: dict[str, Any] = {"barrier": threading.Barrier(2), "threads": {}}
+    state: dict[str, Any] = {"barrier": threading.Barrier(2), "threads": {}, "a_collected": threading.Event()}
 
     def work(name: str, allocate: Any, wait: Any, collect: Any) -> dict:
         state["threads"][name] = threading.get_ident()
@@ -83,7 +83,13 @@ def make_app() -> tuple[Any, dict[str, Any]]:
         held.wait(10)
         threading.Timer(0.05, release.set).start()
         wait(lock)
+        # one collection at a time: a gc.collect() while another thread's collection
+        # is under way (it lets go of the GIL in callbacks and finalizers) returns at once
+        if name == "b":
+            state["a_collected"].wait(20)
         collect()
+        if name == "a":
+            state["a_collected"].set()
         return {"thread": threading.get_ident()}
 
     @app.get("/a")
@@ -165,10 +171,11 @@ def test_two_concurrent_requests_get_their_own_allocations_lock_waits_and_gc(
         mine = leaves["alloc_space"].get(f"allocate_for_{name}", 0)
         assert abs(mine - truth) <= 0.10 * truth, (name, mine, truth)
         assert f"allocate_for_{other}" not in leaves["alloc_space"]
-        # lock wait: its own lock's wait (50 ms held), at its own acquiring frame
-        assert set(leaves["lock_wait"]) == {f"wait_for_lock_{name}"}, leaves["lock_wait"]
-        assert 30e6 <= totals["lock_wait"] <= 5e9
-        assert sites == {site}
+        # lock wait: its own lock's wait (50 ms held), at its own acquiring frame (other
+        # waits may show too: starting a thread waits on locks inside threading)
+        assert 30e6 <= leaves["lock_wait"].get(f"wait_for_lock_{name}", 0) <= 5e9, leaves["lock_wait"]
+        assert f"wait_for_lock_{other}" not in leaves["lock_wait"]
+        assert site in sites
         # GC: its own collection
         assert entry["attributes"]["otelprof.gc_collections"] >= 1
         assert entry["attributes"]["otelprof.gc_ms"] > 0
