@@ -262,12 +262,14 @@ class BlockingExporter:
     def __init__(self):
         self.release = threading.Event()
         self.started = threading.Event()
+        self.returned = threading.Event()
         self.exported = []
 
     def export(self, profiles):
         self.started.set()
         self.release.wait(30)
         self.exported.extend(profiles)
+        self.returned.set()
         return ExportResult(exported=len(profiles))
 
     def shutdown(self):
@@ -340,7 +342,12 @@ def test_queue_overflow_drops_and_counts_without_blocking(profiler_factory):
     assert profiler.stats()["dropped"] == {"queue_full": 4, "shutdown": 1}
     blocking.release.set()
     assert profiler.force_flush(5)
-    # the exporter finished its call after the deadline: not counted a second time
+    # the exporter finished its call after the deadline (wait for its worker to be done
+    # with it: force_flush after shutdown has nothing to wait for): not counted a second time
+    assert blocking.returned.wait(5)
+    workers = [t for t in threading.enumerate() if t.name == "otelprof-export-blocking"]
+    for t in workers:
+        t.join(5)
     assert [p.name for p in blocking.exported] == ["in-flight"]
     assert profiler.stats()["exporters"]["blocking"]["dropped"] == {"shutdown": 3}
     assert profiler.stats()["exporters"]["blocking"]["exported"] == 0

@@ -284,6 +284,37 @@ def test_busy_thread_cpu_is_accounted_exactly(profiler_factory, sampler_kind):
     assert profile.attributes["otelprof.sampler"] == sampler_kind
 
 
+def nap(stop):
+    while not stop[0]:
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize("workload", [burn_x, nap], ids=["spinning", "sleeping"])
+def test_one_threads_wall_is_the_time_it_was_attached(profiler_factory, sampler_kind, workload):
+    """The known truth for wall time: one thread attached for half a second has half a
+    second of wall in its profile, whether it spins or sleeps.  At 20 Hz (50 ms ticks)
+    the two faults this catches are an interval wide: CPU counted as wall twice (the
+    CPU timer's samples lag the wall tick) and the off-CPU wall after the last tick
+    left out.  The bounds are the attachment's own edges, so load does not matter."""
+    profiler = profiler_factory(exporter="none", sample_hz=20, native_sampler=sampler_kind == "native")
+    with BackgroundThread(workload, name="worker") as bg:
+        t0 = time.monotonic_ns()
+        session = profiler.start_session("wall", attach=False, link=None)
+        session.attach_thread(bg.ident, "worker")
+        t1 = time.monotonic_ns()
+        time.sleep(0.5)
+        tf = time.monotonic_ns()
+        profiler.finish_session(session)
+        t2 = time.monotonic_ns()
+    profile = session.to_profile()
+    assert profile.sample_count > 0
+    # at least the time it was surely attached, at most the whole start..finish span;
+    # 1 ms of slack: a tick reads the wall clock and the thread's CPU clock a few
+    # microseconds apart (the faults above are 50 ms wide)
+    slack = 1_000_000
+    assert (tf - t1) - slack <= profile.wall_ns <= (t2 - t0) + slack, (tf - t1, profile.wall_ns, t2 - t0)
+
+
 # --------------------------------------------------------------------------- (c) deep stacks
 
 
@@ -484,8 +515,12 @@ def test_async_function_is_profiled(profiler_factory, profile_collector, sampler
     stacks = samples_with_names(p)
     running = [names for names, s in stacks if "async_burn" in names]
     assert running, stacks
-    # cut at the task's coroutine (the decorator's async_wrapper, ours: folded into nothing above it)
-    assert all(names[-1] == "async_work" for names, _ in stacks), stacks
+    # cut at the task's coroutine (the decorator's async_wrapper, ours: folded into nothing
+    # above it); CPU sampled while only our own frames ran (the session starting inside the
+    # wrapper) is one "<otelprof>" frame, never our function names
+    ours = [names for names, _ in stacks if "<otelprof>" in names]
+    assert all(names == ["<otelprof>"] for names in ours), ours
+    assert all(names[-1] == "async_work" for names, _ in stacks if names not in ours), stacks
     assert not any("async_wrapper" in names for names, _ in stacks)
     assert not any("run_until_complete" in names for names, _ in stacks)  # no event-loop frames
     suspended = [s for names, s in stacks if names and names[0] == "sleep" and "async_work" in names]
@@ -605,3 +640,18 @@ def test_ticks_the_sampler_could_not_take_are_counted(profiler_factory):
     p = session.to_profile()
     assert p.attributes["otelprof.ticks_missed"] >= 10, p.attributes
     assert p.cpu_ns >= 150_000_000  # the CPU is all there nonetheless (measured, not inferred)
+
+
+def test_a_stack_of_only_our_frames_is_one_otelprof_frame():
+    """CPU sampled while only the profiler's code ran on a request's thread (its session
+    starting before any user frame) is shown as ``<otelprof>``, never as our internal
+    function names; a stack with a user frame keeps the user frame as its leaf."""
+    from otelprof_middleware import session as ours
+    from otelprof_middleware.stacks import StackTable
+
+    table = StackTable()
+    own_codes = (ours.Session.__init__.__code__, ours.Target.__init__.__code__)
+    table.add("t", own_codes, (0, 0), 7_000_000, 7_000_000)
+    assert table.summary().top_frame == "<otelprof>"
+    table.add("t", (own_codes[0], hot_a.__code__), (0, 0), 9_000_000, 9_000_000)
+    assert table.summary().top_frame.endswith("hot_a")

@@ -152,7 +152,7 @@ class Sampler:
         session.bind(None)
         for target in session.targets:
             try:
-                self._release(session, target)
+                self._release(session, target, schedule)
             except Exception:  # the other targets' timers must still stop
                 self._firewall.report("release", "otelprof: a sampled thread could not be released cleanly")
         session.stacks.close()  # a tick still under way adds nothing now: the numbers are final
@@ -190,26 +190,37 @@ class Sampler:
             if schedule is not None:
                 schedule.kinds.add("native")
                 schedule.sources.add(source)
+            if target.task is None:
+                target.wall_cpu_mark = thread_cpu_ns(target.thread_id, target.native_id)
             return
         target.cpu_mark = thread_cpu_ns(target.thread_id, target.native_id)
         if schedule is not None:
             schedule.kinds.add("python")
 
     def target_removed(self, session: Session, target: Target) -> None:
-        self._release(session, target)
+        self._release(session, target, self._schedules.get(session))
 
-    def _release(self, session: Session, target: Target) -> None:
+    def _release(self, session: Session, target: Target, schedule: Optional[Schedule]) -> None:
+        now_ns = time.monotonic_ns()
+        now_cpu = thread_cpu_ns(target.thread_id, target.native_id) if target.task is None else None
         if target.native:
+            mark = target.wall_cpu_mark
             timers = self._timers
             if timers is not None:
                 timers.remove(session, target)
-            return
-        if target.task is None and target.cpu_mark is not None:
-            # the CPU used since the last tick goes to the last stack: totals match the clock
-            now = thread_cpu_ns(target.thread_id, target.native_id)
-            if now is not None and now > target.cpu_mark:
-                bill_remainder(session, target, now - target.cpu_mark)
-                target.cpu_mark = now
+        else:
+            mark = target.cpu_mark
+            if target.task is None and mark is not None:
+                # the CPU used since the last tick goes to the last stack: totals match the clock
+                if now_cpu is not None and now_cpu > mark:
+                    bill_remainder(session, target, now_cpu - mark)
+                    target.cpu_mark = now_cpu
+        if schedule is not None and now_cpu is not None and mark is not None and target.last_wall_key is not None:
+            # the off-CPU wall after the last tick (its CPU went with the remainder):
+            # without it a waiting request's wall falls short by up to one interval
+            off_cpu = (now_ns - schedule.last_tick_ns) - max(0, now_cpu - mark)
+            if off_cpu > 0:
+                session.stacks.add_to(target.last_wall_key, wall_ns=off_cpu)
 
     def _cpu_timers(self) -> Optional[native_sampler.CpuTimers]:
         if not self._timers_checked:
@@ -335,8 +346,7 @@ class Sampler:
             codes, lastis = stack
             name = target.thread_name or _thread_name(tid)
             if target.native:
-                off_cpu = wall - target.cpu_since_wall
-                target.cpu_since_wall = 0
+                off_cpu = _off_cpu(target, wall, cpu_now)
                 if off_cpu <= 0:
                     continue
                 if off_cpu < interval // 2 and target.last_key is not None:
@@ -344,10 +354,11 @@ class Sampler:
                     # is where the thread let go of the GIL, a biased place; keep the
                     # time with the last CPU sample instead of a sample of its own
                     table.add_to(target.last_key, wall_ns=off_cpu)
+                    target.last_wall_key = target.last_key
                     continue
                 # not a place for CPU remainders: where a running thread is seen by this
                 # thread is where it let go of the GIL, not where its CPU went
-                table.add(name, codes, lastis, 0, off_cpu)
+                target.last_wall_key = table.add(name, codes, lastis, 0, off_cpu)
                 continue
             if tid not in cpu_now:
                 cpu_now[tid] = thread_cpu_ns(tid, target.native_id)
@@ -357,7 +368,7 @@ class Sampler:
                 if target.cpu_mark is not None:
                     cpu = max(0, now_cpu - target.cpu_mark)
                 target.cpu_mark = now_cpu
-            target.last_key = table.add(name, codes, lastis, cpu, wall)
+            target.last_key = target.last_wall_key = table.add(name, codes, lastis, cpu, wall)
         for target in waiting:
             if not target.native:
                 tid = target.thread_id
@@ -365,13 +376,37 @@ class Sampler:
                     cpu_now[tid] = thread_cpu_ns(tid, target.native_id)
                 # move the CPU mark on: what other tasks burn meanwhile is not ours
                 target.cpu_mark = cpu_now[tid]
-            off_cpu = wall - target.cpu_since_wall
-            target.cpu_since_wall = 0
+            off_cpu = _off_cpu(target, wall, cpu_now)
             if busy_thread or off_cpu <= 0:
                 continue  # the task awaits work we sample in its thread; don't count wall twice
             codes, lastis = _walk_coroutine(target.task.get_coro(), max_depth)
             if codes:
                 table.add(target.thread_name, codes, lastis, 0, off_cpu)
+
+
+def _off_cpu(target: Target, wall: int, cpu_now: dict[int, Optional[int]]) -> int:
+    """The part of this tick's ``wall`` a timer-sampled target spent off CPU (its CPU
+    samples carry the on-CPU part as wall time).
+
+    A thread's CPU timer fires after its CPU is spent, so the CPU samples drained at a
+    tick lag the tick: subtracting them from the tick's wall would count the CPU since
+    the last timer as off-CPU wall now and again as a CPU sample later (wall totals
+    10-15 % above the real duration on CPU-bound requests).  A thread target therefore
+    reads its CPU clock at each tick; a task (its thread's clock also counts other
+    tasks) subtracts the CPU billed to it and carries any excess to the next tick."""
+    mark = target.wall_cpu_mark
+    if target.task is None and mark is not None:
+        tid = target.thread_id
+        if tid not in cpu_now:
+            cpu_now[tid] = thread_cpu_ns(tid, target.native_id)
+        now_cpu = cpu_now[tid]
+        if now_cpu is not None:
+            target.wall_cpu_mark = now_cpu
+            target.cpu_since_wall = 0
+            return wall - max(0, now_cpu - mark)
+    off_cpu = wall - target.cpu_since_wall
+    target.cpu_since_wall = max(0, -off_cpu)  # CPU billed ahead of the ticks: the next ticks owe it
+    return off_cpu
 
 
 # ---------------------------------------------------------------------- stack walking

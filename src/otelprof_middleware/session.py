@@ -39,7 +39,7 @@ class Target:
     much CPU it billed, where the last sample went); nothing else writes them."""
 
     __slots__ = ("thread_id", "native_id", "thread_name", "task", "loop", "refs",
-                 "native", "cpu_mark", "attach_cpu", "cpu_billed", "cpu_since_wall", "last_key",
+                 "native", "cpu_mark", "wall_cpu_mark", "attach_cpu", "cpu_billed", "cpu_since_wall", "last_key", "last_wall_key",
                  "frame_addr", "coro", "handler_mark")
 
     def __init__(self, thread_id: int, thread_name: str = "", task: Any = None, loop: Any = None) -> None:
@@ -51,10 +51,12 @@ class Target:
         self.refs = 1
         self.native = False  # CPU samples come from the thread's CPU timer (else from ticks)
         self.cpu_mark: Optional[int] = None  # thread CPU at the last tick (pure-Python sampling)
+        self.wall_cpu_mark: Optional[int] = None  # thread CPU at the last wall tick (native thread targets)
         self.attach_cpu = 0  # thread CPU when attached (native sampling)
         self.cpu_billed = 0  # CPU billed to this target so far (ns)
         self.cpu_since_wall = 0  # CPU billed since the last wall tick (ns)
         self.last_key: Any = None  # StackTable key of the last sample (remainders go there)
+        self.last_wall_key: Any = None  # key of the last wall sample (the wall after the last tick goes there)
         self.frame_addr = 0  # the task's outermost coroutine frame (native task cut)
         self.coro: Any = None  # keeps that frame's memory alive while attached
         self.handler_mark = 0  # the timer's own handler CPU when attached

@@ -41,6 +41,7 @@ __all__ = [
     "GC_MARKERS",
     "ALLOC_LOST",
     "StackInterner",
+    "PROFILER",
     "FOLD_OWN_FRAMES",
     "line_of",
     "qualname",
@@ -58,7 +59,8 @@ UNSAMPLED = object()  # CPU measured on a thread's clock that no sample located 
 GC_MARKERS = (object(), object(), object())
 ALLOC_LOST = object()  # allocation samples whose stack was dropped (a buffer not drained in time)
 
-_MARKER_NAMES = {id(UNKNOWN): "<unknown>", id(UNSAMPLED): "<unsampled CPU>",
+PROFILER = object()  # a stack made only of our own frames: the profiler's work on the request's thread
+_MARKER_NAMES = {id(UNKNOWN): "<unknown>", id(UNSAMPLED): "<unsampled CPU>", id(PROFILER): "<otelprof>",
                  id(ALLOC_LOST): "<allocation samples lost>",
                  **{id(m): f"[gc gen {i}]" for i, m in enumerate(GC_MARKERS)}}
 
@@ -154,7 +156,9 @@ def _is_own(code: Any) -> bool:
 
 def _fold(codes: tuple[Any, ...], lastis: tuple[int, ...], own: dict[int, bool]) -> tuple[tuple[Any, ...], tuple[int, ...]]:
     """Leave out our own frames (their time goes to their caller); a stack made of
-    nothing else is kept as it is."""
+    nothing else (the profiler starting or ending on the request's thread, before or
+    after any user frame) becomes one ``<otelprof>`` frame: measured time, and
+    plainly ours."""
     keep = []
     for i, code in enumerate(codes):
         if code is GAP or id(code) in _MARKER_NAMES:
@@ -166,8 +170,10 @@ def _fold(codes: tuple[Any, ...], lastis: tuple[int, ...], own: dict[int, bool])
             mine = own[k] = _is_own(code)
         if not mine:
             keep.append(i)
-    if len(keep) == len(codes) or not keep:
+    if len(keep) == len(codes):
         return codes, lastis
+    if not keep or all(codes[i] is GAP for i in keep):
+        return (PROFILER,), (0,)
     return tuple(codes[i] for i in keep), tuple(lastis[i] for i in keep)
 
 
