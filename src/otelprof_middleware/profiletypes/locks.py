@@ -8,14 +8,14 @@ at import time before the profiler started stays a plain lock).
 is timed the same way: waiting for a semaphore is waiting in ``Condition.wait``,
 not for a lock, so the lock wrapper alone would not see it.
 
-A wrapped lock's ``acquire`` on a thread attached to no session is the plain
-acquire plus one dict lookup.  On an attached thread, ``lock_sample_rate`` of the
-acquisitions are watched: a non-blocking attempt first; only if the lock is held
-by someone else is the wait timed, and the wait (``lock_wait/nanoseconds``) and
-one acquisition (``lock_acquires/count``), both scaled by ``1 / lock_sample_rate``,
-are recorded with the acquiring stack and the lock's creation site (label
-``lock_site``, ``file:line`` of the first frame outside ``threading``/``queue``).
-Acquisitions that did not wait cost nothing more and are not recorded.
+A wrapped lock's ``acquire`` first tries the lock without blocking; a free lock
+is taken at once (the cost of the wrapper: one Python call).  Only a lock held by
+someone else leads to the check whether the thread is attached to a session; if
+it is, ``lock_sample_rate`` of those waits are timed, and the wait
+(``lock_wait/nanoseconds``) and one acquisition (``lock_acquires/count``), both
+scaled by ``1 / lock_sample_rate``, are recorded with the acquiring stack and the
+lock's creation site (label ``lock_site``, ``file:line`` of the first frame
+outside ``threading``/``queue``).  Acquisitions that did not wait are not recorded.
 
 Waiting inside ``Condition.wait`` (for a notify) is not a lock wait and is not
 counted; re-taking the lock after it is.  Uninstalling restores the original
@@ -30,6 +30,7 @@ asyncio waits already show as wall time in a task's stack (``Lock.acquire``,
 from __future__ import annotations
 
 import os
+import queue
 import random
 import sys
 import threading
@@ -48,8 +49,7 @@ __all__ = ["install", "uninstall", "installed"]
 _original: dict[str, Any] = {}
 _active = False
 _rate = 1.0
-_SKIP_FILES = frozenset(os.path.normcase(m.__file__) for m in (threading, sys.modules.get("queue") or threading)
-                        if getattr(m, "__file__", None))
+_SKIP_FILES = frozenset(os.path.normcase(f) for f in (threading.__file__, queue.__file__) if f)
 _OWN_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
@@ -64,29 +64,35 @@ def _creation_site() -> str:
 
 
 class _Watched:
-    """A lock (``_inner``) whose contended acquisitions are timed for profiled threads."""
+    """A lock (``_inner``) whose contended acquisitions are timed for profiled threads.
 
-    __slots__ = ("_inner", "_site", "__weakref__")
+    Every acquisition first tries the lock without blocking (one C call): a free
+    lock is taken at once, whoever the thread is, and only a lock that is held
+    leads to the profiled-thread check and the timing.  ``release`` is the inner
+    lock's own method (an instance attribute: no Python frame)."""
+
+    __slots__ = ("_inner", "_site", "_acquire", "release", "__weakref__")
 
     def __init__(self, inner: Any, site: str) -> None:
         self._inner = inner
         self._site = site
+        self._acquire = inner.acquire
+        self.release = inner.release
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        if not _active or get_ident() not in threads.entries:
-            return self._inner.acquire(blocking, timeout)
-        return _timed(self, blocking, timeout)
+        if self._acquire(False):
+            return True
+        if not blocking:
+            return False
+        return _wait(self, timeout)
 
     def __enter__(self) -> bool:
-        if not _active or get_ident() not in threads.entries:
-            return self._inner.acquire()
-        return _timed(self, True, -1)
-
-    def release(self) -> None:
-        self._inner.release()
+        if self._acquire(False):
+            return True
+        return _wait(self, -1)
 
     def __exit__(self, *exc: Any) -> None:
-        self._inner.release()
+        self.release()
 
     def locked(self) -> bool:
         return self._inner.locked()
@@ -100,17 +106,14 @@ class _Watched:
         return f"<profiled {self._inner!r} from {self._site}>"
 
 
-def _timed(lock: _Watched, blocking: bool, timeout: float) -> bool:
-    inner = lock._inner
+def _wait(lock: _Watched, timeout: float) -> bool:
+    """The lock is held by someone else: wait for it, timed if this thread is profiled."""
     rate = _rate
-    if rate < 1.0 and random.random() >= rate:
-        return inner.acquire(blocking, timeout)
-    if inner.acquire(False):
-        return True  # no wait: nothing to record
-    if not blocking:
-        return False
+    if (not _active or get_ident() not in threads.entries
+            or (rate < 1.0 and random.random() >= rate)):
+        return lock._acquire(True, timeout)
     start = time.monotonic_ns()
-    got = inner.acquire(True, timeout)
+    got = lock._acquire(True, timeout)
     waited = time.monotonic_ns() - start
     try:
         _record(lock._site, waited, rate)
