@@ -69,7 +69,7 @@ def _hooks_state() -> dict[str, bool]:
     lib = alloc.available()[0]
     return {
         "lock": threading.Lock is not ORIGINAL_LOCK or threading.RLock is not ORIGINAL_RLOCK,
-        "gc": gcwatch._callback in gc.callbacks,
+        "gc": gcwatch.installed(),
         "alloc": bool(lib is not None and lib.alloc_installed()[0]),
     }
 
@@ -96,6 +96,7 @@ def test_default_and_disabled_profilers_install_nothing() -> None:
 
 
 def test_hooks_follow_the_profilers_that_ask_and_go_at_shutdown() -> None:
+    callbacks_before = len(gc.callbacks)
     a, _ = _profiler(profile_types="lock,gc")
     b, _ = _profiler(profile_types="gc" + (",alloc" if NATIVE_ALLOC else ""))
     try:
@@ -106,7 +107,7 @@ def test_hooks_follow_the_profilers_that_ask_and_go_at_shutdown() -> None:
         a.shutdown(5)
         b.shutdown(5)
     assert _hooks_state() == NONE
-    assert gc.callbacks.count(gcwatch._callback) == 0
+    assert len(gc.callbacks) == callbacks_before  # ours is gone, nothing else touched
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -272,7 +273,7 @@ def test_rlock_condition_semaphore_and_queue_keep_working_and_are_seen() -> None
         sem = threading.Semaphore(1); sem_site = f"{__file__}:{sys._getframe().f_lineno}"  # noqa: E702
         rlock = threading.RLock()
         cond = threading.Condition(rlock)
-        assert isinstance(rlock, locks._Watched) and isinstance(q.mutex, locks._Watched)
+        assert locks.is_profiled(rlock) and locks.is_profiled(q.mutex) and locks.is_profiled(sem)
         with p.profile("kinds"):
             _contend(q.mutex, lambda _m: put_item(q))
             _contend(sem, lambda s: acquire_sem(s))
@@ -498,7 +499,7 @@ def test_pprof_and_otlp_carry_the_same_allocation_totals(tmp_path: Any) -> None:
 
 def test_without_the_extension_allocation_profiling_says_so_once(monkeypatch: Any, caplog: Any) -> None:
     monkeypatch.setattr(alloc, "available", lambda: (None, "extension not built (test)"))
-    monkeypatch.setattr(alloc, "_log_once", type(alloc._log_once)())
+    alloc.reset_warnings()
     caplog.set_level(logging.WARNING, logger="otelprof_middleware")
     p, exporter = _profiler(profile_types="alloc,gc")
     q, _ = _profiler(profile_types="alloc")

@@ -4,15 +4,18 @@ Two requests run at the same time on two threads of FastAPI's pool (a barrier ho
 each until the other has started).  Each allocates a known amount in its own
 function, waits for its own lock (held by a thread outside any request) and
 collects garbage.  Each request's profile, in pprof as ``go tool pprof`` (or our
-independent decoder) reads it, and its span attributes show its own allocations,
-lock wait and GC time, and nothing of the other request's.
+independent decoder) reads it, in the viewer's API and the CLI summary, and its
+span attributes show its own allocations, lock wait and GC time, and nothing of
+the other request's.
 """
 
 from __future__ import annotations
 
 import gc
+import io
 import itertools
 import json
+import re
 import sys
 import threading
 import time
@@ -23,8 +26,10 @@ import pytest
 
 from helpers.asgi_server import serve_in_thread
 from helpers.pprof_decode import decode_pprof, run_go_pprof, stacks_by_function
+from otelprof_middleware import cli
 from otelprof_middleware.asgi import ProfilingMiddleware
 from otelprof_middleware.profiletypes import alloc
+from otelprof_middleware.viewer import make_server
 
 pytestmark = pytest.mark.integration
 
@@ -184,6 +189,24 @@ def test_two_concurrent_requests_get_their_own_allocations_lock_waits_and_gc(
         assert span.attributes["otelprof.alloc_bytes"] == totals["alloc_space"]
         assert span.attributes["otelprof.lock_wait_ms"] == round(totals["lock_wait"] / 1e6, 3)
         assert span.attributes["otelprof.gc_ms"] == entry["attributes"]["otelprof.gc_ms"]
+
+        # the viewer's API and the CLI summary show the same totals
+        server = make_server(out_dir, "127.0.0.1", 0)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        try:
+            pid = span.attributes["otelprof.profile_id"]
+            detail = httpx.get(f"http://127.0.0.1:{server.server_address[1]}/api/v1/profiles/{pid}/flame").json()
+        finally:
+            server.shutdown()
+            server.server_close()
+        names = [t["type"] for t in detail["sample_types"]]
+        for t in ("alloc_space", "alloc_objects", "lock_wait", "lock_acquires"):
+            assert detail["totals"][names.index(t)] == totals[t], t
+        out = io.StringIO()
+        assert cli.main(["summary", out_dir, "--profile-id", pid, "--type", "alloc_space", "--top", "500"], out=out) == 0
+        shown = re.search(r"Total alloc_space = ([0-9.]+)MiB", out.getvalue())
+        assert shown and abs(float(shown.group(1)) - totals["alloc_space"] / 2**20) <= 0.006, out.getvalue()
+        assert f"allocate_for_{name}" in out.getvalue() and f"allocate_for_{other}" not in out.getvalue()
 
         # go tool pprof reads the same totals per sample type
         out = run_go_pprof(["-raw"], path)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from . import Recorder
 
-__all__ = ["install", "uninstall", "track", "drain", "available", "stats"]
+__all__ = ["install", "uninstall", "track", "drain", "available", "stats", "reset_warnings"]
 
 _log_once = LogOnce()
 _lib: Any = None
@@ -97,6 +97,13 @@ def track(ident: int, on: bool) -> bool:
     if lib is None:
         return False
     return bool(lib.alloc_track(ident, on))
+
+
+def reset_warnings() -> None:
+    """Forget that "allocation profiling unavailable" was logged (it is logged once
+    per process); for test suites that check it."""
+    global _log_once
+    _log_once = LogOnce()
 
 
 def stats() -> Optional[dict[str, int]]:

@@ -106,7 +106,8 @@ def uninstall() -> None:
 
 
 def installed() -> bool:
-    return _installed
+    """True while our callback is in ``gc.callbacks`` (once)."""
+    return _installed and gc.callbacks.count(_callback) == 1
 
 
 def watching() -> bool:

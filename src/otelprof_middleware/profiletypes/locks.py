@@ -44,7 +44,7 @@ from . import threads
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["install", "uninstall", "installed"]
+__all__ = ["install", "uninstall", "installed", "is_profiled"]
 
 _original: dict[str, Any] = {}
 _active = False
@@ -227,4 +227,10 @@ def uninstall() -> None:
 
 
 def installed() -> bool:
+    """True while ``threading.Lock`` & co. make profiled locks."""
     return bool(_original)
+
+
+def is_profiled(lock: Any) -> bool:
+    """True if ``lock`` (a lock or semaphore) records its waits."""
+    return isinstance(lock, (_Watched, _WatchedSemaphore, _WatchedBoundedSemaphore))
