@@ -162,34 +162,30 @@ def _timed_wait(acquire: Any, site: str, blocking: bool, timeout: Optional[float
     return got
 
 
-class _WatchedSemaphore(threading.Semaphore):
+class _SemaphoreWait:
+    """Timed ``acquire`` for the semaphore classes below (a mixin)."""
+
     _site = "<unknown>"
 
     def __init__(self, value: int = 1) -> None:
-        super().__init__(value)
+        super().__init__(value)  # type: ignore[call-arg]
         self._site = _creation_site()
 
     def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool:
+        plain = super().acquire  # type: ignore[misc]
         if not _active or get_ident() not in threads.entries:
-            return super().acquire(blocking, timeout)
-        return _timed_wait(super().acquire, self._site, blocking, timeout)
+            return bool(plain(blocking, timeout))
+        return _timed_wait(plain, self._site, blocking, timeout)
 
     __enter__ = acquire
 
 
-class _WatchedBoundedSemaphore(threading.BoundedSemaphore):
-    _site = "<unknown>"
+class _WatchedSemaphore(_SemaphoreWait, threading.Semaphore):
+    pass
 
-    def __init__(self, value: int = 1) -> None:
-        super().__init__(value)
-        self._site = _creation_site()
 
-    def acquire(self, blocking: bool = True, timeout: Optional[float] = None) -> bool:
-        if not _active or get_ident() not in threads.entries:
-            return super().acquire(blocking, timeout)
-        return _timed_wait(super().acquire, self._site, blocking, timeout)
-
-    __enter__ = acquire
+class _WatchedBoundedSemaphore(_SemaphoreWait, threading.BoundedSemaphore):
+    pass
 
 
 def _make_lock() -> _Watched:
