@@ -19,7 +19,8 @@
  *
  * heap: the addresses of sampled allocations are kept in a table; a free or a
  * realloc of one of them is queued (freed list) for the drain, so the Python side
- * knows which sampled bytes are still live at the end of a request.
+ * knows which sampled bytes are still live at the end of a request.  Without heap
+ * tracking, frees are not hooked at all (our allocator's free is the original's).
  *
  * A hook that fails (the walker cannot read the stack many times in a row) stops
  * sampling and counts it; uninstall restores the original allocator if ours is
@@ -265,11 +266,12 @@ account(void *ptr, size_t size)
         sample(ptr, size);
 }
 
+/* Our allocator carries the original's ctx, so each hook passes its own ctx on,
+ * and without heap tracking `free` is the original's own function (no hook). */
 static void *
 h_malloc(void *ctx, size_t size)
 {
-    (void)ctx;
-    void *p = orig.malloc(orig.ctx, size);
+    void *p = orig.malloc(ctx, size);
     if (p != NULL && sampling)
         account(p, size);
     return p;
@@ -278,8 +280,7 @@ h_malloc(void *ctx, size_t size)
 static void *
 h_calloc(void *ctx, size_t nelem, size_t elsize)
 {
-    (void)ctx;
-    void *p = orig.calloc(orig.ctx, nelem, elsize);
+    void *p = orig.calloc(ctx, nelem, elsize);
     if (p != NULL && sampling)
         account(p, nelem * elsize);
     return p;
@@ -288,8 +289,7 @@ h_calloc(void *ctx, size_t nelem, size_t elsize)
 static void *
 h_realloc(void *ctx, void *ptr, size_t size)
 {
-    (void)ctx;
-    void *p = orig.realloc(orig.ctx, ptr, size);
+    void *p = orig.realloc(ctx, ptr, size);
     if (p != NULL) {
         if (live_count && ptr != NULL)
             live_forget((uint64_t)(uintptr_t)ptr);
@@ -302,13 +302,24 @@ h_realloc(void *ctx, void *ptr, size_t size)
 static void
 h_free(void *ctx, void *ptr)
 {
-    (void)ctx;
     if (live_count && ptr != NULL)
         live_forget((uint64_t)(uintptr_t)ptr);
-    orig.free(orig.ctx, ptr);
+    orig.free(ctx, ptr);
 }
 
-static PyMemAllocatorEx ours = {NULL, h_malloc, h_calloc, h_realloc, h_free};
+static int
+is_ours(const PyMemAllocatorEx *a)
+{
+    return a->malloc == h_malloc;
+}
+
+/* Install (or re-install, when heap tracking changes) our allocator over `orig`. */
+static void
+set_ours(int with_free_hook)
+{
+    PyMemAllocatorEx ours = {orig.ctx, h_malloc, h_calloc, h_realloc, with_free_hook ? h_free : orig.free};
+    PyMem_SetAllocator(PYMEM_DOMAIN_OBJ, &ours);
+}
 
 static int ready;
 
@@ -345,12 +356,19 @@ ah_install(PyObject *self, PyObject *args)
     }
     max_frames = frames_wanted;
     mean_bytes = interval;
-    heap_on = heap;
     if (!hooked) {
         PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &orig);
-        PyMem_SetAllocator(PYMEM_DOMAIN_OBJ, &ours);
+        set_ours(heap);
         hooked = 1;
+    } else if (heap && !heap_on) {
+        PyMemAllocatorEx cur;
+        PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &cur);
+        if (is_ours(&cur))
+            set_ours(1);  /* frees must now be seen */
+        else
+            heap = 0;     /* another hook sits over ours: no heap tracking */
     }
+    heap_on = heap;
     walk_fails = 0;
     sampling = 1;
     Py_RETURN_NONE;
@@ -387,7 +405,7 @@ ah_uninstall(PyObject *self, PyObject *noarg)
         Py_RETURN_TRUE;
     PyMemAllocatorEx cur;
     PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &cur);
-    if (cur.malloc == h_malloc && cur.free == h_free) {
+    if (is_ours(&cur)) {
         PyMem_SetAllocator(PYMEM_DOMAIN_OBJ, &orig);
         hooked = 0;
         Py_RETURN_TRUE;
@@ -403,7 +421,7 @@ ah_installed(PyObject *self, PyObject *noarg)
     (void)noarg;
     PyMemAllocatorEx cur;
     PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &cur);
-    return Py_BuildValue("(ii)", cur.malloc == h_malloc, hooked && sampling);
+    return Py_BuildValue("(ii)", is_ours(&cur), hooked && sampling);
 }
 
 /* alloc_track(ident, on) -> True: sample (or stop sampling) thread ident's allocations. */
@@ -618,15 +636,15 @@ ah_bench(PyObject *self, PyObject *args)
     Py_ssize_t size;
     if (!PyArg_ParseTuple(args, "ln", &n, &size))
         return NULL;
-    struct timespec a, b;
-    clock_gettime(CLOCK_MONOTONIC, &a);
+    struct timespec a, b;  /* the thread's CPU clock: time given to other processes does not count */
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
     for (long i = 0; i < n; i++) {
         void *p = PyObject_Malloc((size_t)size);
         if (p == NULL)
             return PyErr_NoMemory();
         PyObject_Free(p);
     }
-    clock_gettime(CLOCK_MONOTONIC, &b);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
     double ns = (double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec);
     return PyFloat_FromDouble(n > 0 ? ns / (double)n : 0.0);
 }
