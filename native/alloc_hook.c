@@ -1,7 +1,8 @@
 /* The object allocator hook: Poisson-sampled allocations of profiled threads.
  *
- * alloc_install() wraps the PYMEM_DOMAIN_OBJ allocator (PyMem_SetAllocator, as
- * tracemalloc does).  Every call goes to the original allocator; then, per thread,
+ * alloc_install() arms the hook; the PYMEM_DOMAIN_OBJ allocator is wrapped
+ * (PyMem_SetAllocator, as tracemalloc does) only while at least one thread is
+ * tracked, so between profiles allocations pay nothing.  Every call goes to the original allocator; then, per thread,
  * a countdown of bytes is decreased by the size asked for.  Only when it reaches
  * zero (on average every `interval` bytes: the countdown is drawn from an
  * exponential distribution, so sampling is a Poisson process over bytes, as in
@@ -64,6 +65,9 @@ typedef struct {
 
 static PyMemAllocatorEx orig;
 static int hooked;        /* our allocator is installed (maybe under another one) */
+static int free_hooked;   /* ... with its free hook (heap tracking) */
+static int wanted;        /* alloc_install() called, no alloc_uninstall() since */
+static int n_active;      /* tracked threads (refs > 0) */
 static int sampling;      /* 1 while samples are wanted */
 static int heap_on;
 static double mean_bytes = 512.0 * 1024;
@@ -321,6 +325,30 @@ set_ours(int with_free_hook)
     PyMem_SetAllocator(PYMEM_DOMAIN_OBJ, &ours);
 }
 
+/* Our allocator is in place only while a thread is tracked (or sampled heap
+ * addresses are still watched): between profiles, allocations cost nothing. */
+static void
+sync_hook(void)
+{
+    PyMemAllocatorEx cur;
+    PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &cur);
+    int want = wanted && (n_active > 0 || (heap_on && live_count > 0));
+    if (want && !hooked) {
+        orig = cur;
+        set_ours(heap_on);
+        hooked = 1;
+        free_hooked = heap_on;
+    } else if (!want && hooked && is_ours(&cur)) {
+        PyMem_SetAllocator(PYMEM_DOMAIN_OBJ, &orig);
+        hooked = 0;
+        free_hooked = 0;
+        memset(live, 0, sizeof live);  /* frees are no longer seen */
+        live_count = 0;
+        live_deleted = 0;
+        n_freed = 0;
+    }
+}
+
 static int ready;
 
 /* alloc_install(interval_bytes, max_frames, heap) */
@@ -356,21 +384,21 @@ ah_install(PyObject *self, PyObject *args)
     }
     max_frames = frames_wanted;
     mean_bytes = interval;
-    if (!hooked) {
-        PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &orig);
-        set_ours(heap);
-        hooked = 1;
-    } else if (heap && !heap_on) {
+    if (heap && hooked && !free_hooked) {
         PyMemAllocatorEx cur;
         PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &cur);
-        if (is_ours(&cur))
+        if (is_ours(&cur)) {
             set_ours(1);  /* frees must now be seen */
-        else
+            free_hooked = 1;
+        } else {
             heap = 0;     /* another hook sits over ours: no heap tracking */
+        }
     }
     heap_on = heap;
     walk_fails = 0;
     sampling = 1;
+    wanted = 1;
+    sync_hook();
     Py_RETURN_NONE;
 }
 
@@ -385,6 +413,7 @@ forget_all(void)
         threads[i].lost_space = threads[i].lost_objects = 0;
     }
     n_threads = 0;
+    n_active = 0;
     memset(live, 0, sizeof live);
     live_count = 0;
     live_deleted = 0;
@@ -400,6 +429,7 @@ ah_uninstall(PyObject *self, PyObject *noarg)
     (void)noarg;
     sampling = 0;
     heap_on = 0;
+    wanted = 0;
     forget_all();
     if (!hooked)
         Py_RETURN_TRUE;
@@ -408,12 +438,14 @@ ah_uninstall(PyObject *self, PyObject *noarg)
     if (is_ours(&cur)) {
         PyMem_SetAllocator(PYMEM_DOMAIN_OBJ, &orig);
         hooked = 0;
+        free_hooked = 0;
         Py_RETURN_TRUE;
     }
     Py_RETURN_FALSE;
 }
 
-/* alloc_installed() -> True while our allocator is in the chain and sampling. */
+/* alloc_installed() -> (our allocator is the installed one, allocation sampling is wanted).
+ * The allocator is in place only while a profiled thread is tracked. */
 static PyObject *
 ah_installed(PyObject *self, PyObject *noarg)
 {
@@ -421,7 +453,7 @@ ah_installed(PyObject *self, PyObject *noarg)
     (void)noarg;
     PyMemAllocatorEx cur;
     PyMem_GetAllocator(PYMEM_DOMAIN_OBJ, &cur);
-    return Py_BuildValue("(ii)", is_ours(&cur), hooked && sampling);
+    return Py_BuildValue("(ii)", is_ours(&cur), wanted && sampling);
 }
 
 /* alloc_track(ident, on) -> True: sample (or stop sampling) thread ident's allocations. */
@@ -463,14 +495,18 @@ ah_track(PyObject *self, PyObject *args)
         t->lost = 0;
         t->lost_space = t->lost_objects = 0;
         t->refs = 1;
+        n_active++;
+        sync_hook();
         Py_RETURN_TRUE;
     }
     if (t != NULL && --t->refs <= 0) {
         t->refs = 0;
         t->used = 0;
         t->last = 0;
+        n_active--;
         while (n_threads > 0 && threads[n_threads - 1].refs == 0)
             n_threads--;
+        sync_hook();
     }
     Py_RETURN_TRUE;
 }
@@ -611,6 +647,7 @@ ah_forget_live(PyObject *self, PyObject *arg)
         }
         i = (i + 1) & (OTP_LIVE_SIZE - 1);
     }
+    sync_hook();
     Py_RETURN_NONE;
 }
 

@@ -70,7 +70,7 @@ def _hooks_state() -> dict[str, bool]:
     return {
         "lock": threading.Lock is not ORIGINAL_LOCK or threading.RLock is not ORIGINAL_RLOCK,
         "gc": gcwatch.installed(),
-        "alloc": bool(lib is not None and lib.alloc_installed()[0]),
+        "alloc": bool(lib is not None and lib.alloc_installed()[1]),
     }
 
 
@@ -108,6 +108,20 @@ def test_hooks_follow_the_profilers_that_ask_and_go_at_shutdown() -> None:
         b.shutdown(5)
     assert _hooks_state() == NONE
     assert len(gc.callbacks) == callbacks_before  # ours is gone, nothing else touched
+
+
+@needs_alloc_hook
+def test_the_allocator_is_wrapped_only_while_a_profile_samples_allocations() -> None:
+    lib = alloc.available()[0]
+    p, _ = _profiler(profile_types="alloc")
+    try:
+        assert lib.alloc_installed() == (False, True)  # armed, but no allocation pays for it
+        with p.profile("a"):
+            assert lib.alloc_installed() == (True, True)
+        assert lib.alloc_installed() == (False, True)
+    finally:
+        p.shutdown(5)
+    assert lib.alloc_installed() == (False, False)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
