@@ -25,7 +25,10 @@ from otelprof_middleware.store.layout import INDEX_LOG
 NOW = time.time_ns()
 H = 3600 * 10**9
 BEFORE = checkout_specs(10, NOW - 2 * H + 60 * 10**9, H // 10, slow_render=False, seed=21)
-AFTER = checkout_specs(8, NOW - H + 60 * 10**9, H // 8, slow_render=True, seed=22)
+# "from=now-1h" is read when a test runs, NOW when the module was imported: AFTER starts
+# 30 min after NOW - 1h (and ends 17 min before NOW), so the split holds for a suite that
+# reaches these tests up to 30 min after collecting them (a loaded CI machine)
+AFTER = checkout_specs(8, NOW - H + 30 * 60 * 10**9, H // 32, slow_render=True, seed=22)
 IO_SPEC = Spec("GET /sleepy", NOW - 1000, [(frames("sleepy_view", "wait_for_io"), (15, 0, 150 * 10**6))],
                route="/sleepy", trace_id=0x4BF92F3577B34DA6A3CE929D0E0E4736, span_id=0x00F067AA0BA902B7,
                profile_id=bytes.fromhex("5eed" * 8))

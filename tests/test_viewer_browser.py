@@ -24,8 +24,11 @@ pytestmark = [pytest.mark.integration, needs_chromium]
 
 NOW = time.time_ns()
 H = 3600 * 10**9
-BEFORE = checkout_specs(30, NOW - 2 * H + 60 * 10**9, H // 30, slow_render=False, seed=31)
-AFTER = checkout_specs(30, NOW - H + 60 * 10**9, H // 30, slow_render=True, seed=32)
+# "now-1h" is read when a test runs, NOW when the module was imported: each group lies in
+# the last 29 minutes of its hour, so "from=now-2h until=now-1h" / "from=now-1h" split
+# them the same way for a suite that reaches these tests up to 30 min after collecting them
+BEFORE = checkout_specs(30, NOW - 2 * H + 31 * 60 * 10**9, 50 * 10**9, slow_render=False, seed=31)
+AFTER = checkout_specs(30, NOW - H + 31 * 60 * 10**9, 50 * 10**9, slow_render=True, seed=32)
 ITEMS = checkout_specs(20, NOW - 2 * H + 60 * 10**9, 2 * H // 20, slow_render=False, seed=33, route="/items/{id}")
 
 

@@ -304,7 +304,11 @@ class CpuTimers:
                     codes, lastis, addrs = (marker, *codes), (0, *lastis), (0, *addrs)
             for session, target in entries:
                 w = c1 - max(c0, target.attach_cpu)
-                if w <= 0 or session.finished:
+                # a finishing session still takes what its buffers hold (the release drains
+                # them): only a closed table is final.  Checking ``finished`` here lost every
+                # sample of a request the sampler thread had not drained before it ended
+                # (a 3 ms request under load: no CPU at all for a task)
+                if w <= 0 or session.stacks.closed:
                     continue
                 try:
                     self._bill(th, session, target, w, mono, omitted, codes, lastis, addrs)
@@ -317,7 +321,7 @@ class CpuTimers:
         was running then, so it gets none of it."""
         for session, target in th.entries:
             w = end - max(start, target.attach_cpu)
-            if w > 0 and target.task is None and not session.finished:
+            if w > 0 and target.task is None and not session.stacks.closed:
                 try:
                     session.stacks.add(target.thread_name or _thread_name(th.ident), (UNSAMPLED,), (0,), w, w)
                     target.cpu_billed += w

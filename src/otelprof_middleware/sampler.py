@@ -215,12 +215,21 @@ class Sampler:
                 if now_cpu is not None and now_cpu > mark:
                     bill_remainder(session, target, now_cpu - mark)
                     target.cpu_mark = now_cpu
-        if schedule is not None and now_cpu is not None and mark is not None and target.last_wall_key is not None:
-            # the off-CPU wall after the last tick (its CPU went with the remainder):
-            # without it a waiting request's wall falls short by up to one interval
-            off_cpu = (now_ns - schedule.last_tick_ns) - max(0, now_cpu - mark)
-            if off_cpu > 0:
-                session.stacks.add_to(target.last_wall_key, wall_ns=off_cpu)
+        # the off-CPU wall after the last tick (its CPU went with the remainder and the
+        # drained CPU samples): without it a request's wall falls short by up to one
+        # interval -- all of it for a request shorter than one
+        key = target.last_wall_key if target.last_wall_key is not None else target.last_key
+        if schedule is None or key is None:
+            return
+        if target.task is not None:
+            on_cpu = target.cpu_since_wall  # CPU samples of the task since the last tick
+        elif now_cpu is not None and mark is not None:
+            on_cpu = max(0, now_cpu - mark)
+        else:
+            return
+        off_cpu = (now_ns - max(schedule.last_tick_ns, session.start_mono_ns)) - on_cpu
+        if off_cpu > 0:
+            session.stacks.add_to(key, wall_ns=off_cpu)
 
     def _cpu_timers(self) -> Optional[native_sampler.CpuTimers]:
         if not self._timers_checked:
