@@ -8,6 +8,7 @@
   site; Lock, RLock, Condition, Semaphore and queue.Queue keep working wrapped;
 * allocation estimates are unbiased: known bytes in ``f`` and ``g`` come back within
   10 % (the sample counts make that a > 4 sigma bound), two threads never mix;
+* an asyncio task gets its own allocations, not those of other tasks on its thread;
 * without the extension, allocation profiling says so once and the rest works.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
 import logging
 import os
 import queue
@@ -533,3 +535,78 @@ def test_without_the_extension_allocation_profiling_says_so_once(monkeypatch: An
         q.shutdown(5)
     said = [r for r in caplog.records if "allocation profiling unavailable" in r.getMessage()]
     assert len(said) == 1 and "extension not built (test)" in said[0].getMessage()
+
+
+def alloc_in_task_chunk() -> None:
+    for _ in itertools.repeat(None, 64):
+        bytes(CHUNK)
+
+
+def alloc_in_other_task_chunk() -> None:
+    for _ in itertools.repeat(None, 64):
+        bytes(CHUNK)
+
+
+@needs_alloc_hook
+def test_an_asyncio_task_gets_its_own_allocations_not_its_loop_neighbours() -> None:
+    import asyncio
+
+    p, exporter = _profiler(profile_types="alloc", alloc_sample_interval=64 * 1024)
+
+    async def profiled() -> None:
+        with p.profile("task"):
+            for _ in range(100):
+                alloc_in_task_chunk()
+                await asyncio.sleep(0)  # the other task runs here, on the same thread
+
+    async def neighbour() -> None:
+        for _ in range(100):
+            alloc_in_other_task_chunk()
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(profiled(), neighbour())
+
+    try:
+        asyncio.run(main())
+        prof = _last(p, exporter)
+        space = _by_function(prof, "alloc_space")
+        truth = 100 * 64 * sys.getsizeof(bytes(CHUNK))  # 100 MiB: ~1,500 samples
+        assert abs(space.get("alloc_in_task_chunk", 0) - truth) <= 0.10 * truth, space
+        assert "alloc_in_other_task_chunk" not in space  # same thread, another task: not ours
+    finally:
+        p.shutdown(5)
+
+
+def test_without_the_extension_in_a_fresh_process(tmp_path: Any) -> None:
+    """The extension made unimportable (as after OTELPROF_BUILD_NATIVE=0): allocation
+    profiling says so once, the profile says so, locks and GC still work."""
+    import subprocess
+
+    script = tmp_path / "no_ext.py"
+    script.write_text(
+        "import gc, json, sys, threading\n"
+        "sys.modules['otelprof_middleware._native'] = None  # import fails as if never built\n"
+        "from otelprof_middleware import Profiler\n"
+        "from otelprof_middleware.testing import InMemoryProfileExporter\n"
+        "e = InMemoryProfileExporter()\n"
+        "p = Profiler(exporters=[e], profile_types='alloc,lock,gc', min_samples=0)\n"
+        "q = Profiler(exporters=[], profile_types='alloc')\n"
+        "lock = threading.Lock()\n"
+        "with p.profile('x'):\n"
+        "    data = [bytes(1000) for _ in range(1000)]\n"
+        "    gc.collect()\n"
+        "p.force_flush(10)\n"
+        "prof = e.profiles[-1]\n"
+        "print(json.dumps({k: v for k, v in prof.attributes.items() if k.startswith('otelprof.')}))\n"
+        "print(json.dumps(list(prof.extra_types)))\n"
+        "p.shutdown(5); q.shutdown(5)\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    attrs = json.loads(lines[-2])
+    assert attrs["otelprof.alloc_unavailable"] is True
+    assert attrs["otelprof.sampler"] == "python"  # the CPU sampler fell back too
+    assert attrs["otelprof.gc_collections"] >= 1
+    assert proc.stderr.count("allocation profiling unavailable") == 1, proc.stderr
