@@ -199,7 +199,12 @@ def recorder_for(session: "Session", config: "Config") -> Optional[Recorder]:
     types = tuple(t for t in config.profile_types if t in EXTRA_PROFILE_TYPES)
     if not types:
         return None
-    return Recorder(session, types, config.alloc_sample_interval, config.lock_sample_rate)
+    from . import alloc, locks
+
+    # the hooks are process-wide: the first profiler that installed them set their
+    # interval and rate, which are what this profile's samples really used
+    return Recorder(session, types, alloc.interval() or config.alloc_sample_interval,
+                    locks.rate() if locks.installed() else config.lock_sample_rate)
 
 
 def drain() -> None:

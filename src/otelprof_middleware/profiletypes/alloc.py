@@ -99,6 +99,11 @@ def track(ident: int, on: bool) -> bool:
     return bool(lib.alloc_track(ident, on))
 
 
+def interval() -> int:
+    """The sampling interval in force (bytes), 0 while the hook is not installed."""
+    return _interval if _lib is not None else 0
+
+
 def reset_warnings() -> None:
     """Forget that "allocation profiling unavailable" was logged (it is logged once
     per process); for test suites that check it."""

@@ -198,8 +198,8 @@ def _make_rlock(*args: Any, **kwargs: Any) -> _Watched:
 
 def install(config: "Config") -> bool:
     global _active, _rate
-    _rate = config.lock_sample_rate
     if not _original:
+        _rate = config.lock_sample_rate
         _original["Lock"] = threading.Lock
         _original["RLock"] = threading.RLock
         _original["Semaphore"] = threading.Semaphore
@@ -220,6 +220,12 @@ def uninstall() -> None:
         threading.RLock = _original.pop("RLock")  # type: ignore[misc]
         threading.Semaphore = _original.pop("Semaphore")  # type: ignore[misc]
         threading.BoundedSemaphore = _original.pop("BoundedSemaphore")  # type: ignore[misc]
+
+
+def rate() -> float:
+    """The share of contended acquisitions timed (``lock_sample_rate`` of the
+    profiler that installed the hook)."""
+    return _rate
 
 
 def installed() -> bool:
