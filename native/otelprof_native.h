@@ -8,6 +8,7 @@
  *   frames.c         the CPython-version-specific frame walk and code validation
  *   cpu_sampler.c    per-thread CPU timers, the SIGPROF handler, ring buffers, drain
  *   alloc_hook.c     the object allocator hook: Poisson-sampled allocations of profiled threads
+ *   lock_wrap.c      ProfiledLock, the `lock` profile type's lock wrapper (any platform)
  *
  * A new part (e.g. an allocator hook) adds a source file, a PyMethodDef table and
  * an init function declared below, and registers them in module.c.
@@ -122,5 +123,9 @@ int otp_alloc_hook_init(PyObject *module);
 
 extern PyMethodDef otp_cpu_sampler_methods[];
 extern PyMethodDef otp_alloc_hook_methods[];
+
+/* ------------------------------------------------------------------ lock_wrap.c (any platform) */
+int otp_lock_wrap_init(PyObject *module);
+extern PyMethodDef otp_lock_wrap_methods[];
 
 #endif /* OTELPROF_NATIVE_H */

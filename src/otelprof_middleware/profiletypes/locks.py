@@ -1,6 +1,8 @@
 """Lock waits per request (the ``lock`` profile type).
 
-While installed, ``threading.Lock`` and ``threading.RLock`` make wrapped locks.
+While installed, ``threading.Lock`` and ``threading.RLock`` make wrapped locks
+(the extension's ``ProfiledLock``, the same logic in C, where it is built; else
+:class:`_Watched`).
 ``Condition``, ``Event`` and ``queue.Queue`` build their locks through those two
 names, so theirs are wrapped too (those created after installation: a lock made
 at import time before the profiler started stays a plain lock).
@@ -29,6 +31,7 @@ asyncio waits already show as wall time in a task's stack (``Lock.acquire``,
 
 from __future__ import annotations
 
+import importlib
 import os
 import queue
 import random
@@ -106,7 +109,7 @@ class _Watched:
         return f"<profiled {self._inner!r} from {self._site}>"
 
 
-def _wait(lock: _Watched, timeout: float) -> bool:
+def _wait(lock: Any, timeout: float) -> bool:
     """The lock is held by someone else: wait for it, timed if this thread is profiled."""
     rate = _rate
     if (not _active or get_ident() not in threads.entries
@@ -188,18 +191,35 @@ class _WatchedBoundedSemaphore(_SemaphoreWait, threading.BoundedSemaphore):
     pass
 
 
-def _make_lock() -> _Watched:
-    return _Watched(_original["Lock"](), _creation_site())
+#: the wrapper type: the extension's ProfiledLock (the same logic in C, no Python
+#: frame on the fast path) where it is built, else _Watched
+_wrapper: Any = _Watched
 
 
-def _make_rlock(*args: Any, **kwargs: Any) -> _Watched:
-    return _Watched(_original["RLock"](*args, **kwargs), _creation_site())
+def _native_wrapper() -> Any:
+    try:
+        lib = importlib.import_module(__package__.rpartition(".")[0] + "._native")
+    except ImportError:
+        return None
+    if "lock_wrap" not in getattr(lib, "features", ()):
+        return None
+    lib.set_lock_slow_path(_wait)
+    return lib.ProfiledLock
+
+
+def _make_lock() -> Any:
+    return _wrapper(_original["Lock"](), _creation_site())
+
+
+def _make_rlock(*args: Any, **kwargs: Any) -> Any:
+    return _wrapper(_original["RLock"](*args, **kwargs), _creation_site())
 
 
 def install(config: "Config") -> bool:
-    global _active, _rate
+    global _active, _rate, _wrapper
     if not _original:
         _rate = config.lock_sample_rate
+        _wrapper = _native_wrapper() or _Watched
         _original["Lock"] = threading.Lock
         _original["RLock"] = threading.RLock
         _original["Semaphore"] = threading.Semaphore
@@ -235,4 +255,5 @@ def installed() -> bool:
 
 def is_profiled(lock: Any) -> bool:
     """True if ``lock`` (a lock or semaphore) records its waits."""
-    return isinstance(lock, (_Watched, _WatchedSemaphore, _WatchedBoundedSemaphore))
+    return isinstance(lock, (_Watched, _WatchedSemaphore, _WatchedBoundedSemaphore)) or (
+        type(lock).__name__ == "ProfiledLock" and hasattr(lock, "_site"))
