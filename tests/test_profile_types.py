@@ -251,7 +251,15 @@ def _contend(lock: Any, wait: Any = wait_for_lock) -> int:
     return waited
 
 
-def test_lock_waits_carry_the_stack_and_the_creation_site() -> None:
+@pytest.fixture(params=["native", "python"])
+def lock_wrapper(request: Any, monkeypatch: Any) -> str:
+    """Both lock wrappers: the extension's ProfiledLock and the pure-Python one."""
+    if request.param == "python":
+        monkeypatch.setattr(locks, "PREFER_NATIVE", False)
+    return str(request.param)
+
+
+def test_lock_waits_carry_the_stack_and_the_creation_site(lock_wrapper: str) -> None:
     p, exporter = _profiler(profile_types="lock")
     try:
         lock = threading.Lock(); site = f"{__file__}:{sys._getframe().f_lineno}"  # noqa: E702
@@ -282,13 +290,15 @@ def acquire_sem(sem: Any) -> None:
     sem.release()
 
 
-def test_rlock_condition_semaphore_and_queue_keep_working_and_are_seen() -> None:
+def test_rlock_condition_semaphore_and_queue_keep_working_and_are_seen(lock_wrapper: str) -> None:
     p, exporter = _profiler(profile_types="lock")
     try:
         q: "queue.Queue[int]" = queue.Queue(); q_site = f"{__file__}:{sys._getframe().f_lineno}"  # noqa: E702
         sem = threading.Semaphore(1); sem_site = f"{__file__}:{sys._getframe().f_lineno}"  # noqa: E702
         rlock = threading.RLock()
         cond = threading.Condition(rlock)
+        native = type(rlock).__name__ == "ProfiledLock"
+        assert native == (lock_wrapper == "native" and alloc.available()[0] is not None)
         assert locks.is_profiled(rlock) and locks.is_profiled(q.mutex) and locks.is_profiled(sem)
         with p.profile("kinds"):
             _contend(q.mutex, lambda _m: put_item(q))

@@ -47,7 +47,7 @@ from . import threads
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["install", "uninstall", "installed", "is_profiled"]
+__all__ = ["install", "uninstall", "installed", "is_profiled", "rate", "PREFER_NATIVE"]
 
 _original: dict[str, Any] = {}
 _active = False
@@ -191,6 +191,8 @@ class _WatchedBoundedSemaphore(_SemaphoreWait, threading.BoundedSemaphore):
     pass
 
 
+#: use the extension's ProfiledLock where it is built (False: the Python wrapper; tests)
+PREFER_NATIVE = True
 #: the wrapper type: the extension's ProfiledLock (the same logic in C, no Python
 #: frame on the fast path) where it is built, else _Watched
 _wrapper: Any = _Watched
@@ -219,7 +221,7 @@ def install(config: "Config") -> bool:
     global _active, _rate, _wrapper
     if not _original:
         _rate = config.lock_sample_rate
-        _wrapper = _native_wrapper() or _Watched
+        _wrapper = (_native_wrapper() if PREFER_NATIVE else None) or _Watched
         _original["Lock"] = threading.Lock
         _original["RLock"] = threading.RLock
         _original["Semaphore"] = threading.Semaphore
