@@ -68,8 +68,9 @@ def start(profiler: Any, name: str, kind: str) -> Any:
 
 def identities(st: dict) -> None:
     """The identities ``docs/delivery.md`` promises (once nothing is moving)."""
-    assert st["profiles_started"] == (st["active_sessions"] + st["profiles_discarded"] + st["profiles_pending"]
-                                      + st["profiles_collected"] + sum(st["dropped"].values())), st
+    assert st["profiles_started"] + st["window_profiles"] == (
+        st["active_sessions"] + st["profiles_discarded"] + st["profiles_aggregated"] + st["profiles_pending"]
+        + st["profiles_collected"] + sum(st["dropped"].values())), st
     for name, e in st["exporters"].items():
         assert st["profiles_collected"] == e["exported"] + sum(e["dropped"].values()) + e["queued"] + e["in_flight"], \
             (name, st)

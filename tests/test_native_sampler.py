@@ -27,6 +27,7 @@ import time
 import pytest
 
 from otelprof_middleware import native_sampler
+from otelprof_middleware.sampler import get_sampler
 from otelprof_middleware.stacks import FOLD_OWN_FRAMES, thread_cpu_ns
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -169,6 +170,7 @@ def test_fork_while_sampling():
 @needs_native
 def test_thread_that_exits_while_attached_is_released_cleanly(profiler_factory):
     profiler = profiler_factory(exporter="none", sample_hz=1000)
+    get_sampler().release_idle_timers()  # other tests' parked timers
     go = threading.Event()
 
     def body() -> None:
@@ -185,7 +187,7 @@ def test_thread_that_exits_while_attached_is_released_cleanly(profiler_factory):
     assert thread_cpu_ns(t.ident, t.native_id) is None  # gone, and reading it is safe
     profiler.finish_session(session)
     lib, _ = native_sampler.load()
-    assert lib.stats()["active_threads"] == 0
+    assert lib.stats()["active_threads"] == 0  # a gone thread's timer is stopped, not parked
     p = session.to_profile()
     assert p.attributes["otelprof.sampler"] == "native"
     assert "_pure" in {f.name for f in p.functions}
@@ -321,3 +323,32 @@ def test_own_frames_never_carry_self_time(profiler_factory):
     pkg = os.path.dirname(native_sampler.__file__)
     assert "pool_work" in {f.name.rsplit(".", 1)[-1] for f in p.functions}
     assert not [f for f in p.functions if f.filename.startswith(pkg)], [f.name for f in p.functions]
+
+
+@needs_native
+def test_a_threads_timer_is_reused_by_its_next_profile_and_released_at_shutdown(profiler_factory):
+    """Requests that follow each other on one thread share its CPU timer (creating and
+    deleting one per request cost half of a profiled request's time): the timer stays
+    parked between them, samples taken while parked are never billed, and shutdown
+    stops it."""
+    profiler = profiler_factory(exporter="none", sample_hz=1000)
+    lib, _ = native_sampler.load()
+    get_sampler().release_idle_timers()  # other tests' parked timers
+    base = lib.stats()["active_threads"]
+    first = profiler.start_session("first", link=None)
+    _pure(100_000)
+    profiler.finish_session(first)
+    assert lib.stats()["active_threads"] == base + 1  # parked, not stopped
+    _pure(300_000)  # CPU between two profiles: nobody's
+    cpu0 = thread_cpu_ns(threading.get_ident())
+    second = profiler.start_session("second", link=None)
+    _pure(100_000)
+    profiler.finish_session(second)
+    cpu1 = thread_cpu_ns(threading.get_ident())
+    assert lib.stats()["active_threads"] == base + 1  # the same timer, taken up again
+    p = second.to_profile()
+    assert p.attributes["otelprof.sampler"] == "native"
+    assert "_pure" in {f.name for f in p.functions}
+    assert 0 < p.cpu_ns <= cpu1 - cpu0  # nothing from before the second profile started
+    profiler.shutdown(timeout=5)
+    assert lib.stats()["active_threads"] == base

@@ -327,6 +327,14 @@ class Config:
     alloc_sample_interval: int = _opt(512 * 1024, "size", 1, 1024**3,
                                       doc="mean bytes allocated between two allocation samples (Poisson)")
     lock_sample_rate: float = _opt(1.0, "float", 0.0, 1.0, doc="share of lock acquisitions timed (lock type)")
+    # --- window profiles (aggregates of short requests, the continuous profile; windows.py)
+    aggregate_window: float = _opt(10.0, "duration", 0, 3600, doc="short sampled requests' samples go into "
+                                   "one profile per route and window of this length; 0 = off (dropped)")
+    aggregate_max_routes: int = _opt(100, "int", 1, 100_000, doc="routes with an aggregate per window")
+    window_max_stacks: int = _opt(10_000, "int", 10, 10_000_000, doc="distinct (stack, thread, span) entries "
+                                  "held per window (all aggregates together; the continuous profile)")
+    continuous_hz: int = _opt(0, "int", 0, 1000, doc="sample the whole process at this rate; 0 = off")
+    continuous_window: float = _opt(60.0, "duration", 1, 3600, doc="length of one continuous profile")
 
     # --- export
     exporter: tuple[str, ...] = _opt((), "exporters", doc="file, otlp, console, pyroscope, none (comma list)")

@@ -40,6 +40,7 @@ import atexit
 import importlib
 import sys
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._safety import LogOnce, at_fork_reinit
@@ -107,10 +108,18 @@ def _stop_all_at_exit() -> None:
             pass
 
 
+#: A thread's timer outlives its last target by this long (seconds), so that the next
+#: profiled request on the same thread (a server's worker, a pool thread) reuses it:
+#: creating and deleting a timer per request cost ~40 µs of a profiled request's ~80.
+PARK_SECONDS = 2.0
+#: At most this many idle timers are kept (the oldest is stopped first).
+MAX_PARKED = 64
+
+
 class _Thread:
     """One sampled thread: its timer and the (session, target) pairs it serves."""
 
-    __slots__ = ("ident", "native_id", "handle", "interval_ns", "entries", "lock", "name")
+    __slots__ = ("ident", "native_id", "handle", "interval_ns", "entries", "lock", "name", "parked_at")
 
     def __init__(self, ident: int, native_id: int, handle: int, interval_ns: int) -> None:
         self.ident = ident
@@ -119,6 +128,7 @@ class _Thread:
         self.interval_ns = interval_ns
         self.entries: list[tuple["Session", "Target"]] = []
         self.lock = threading.Lock()  # one drain+dispatch at a time (single consumer)
+        self.parked_at = 0.0  # when its last target left (monotonic s); 0 while in use
 
 
 class CpuTimers:
@@ -145,6 +155,16 @@ class CpuTimers:
             return None
         with self._lock:
             th = self._threads.get(ident)
+            if th is not None and th.parked_at:
+                if th.native_id == target.native_id:
+                    # an idle timer of this thread: take it up again (samples it took
+                    # meanwhile fall before this target's attach_cpu: never billed)
+                    th.parked_at = 0.0
+                    if interval_ns != th.interval_ns:
+                        self._set_interval(th, interval_ns)
+                else:  # another thread now has this identifier
+                    self._stop_locked(th)
+                    th = None
             if th is None:
                 depth = min(session.max_depth, 512)
                 if depth > self._max_frames:
@@ -190,12 +210,39 @@ class CpuTimers:
         if last:
             with self._lock:
                 if self._threads.get(th.ident) is th and not th.entries:
-                    del self._threads[th.ident]
-                    with th.lock:
-                        try:
-                            self.lib.stop(th.handle)  # the rest belongs to nobody now
-                        except ValueError:  # already stopped (interpreter exit)
-                            pass
+                    if thread_cpu_ns(th.ident, th.native_id) is None:
+                        self._stop_locked(th)  # the thread is gone
+                    else:
+                        th.parked_at = time.monotonic()  # kept for the thread's next profile
+                    self._expire_locked(time.monotonic())
+
+    @property
+    def parked(self) -> int:
+        """Idle timers kept for reuse."""
+        return sum(1 for th in list(self._threads.values()) if th.parked_at)
+
+    def expire_parked(self, everything: bool = False) -> int:
+        """Stop idle timers older than :data:`PARK_SECONDS` (all of them with
+        ``everything``); returns how many are still parked."""
+        with self._lock:
+            self._expire_locked(float("inf") if everything else time.monotonic())
+            return sum(1 for th in self._threads.values() if th.parked_at)
+
+    def _expire_locked(self, now: float) -> None:
+        parked = sorted((th for th in self._threads.values() if th.parked_at), key=lambda th: th.parked_at)
+        excess = len(parked) - MAX_PARKED
+        for i, th in enumerate(parked):
+            if i < excess or now - th.parked_at >= PARK_SECONDS:
+                self._stop_locked(th)
+
+    def _stop_locked(self, th: _Thread) -> None:
+        if self._threads.get(th.ident) is th:
+            del self._threads[th.ident]
+        with th.lock:
+            try:
+                self.lib.stop(th.handle)  # the rest belongs to nobody now
+            except ValueError:  # already stopped (interpreter exit)
+                pass
 
     def _bill_remainder(self, th: _Thread, target: "Target") -> None:
         now = thread_cpu_ns(th.ident, th.native_id)

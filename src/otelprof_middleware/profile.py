@@ -1,11 +1,16 @@
 """The profile model: what one finished unit of work (a request, a job) looked like.
 
 A :class:`Profile` holds interned functions, locations (function + line) and
-stacks (leaf first), and per (stack, thread, labels) sample values: ``count``,
-``cpu_ns`` and ``wall_ns``, plus the values of the extra sample types the
-profile asked for (:data:`EXTRA_TYPES`: allocations, lock waits) in
-``Sample.values``; ``Profile.extra_types`` lists the ones present.  It knows nothing of frameworks or wire formats:
-integrations fill its attributes, encoders (``otelprof_middleware.encoding``)
+stacks (leaf first), and per (stack, thread, link, labels) sample values:
+``count``, ``cpu_ns`` and ``wall_ns``, plus the values of the extra sample types
+the profile asked for (:data:`EXTRA_TYPES`: allocations, lock waits) in
+``Sample.values``; ``Profile.extra_types`` lists the ones present.  A profile of
+one unit of work links to its span (``Profile.link``); a profile covering a time
+window (an aggregate of short requests, the continuous profile) has no link of
+its own, and each sample taken for a request carries that request's span
+(``Sample.link``).
+
+It knows nothing of frameworks or wire formats: integrations fill its attributes, encoders (``otelprof_middleware.encoding``)
 turn it into pprof or OTLP.
 """
 
@@ -106,6 +111,7 @@ class Sample:
     count: int = 0
     cpu_ns: int = 0
     wall_ns: int = 0
+    link: SpanLink | None = None  # this sample's own span (window profiles); None: the profile's link
     values: dict[str, int] = field(default_factory=dict)  # extra sample types (EXTRA_TYPES)
     labels: tuple[tuple[str, str], ...] = ()  # e.g. (("lock_site", "app.py:12"),)
 
@@ -179,7 +185,7 @@ class ProfileBuilder:
         self._functions: dict[Function, int] = {}
         self._locations: dict[Location, int] = {}
         self._stacks: dict[tuple[int, ...], int] = {}
-        self._samples: dict[tuple[int, str, tuple[tuple[str, str], ...]], Sample] = {}
+        self._samples: dict[tuple[int, str, SpanLink | None, tuple[tuple[str, str], ...]], Sample] = {}
 
     def function(self, name: str, filename: str = "", start_line: int = 0) -> int:
         key = Function(name, filename, start_line)
@@ -206,11 +212,12 @@ class ProfileBuilder:
         return idx
 
     def add(self, stack_index: int, thread_name: str = "", count: int = 1, cpu_ns: int = 0, wall_ns: int = 0,
-            values: dict[str, int] | None = None, labels: tuple[tuple[str, str], ...] = ()) -> None:
-        key = (stack_index, thread_name, labels)
+            link: SpanLink | None = None, values: dict[str, int] | None = None,
+            labels: tuple[tuple[str, str], ...] = ()) -> None:
+        key = (stack_index, thread_name, link, labels)
         s = self._samples.get(key)
         if s is None:
-            s = self._samples[key] = Sample(stack_index, clean_text(thread_name),
+            s = self._samples[key] = Sample(stack_index, clean_text(thread_name), link=link,
                                             labels=tuple((clean_text(k), clean_text(v)) for k, v in labels))
             self.profile.samples.append(s)
         s.count += count

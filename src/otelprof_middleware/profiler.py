@@ -53,6 +53,7 @@ from .sampler import get_sampler
 from .session import Session
 from .stats import Stats
 from .tracecontext import current_link
+from .windows import ContinuousRecorder, ShortRequestAggregator
 
 __all__ = ["Profiler", "get_profiler", "set_profiler", "shared_profiler", "current_session", "activate_session",
            "deactivate_session"]
@@ -151,6 +152,16 @@ class Profiler:
         self._pipeline = ExportPipeline([e for e, _how in chosen], self._stats,
                                         batch=batch_settings(self.config), min_samples=self.config.min_samples)
         self._announce(chosen)
+        self._aggregator: Optional[ShortRequestAggregator] = None
+        cfg = self.config
+        if cfg.aggregate_window > 0 and cfg.min_samples > 1:
+            self._aggregator = ShortRequestAggregator(
+                window=cfg.aggregate_window, min_samples=cfg.min_samples, max_routes=cfg.aggregate_max_routes,
+                max_stacks=cfg.window_max_stacks, submit=self._pipeline.submit, stats=self._stats,
+                firewall=self._firewall)
+        self._continuous: Optional[ContinuousRecorder] = None
+        if cfg.enabled and cfg.continuous_hz > 0:
+            self._start_continuous()
         #: the request policy (triggers, budgets); replace it before building a
         #: middleware to inject clocks or random sources (tests)
         self.policy: Policy = Policy(self)
@@ -277,7 +288,12 @@ class Profiler:
             session.detach_all()
             if error is not None and session.error is None:
                 session.error = type(error).__name__
-            handed_over = True  # from here on the pipeline counts it, whatever happens
+            handed_over = True  # from here on the pipeline (or the aggregate) counts it, whatever happens
+            aggregator = self._aggregator
+            if aggregator is not None:
+                fate = aggregator.offer(session)  # a short request profiled by chance: into its route's aggregate
+                if fate is not None:
+                    return fate == "aggregated"
             return self._pipeline.submit(session)
         except Exception:
             if not handed_over:
@@ -327,8 +343,33 @@ class Profiler:
         self._pipeline.add_exporter(exporter)
 
     def force_flush(self, timeout: Optional[float] = None) -> bool:
-        """Export everything finished so far; True if done within ``timeout`` seconds."""
+        """Export everything finished so far (window profiles end their window now);
+        True if done within ``timeout`` seconds."""
+        self._flush_windows(close=False)
         return self._pipeline.force_flush(timeout)
+
+    def _flush_windows(self, *, close: bool) -> None:
+        try:
+            if self._aggregator is not None:
+                self._aggregator.flush(close=close)
+            if self._continuous is not None:
+                self._continuous.flush(close=close, sampler=get_sampler())
+        except Exception:
+            self.report_failure("windows", "otelprof: could not end the window profiles")
+
+    def _start_continuous(self) -> None:
+        cfg = self.config
+        recorder = ContinuousRecorder(hz=cfg.continuous_hz, window=cfg.continuous_window,
+                                      max_depth=cfg.max_stack_depth, max_stacks=cfg.window_max_stacks,
+                                      native=cfg.native_sampler, submit=self._pipeline.submit, stats=self._stats,
+                                      firewall=self._firewall)
+        recorder.spans.install()  # (again later if the tracer provider is set after us)
+        sampler = get_sampler()
+        if not sampler.set_continuous(recorder):
+            _warn_once("continuous", "otelprof: continuous_hz is set for a second profiler in this process; "
+                       "only the first one samples the process continuously")
+            return
+        self._continuous = recorder
 
     def shutdown(self, timeout: Optional[float] = None) -> bool:
         """Stop profiling and deliver what is left within ``timeout`` seconds in all
@@ -357,8 +398,10 @@ class Profiler:
                     pass
             for session in list(self._active):
                 self.finish_session(session)
+            self._flush_windows(close=True)
             self.policy.close()
             profile_type_hooks.release(self.config)
+            get_sampler().release_idle_timers()
             self._shutdown_ok = self._pipeline.shutdown(max(0.0, deadline - time.monotonic()))
         finally:
             _live_profilers.discard(self)
@@ -371,12 +414,13 @@ class Profiler:
         ``docs/delivery.md`` ("Counting what was lost") has the identities they satisfy
         once nothing is moving:
 
-        * ``profiles_started = active_sessions + profiles_discarded + profiles_pending
-          + profiles_collected + sum(dropped.values())``;
+        * ``profiles_started + window_profiles = active_sessions + profiles_discarded
+          + profiles_aggregated + profiles_pending + profiles_collected + sum(dropped.values())``;
         * for each exporter: ``profiles_collected = exported + sum(dropped.values())
           + queued + in_flight``."""
         snap = self._stats.snapshot()
-        for key in ("profiles_started", "profiles_discarded", "profiles_exported"):
+        for key in ("profiles_started", "profiles_discarded", "profiles_exported", "profiles_aggregated",
+                    "window_profiles"):
             snap.setdefault(key, 0)
         snap["active_sessions"] = len(self._active)
         snap["profiles_pending"] = self._pipeline.sessions_pending

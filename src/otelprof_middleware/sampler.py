@@ -26,6 +26,15 @@ Two kinds of samples:
 
 Raw samples go into each session's :class:`~otelprof_middleware.stacks.StackTable`;
 turning them into a profile happens later, on the export worker.
+
+**Continuous mode** (``continuous_hz``, :meth:`Sampler.set_continuous`): the same
+thread also samples every thread of the process at that rate, in the same ticks
+as the sessions (a thread due for both is walked once per tick, ``_Frames``), and
+hands the samples to a :class:`~otelprof_middleware.windows.ContinuousRecorder`.
+Its CPU is billed like the pure-Python mode's (the CPU a thread used since the
+previous continuous tick, to the stack it shows now), its wall is the interval.
+Each sample carries the span of the request the thread was working for: a
+session's span for its targets, else the span registry's.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Protocol
 
 from . import native_sampler, profiletypes
 from ._safety import Firewall, LogOnce
@@ -43,9 +52,30 @@ from .stacks import UNKNOWN, UNSAMPLED, SamplingReport, cap_depth, thread_cpu_ns
 from .stacks import walk_frames as _walk_thread
 
 if TYPE_CHECKING:  # the sampler only reads sessions; session.py knows nothing of the sampler
+    from .profile import SpanLink
     from .session import Session, Target
 
+
+class ContinuousSink(Protocol):
+    """Where continuous samples go (``windows.ContinuousRecorder``)."""
+
+    hz: int
+    max_depth: int
+    native: bool
+
+    def roll(self, now_ns: int) -> None: ...
+
+    def links(self) -> "dict[int, SpanLink]": ...
+
+    def record(self, thread_name: str, codes: Any, lastis: Any, cpu_ns: int, wall_ns: int,
+               link: "Optional[SpanLink]") -> None: ...
+
 __all__ = ["Sampler", "Schedule", "get_sampler"]
+
+#: After its last session ends, the sampler thread keeps looking at the last rate for
+#: this long (seconds) before it sleeps until woken: requests that follow each other
+#: then start their sessions without waking it.
+LINGER_SECONDS = 1.0
 
 
 class Schedule:
@@ -119,14 +149,22 @@ class Sampler:
         self._sessions: tuple[Session, ...] = ()  # copy-on-write: ticks iterate a snapshot
         self._thread: Optional[threading.Thread] = None
         self._hz = 0  # the rate of the current loop (highest rate of the active sessions)
+        self._lingering = False  # no session, but the thread still looks at that rate for a while
         self._stopping = False
         self._timers: Optional[native_sampler.CpuTimers] = None
         self._timers_checked = False
         self.ticks = 0
         self.errors = 0
+        #: stack reads so far: a thread due for several sessions (and the continuous
+        #: profile) in one tick is read once (native: per thread; pure Python: per tick)
+        self.stack_reads = 0
         self._log_once = LogOnce()
         self._firewall = Firewall(self._count_error, self._log_once)
         self._cpu_ns_thread = 0
+        self._continuous: Optional[ContinuousSink] = None  # continuous mode (one per process)
+        self._cont_due_ns = 0
+        self._cont_last_ns = 0
+        self._cont_cpu: dict[int, int] = {}  # thread id -> its CPU clock at the last continuous tick
 
     # ---------------------------------------------------------------- sessions
     def register(self, session: Session) -> None:
@@ -135,9 +173,10 @@ class Sampler:
             self._sessions = self._sessions + (session,)
             if self._background and (self._thread is None or not self._thread.is_alive()):
                 self._start_locked()
-            if len(self._sessions) == 1 or session.hz > self._hz:
+            if (len(self._sessions) == 1 and not self._lingering) or session.hz > self._hz:
                 # wake the thread only when it is idle or must now tick faster: waking it
-                # for every request would cost every request a GIL hand-over
+                # for every request would cost every request a GIL hand-over (a lingering
+                # thread looks again within one interval, before the first sample is due)
                 self._cond.notify()
         session.bind(self)  # from now on the session tells us about its targets
 
@@ -160,6 +199,33 @@ class Sampler:
             session.extras.close()
         if schedule is not None:
             session.report = schedule.report(time.monotonic_ns())
+
+    def release_idle_timers(self) -> None:
+        """Stop the CPU timers kept for threads' next profiles (profiler shutdown)."""
+        timers = self._timers
+        if timers is not None and not self._sessions:
+            timers.expire_parked(everything=True)
+
+    def set_continuous(self, sink: Optional[ContinuousSink], *, only: Any = None) -> bool:
+        """Sample the whole process for ``sink`` at ``sink.hz`` (None: stop; with
+        ``only``, stop only if that sink is the one running).  One sink per process:
+        False if another one runs already."""
+        with self._cond:
+            if sink is None:
+                if only is None or self._continuous is only:
+                    self._continuous = None
+                return True
+            if self._continuous is not None and self._continuous is not sink:
+                return False
+            self._continuous = sink
+            now = time.monotonic_ns()
+            self._cont_last_ns = now
+            self._cont_due_ns = now + int(1e9 / sink.hz)
+            self._cont_cpu = {}
+            if self._background and (self._thread is None or not self._thread.is_alive()):
+                self._start_locked()
+            self._cond.notify()
+        return True
 
     @property
     def active_sessions(self) -> int:
@@ -262,15 +328,43 @@ class Sampler:
         me = threading.get_ident()
         next_tick = time.monotonic()
         cond = self._cond
+        idle_since: Optional[float] = None
         while True:
             with cond:
-                while not self._sessions and not self._stopping:
+                while not self._sessions and self._continuous is None and not self._stopping:
+                    now = time.monotonic()
+                    if idle_since is None:
+                        idle_since = now
+                    if self._hz and now - idle_since < LINGER_SECONDS:
+                        # between requests: look again at the last rate for a while, so the
+                        # next request's session needs no wake-up (a GIL hand-over, ~10-20 µs
+                        # of that request's time)
+                        self._lingering = True
+                        cond.wait(1.0 / self._hz)
+                        continue
+                    self._lingering = False
                     self._hz = 0
+                    timers = self._timers
+                    if timers is not None and timers.parked:
+                        # idle CPU timers kept for the next request: stop them once stale
+                        cond.release()
+                        try:
+                            left = timers.expire_parked()
+                        finally:
+                            cond.acquire()
+                        if left and not self._sessions and self._continuous is None and not self._stopping:
+                            cond.wait(native_sampler.PARK_SECONDS)
+                            continue
                     cond.wait()  # idle: blocked, no periodic wake-ups
+                    next_tick = time.monotonic()
+                if idle_since is not None:
+                    idle_since = None
+                    self._lingering = False
                     next_tick = time.monotonic()
                 if self._stopping:
                     return
                 sessions = self._sessions
+                continuous = self._continuous
             try:
                 self._tick(time.monotonic_ns(), sessions)
             except Exception:  # never let a sampler bug kill the thread
@@ -278,7 +372,8 @@ class Sampler:
             cpu = thread_cpu_ns(me)
             if cpu is not None:
                 self._cpu_ns_thread = cpu
-            hz = max(s.hz for s in sessions)  # after the tick: it may have ended a boost
+            hz = max([s.hz for s in sessions] + ([continuous.hz] if continuous is not None else []), default=1)
+            # (after the tick: it may have ended a boost)
             interval = 1.0 / hz
             next_tick += interval
             now = time.monotonic()
@@ -318,8 +413,54 @@ class Sampler:
             if wall is None or session.sample_budget_exhausted(now_ns):
                 continue
             self._sample(session, schedule, frames, wall, cpu_now)
+        if self._continuous is not None:
+            self._sample_continuous(now_ns, frames, cpu_now)
+        self.stack_reads += frames.reads
         if timers is not None:
             timers.retune(lambda s: schedules[s].interval_ns if s in schedules else s.interval_ns)
+
+    def _sample_continuous(self, now_ns: int, frames: "_Frames", cpu_now: dict[int, Optional[int]]) -> None:
+        """One continuous tick, if due: every thread but this one, its stack read once
+        this tick (shared with the sessions sampled in it)."""
+        sink = self._continuous
+        if sink is None or now_ns < self._cont_due_ns:
+            return
+        interval = int(1e9 / sink.hz)
+        self._cont_due_ns = max(self._cont_due_ns + interval, now_ns - interval)
+        wall = now_ns - self._cont_last_ns
+        self._cont_last_ns = now_ns
+        sink.roll(now_ns)
+        links = sink.links()
+        for session in self._sessions:  # a profiled request's span, in the threads working for it
+            link = session.link
+            if link is None or session.finished:
+                continue
+            for target in session.targets:
+                task = target.task
+                if task is None or _current_task(target.loop) is task:
+                    links[target.thread_id] = link
+        me = threading.get_ident()
+        marks = self._cont_cpu
+        seen: dict[int, int] = {}
+        for th in threading.enumerate():
+            tid = th.ident
+            if tid is None or tid == me:
+                continue
+            stack = frames.stack(tid, None, sink.max_depth, sink.native)
+            if tid not in cpu_now:
+                cpu_now[tid] = thread_cpu_ns(tid, th.native_id or 0)
+            now_cpu = cpu_now[tid]
+            cpu = 0
+            if now_cpu is not None:
+                last = marks.get(tid)
+                if last is not None:
+                    cpu = max(0, now_cpu - last)
+                seen[tid] = now_cpu
+            if stack is None:
+                continue
+            codes, lastis = stack
+            sink.record(th.name, codes, lastis, cpu, wall, links.get(tid))
+        self._cont_cpu = seen
 
     def _sample(self, session: Session, schedule: Schedule, frames: "_Frames", wall: int,
                 cpu_now: dict[int, Optional[int]]) -> None:
@@ -430,12 +571,13 @@ class _Frames:
     create frame objects for the other thread's frames and have crashed CPython
     3.11 under thread churn (see docs/sampling.md)."""
 
-    __slots__ = ("lib", "_native", "_py")
+    __slots__ = ("lib", "_native", "_py", "reads")
 
     def __init__(self, lib: Any) -> None:
         self.lib = lib  # the native extension, or None
         self._native: dict[int, Any] = {}
         self._py: Optional[dict[int, FrameType]] = None
+        self.reads = 0  # stacks read: one per thread (native), one for all threads (sys._current_frames)
 
     def stack(self, tid: int, stop: Any, max_depth: int, native: bool) -> Optional[tuple[Any, Any]]:
         """Leaf-first (codes, offsets) of thread ``tid``, cut at frame ``stop`` (included);
@@ -444,6 +586,7 @@ class _Frames:
         if native and lib is not None:
             if tid not in self._native:
                 self._native[tid] = lib.walk(tid, min(max_depth + 1, 512))
+                self.reads += 1
             got = self._native[tid]
             if got is None:
                 return None
@@ -460,6 +603,7 @@ class _Frames:
             return cap_depth(codes, lastis, max_depth, omitted)
         if self._py is None:
             self._py = _current_frames()
+            self.reads += 1
         frame = self._py.get(tid)
         if frame is None or (stop is not None and not _on_stack(frame, stop)):
             return None

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from types import CodeType, FrameType
 from typing import Any, Optional
 
-from .profile import AttributeValue, Profile, ProfileBuilder
+from .profile import AttributeValue, Profile, ProfileBuilder, SpanLink
 
 __all__ = [
     "StackTable",
@@ -295,11 +295,14 @@ class StackTable:
         top = max(ranked)[1] if ranked else ""
         return StackSummary(samples, cpu, wall, top)
 
-    def fill(self, profile: Profile) -> Profile:
-        """Intern everything into ``profile`` (runs on the export worker)."""
-        interner = StackInterner(ProfileBuilder(profile))
+    def fill(self, profile: Profile, *, builder: Optional[ProfileBuilder] = None,
+             link: Optional[SpanLink] = None) -> Profile:
+        """Intern everything into ``profile`` (runs on the export worker).  Window
+        profiles fill one profile from many tables: they pass one ``builder`` for all,
+        and each table's span as the ``link`` of its samples."""
+        interner = StackInterner(builder if builder is not None else ProfileBuilder(profile))
         for (thread_name, _ids, lastis), (count, cpu, wall, codes) in self._snapshot():
-            interner.builder.add(interner.stack(codes, lastis), thread_name, count, cpu, wall)
+            interner.builder.add(interner.stack(codes, lastis), thread_name, count, cpu, wall, link=link)
         return profile
 
 

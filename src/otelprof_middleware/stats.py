@@ -20,7 +20,7 @@ Drops are counted in profiles, once, where they happen (``docs/delivery.md``,
 "Counting what was lost", has the identities they satisfy):
 
 * ``dropped[reason]``: before a profile was collected (``too_short``,
-  ``queue_full``, ``shutdown``, ``error``);
+  ``window_full``, ``queue_full``, ``shutdown``, ``error``);
 * ``exporters[name]["dropped"][reason]``: after it, by that destination (a profile
   two exporters could not deliver counts once under each);
 * ``dropped_by_priority`` (both levels): the same drops by the profile's priority
@@ -42,7 +42,8 @@ from .overhead import overhead_cpu
 
 __all__ = ["Stats", "StatsInstruments", "NoInstruments", "DROP_REASONS", "HISTOGRAMS"]
 
-DROP_REASONS = ("queue_full", "export_failed", "rejected", "budget", "shutdown", "too_large", "too_short", "error")
+DROP_REASONS = ("queue_full", "export_failed", "rejected", "budget", "shutdown", "too_large", "too_short",
+                "window_full", "error")
 HISTOGRAMS = ("export_duration", "profile_size", "collection_duration")
 
 

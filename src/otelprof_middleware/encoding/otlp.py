@@ -42,7 +42,8 @@
   profile names Grafana shows as memory and mutex profiles, values unchanged
   (already scaled estimates).  ``period`` is the allocation sampling interval for the
   memory types (informational), 1 for the mutex ones.
-* Samples link to the profile's span through ``link_index``; their attributes are
+* Samples link to the profile's span through ``link_index`` (a sample with a link
+  of its own, in a window profile, to that span instead); their attributes are
   ``thread.name``, ``span_name`` and ``http.route`` (the route template), which
   Pyroscope turns into labels (``thread_name``, ``span_name``, ``http_route``);
   every Location carries ``profile.frame.type=cpython``.
@@ -222,12 +223,12 @@ def _add_profiles(d: _Dictionary, profile: Profile, out: RepeatedProfiles) -> No
     stack_map = Memo(lambda i: d.stack(tuple([loc_index[j] for j in stacks[i]])))
 
     # Merge by OTLP sample identity (stack, attributes, link); the link and the
-    # route/span name are per profile, thread.name and the sample's own labels
-    # (lock_site) are the per-sample attributes.
+    # route is per profile; thread.name, the span (its own link, in window profiles)
+    # and the sample's own labels (lock_site) are per sample.
     extra = [t for t in profile.extra_types if t in EXTRA_TYPES]
-    merged: dict[tuple[int, str, tuple[tuple[str, str], ...]], list[int]] = {}
+    merged: dict[tuple[int, str, Any, tuple[tuple[str, str], ...]], list[int]] = {}
     for sample in profile.samples:
-        key = (stack_map[sample.stack_index], sample.thread_name, sample.labels)
+        key = (stack_map[sample.stack_index], sample.thread_name, sample.link, sample.labels)
         acc = merged.get(key)
         got = sample.values
         if acc is None:
@@ -241,27 +242,32 @@ def _add_profiles(d: _Dictionary, profile: Profile, out: RepeatedProfiles) -> No
     # Encode every Profile's samples in one pass; per sample the fields are
     # stack_index, attribute_indices, link_index (the shared prefix) and values.
     vc = VarintCache()
-    link_field = _SAMPLE_LINK + vc[link_index] if link_index else b""
-
     shared = []  # attributes of every sample of this profile
-    if link is not None and link.is_valid and link.span_name:
-        shared.append(d.attribute("span_name", link.span_name))
     route = profile.attributes.get("http.route")
     if isinstance(route, str) and route:
         shared.append(d.attribute("http.route", route))
 
-    def attr_field(key: tuple[str, tuple[tuple[str, str], ...]]) -> bytes:
-        thread_name, own = key
-        attrs = ([d.attribute("thread.name", thread_name)] if thread_name else []) + shared
-        attrs += [d.attribute(k, v) for k, v in own]
+    def attr_field(key: tuple[str, Any, tuple[tuple[str, str], ...]]) -> bytes:
+        # a sample's own link (window profiles) wins over the profile's
+        thread_name, own, labels = key
+        sample_link = own if own is not None else link
+        index = link_index
+        if own is not None:
+            index = d.link(own.trace_id_bytes, own.span_id_bytes) if own.is_valid else 0
+        attrs = [d.attribute("thread.name", thread_name)] if thread_name else []
+        if sample_link is not None and sample_link.is_valid and sample_link.span_name:
+            attrs.append(d.attribute("span_name", sample_link.span_name))
+        attrs += shared
+        attrs += [d.attribute(k, v) for k, v in labels]
         ids = packed(attrs)
-        return (_SAMPLE_ATTRS + vc[len(ids)] + ids if attrs else b"") + link_field + _SAMPLE_VALUES
+        return ((_SAMPLE_ATTRS + vc[len(ids)] + ids if attrs else b"") + (_SAMPLE_LINK + vc[index] if index else b"")
+                + _SAMPLE_VALUES)
 
     attr_fields = Memo(attr_field)
     stack_fields = Memo(lambda st: _SAMPLE_STACK + vc[st] if st else b"")
     columns: list[list[bytes]] = [[] for _ in range(2 + len(extra))]  # cpu, wall, extra types
-    for (st, thread_name, own), vals in merged.items():
-        prefix = stack_fields[st] + attr_fields[(thread_name, own)]
+    for (st, thread_name, own_link, labels), vals in merged.items():
+        prefix = stack_fields[st] + attr_fields[(thread_name, own_link, labels)]
         n = len(prefix) + 1  # + the values' length byte (one varint is < 128 bytes)
         for col, value in zip(columns, vals):
             if value:

@@ -29,14 +29,15 @@ Shape (google/pprof ``proto/profile.proto``, Go ``runtime/pprof`` CPU profiles):
 * one Location per :class:`Location` (id = index + 1, ``mapping_id`` 0, one Line),
   one Function per :class:`Function` (id = index + 1, ``system_name`` left 0 so
   ``go tool pprof`` does not run names such as ``<module>`` through its demangler);
-* per-sample string labels ``span_id``/``trace_id`` (valid link), ``span_name``,
+* per-sample string labels ``span_id``/``trace_id`` (valid link: the sample's own
+  link when it has one, as in window profiles, else the profile's), ``span_name``,
   ``http.route`` (the route template, from the profile's attributes),
   ``thread_name`` and ``extra_labels``; a key is never repeated on a sample and
   the built-in labels win over ``extra_labels``;
 * ``comment`` holds ``otelprof.profile_id=<hex>``.
 
 The protobuf is written by hand (:mod:`._protowire`); per-stack location ids and
-per-thread label sets are encoded once and reused by every sample.
+per-(thread, link) label sets are encoded once and reused by every sample.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from __future__ import annotations
 import zlib
 from typing import Mapping
 
-from ..profile import EXTRA_TYPES, Profile, clean_text
+from ..profile import EXTRA_TYPES, Profile, SpanLink, clean_text
 from ._protowire import LEN, VARINT, Memo, VarintCache, field_bytes, field_packed, field_varint, packed, tag, varint
 
 __all__ = ["encode_pprof", "SAMPLE_TYPES", "KINDS", "EXTRA_KINDS", "DEFAULT_SAMPLE_TYPE", "GZIP_LEVEL"]
@@ -119,8 +120,7 @@ def _label(key_index: int, str_index: int) -> bytes:
     return _TAG_LABEL + varint(len(body)) + body
 
 
-def _profile_labels(profile: Profile) -> list[tuple[str, str]]:
-    link = profile.link
+def _profile_labels(profile: Profile, link: SpanLink | None) -> list[tuple[str, str]]:
     labels: list[tuple[str, str]] = []
     if link is not None and link.is_valid:
         labels.append(("span_id", link.span_id_hex))
@@ -164,14 +164,14 @@ def encode_pprof(profile: Profile, *, compress: bool = True, extra_labels: Mappi
 
     sample_types = [field_bytes(_P_SAMPLE_TYPE, _value_type(s(t), s(u))) for t, u in types]
 
-    base_labels = _profile_labels(profile)
+    base_labels = Memo(lambda link: _profile_labels(profile, link))  # by the sample's own link, if any
     extras = [
         (k, str(v)) for k, v in (extra_labels or {}).items() if k and v != "" and not k.startswith(_RESERVED_LABEL_PREFIX)
     ]
 
-    def labels_for(key: tuple[str, tuple[tuple[str, str], ...]]) -> bytes:
-        thread_name, own = key
-        pairs = list(base_labels)
+    def labels_for(key: tuple[str, SpanLink | None, tuple[tuple[str, str], ...]]) -> bytes:
+        thread_name, link, own = key
+        pairs = list(base_labels[link if link is not None else profile.link])
         if thread_name:
             pairs.append(("thread_name", thread_name))
         seen = {k for k, _ in pairs}
@@ -212,7 +212,7 @@ def encode_pprof(profile: Profile, *, compress: bool = True, extra_labels: Mappi
                 continue
             values = vc[value]
         prefix = prefix_memo[sample.stack_index]
-        labels = labels_memo[(sample.thread_name, sample.labels)]
+        labels = labels_memo[(sample.thread_name, sample.link, sample.labels)]
         nv = len(values)  # < 128 (at most 9 values of up to 10 bytes): one length byte
         extend((_TAG_SAMPLE, vc[len(prefix) + 1 + nv + len(labels)], prefix, vc[nv], values, labels))
 

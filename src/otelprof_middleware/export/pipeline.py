@@ -14,7 +14,8 @@ full, a session or profile of a higher priority (:mod:`.priority`: promised, the
 kept for a reason, then sampled) takes the place of the newest cheaper one; what
 cannot be queued is dropped and counted (``queue_full``).  A session with fewer
 than ``min_samples`` samples is dropped (``too_short``) when it is submitted, so it
-never takes a place in a queue.  ``force_flush`` sends what is queued now,
+never takes a place in a queue (window profiles, :mod:`..windows`, are exempt: they
+are made of short requests).  ``force_flush`` sends what is queued now,
 skipping batch waits and pacing; ``shutdown`` does the same within a timeout and
 counts everything still undelivered, in flight included, as dropped
 (``shutdown``), logged with the numbers.
@@ -52,6 +53,7 @@ from .sizing import estimate_size
 
 if TYPE_CHECKING:
     from ..session import Session
+    from ..windows import WindowProfile
 
 __all__ = ["ExportPipeline"]
 
@@ -107,7 +109,7 @@ class ExportPipeline(QueueWorker):
             self._channels = self._channels + (ExportChannel(exporter, self.stats, batch=self.batch),)
 
     # ------------------------------------------------------------ producer side
-    def submit(self, session: "Session") -> bool:
+    def submit(self, session: "Session | WindowProfile") -> bool:
         """Queue a finished session for export; never blocks.  False (and counted)
         when too short, full of sessions that are not cheaper, or shut down."""
         if self._pid != os.getpid():  # fork without the hooks: never take a lock copied mid-use
@@ -142,15 +144,16 @@ class ExportPipeline(QueueWorker):
                 self._cond.notify()
             return True
 
-    def _too_short(self, session: "Session") -> bool:
+    def _too_short(self, session: "Session | WindowProfile") -> bool:
         """Fewer than ``min_samples`` samples (and no promise to keep it)?  Read from
         the session's raw samples without building anything; if they cannot be read
         now, the answer is False and the build decides."""
-        if self.min_samples <= 0 or session.keep_if_empty:
+        stacks = getattr(session, "stacks", None)  # a window profile has none: min_samples is per request
+        if self.min_samples <= 0 or session.keep_if_empty or stacks is None:
             return False
         try:
             n = 0
-            for record in session.stacks.entries.values():  # [samples, cpu, wall, codes]
+            for record in stacks.entries.values():  # [samples, cpu, wall, codes]
                 n += record[0]
                 if n >= self.min_samples:
                     return False
@@ -239,7 +242,7 @@ class ExportPipeline(QueueWorker):
                     self._cond.notify_all()
                 cpu.tick()
 
-    def _build(self, session: "Session") -> tuple[Optional[tuple[Profile, int]], str]:
+    def _build(self, session: "Session | WindowProfile") -> tuple[Optional[tuple[Profile, int]], str]:
         """One session's profile and its estimated size, or None and the drop reason."""
         started = time.perf_counter()
         try:
@@ -248,7 +251,8 @@ class ExportPipeline(QueueWorker):
             self._log_once("build", "otelprof: building a profile failed; it is skipped", exc=True)
             return None, "error"
         self.stats.record("collection_duration", time.perf_counter() - started)
-        if profile.sample_count < self.min_samples and not profile.keep_if_empty:
+        if profile.sample_count < self.min_samples and not profile.keep_if_empty and not getattr(
+                session, "window", False):
             return None, "too_short"
         size = estimate_size(profile)
         self.stats.record("profile_size", size)

@@ -59,5 +59,5 @@ def trim_profile(profile: Profile, keep_ratio: float) -> Optional[Profile]:
                     nf = fn_map[loc.function_index] = b.function(fn.name, fn.filename, fn.start_line)
                 nl = loc_map[li] = b.location(nf, loc.line)
             locs.append(nl)
-        b.add(b.stack(locs), s.thread_name, s.count, s.cpu_ns, s.wall_ns)
+        b.add(b.stack(locs), s.thread_name, s.count, s.cpu_ns, s.wall_ns, link=s.link)
     return out

@@ -491,8 +491,12 @@ class RequestHandle(TailTicket):
         if session is None or self.span is None or not self.span.is_recording():
             return
         summary = session_summary(session)
+        # a short request profiled by chance has no profile of its own: its samples
+        # are in its route's aggregate (docs/sampling.md, "Short requests")
+        aggregate = session.aggregate_id
         set_span_attributes(self.span, {
-            "otelprof.profile_id": session.profile_id_hex,
+            **({"otelprof.aggregate_profile_id": aggregate.hex()} if aggregate is not None
+               else {"otelprof.profile_id": session.profile_id_hex}),
             "otelprof.samples": summary["samples"],
             "otelprof.cpu_ms": summary["cpu_ms"],
             "otelprof.wall_ms": summary["wall_ms"],

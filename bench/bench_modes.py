@@ -1,0 +1,305 @@
+"""Benchmark the window-profile modes side by side in one run (not a test).
+
+    .venv/bin/python bench/bench_modes.py [--rounds 3] [--duration 5] [--connections 8] [--stacks asgi,wsgi]
+    .venv/bin/python bench/bench_modes.py --micro     # in-process cost per request, no server
+
+Stacks: FastAPI under uvicorn (1 worker) and Flask under gunicorn (1 sync worker),
+each server pinned to core 0 (``taskset``), loaded by ``wrk`` pinned to core 1.
+Endpoints: ``/fast`` (returns at once: the shortest request there is) and ``/cpu``
+(~5 ms of pure-Python work, calibrated once for all servers).  Configurations:
+
+* ``none``  -- no middleware;
+* ``p100``  -- every request profiled at 100 Hz, each exported as its own profile
+  (budgets lifted): what short requests cost before aggregates;
+* ``agg``   -- every request profiled at 100 Hz, but short ones aggregated:
+  ``min_samples=1000`` (every request is short), ``aggregate_window=10s``;
+* ``cont``  -- continuous mode at 100 Hz (``continuous_hz=100``), no per-request
+  profiles (probability 0, late and CPU triggers off): the cost of sampling the
+  whole process all the time.
+
+Profiles go to the ``none`` exporter (built, not written), so the numbers are the
+middleware + sampler + profile building cost.  Servers are started once and stay up;
+runs are interleaved (alternating order per round); medians are reported.
+Goals: ``agg`` >= 0.85x of ``none`` on ``/fast``; ``cont`` >= 0.97x on ``/cpu`` and
+``/fast``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+
+from _calibrate import shared_loops  # noqa: E402  (bench/ is on sys.path)
+from bench_wsgi import _free_port, _wrk  # noqa: E402  (the same load generator as the WSGI benchmark)
+
+MODES = ("none", "p100", "agg", "cont")
+ENDPOINTS = ("/fast", "/cpu")
+STACKS = ("asgi", "wsgi")
+GOALS = {("/fast", "agg"): 0.85, ("/fast", "cont"): 0.97, ("/cpu", "cont"): 0.97}
+
+COMMON = '''
+import os
+MODE = os.environ["BENCH_MODE"]
+LOOPS = int(os.environ["BENCH_LOOPS"])
+
+
+def otelprof_options(mode):
+    lifted = {"max_profiles_per_minute": 1_000_000, "max_concurrent_profiles": 64, "max_overhead": 1.0,
+              "cpu_trigger": False}
+    if mode == "p100":
+        return {"exporter": "none", "probability": 1.0, "sample_hz": 100, **lifted}
+    if mode == "agg":
+        return {"exporter": "none", "probability": 1.0, "sample_hz": 100, "min_samples": 1000,
+                "aggregate_window": 10, **lifted}
+    return {"exporter": "none", "probability": 0.0, "continuous_hz": 100, "slow_promotion": False,
+            "slow_route_arming": False, "error_profile_duration": 0, "cpu_trigger": False}
+
+
+def burn_5ms():
+    total = 0
+    for i in range(LOOPS):
+        total += i * i % 7
+    return total
+'''
+
+FASTAPI_APP = COMMON + '''
+from fastapi import FastAPI
+app = FastAPI()
+PROFILER = None
+if MODE != "none":
+    from otelprof_middleware import Profiler
+    from otelprof_middleware.asgi import ProfilingMiddleware
+    PROFILER = Profiler(**otelprof_options(MODE))
+    app.add_middleware(ProfilingMiddleware, profiler=PROFILER)
+
+
+@app.get("/fast")
+async def fast():
+    return {"ok": 1}
+
+
+@app.get("/cpu")
+async def cpu():
+    return {"v": burn_5ms()}
+
+
+@app.get("/_stats")
+async def stats():
+    return PROFILER.stats() if PROFILER is not None else {}
+'''
+
+FLASK_APP = COMMON + '''
+import json
+from flask import Flask
+app = Flask(__name__)
+PROFILER = None
+if MODE != "none":
+    from otelprof_middleware import Profiler
+    from otelprof_middleware.flask import OtelProf
+    PROFILER = Profiler(**otelprof_options(MODE))
+    OtelProf(app, profiler=PROFILER)
+
+
+@app.route("/fast")
+def fast():
+    return "ok"
+
+
+@app.route("/cpu")
+def cpu():
+    burn_5ms()
+    return "ok"
+
+
+@app.route("/_stats")
+def stats():
+    return json.dumps(PROFILER.stats() if PROFILER is not None else {}, default=str)
+'''
+
+
+def _start(workdir: str, stack: str, mode: str) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    if stack == "asgi":
+        cmd = ["taskset", "-c", "0", sys.executable, "-m", "uvicorn", "bench_modes_fastapi:app", "--host",
+               "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"]
+    else:
+        cmd = ["taskset", "-c", "0", sys.executable, "-m", "gunicorn", "-w", "1", "-k", "sync",
+               "-b", f"127.0.0.1:{port}", "--log-level", "warning", "--backlog", "2048", "bench_modes_flask:app"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTELPROF_", "OTEL_"))}
+    env.update(BENCH_MODE=mode, PYTHONPATH=workdir, BENCH_LOOPS=str(shared_loops()), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, port
+        except OSError:
+            if proc.poll() is not None:
+                raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "server exited")
+            time.sleep(0.1)
+    raise RuntimeError(f"{stack}/{mode} did not start")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        proc.kill()
+        proc.wait()
+
+
+def _stats(port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stats", timeout=10) as r:
+        return json.loads(r.read())
+
+
+def micro(repeat: int = 5, number: int = 3000) -> None:
+    """In-process cost per request (µs) of each configuration on a trivial ASGI app
+    called directly (no server, no sockets), best of ``repeat`` batches."""
+    import asyncio
+
+    ns: dict = {}
+    exec(textwrap.dedent(COMMON.replace('os.environ["BENCH_MODE"]', '"none"')
+                         .replace('int(os.environ["BENCH_LOOPS"])', "1")), ns)
+    from otelprof_middleware import Profiler
+    from otelprof_middleware.asgi import ProfilingMiddleware
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    scope = {"type": "http", "method": "GET", "path": "/fast", "query_string": b"", "scheme": "http",
+             "root_path": "", "headers": [(b"host", b"127.0.0.1")]}
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def send(message):
+        pass
+
+    async def run(a) -> float:
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                await a(dict(scope), receive, send)
+            best = min(best, (time.perf_counter() - t0) / number)
+        return best * 1e6
+
+    async def go() -> None:
+        configs = {"none": app}
+        for mode in MODES[1:]:
+            configs[mode] = ProfilingMiddleware(app, profiler=Profiler(**ns["otelprof_options"](mode)))
+        print(f"| config | µs per request (best of {repeat} x {number}) |")
+        print("|---|---:|")
+        for name, a in configs.items():
+            print(f"| {name} | {await run(a):.1f} |")
+
+    asyncio.run(go())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--micro", action="store_true", help="only the in-process cost per request")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--stacks", default=",".join(STACKS))
+    ap.add_argument("--modes", default=",".join(MODES))
+    args = ap.parse_args()
+    if args.micro:
+        micro()
+        return 0
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is required")
+    stacks = [s for s in args.stacks.split(",") if s]
+    modes = [m for m in args.modes.split(",") if m]
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"WARNING: load average {load:.1f} before the run: ratios are only indicative", flush=True)
+    workdir = tempfile.mkdtemp(prefix="bench-modes-")
+    for name, text in (("bench_modes_fastapi.py", FASTAPI_APP), ("bench_modes_flask.py", FLASK_APP)):
+        with open(os.path.join(workdir, name), "w") as f:
+            f.write(textwrap.dedent(text))
+    started = time.monotonic()
+    servers: dict[tuple[str, str], tuple[subprocess.Popen, int]] = {}
+    results: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    counts: dict[tuple[str, str, str], list[dict]] = {}
+    try:
+        for stack in stacks:
+            for mode in modes:
+                servers[(stack, mode)] = _start(workdir, stack, mode)
+        for (stack, mode), (_proc, port) in servers.items():
+            for endpoint in ENDPOINTS:
+                _wrk(f"http://127.0.0.1:{port}{endpoint}", 1.0, args.connections)  # warm-up
+        for rnd in range(args.rounds):
+            for stack in stacks:
+                for endpoint in ENDPOINTS:
+                    order = modes if rnd % 2 == 0 else list(reversed(modes))
+                    for mode in order:
+                        port = servers[(stack, mode)][1]
+                        before = _stats(port) if mode != "none" else {}
+                        rps, p99 = _wrk(f"http://127.0.0.1:{port}{endpoint}", args.duration, args.connections)
+                        after = _stats(port) if mode != "none" else {}
+                        results.setdefault((stack, endpoint, mode), []).append((rps, p99))
+                        if mode != "none":
+                            counts.setdefault((stack, endpoint, mode), []).append(
+                                {k: after.get(k, 0) - before.get(k, 0)
+                                 for k in ("profiles_started", "profiles_aggregated", "window_profiles",
+                                           "profiles_collected")})
+                        print(f"round {rnd + 1} {stack} {endpoint:5} {mode:4} {rps:9.1f} req/s  p99 {p99:7.2f} ms",
+                              flush=True)
+    finally:
+        for proc, _port in servers.values():
+            _stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\ntotal time {time.monotonic() - started:.0f}s; wrk -t1 -c{args.connections} -d{args.duration:g}s, "
+          f"medians of {args.rounds} interleaved runs; server on core 0, wrk on core 1\n")
+    print("| stack | endpoint | config | req/s | p99 ms | throughput vs none | p99 vs none | "
+          "profiles started / aggregated / window profiles / collected |")
+    print("|---|---|---|---:|---:|---:|---:|---|")
+    verdicts = []
+    for stack in stacks:
+        for endpoint in ENDPOINTS:
+            base = results.get((stack, endpoint, "none"))
+            base_rps = statistics.median(r for r, _ in base) if base else None
+            base_p99 = statistics.median(p for _, p in base) if base else None
+            for mode in modes:
+                runs = results[(stack, endpoint, mode)]
+                rps = statistics.median(r for r, _ in runs)
+                p99 = statistics.median(p for _, p in runs)
+                c = counts.get((stack, endpoint, mode))
+                shown = "-"
+                if c:
+                    shown = " / ".join(str(sum(x[k] for x in c)) for k in
+                                       ("profiles_started", "profiles_aggregated", "window_profiles",
+                                        "profiles_collected"))
+                ratio = f"{rps / base_rps:.3f}x" if base_rps else "-"
+                pratio = f"{p99 / base_p99:.3f}x" if base_p99 else "-"
+                print(f"| {stack} | {endpoint} | {mode} | {rps:.1f} | {p99:.2f} | {ratio} | {pratio} | {shown} |")
+                goal = GOALS.get((endpoint, mode))
+                if base_rps and goal is not None:
+                    verdicts.append(f"{stack} {mode} on {endpoint}: {rps / base_rps:.3f}x (goal >= {goal}) "
+                                    f"{'MET' if rps / base_rps >= goal else 'MISSED'}")
+    print()
+    for v in verdicts:
+        print(v)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
