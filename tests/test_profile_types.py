@@ -620,3 +620,29 @@ def test_without_the_extension_in_a_fresh_process(tmp_path: Any) -> None:
     assert attrs["otelprof.sampler"] == "python"  # the CPU sampler fell back too
     assert attrs["otelprof.gc_collections"] >= 1
     assert proc.stderr.count("allocation profiling unavailable") == 1, proc.stderr
+
+
+def test_pyroscope_gets_memory_and_mutex_series_only_for_profiles_that_have_them() -> None:
+    from otelprof_middleware.config import Config
+    from otelprof_middleware.export.registry import create_exporter
+
+    p, exporter = _profiler(profile_types="lock")
+    try:
+        lock = threading.Lock()
+        with p.profile("with-wait"):
+            _contend(lock)
+        with p.profile("no-wait"):
+            time.sleep(0.01)
+        assert p.force_flush(30)
+        waited, idle = exporter.by_name("with-wait")[-1], exporter.by_name("no-wait")[-1]
+    finally:
+        p.shutdown(5)
+    pyro: Any = create_exporter("pyroscope", Config.load(dict(exporter="pyroscope"), env={}))
+    _size, state = pyro.encode([waited, idle])
+    series = [[name for _kind, name, _raw in raws] for raws in state]
+    assert series[0][0] == "process_cpu" and "mutex" in series[0] and "memory" not in series[0]
+    assert "mutex" not in series[1]
+    raw = next(r for _k, name, r in state[0] if name == "mutex")
+    decoded = decode_pprof(raw)
+    assert decoded.sample_types == [("contentions", "count"), ("delay", "nanoseconds")]
+    assert sum(s.values[1] for s in decoded.samples) == waited.total("lock_wait")
