@@ -668,8 +668,12 @@ cs_set_interval(PyObject *self, PyObject *args)
     if (s->state != SLOT_ACTIVE)
         Py_RETURN_NONE;
     if (s->source == OTP_SRC_PERF) {
-        /* the handler draws each next period around this mean */
+        /* the handler draws each next period around this mean; a faster rate also
+         * brings the pending draw in (a parked timer taken up by a 1 kHz profile would
+         * otherwise wait out a draw made at its old rate: no sample in a 3 ms request) */
         __atomic_store_n(&s->interval_ns, (int64_t)interval_ns, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&s->target, __ATOMIC_RELAXED) > (uint64_t)interval_ns)
+            __atomic_store_n(&s->target, (uint64_t)interval_ns, __ATOMIC_RELAXED);
     } else if (s->has_timer && arm(s, interval_ns) != 0) {
         return PyErr_SetFromErrno(PyExc_OSError);
     }

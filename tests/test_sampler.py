@@ -207,7 +207,15 @@ def test_cpu_shares_match_the_work_split(profiler_factory, tmp_path, sampler_kin
                                 native_sampler=sampler_kind == "native")
     counts = [0, 0]
     with BackgroundThread(burn_mix, counts, name="mixer") as bg:
-        session = profile_thread(profiler, bg.ident, "mixer", 2.0, "mix")
+        # ~2 s of the mixer's CPU, however long a loaded machine takes to give it: the
+        # samples' count, not the wall time, sets the statistical error of the shares
+        session = profiler.start_session("mix", attach=False, link=None)
+        session.attach_thread(bg.ident, "mixer")
+        cpu0 = thread_cpu_ns(bg.ident)
+        deadline = time.monotonic() + 30
+        while thread_cpu_ns(bg.ident) - cpu0 < 2_000_000_000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        profiler.finish_session(session)
     assert profiler.force_flush(10)
 
     (line,) = [json.loads(x) for x in (out / "index.jsonl").read_text().splitlines()]

@@ -386,9 +386,11 @@ def test_cpu_trigger_fires_under_real_burn_and_cools_down(profiler_factory: Any)
         assert wait_until(lambda: not policy.decide(req()).profile, 5)  # the 0.5 s profiling period ends
         n = mon.readings
         assert wait_until(lambda: mon.readings >= n + 8, 10)  # keep burning for > 1 window
-        assert policy.cpu_trigger.fired == 1  # cooling down: no second firing
+        # a reading at or above the threshold while cooling down (on a loaded machine the
+        # burn may get less CPU for a moment: wait for one) ...
+        assert wait_until(lambda: policy.cpu_trigger.last_utilisation >= policy.cpu_trigger.threshold, 10)
+        assert policy.cpu_trigger.fired == 1  # ... and no second firing
         assert not policy.decide(req()).profile
-        assert policy.cpu_trigger.last_utilisation >= policy.cpu_trigger.threshold
     finally:
         stop.set()
         t.join(5)

@@ -20,9 +20,11 @@ through untouched):
   which other requests share), tasks that send the response for it (Starlette runs a
   ``StreamingResponse`` body in a child task) are attached at their first ``send``,
   and thread-pool work started for it is followed (:mod:`.threads`);
-* the profile covers the request until the application returns (the last body
-  chunk and Starlette background tasks included), also when it raises (the error
-  propagates unchanged) or is cancelled;
+* the profile covers the request until its last body chunk is sent (where the
+  OpenTelemetry ASGI span ends too, so the summary on the span is the finished
+  profile's; Starlette background tasks that run after it are not included), or
+  until the application returns, raises (the error propagates unchanged) or is
+  cancelled without finishing the body;
 * the trace link is the current OpenTelemetry span at entry, else the span seen
   at the first ``send`` (our middleware may sit outside the OTel one), else the
   incoming ``traceparent`` (link source ``traceparent``);
@@ -156,7 +158,11 @@ class ProfilingMiddleware:
         if handle is None:  # the application gets the server's own send, untouched
             await self.app(scope, receive, send)
             return
-        await handle.acall(self.app, scope, receive, handle.send)
+        try:
+            await self.app(scope, receive, handle.send)
+        except BaseException as exc:
+            handle.finish(error=exc)
+            raise
         handle.finish()
 
     async def _unconfigured(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -235,8 +241,8 @@ class ASGIRequest(RequestHandle):
         try:
             if self.session is not None:
                 message = self._profiled_message(message)
-            elif message.get("type") == "http.response.start":
-                self.status = message.get("status")
+            elif self.status is None and message.get("type") == "http.response.start":
+                self.status = message.get("status")  # (body messages: one attribute check)
         except Exception:
             self.rp.report_failure("asgi-send", "otelprof: profiling failed while sending a response; "
                                    "the response is unchanged")

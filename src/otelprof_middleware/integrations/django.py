@@ -150,7 +150,7 @@ class DjangoRequest(RequestHandle):
         """The response is there: status, route, ``X-Profile-Id``; the request ends now,
         or with its streamed body."""
         try:
-            self.set_status(int(response.status_code))
+            self.status = int(response.status_code)
             if self.session is not None:
                 self.set_route(_route(self.request))
                 for name, value in self.response_headers(response.has_header):
@@ -202,13 +202,23 @@ class ProfilingMiddleware:
         handle = self._begin(request)
         if handle is None:
             return self.get_response(request)
-        return handle.respond(handle.call(self.get_response, request))
+        try:
+            response = self.get_response(request)
+        except BaseException as exc:
+            handle.finish(error=exc)
+            raise
+        return handle.respond(response)
 
     async def __acall__(self, request: Any) -> Any:
         handle = self._begin(request)
         if handle is None:
             return await self.get_response(request)
-        return handle.respond(await handle.acall(self.get_response, request))
+        try:
+            response = await self.get_response(request)
+        except BaseException as exc:
+            handle.finish(error=exc)
+            raise
+        return handle.respond(response)
 
     def _begin(self, request: Any) -> Optional[DjangoRequest]:
         """The request's handle if it is profiled or watched, else None (never raises)."""

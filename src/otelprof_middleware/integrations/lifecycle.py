@@ -36,7 +36,7 @@ import asyncio
 import threading
 import time
 import weakref
-from typing import Any, Awaitable, Callable, Optional, TypeVar, cast
+from typing import Any, Callable, Optional, TypeVar, cast
 
 from opentelemetry import trace as _trace
 
@@ -45,7 +45,8 @@ from ..profile import SpanLink
 from ..config import Config
 from ..profiler import Profiler, activate_session, deactivate_session, get_profiler, shared_profiler
 from ..session import EXTRA_SPAN_KEYS, Session, session_summary
-from ..tracecontext import link_from_span, parse_traceparent, set_span_attributes, trace_of_traceparent
+from ..tracecontext import (SPAN_KEY as _SPAN_KEY, current_context as _current_context, link_from_span,
+                            parse_traceparent, set_span_attributes, span_or_none, trace_of_traceparent)
 from . import threads
 from ._http import headers_to_add
 
@@ -130,9 +131,10 @@ class RequestProfiling:
         current span (when there is one) for :meth:`RequestHandle.open`.  Allocates
         nothing for most requests."""
         entry = self.profiler.policy.entry
-        span: Any = _get_current_span()
-        if span is _INVALID_SPAN:
-            span = None
+        span: Any = _current_context().get(_SPAN_KEY)  # None for most requests: two C calls
+        if span is None and not traceparent:
+            return entry.screen(header_value, None, True), None
+        span = span_or_none(span)
         trace = _NO_TRACE
         if entry.needs_trace:
             ctx = span.get_span_context() if span is not None else None
@@ -247,15 +249,15 @@ class RequestHandle(TailTicket):
         the integration must follow the request (:attr:`watched`).  ``span`` comes
         from :meth:`RequestProfiling.screen`; ``traceparent`` is the incoming header
         (the link when there is no span)."""
-        self.span = span
+        if span is not None:
+            self.span = span
         if traceparent is not None:
             self.traceparent = traceparent
         rp = self.rp
         policy = rp.profiler.policy
         late = policy.late
         if verdict is _WATCH:  # the common case: nothing selected it, the late triggers watch it
-            late.watch(self)
-            if late.promotes:
+            if late.watch(self):  # (promotion on: thread-pool hand-offs are followed)
                 self._hop_token = _follow_hops(_ref(self))  # the watchdog's cached weak reference
             return True
         info = self.info
@@ -402,22 +404,6 @@ class RequestHandle(TailTicket):
         return []
 
     # ------------------------------------------------------------ end
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)``; if it raises, the request ends with that error (re-raised)."""
-        try:
-            return fn(*args)
-        except BaseException as exc:
-            self.finish(error=exc)
-            raise
-
-    async def acall(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """``await fn(*args)``; if it raises, the request ends with that error (re-raised)."""
-        try:
-            return await fn(*args)
-        except BaseException as exc:
-            self.finish(error=exc)
-            raise
-
     def finish(self, error: Optional[BaseException] = None) -> None:
         """End of the request (body sent, or failed).  Idempotent, never raises.
         An exception that no response was sent for counts as status 500 (the server
@@ -430,19 +416,20 @@ class RequestHandle(TailTicket):
                 self.set_error(error)
                 if self.status is None and isinstance(error, Exception):
                     self.status = 500
-            token = self._hop_token
-            if token is not None:
-                self._hop_token = None
+            if self._hop_token is not None:
                 try:
-                    _reset_hops(token)
+                    _reset_hops(self._hop_token)
                 except ValueError:  # ended in another context than it began (a streamed body)
                     pass
-            if self.session is not None:
+            if self.session is None:  # the common case: watched only
+                if self.tail_t0 is not None:
+                    self.rp.profiler.policy.late.finished(self)  # outcome -> route arming
+            else:
                 self.on_profiled_end(error)
-            # outcome -> route arming, flight-recorder keep/discard; False: the
-            # watchdog is promoting this request right now and finalises it itself
-            if (self.tail_t0 is None or self.rp.profiler.policy.late.finished(self)) and self.session is not None:
-                self.finalize()
+                # outcome -> route arming, flight-recorder keep/discard; False: the
+                # watchdog is promoting this request right now and finalises it itself
+                if (self.tail_t0 is None or self.rp.profiler.policy.late.finished(self)) and self.session is not None:
+                    self.finalize()
         except Exception:
             self.rp.report_failure("finish", "otelprof: request profiling failed at finish")
         self.source = None

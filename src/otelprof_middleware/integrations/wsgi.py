@@ -59,6 +59,7 @@ class WSGIRequest(RequestHandle):
     #: Flask's is ``app.debug``), named ``debug_flag`` in messages
     debug_of: Optional[Callable[[], bool]] = None
     debug_flag = ""
+    _result: Any = None  # the application's iterable, while the handle stands in for it
 
     def __init__(self, rp: RequestProfiling, environ: dict[str, Any], start_response: Callable[..., Any]) -> None:
         self.rp = rp
@@ -111,15 +112,25 @@ class WSGIRequest(RequestHandle):
 
     def respond(self, app: Callable[..., Iterable[bytes]]) -> Iterable[bytes]:
         """Run ``app`` for this request and hand back its iterable, followed to its end."""
-        environ = self.source
-        result = self.call(app, environ, self.start_response)
         try:
-            if self.session is None:  # watched only
-                if type(result) is list:  # produced in full: the request's work is done
-                    self.finish()
-                    return result
-                return _ClosingBody(result, self)
-            file_wrapper = environ.get("wsgi.file_wrapper")
+            result = app(self.source, self.start_response)
+        except BaseException as exc:
+            self.finish(error=exc)
+            raise
+        if self.session is None:  # watched only
+            if type(result) is list:  # produced in full: the request's work is done
+                self.finish()
+                return result
+            # the handle is the iterable: iteration goes straight to the application's
+            # iterator, close() ends the request (nothing more is allocated)
+            self._result = result
+            return self
+        return self.profiled_body(result)
+
+    def profiled_body(self, result: Iterable[bytes]) -> Iterable[bytes]:
+        """The iterable of a profiled request: its profile ends at ``close()``."""
+        try:
+            file_wrapper = self.environ.get("wsgi.file_wrapper")
             if (file_wrapper is not None and isinstance(file_wrapper, type) and type(result) is file_wrapper
                     and getattr(result, "filelike", None) is not None):
                 return _keep_file_wrapper(result, self)
@@ -127,6 +138,16 @@ class WSGIRequest(RequestHandle):
         except Exception:  # never lose the response because of us
             self.finish()
             return result
+
+    # the iterable of a watched (not profiled) request (see respond)
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._result)
+
+    def close(self) -> None:
+        _close_then_finish(self._result, self)
+
+    # (no __del__: a server that never calls close() drops the handle, and the
+    # watchdog sees a request that ended without its end)
 
 
 class ProfilingMiddleware:
@@ -177,26 +198,6 @@ class ProfilingMiddleware:
         if handle is None:
             return self.app(environ, start_response)
         return handle.respond(self.app)
-
-
-class _ClosingBody:
-    """The iterable of a watched (not profiled) request: iteration goes straight to
-    the application's iterator; ``close()`` also ends the request."""
-
-    __slots__ = ("_result", "_handle")
-
-    def __init__(self, result: Iterable[bytes], handle: RequestHandle) -> None:
-        self._result = result
-        self._handle = handle
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._result)
-
-    def close(self) -> None:
-        _close_then_finish(self._result, self._handle)
-
-    # (no __del__: a server that never calls close() drops the handle with this
-    # object, and the watchdog sees a request that ended without its end)
 
 
 class ProfiledBody:

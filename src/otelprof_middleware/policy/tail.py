@@ -62,6 +62,7 @@ class TailState(enum.IntEnum):
     DONE = 4
 
 
+_ref = weakref.ref
 _REGISTERED, _PROMOTING, _PROMOTED, _DONE = (TailState.REGISTERED, TailState.PROMOTING, TailState.PROMOTED,
                                              TailState.DONE)
 
@@ -112,15 +113,18 @@ class LateTriggers:
         self.reaped = 0
 
     # ------------------------------------------------------------------ request side
-    def watch(self, request: ProfilableRequest) -> None:
+    def watch(self, request: ProfilableRequest) -> bool:
         """Watch a request that is not profiled (the fast path: no entry decision was
-        needed).  One clock read and one dict insert."""
+        needed).  One clock read and one dict insert.  True when the watchdog may
+        promote it."""
         request.tail_t0 = self.clock()
         if self.promotes:
             request.tail_state = _REGISTERED
-            self._inflight[weakref.ref(request)] = True  # Watchdog.register, inlined
+            self._inflight[_ref(request)] = True  # Watchdog.register, inlined
             if not self.watchdog.running:
                 self.watchdog.start()
+            return True
+        return False
 
     def started(self, request: ProfilableRequest) -> None:
         """After a full entry decision: start the flight recorder and/or watch."""
@@ -138,9 +142,8 @@ class LateTriggers:
         keep/discard.  False when the watchdog finishes the profile instead (it was
         promoting the request at this very moment)."""
         proceed = True
-        state = request.tail_state
-        if state:
-            if state == _REGISTERED and self._inflight.pop(weakref.ref(request), None) is not None:
+        if request.tail_state:
+            if request.tail_state == _REGISTERED and self._inflight.pop(_ref(request), None) is not None:
                 request.tail_state = _DONE  # still ours (Watchdog.unregister, inlined)
             else:  # claimed by the watchdog: hand over under the lock
                 with self.lock:
@@ -151,12 +154,12 @@ class LateTriggers:
         if t0 is None:
             return proceed
         now = self.clock()
+        slow = now - t0 >= self.threshold
         status = request.status
         failed = request.error is not None or (status is not None and status >= 500)
-        slow = now - t0 >= self.threshold
         if (slow and self.arms_slow) or (failed and self.arms_error):
             self._arm(request, slow, failed, now)
-        if proceed and request.recording:
+        if request.recording and proceed:
             self._finish_recording(request, slow, failed)
         return proceed
 
