@@ -11,7 +11,7 @@ import sys
 
 from setuptools import Extension, setup
 
-SOURCES = ["module.c", "safe_read.c", "code_registry.c", "frames.c", "cpu_sampler.c"]
+SOURCES = ["module.c", "safe_read.c", "code_registry.c", "frames.c", "cpu_sampler.c", "alloc_hook.c", "lock_wrap.c"]
 
 
 def _native_wanted() -> bool:
@@ -27,7 +27,7 @@ if _native_wanted():
             "otelprof_middleware._native",
             sources=[os.path.join("native", s) for s in SOURCES],
             depends=[os.path.join("native", "otelprof_native.h")],
-            libraries=["rt"],
+            libraries=["rt", "m"],
             extra_compile_args=["-O2", "-fno-strict-aliasing", "-Wall", "-Wno-missing-field-initializers"],
             optional=True,  # a failed build leaves the pure-Python sampler, never a failed install
         )

@@ -385,8 +385,8 @@ cs_handler_ok(PyObject *self, PyObject *noarg)
 /* Scratch for walking up to max_frames frames: frames, two chunk copies, code
  * header reads.  Replaces (and frees) the previous scratch: call it only when no
  * walk can be using that one. */
-static int
-alloc_walk(otp_walk_scratch *w, otp_frame **frames_out, int max_frames)
+int
+otp_alloc_walk(otp_walk_scratch *w, otp_frame **frames_out, int max_frames)
 {
     otp_frame *frames = malloc((size_t)max_frames * sizeof(otp_frame));
     char *block = malloc(OTP_BLOCK_BYTES);
@@ -423,7 +423,7 @@ ensure_buffers(otp_slot *s, int max_frames)
         cap *= 2;
     char *ring = malloc(cap);
     /* the slot is free (not active): no handler can be using the old buffers */
-    if (ring == NULL || alloc_walk(&s->walk, &s->frames, max_frames) != 0) {
+    if (ring == NULL || otp_alloc_walk(&s->walk, &s->frames, max_frames) != 0) {
         free(ring);
         return -1;
     }
@@ -684,8 +684,8 @@ cs_set_interval(PyObject *self, PyObject *args)
 
 /* (codes, lastis, frame addresses) of recorded frames, leaf first; a code that does
  * not validate is None, a frame not yet started is left out. */
-static int
-frame_tuples(const otp_frame *frames, int nframes, PyObject **codes_out, PyObject **lastis_out,
+int
+otp_frame_tuples(const otp_frame *frames, int nframes, PyObject **codes_out, PyObject **lastis_out,
              PyObject **addrs_out, uint64_t *unknown)
 {
     PyObject *codes = PyTuple_New(nframes);
@@ -738,7 +738,7 @@ static PyObject *
 sample_tuple(const rec_header *h, const otp_frame *frames, uint64_t *unknown)
 {
     PyObject *codes, *lastis, *addrs;
-    if (frame_tuples(frames, h->nframes, &codes, &lastis, &addrs, unknown) != 0)
+    if (otp_frame_tuples(frames, h->nframes, &codes, &lastis, &addrs, unknown) != 0)
         return NULL;
     return Py_BuildValue("(KKKIINNNK)", (unsigned long long)h->cpu_start, (unsigned long long)h->cpu_end,
                          (unsigned long long)h->mono, (unsigned int)h->overruns, (unsigned int)h->omitted,
@@ -809,7 +809,7 @@ cs_walk(PyObject *self, PyObject *args)
     if (max_frames > OTP_MAX_FRAMES_LIMIT)
         max_frames = OTP_MAX_FRAMES_LIMIT;
     if (walk_cap < max_frames) {
-        if (alloc_walk(&walk_scratch, &walk_frames, max_frames) != 0)
+        if (otp_alloc_walk(&walk_scratch, &walk_frames, max_frames) != 0)
             return PyErr_NoMemory();
         walk_cap = max_frames;
     }
@@ -821,7 +821,7 @@ cs_walk(PyObject *self, PyObject *args)
     if (n <= 0)
         Py_RETURN_NONE;
     PyObject *codes, *lastis, *addrs;
-    if (frame_tuples(walk_frames, n, &codes, &lastis, &addrs, &walk_unknown) != 0)
+    if (otp_frame_tuples(walk_frames, n, &codes, &lastis, &addrs, &walk_unknown) != 0)
         return NULL;
     return Py_BuildValue("(NNNI)", codes, lastis, addrs, (unsigned int)omitted);
 }

@@ -9,6 +9,8 @@
 
 static PyMethodDef *const parts[] = {
     otp_cpu_sampler_methods,
+    otp_alloc_hook_methods,
+    otp_lock_wrap_methods,
 };
 
 static PyMethodDef module_methods[64];
@@ -36,11 +38,15 @@ PyInit__native(void)
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
         return NULL;
-    PyObject *features = PyTuple_New(0);
+    if (otp_lock_wrap_init(m) != 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    PyObject *features = Py_BuildValue("(s)", "lock_wrap");
 #if OTP_HAVE_CPU_SAMPLER
-    Py_DECREF(features);
-    features = Py_BuildValue("(s)", "cpu_sampler");
-    if (features != NULL && otp_cpu_sampler_init(m) != 0) {
+    Py_XDECREF(features);
+    features = Py_BuildValue("(sss)", "cpu_sampler", "alloc_hook", "lock_wrap");
+    if (features != NULL && (otp_cpu_sampler_init(m) != 0 || otp_alloc_hook_init(m) != 0)) {
         Py_DECREF(features);
         Py_DECREF(m);
         return NULL;

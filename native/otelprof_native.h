@@ -7,6 +7,8 @@
  *   code_registry.c  code objects we hold a strong reference to (address -> code)
  *   frames.c         the CPython-version-specific frame walk and code validation
  *   cpu_sampler.c    per-thread CPU timers, the SIGPROF handler, ring buffers, drain
+ *   alloc_hook.c     the object allocator hook: Poisson-sampled allocations of profiled threads
+ *   lock_wrap.c      ProfiledLock, the `lock` profile type's lock wrapper (any platform)
  *
  * A new part (e.g. an allocator hook) adds a source file, a PyMethodDef table and
  * an init function declared below, and registers them in module.c.
@@ -109,8 +111,21 @@ extern uint64_t otp_registry_resets;
 
 /* ------------------------------------------------------------------ cpu_sampler.c */
 int otp_cpu_sampler_init(PyObject *module);
+/* (Re)allocate walk scratch for max_frames frames (frees the previous one). */
+int otp_alloc_walk(otp_walk_scratch *w, otp_frame **frames_out, int max_frames);
+/* GIL held: (codes, lastis, frame addresses) tuples of recorded frames, leaf first. */
+int otp_frame_tuples(const otp_frame *frames, int nframes, PyObject **codes_out, PyObject **lastis_out,
+                     PyObject **addrs_out, uint64_t *unknown);
+
+/* ------------------------------------------------------------------ alloc_hook.c */
+int otp_alloc_hook_init(PyObject *module);
 #endif /* OTP_HAVE_CPU_SAMPLER */
 
 extern PyMethodDef otp_cpu_sampler_methods[];
+extern PyMethodDef otp_alloc_hook_methods[];
+
+/* ------------------------------------------------------------------ lock_wrap.c (any platform) */
+int otp_lock_wrap_init(PyObject *module);
+extern PyMethodDef otp_lock_wrap_methods[];
 
 #endif /* OTELPROF_NATIVE_H */

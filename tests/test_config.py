@@ -543,3 +543,35 @@ def test_messages_in_the_configuration_reference_are_the_real_ones(tmp_path, mon
     assert documented == produced + [distro]
     # the unknown-variable warning is quoted inline
     assert f"`{unknown_variable}`" in doc
+
+
+# ---------------------------------------------------------------- profile types (issue 14)
+
+
+def test_profile_types_default_and_parsing():
+    c = Config.load({}, env={})
+    assert c.profile_types == ("cpu", "wall")
+    assert c.alloc_sample_interval == 512 * 1024
+    assert c.lock_sample_rate == 1.0
+    c = Config.load({"profile_types": "gc, LOCK", "alloc_sample_interval": "1MiB"}, env={})
+    assert c.profile_types == ("cpu", "wall", "lock", "gc")
+    assert c.alloc_sample_interval == 1024 * 1024
+    # heap is computed from the allocation samples: it implies alloc
+    assert Config.load({"profile_types": ["heap"]}, env={}).profile_types == ("cpu", "wall", "alloc", "heap")
+    assert Config.load({}, env={"OTELPROF_PROFILE_TYPES": "alloc"}).source_of("profile_types") == \
+        "OTELPROF_PROFILE_TYPES"
+
+
+@pytest.mark.parametrize("kwargs, env, needle", [
+    ({"profile_types": "cpu,lok"}, {}, "did you mean 'lock'?"),
+    ({}, {"OTELPROF_PROFILE_TYPES": "allocs"},
+     "(from OTELPROF_PROFILE_TYPES): unknown type 'allocs'; did you mean 'alloc'?"),
+    ({"profile_types": ""}, {}, "needs at least one of"),
+    ({"profile_types": 3}, {}, "must be a comma list of"),
+    ({}, {"OTELPROF_LOCK_SAMPLE_RATE": "2"}, "lock_sample_rate='2' (from OTELPROF_LOCK_SAMPLE_RATE)"),
+    ({"alloc_sample_interval": "0"}, {}, "alloc_sample_interval='0'"),
+])
+def test_profile_types_errors_name_option_value_and_source(kwargs, env, needle):
+    with pytest.raises(ConfigError) as info:
+        Config.load(kwargs, env=env)
+    assert needle in str(info.value)

@@ -210,6 +210,18 @@ def test_apply_masks_window_profiles_named_by_a_raw_path_and_their_sample_links(
     assert Privacy().apply(routed).name == "GET /users/{user_id}"
 
 
+def test_apply_rewrites_sample_labels_lock_site_as_a_file_name() -> None:
+    p = _profile()
+    p.samples = [Sample(0, "t", 1, 1, 1, labels=(("lock_site", "/home/someone/acme-app/db.py:12"),)),
+                 Sample(0, "u", 1, 1, 1, labels=(("lock_site", "/home/someone/acme-app/db.py:12"),))]
+    Privacy(redact_patterns=["acme"]).apply(p)
+    assert [s.labels for s in p.samples] == [(("lock_site", "db.py:12"),)] * 2
+    full = _profile()
+    full.samples = [Sample(0, "t", 1, 1, 1, labels=(("lock_site", "/srv/acme/db.py:12"),))]
+    Privacy(file_paths="full", redact_patterns=["acme"]).apply(full)
+    assert full.samples[0].labels == (("lock_site", "/srv/***/db.py:12"),)
+
+
 # ----------------------------------------------------------------------------- end to end
 
 SECRETS = ("tok_SECRET0", "user@example.com", "QS_SECRET", "HDR_SECRET", "COOKIE_SECRET", "BODY_SECRET",

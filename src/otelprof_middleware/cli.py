@@ -30,6 +30,7 @@ import time
 from typing import IO, Any, Optional, Sequence
 
 from ._version import __version__
+from .profile import EXTRA_TYPES
 from .viewer.text import safe
 
 __all__ = ["main", "read_index", "safe", "summarize_file"]
@@ -105,6 +106,11 @@ def _ms(ns: float) -> str:
 
 
 def _fmt_value(v: float, unit: str) -> str:
+    if unit == "bytes":  # allocation profiles (profile_types)
+        for scale, suffix in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+            if abs(v) >= scale:
+                return f"{v / scale:.2f}{suffix}"
+        return f"{int(v)}B"
     return _ms(v) if unit == "nanoseconds" else (f"{v:g}" if isinstance(v, float) else str(v))
 
 
@@ -468,8 +474,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "folder (the newest, or the one given by --profile-id / --trace-id).")
     p.add_argument("path", nargs="?", default=_default_dir(),
                    help="a .pb.gz file, or the file exporter's folder (default: $OTELPROF_OUTPUT_DIR or ./profiles)")
-    p.add_argument("--type", default="", choices=["cpu", "wall", "samples"], metavar="{cpu,wall,samples}",
-                   help="sample type (default: cpu, or wall/samples when the profile has no CPU time)")
+    p.add_argument("--type", default="", choices=["cpu", "wall", "samples", *EXTRA_TYPES],
+                   metavar="{cpu,wall,samples}",
+                   help="sample type (default: cpu, or wall/samples when the profile has no CPU time; "
+                        "alloc_space, alloc_objects, inuse_space, inuse_objects, lock_wait, lock_acquires "
+                        "for profiles with those profile_types)")
     p.add_argument("--top", type=int, default=15, help="number of functions (default 15)")
     p.add_argument("--profile-id", default="", help="in a folder: this profile (a unique prefix, 0x... are fine)")
     p.add_argument("--trace-id", default="",

@@ -49,7 +49,8 @@ from ._safety import LogOnce
 from ._redact import MASK, mask_key_values, redact_url
 from .privacy import parse_redact_patterns
 
-__all__ = ["Config", "ConfigError", "parse_duration", "parse_size", "parse_trigger_limits", "parse_retention"]
+__all__ = ["Config", "ConfigError", "parse_duration", "parse_size", "parse_trigger_limits", "parse_retention",
+           "parse_profile_types", "PROFILE_TYPES"]
 
 ENV_PREFIX = "OTELPROF_"
 OTLP_PROFILES_PATH = "/v1development/profiles"
@@ -217,6 +218,36 @@ def parse_trigger_limits(raw: Any) -> dict[str, int]:
     return out
 
 
+#: what a profile can measure (docs/profile-types.md); cpu and wall are always sampled together
+PROFILE_TYPES = ("cpu", "wall", "alloc", "heap", "lock", "gc")
+
+
+def parse_profile_types(raw: Any) -> tuple[str, ...]:
+    """``("cpu", "wall", "lock")`` from ``"cpu,wall,lock"`` or a list; ``ConfigError``
+    (with "did you mean") for an unknown type.  ``heap`` implies ``alloc`` (the live
+    bytes are the sampled allocations not freed).  CPU and wall time are always
+    sampled (the other types hang off their sessions): ``cpu``/``wall`` may be
+    listed or left out."""
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    out: list[str] = []
+    for item in items:
+        name = str(item).strip().lower()
+        if not name:
+            continue
+        if name not in PROFILE_TYPES:
+            close = difflib.get_close_matches(name, PROFILE_TYPES, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError("profile_types", raw, f"unknown type {name!r}{hint} (types: "
+                              + ", ".join(PROFILE_TYPES) + ")")
+        out.append(name)
+    if not out:
+        raise ConfigError("profile_types", raw, "needs at least one of " + ", ".join(PROFILE_TYPES))
+    if "heap" in out and "alloc" not in out:
+        out.append("alloc")
+    out += ["cpu", "wall"]
+    return tuple(t for t in PROFILE_TYPES if t in out)
+
+
 #: file exporter retention classes: a profile's strongest trigger, strongest first ("other": none)
 RETENTION_CLASSES = ("header", "error", "slow", "high_cpu", "on_demand", "custom", "manual", "probability", "other")
 
@@ -260,7 +291,8 @@ def _parse_url_list(value: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class _Spec:
-    kind: str  # bool, int, float, duration, size, str, dir, choice, url, kv, limits, urls, patterns, callable, exporters
+    kind: str  # bool, int, float, duration, size, str, dir, choice, url, kv, limits, urls, patterns, callable,
+    # exporters, profile_types
     lo: float | None = None
     hi: float | None = None
     choices: tuple[str, ...] = ()
@@ -291,6 +323,11 @@ class Config:
     native_sampler: bool = _opt(True, "bool", doc="CPU samples from per-thread CPU timers (C extension, Linux); "
                                 "false or unavailable: the pure-Python sampler")
     min_samples: int = _opt(1, "int", 0, 1000, doc="profiles with fewer samples are not exported")
+    profile_types: tuple[str, ...] = _opt(("cpu", "wall"), "profile_types",
+                                          doc="what profiles measure: cpu, wall, alloc, heap, lock, gc (comma list)")
+    alloc_sample_interval: int = _opt(512 * 1024, "size", 1, 1024**3,
+                                      doc="mean bytes allocated between two allocation samples (Poisson)")
+    lock_sample_rate: float = _opt(1.0, "float", 0.0, 1.0, doc="share of lock acquisitions timed (lock type)")
     # --- window profiles (aggregates of short requests, the continuous profile; windows.py)
     aggregate_window: float = _opt(10.0, "duration", 0, 3600, doc="short sampled requests' samples go into "
                                    "one profile per route and window of this length; 0 = off (dropped)")
@@ -541,6 +578,9 @@ def _unknown_option_text(name: str) -> str:
     if key.startswith(ENV_PREFIX.lower()):
         key = key[len(ENV_PREFIX):]
     matches = difflib.get_close_matches(key, list(_specs()), n=3, cutoff=0.6)
+    if matches:  # leave out names a third (of the similarity scale) worse than the best: noise
+        best = difflib.SequenceMatcher(None, key, matches[0]).ratio()
+        matches = [m for m in matches if difflib.SequenceMatcher(None, key, m).ratio() >= best - 1 / 3]
     if not matches:
         return "unknown option (every option is listed in docs/configuration.md and Config.option_names())"
     quoted = [repr(m) for m in matches]
@@ -699,6 +739,13 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
         except ValueError as exc:
             raise fail(f"{exc}; expected regular expressions: a list, a JSON list or a comma-separated string") \
                 from None
+    if kind == "profile_types":
+        try:
+            return parse_profile_types(raw)
+        except ConfigError as exc:
+            raise fail(exc.allowed) from None
+        except (TypeError, ValueError):
+            raise fail(_allowed_text(spec)) from None
     if kind in ("limits", "retention"):
         try:
             return parse_trigger_limits(raw) if kind == "limits" else parse_retention(raw)
@@ -805,6 +852,8 @@ def _allowed_text(spec: _Spec) -> str:
         return "must be comma-separated regular expressions"
     if kind == "dir":
         return "must be a folder"
+    if kind == "profile_types":
+        return "must be a comma list of " + ", ".join(PROFILE_TYPES)
     if kind == "callable":
         return "must be a callable or a dotted path 'package.module:function' to one"
     return "must be a string"

@@ -44,6 +44,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from ._safety import LogOnce, at_fork_reinit
+from .profiletypes import gcwatch
 from .stacks import UNKNOWN, UNSAMPLED, cap_depth, thread_cpu_ns
 
 if TYPE_CHECKING:
@@ -344,6 +345,10 @@ class CpuTimers:
             if None in codes:
                 self.unknown_frames += codes.count(None)
                 codes = tuple(UNKNOWN if c is None else c for c in codes)
+            if gcwatch.watching():
+                marker = gcwatch.leaf(th.ident, mono)
+                if marker is not None:  # taken during a garbage collection: say so as the leaf
+                    codes, lastis, addrs = (marker, *codes), (0, *lastis), (0, *addrs)
             for session, target in entries:
                 w = c1 - max(c0, target.attach_cpu)
                 # a finishing session still takes what its buffers hold (the release drains

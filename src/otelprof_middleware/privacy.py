@@ -334,13 +334,27 @@ class Privacy:
                     s.thread_name = name
             profile.attributes = {k: self.text(v) if isinstance(v, str) else v
                                   for k, v in profile.attributes.items()}
-        # span names: the profile's link, and each sample's own (window profiles)
+        # span names: the profile's link, and each sample's own (window profiles); a
+        # sample's own labels (lock_site: the file and line that created a lock)
         links: dict[SpanLink, SpanLink] = {}
+        labels: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
         profile.link = self._link(profile.link, links)
         for s in profile.samples:
             if s.link is not None:
                 s.link = self._link(s.link, links)
+            if s.labels:
+                got = labels.get(s.labels)
+                if got is None:
+                    got = labels[s.labels] = tuple((k, self._label(k, v)) for k, v in s.labels)
+                s.labels = got
         return profile
+
+    def _label(self, key: str, value: str) -> str:
+        if key.endswith("_site"):  # "file:line": the file name as every other file name
+            file, sep, line = value.rpartition(":")
+            if sep and line.isdigit():
+                return self.file_name(file) + ":" + line
+        return self.text(value)
 
     def _link(self, link: Optional[SpanLink], done: dict[SpanLink, SpanLink]) -> Optional[SpanLink]:
         if link is None or not link.span_name:

@@ -1,11 +1,14 @@
 """The profile model: what one finished unit of work (a request, a job) looked like.
 
 A :class:`Profile` holds interned functions, locations (function + line) and
-stacks (leaf first), and per (stack, thread) sample values: ``count``,
-``cpu_ns`` and ``wall_ns``.  A profile of one unit of work links to its span
-(``Profile.link``); a profile covering a time window (an aggregate of short
-requests, the continuous profile) has no link of its own, and each sample taken
-for a request carries that request's span (``Sample.link``).
+stacks (leaf first), and per (stack, thread, link, labels) sample values:
+``count``, ``cpu_ns`` and ``wall_ns``, plus the values of the extra sample types
+the profile asked for (:data:`EXTRA_TYPES`: allocations, lock waits) in
+``Sample.values``; ``Profile.extra_types`` lists the ones present.  A profile of
+one unit of work links to its span (``Profile.link``); a profile covering a time
+window (an aggregate of short requests, the continuous profile) has no link of
+its own, and each sample taken for a request carries that request's span
+(``Sample.link``).
 
 It knows nothing of frameworks or wire formats: integrations fill its attributes, encoders (``otelprof_middleware.encoding``)
 turn it into pprof or OTLP.
@@ -18,9 +21,22 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Union
 
-__all__ = ["SpanLink", "Function", "Location", "Sample", "Profile", "ProfileBuilder", "AttributeValue", "clean_text"]
+__all__ = ["SpanLink", "Function", "Location", "Sample", "Profile", "ProfileBuilder", "AttributeValue", "clean_text",
+           "EXTRA_TYPES"]
 
 AttributeValue = Union[str, int, float, bool]
+
+#: extra sample types (beyond samples/cpu/wall): name -> (unit, group).  The group
+#: names the Pyroscope profile they belong to (``memory``, ``mutex``); order is the
+#: order encoders write them in.
+EXTRA_TYPES: dict[str, tuple[str, str]] = {
+    "alloc_objects": ("count", "memory"),
+    "alloc_space": ("bytes", "memory"),
+    "inuse_objects": ("count", "memory"),
+    "inuse_space": ("bytes", "memory"),
+    "lock_acquires": ("count", "mutex"),
+    "lock_wait": ("nanoseconds", "mutex"),
+}
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -96,6 +112,8 @@ class Sample:
     cpu_ns: int = 0
     wall_ns: int = 0
     link: SpanLink | None = None  # this sample's own span (window profiles); None: the profile's link
+    values: dict[str, int] = field(default_factory=dict)  # extra sample types (EXTRA_TYPES)
+    labels: tuple[tuple[str, str], ...] = ()  # e.g. (("lock_site", "app.py:12"),)
 
 
 @dataclass
@@ -117,6 +135,8 @@ class Profile:
     profile_id: bytes = field(default_factory=lambda: os.urandom(16))
     truncated: str = ""  # why sampling stopped early ("max_duration", "max_samples"), if it did
     keep_if_empty: bool = False  # export even below min_samples (e.g. its id was sent to a client)
+    extra_types: tuple[str, ...] = ()  # EXTRA_TYPES recorded, in EXTRA_TYPES order
+    extra_periods: dict[str, int] = field(default_factory=dict)  # e.g. alloc_space: the sampling interval
 
     @property
     def profile_id_hex(self) -> str:
@@ -134,6 +154,12 @@ class Profile:
     def wall_ns(self) -> int:
         return sum(s.wall_ns for s in self.samples)
 
+    def total(self, value: str) -> int:
+        """The sum of a sample type over all samples (``cpu_ns``, ``alloc_space``, ...)."""
+        if value in ("count", "cpu_ns", "wall_ns"):
+            return sum(getattr(s, value) for s in self.samples)
+        return sum(s.values.get(value, 0) for s in self.samples)
+
     def top_self(self, n: int = 3, value: str = "cpu_ns") -> list[tuple[str, int]]:
         """The ``n`` functions with the most self (leaf) value, most first.
         Falls back to sample counts when the chosen value is zero everywhere."""
@@ -143,7 +169,8 @@ class Profile:
             if not stack:
                 continue
             fn = self.functions[self.locations[stack[0]].function_index]
-            totals[fn.name] = totals.get(fn.name, 0) + getattr(s, value)
+            v = getattr(s, value) if value in ("count", "cpu_ns", "wall_ns") else s.values.get(value, 0)
+            totals[fn.name] = totals.get(fn.name, 0) + v
         if not any(totals.values()) and value != "count":
             return self.top_self(n, "count")
         ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -158,7 +185,7 @@ class ProfileBuilder:
         self._functions: dict[Function, int] = {}
         self._locations: dict[Location, int] = {}
         self._stacks: dict[tuple[int, ...], int] = {}
-        self._samples: dict[tuple[int, str, SpanLink | None], Sample] = {}
+        self._samples: dict[tuple[int, str, SpanLink | None, tuple[tuple[str, str], ...]], Sample] = {}
 
     def function(self, name: str, filename: str = "", start_line: int = 0) -> int:
         key = Function(name, filename, start_line)
@@ -185,12 +212,25 @@ class ProfileBuilder:
         return idx
 
     def add(self, stack_index: int, thread_name: str = "", count: int = 1, cpu_ns: int = 0, wall_ns: int = 0,
-            link: SpanLink | None = None) -> None:
-        key = (stack_index, thread_name, link)
+            link: SpanLink | None = None, values: dict[str, int] | None = None,
+            labels: tuple[tuple[str, str], ...] = ()) -> None:
+        key = (stack_index, thread_name, link, labels)
         s = self._samples.get(key)
         if s is None:
-            s = self._samples[key] = Sample(stack_index, clean_text(thread_name), link=link)
+            s = self._samples[key] = Sample(stack_index, clean_text(thread_name), link=link,
+                                            labels=tuple((clean_text(k), clean_text(v)) for k, v in labels))
             self.profile.samples.append(s)
         s.count += count
         s.cpu_ns += cpu_ns
         s.wall_ns += wall_ns
+        if values:
+            sv = s.values
+            for k, v in values.items():
+                sv[k] = sv.get(k, 0) + v
+            self.declare(*values)
+
+    def declare(self, *types: str) -> None:
+        """The profile measures these extra types (even if no sample has a value)."""
+        present = self.profile.extra_types
+        if any(t not in present for t in types):
+            self.profile.extra_types = tuple(t for t in EXTRA_TYPES if t in present or t in types)

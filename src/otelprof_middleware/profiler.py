@@ -48,6 +48,8 @@ from .overhead import add_cpu_source, overhead_cpu
 from .policy import Policy
 from .profile import AttributeValue, SpanLink
 from .privacy import Privacy
+from .profiletypes import hooks as profile_type_hooks
+from .profiletypes import recorder_for
 from .sampler import get_sampler
 from .session import Session
 from .stats import Stats
@@ -167,6 +169,7 @@ class Profiler:
         #: the request policy (triggers, budgets); replace it before building a
         #: middleware to inject clocks or random sources (tests)
         self.policy: Policy = Policy(self)
+        profile_type_hooks.acquire(self.config)  # allocation/lock/GC hooks, only for the types asked for
         _live_profilers.add(self)
 
     def _build_exporters(self, given: Optional[Sequence[Any]]) -> list[tuple[Any, str]]:
@@ -247,6 +250,9 @@ class Profiler:
                 triggers=triggers,
                 native=cfg.native_sampler,
             )
+            session.extras = recorder_for(session, cfg)
+            if session.extras is not None:
+                profile_type_hooks.ensure(cfg)  # a forked child installs its hooks here
             if attach:
                 session.attach_current()
             with self._lock:
@@ -398,6 +404,7 @@ class Profiler:
                 self.finish_session(session)
             self._flush_windows(close=True)
             self.policy.close()
+            profile_type_hooks.release(self.config)
             get_sampler().release_idle_timers()
             self._shutdown_ok = self._pipeline.shutdown(max(0.0, deadline - time.monotonic()))
         finally:

@@ -46,9 +46,10 @@ import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Protocol
 
-from . import native_sampler
+from . import native_sampler, profiletypes
 from ._safety import Firewall, LogOnce
 from .stacks import UNKNOWN, UNSAMPLED, SamplingReport, cap_depth, thread_cpu_ns
+from .stacks import walk_frames as _walk_thread
 
 if TYPE_CHECKING:  # the sampler only reads sessions; session.py knows nothing of the sampler
     from .profile import SpanLink
@@ -194,6 +195,8 @@ class Sampler:
             except Exception:  # the other targets' timers must still stop
                 self._firewall.report("release", "otelprof: a sampled thread could not be released cleanly")
         session.stacks.close()  # a tick still under way adds nothing now: the numbers are final
+        if session.extras is not None:
+            session.extras.close()
         if schedule is not None:
             session.report = schedule.report(time.monotonic_ns())
 
@@ -395,6 +398,7 @@ class Sampler:
         timers = self._timers
         if timers is not None:
             timers.drain_all()  # CPU samples first: the wall samples below subtract them
+        profiletypes.drain()  # allocation samples, if a profile type asks for them
         frames = _Frames(timers.lib if timers is not None else None)
         cpu_now: dict[int, Optional[int]] = {}
         schedules = self._schedules
@@ -632,24 +636,6 @@ def bill_remainder(session: Session, target: Target, cpu_ns: int) -> None:
     name = target.thread_name or _thread_name(target.thread_id)
     target.last_key = session.stacks.add(name, (UNSAMPLED,), (0,), cpu_ns, cpu_ns)
 
-
-
-def _walk_thread(frame: Optional[FrameType], stop: Any, max_depth: int) -> tuple[Any, Any]:
-    """Leaf-first code objects and instruction offsets from ``frame`` down to the
-    root (or to ``stop``, a frame included as the last one)."""
-    codes: list[Any] = []
-    lines: list[int] = []
-    append_c = codes.append
-    append_l = lines.append
-    while frame is not None:
-        append_c(frame.f_code)
-        append_l(frame.f_lasti)  # a line number only on the export worker (StackTable.fill)
-        if frame is stop:
-            break
-        frame = frame.f_back
-    if len(codes) > max_depth:
-        return cap_depth(codes, lines, max_depth)
-    return codes, lines
 
 
 def _walk_coroutine(coro: Any, max_depth: int) -> tuple[Any, Any]:

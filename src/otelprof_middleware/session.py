@@ -25,9 +25,11 @@ from typing import Any, Optional, Protocol
 from .profile import AttributeValue, Profile, SpanLink, clean_text, clean_value
 from .stacks import SamplingReport, StackTable, native_id_of
 
-__all__ = ["Session", "Target", "TargetObserver", "SamplingReport", "session_summary"]
+__all__ = ["Session", "Target", "TargetObserver", "ExtrasRecorder", "SamplingReport", "session_summary"]
 
 MAX_HZ = 1000
+#: summary keys of the extra profile types, shown as ``otelprof.<key>`` span attributes
+EXTRA_SPAN_KEYS = ("alloc_bytes", "lock_wait_ms", "gc_ms")
 
 
 class Target:
@@ -68,6 +70,23 @@ class TargetObserver(Protocol):
     def target_removed(self, session: "Session", target: Target) -> None: ...
 
 
+class ExtrasRecorder(Protocol):
+    """What a session records beyond CPU and wall time (allocations, lock waits, GC:
+    :mod:`~otelprof_middleware.profiletypes`); told about targets like the sampler."""
+
+    def target_added(self, session: "Session", target: Target) -> None: ...
+
+    def target_removed(self, session: "Session", target: Target) -> None: ...
+
+    def close(self) -> None: ...
+
+    def attributes(self) -> dict[str, AttributeValue]: ...
+
+    def summary(self) -> dict[str, object]: ...
+
+    def fill(self, profile: Profile) -> Profile: ...
+
+
 class Session:
     """State of one profile while it runs.  Create through ``Profiler.start_session``."""
 
@@ -105,6 +124,7 @@ class Session:
         self.aggregate_id: Optional[bytes] = None  # its samples went into this aggregate profile (windows.py)
         self.report: Optional[SamplingReport] = None
         self._observer: Optional[TargetObserver] = None
+        self.extras: Optional[ExtrasRecorder] = None  # set before the first target, if the config asks
         self._lock = threading.Lock()
         # the rate plan: the sampler reads it and decides when it takes effect
         self._hz = self._base_hz = _clamp_hz(hz)
@@ -233,11 +253,15 @@ class Session:
         obs = self._observer
         if obs is not None:
             obs.target_added(self, target)
+        if self.extras is not None:
+            self.extras.target_added(self, target)
 
     def _removed(self, target: Target) -> None:
         obs = self._observer
         if obs is not None:
             obs.target_removed(self, target)
+        if self.extras is not None:  # after the sampler: its last CPU samples may need GC markers
+            self.extras.target_removed(self, target)
 
     # ------------------------------------------------------------ sampler side
     def sample_budget_exhausted(self, now_ns: int) -> bool:
@@ -268,6 +292,8 @@ class Session:
         duration = self.duration_ns
         if self.report is not None:
             attrs.update(self.report.attributes(duration))
+        if self.extras is not None:
+            attrs.update(self.extras.attributes())
         if self.error:
             attrs.setdefault("otelprof.error", self.error)
         if self.truncated:
@@ -287,7 +313,8 @@ class Session:
             truncated=self.truncated,
             keep_if_empty=self.keep_if_empty,
         )
-        return self.stacks.fill(profile)
+        self.stacks.fill(profile)
+        return self.extras.fill(profile) if self.extras is not None else profile
 
 
 def _clamp_hz(hz: int) -> int:
@@ -299,5 +326,8 @@ def session_summary(session: Session) -> dict[str, object]:
     wall ms, the hottest self-time function (our own frames folded, as in the
     profile).  The same numbers the profile's encoders will show."""
     s = session.stacks.summary()
-    return {"samples": s.samples, "cpu_ms": round(s.cpu_ns / 1e6, 3), "wall_ms": round(s.wall_ns / 1e6, 3),
-            "top_frame": s.top_frame}
+    out: dict[str, object] = {"samples": s.samples, "cpu_ms": round(s.cpu_ns / 1e6, 3),
+                              "wall_ms": round(s.wall_ns / 1e6, 3), "top_frame": s.top_frame}
+    if session.extras is not None:  # alloc_bytes, lock_wait_ms, gc_ms: the types asked for
+        out.update(session.extras.summary())
+    return out

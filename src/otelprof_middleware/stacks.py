@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from types import CodeType
+from types import CodeType, FrameType
 from typing import Any, Optional
 
 from .profile import AttributeValue, Profile, ProfileBuilder, SpanLink
@@ -38,11 +38,15 @@ __all__ = [
     "GAP",
     "UNKNOWN",
     "UNSAMPLED",
+    "GC_MARKERS",
+    "ALLOC_LOST",
+    "StackInterner",
     "PROFILER",
     "FOLD_OWN_FRAMES",
     "line_of",
     "qualname",
     "cap_depth",
+    "walk_frames",
 ]
 
 #: Fold frames of otelprof_middleware into their caller when building profiles.
@@ -51,9 +55,14 @@ FOLD_OWN_FRAMES = True
 GAP = object()  # marks frames dropped from the middle of a too-deep stack (its offset slot holds the count)
 UNKNOWN = object()  # a frame the native sampler recorded but could not name (its code was gone)
 UNSAMPLED = object()  # CPU measured on a thread's clock that no sample located (a block shorter than an interval)
+#: synthetic leaf frames of samples taken during a garbage collection, by generation
+GC_MARKERS = (object(), object(), object())
+ALLOC_LOST = object()  # allocation samples whose stack was dropped (a buffer not drained in time)
 
 PROFILER = object()  # a stack made only of our own frames: the profiler's work on the request's thread
-_MARKER_NAMES = {id(UNKNOWN): "<unknown>", id(UNSAMPLED): "<unsampled CPU>", id(PROFILER): "<otelprof>"}
+_MARKER_NAMES = {id(UNKNOWN): "<unknown>", id(UNSAMPLED): "<unsampled CPU>", id(PROFILER): "<otelprof>",
+                 id(ALLOC_LOST): "<allocation samples lost>",
+                 **{id(m): f"[gc gen {i}]" for i, m in enumerate(GC_MARKERS)}}
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
@@ -120,6 +129,24 @@ def cap_depth(codes: Any, lastis: Any, max_depth: int, omitted: int = 0) -> tupl
         return codes, lastis
     keep = len(codes) - 1 if total <= max_depth else min(max_depth - 2, len(codes) - 1)
     return ((*codes[:keep], GAP, codes[-1]), (*lastis[:keep], total - keep - 1, lastis[-1]))
+
+
+def walk_frames(frame: Optional[FrameType], stop: Any, max_depth: int) -> tuple[Any, Any]:
+    """Leaf-first code objects and instruction offsets from ``frame`` down to the
+    root (or to ``stop``, a frame included as the last one)."""
+    codes: list[Any] = []
+    lines: list[int] = []
+    append_c = codes.append
+    append_l = lines.append
+    while frame is not None:
+        append_c(frame.f_code)
+        append_l(frame.f_lasti)  # a line number only on the export worker (StackTable.fill)
+        if frame is stop:
+            break
+        frame = frame.f_back
+    if len(codes) > max_depth:
+        return cap_depth(codes, lines, max_depth)
+    return codes, lines
 
 
 def _is_own(code: Any) -> bool:
@@ -273,30 +300,45 @@ class StackTable:
         """Intern everything into ``profile`` (runs on the export worker).  Window
         profiles fill one profile from many tables: they pass one ``builder`` for all,
         and each table's span as the ``link`` of its samples."""
-        b = builder if builder is not None else ProfileBuilder(profile)
-        fn_cache: dict[int, int] = {}
-        line_cache: dict[tuple[int, int], int] = {}
-        own: dict[int, bool] = {}
-        fold = FOLD_OWN_FRAMES
+        interner = StackInterner(builder if builder is not None else ProfileBuilder(profile))
         for (thread_name, _ids, lastis), (count, cpu, wall, codes) in self._snapshot():
-            if fold:
-                codes, lastis = _fold(codes, lastis, own)
-            locs = []
-            for code, lasti in zip(codes, lastis):
-                if code is GAP:
-                    f = b.function(f"<{lasti} frames omitted>")  # the gap's slot holds the count
-                    locs.append(b.location(f, 0))
-                    continue
-                marker = _MARKER_NAMES.get(id(code))
-                if marker is not None:
-                    locs.append(b.location(b.function(marker), 0))
-                    continue
-                cached = fn_cache.get(id(code))
-                if cached is None:
-                    cached = fn_cache[id(code)] = b.function(qualname(code), code.co_filename, code.co_firstlineno)
-                line = line_cache.get((id(code), lasti))
-                if line is None:
-                    line = line_cache[(id(code), lasti)] = line_of(code, lasti)
-                locs.append(b.location(cached, line))
-            b.add(b.stack(locs), thread_name, count, cpu, wall, link=link)
+            interner.builder.add(interner.stack(codes, lastis), thread_name, count, cpu, wall, link=link)
         return profile
+
+
+class StackInterner:
+    """Turns recorded (codes, offsets) stacks into a profile's locations: our own
+    frames folded, offsets made line numbers, markers named.  Shared by every
+    table that fills a profile (the CPU/wall table, the allocation and lock tables)."""
+
+    __slots__ = ("builder", "_fn", "_line", "_own")
+
+    def __init__(self, builder: ProfileBuilder) -> None:
+        self.builder = builder
+        self._fn: dict[int, int] = {}
+        self._line: dict[tuple[int, int], int] = {}
+        self._own: dict[int, bool] = {}
+
+    def stack(self, codes: Any, lastis: Any) -> int:
+        b = self.builder
+        if FOLD_OWN_FRAMES:
+            codes, lastis = _fold(codes, lastis, self._own)
+        fn_cache, line_cache = self._fn, self._line
+        locs = []
+        for code, lasti in zip(codes, lastis):
+            if code is GAP:
+                f = b.function(f"<{lasti} frames omitted>")  # the gap's slot holds the count
+                locs.append(b.location(f, 0))
+                continue
+            marker = _MARKER_NAMES.get(id(code))
+            if marker is not None:
+                locs.append(b.location(b.function(marker), 0))
+                continue
+            cached = fn_cache.get(id(code))
+            if cached is None:
+                cached = fn_cache[id(code)] = b.function(qualname(code), code.co_filename, code.co_firstlineno)
+            line = line_cache.get((id(code), lasti))
+            if line is None:
+                line = line_cache[(id(code), lasti)] = line_of(code, lasti)
+            locs.append(b.location(cached, line))
+        return b.stack(locs)

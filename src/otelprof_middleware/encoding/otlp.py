@@ -31,6 +31,17 @@
   Every sample has one value (Pyroscope rejects more when a period is set);
   samples with no CPU (or no wall) time are left out of that profile.  No
   sample-count profile is sent: our sample counts are not a CPU measure.
+* **Extra sample types** (``profile_types``): one more Profile per type the profile
+  measured, ``sample_type`` = the type (``alloc_space/bytes``, ``alloc_objects/count``,
+  ``inuse_*``, ``lock_wait/nanoseconds``, ``lock_acquires/count``) and ``period_type``
+  = its group with the type's unit (``memory/...``, ``mutex/...``).  Pyroscope names
+  an OTLP profile after its period type unless it is the CPU shape (``convert.go``,
+  "Custom profile type": the third part of ``type:unit:period_type:period_unit``), so
+  these arrive as ``memory:alloc_space:bytes:memory:bytes``,
+  ``mutex:lock_wait:nanoseconds:mutex:nanoseconds`` ...: the ``memory`` and ``mutex``
+  profile names Grafana shows as memory and mutex profiles, values unchanged
+  (already scaled estimates).  ``period`` is the allocation sampling interval for the
+  memory types (informational), 1 for the mutex ones.
 * Samples link to the profile's span through ``link_index`` (a sample with a link
   of its own, in a window profile, to that span instead); their attributes are
   ``thread.name``, ``span_name`` and ``http.route`` (the route template), which
@@ -48,7 +59,7 @@ from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 i
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.profiles.v1development import profiles_pb2 as pb
 
-from ..profile import Profile, clean_text
+from ..profile import EXTRA_TYPES, Profile, clean_text
 from ._protowire import LEN, VARINT, Memo, VarintCache, packed, tag
 
 __all__ = ["encode_otlp_request", "DEFAULT_SCOPE_NAME", "FRAME_TYPE"]
@@ -201,7 +212,7 @@ def _profile_attribute_indices(d: _Dictionary, profile: Profile) -> list[int]:
 
 
 def _add_profiles(d: _Dictionary, profile: Profile, out: RepeatedProfiles) -> None:
-    """Append the CPU and the wall Profile for ``profile`` to ``out``."""
+    """Append the CPU, the wall and the extra types' Profiles for ``profile`` to ``out``."""
     link = profile.link
     link_index = d.link(link.trace_id_bytes, link.span_id_bytes) if link is not None and link.is_valid else 0
 
@@ -212,18 +223,23 @@ def _add_profiles(d: _Dictionary, profile: Profile, out: RepeatedProfiles) -> No
     stack_map = Memo(lambda i: d.stack(tuple([loc_index[j] for j in stacks[i]])))
 
     # Merge by OTLP sample identity (stack, attributes, link); the link and the
-    # route/span name are per profile, thread.name is the only per-sample attribute.
-    merged: dict[tuple[int, str, Any], list[int]] = {}
+    # route is per profile; thread.name, the span (its own link, in window profiles)
+    # and the sample's own labels (lock_site) are per sample.
+    extra = [t for t in profile.extra_types if t in EXTRA_TYPES]
+    merged: dict[tuple[int, str, Any, tuple[tuple[str, str], ...]], list[int]] = {}
     for sample in profile.samples:
-        key = (stack_map[sample.stack_index], sample.thread_name, sample.link)
+        key = (stack_map[sample.stack_index], sample.thread_name, sample.link, sample.labels)
         acc = merged.get(key)
+        got = sample.values
         if acc is None:
-            merged[key] = [sample.cpu_ns, sample.wall_ns]
+            merged[key] = [sample.cpu_ns, sample.wall_ns, *(got.get(t, 0) for t in extra)]
         else:
             acc[0] += sample.cpu_ns
             acc[1] += sample.wall_ns
+            for i, t in enumerate(extra, 2):
+                acc[i] += got.get(t, 0)
 
-    # Encode both Profiles' samples in one pass; per sample the fields are
+    # Encode every Profile's samples in one pass; per sample the fields are
     # stack_index, attribute_indices, link_index (the shared prefix) and values.
     vc = VarintCache()
     shared = []  # attributes of every sample of this profile
@@ -231,9 +247,9 @@ def _add_profiles(d: _Dictionary, profile: Profile, out: RepeatedProfiles) -> No
     if isinstance(route, str) and route:
         shared.append(d.attribute("http.route", route))
 
-    def attr_field(key: tuple[str, Any]) -> bytes:
+    def attr_field(key: tuple[str, Any, tuple[tuple[str, str], ...]]) -> bytes:
         # a sample's own link (window profiles) wins over the profile's
-        thread_name, own = key
+        thread_name, own, labels = key
         sample_link = own if own is not None else link
         index = link_index
         if own is not None:
@@ -242,27 +258,30 @@ def _add_profiles(d: _Dictionary, profile: Profile, out: RepeatedProfiles) -> No
         if sample_link is not None and sample_link.is_valid and sample_link.span_name:
             attrs.append(d.attribute("span_name", sample_link.span_name))
         attrs += shared
+        attrs += [d.attribute(k, v) for k, v in labels]
         ids = packed(attrs)
         return ((_SAMPLE_ATTRS + vc[len(ids)] + ids if attrs else b"") + (_SAMPLE_LINK + vc[index] if index else b"")
                 + _SAMPLE_VALUES)
 
     attr_fields = Memo(attr_field)
     stack_fields = Memo(lambda st: _SAMPLE_STACK + vc[st] if st else b"")
-    cpu: list[bytes] = []
-    wall: list[bytes] = []
-    for (st, thread_name, own_link), (cpu_ns, wall_ns) in merged.items():
-        prefix = stack_fields[st] + attr_fields[(thread_name, own_link)]
+    columns: list[list[bytes]] = [[] for _ in range(2 + len(extra))]  # cpu, wall, extra types
+    for (st, thread_name, own_link, labels), vals in merged.items():
+        prefix = stack_fields[st] + attr_fields[(thread_name, own_link, labels)]
         n = len(prefix) + 1  # + the values' length byte (one varint is < 128 bytes)
-        if cpu_ns:
-            v = vc[cpu_ns]
-            cpu += (_PROFILE_SAMPLE, vc[n + len(v)], prefix, vc[len(v)], v)
-        if wall_ns:
-            v = vc[wall_ns]
-            wall += (_PROFILE_SAMPLE, vc[n + len(v)], prefix, vc[len(v)], v)
+        for col, value in zip(columns, vals):
+            if value:
+                v = vc[value]
+                col += (_PROFILE_SAMPLE, vc[n + len(v)], prefix, vc[len(v)], v)
 
     attribute_indices = _profile_attribute_indices(d, profile)
-    for (sample_type, period_type), period, samples in ((CPU_TYPES, CPU_PERIOD, cpu),
-                                                        (WALL_TYPES, profile.period_ns, wall)):
+    shapes: list[tuple[tuple[tuple[str, str], tuple[str, str]], int]] = [
+        (CPU_TYPES, CPU_PERIOD), (WALL_TYPES, profile.period_ns)]
+    for t in extra:
+        unit, group = EXTRA_TYPES[t]
+        shapes.append((((t, unit), (group, unit)),
+                       profile.extra_periods.get("alloc_space", 0) if group == "memory" else 1))
+    for ((sample_type, period_type), period), samples in zip(shapes, columns):
         prof = out.add(
             sample_type=pb.ValueType(type_strindex=d.string(sample_type[0]), unit_strindex=d.string(sample_type[1])),
             period_type=pb.ValueType(type_strindex=d.string(period_type[0]), unit_strindex=d.string(period_type[1])),
@@ -282,7 +301,8 @@ def encode_otlp_request(
     scope_name: str = DEFAULT_SCOPE_NAME,
     scope_version: str,
 ) -> ExportProfilesServiceRequest:
-    """Build one request holding two OTLP Profiles (CPU, wall) per input profile."""
+    """Build one request holding two OTLP Profiles (CPU, wall) per input profile, plus
+    one per extra sample type it measured."""
     req = ExportProfilesServiceRequest()
     rp = req.resource_profiles.add()
     rp.resource.attributes.extend(KeyValue(key=_clean(k), value=_any_value(v)) for k, v in resource_attributes.items())

@@ -16,6 +16,16 @@ Shape (google/pprof ``proto/profile.proto``, Go ``runtime/pprof`` CPU profiles):
   are ``process_cpu:cpu:nanoseconds:cpu:nanoseconds`` and
   ``wall:wall:nanoseconds:wall:nanoseconds`` -- the same names as the OTLP path
   (:mod:`.otlp`);
+* extra sample types (``profile_types``; :data:`~otelprof_middleware.profile.EXTRA_TYPES`):
+  ``kind="all"`` appends the ones the profile measured after ``wall``
+  (``alloc_objects/count``, ``alloc_space/bytes``, ``inuse_*``, ``lock_acquires/count``,
+  ``lock_wait/nanoseconds``; ``go tool pprof -sample_index=alloc_space``).  For
+  Pyroscope, ``kind="memory"`` is Go's heap-profile shape (``alloc_objects``,
+  ``alloc_space`` [, ``inuse_*``], period type ``space/bytes``, period = the
+  sampling interval) and ``kind="mutex"`` Go's mutex shape: ``lock_acquires`` and
+  ``lock_wait`` under Go's names ``contentions/count`` and ``delay/nanoseconds``
+  (the names Pyroscope's ``/ingest`` recognises as a mutex profile), period type
+  ``contentions/count``; samples with no value of the kind are left out.  A sample's own labels (``lock_site``) are string labels;
 * one Location per :class:`Location` (id = index + 1, ``mapping_id`` 0, one Line),
   one Function per :class:`Function` (id = index + 1, ``system_name`` left 0 so
   ``go tool pprof`` does not run names such as ``<module>`` through its demangler);
@@ -35,10 +45,10 @@ from __future__ import annotations
 import zlib
 from typing import Mapping
 
-from ..profile import Profile, SpanLink, clean_text
+from ..profile import EXTRA_TYPES, Profile, SpanLink, clean_text
 from ._protowire import LEN, VARINT, Memo, VarintCache, field_bytes, field_packed, field_varint, packed, tag, varint
 
-__all__ = ["encode_pprof", "SAMPLE_TYPES", "KINDS", "DEFAULT_SAMPLE_TYPE", "GZIP_LEVEL"]
+__all__ = ["encode_pprof", "SAMPLE_TYPES", "KINDS", "EXTRA_KINDS", "DEFAULT_SAMPLE_TYPE", "GZIP_LEVEL"]
 
 SAMPLE_TYPES: tuple[tuple[str, str], ...] = (("samples", "count"), ("cpu", "nanoseconds"), ("wall", "nanoseconds"))
 PERIOD_TYPE: tuple[str, str] = ("cpu", "nanoseconds")
@@ -49,6 +59,13 @@ KINDS: dict[str, tuple[tuple[tuple[str, str], ...], tuple[str, str], str]] = {
     "cpu": ((("cpu", "nanoseconds"),), ("cpu", "nanoseconds"), "cpu"),
     "wall": ((("wall", "nanoseconds"),), ("wall", "nanoseconds"), "wall"),
 }
+#: kinds made of extra sample types: kind -> (group in EXTRA_TYPES, period type, default sample type)
+EXTRA_KINDS: dict[str, tuple[str, tuple[str, str], str]] = {
+    "memory": ("memory", ("space", "bytes"), "alloc_space"),
+    "mutex": ("mutex", ("contentions", "count"), "delay"),
+}
+#: Go's names for our types in the ``mutex`` kind
+_GO_NAMES = {"lock_acquires": "contentions", "lock_wait": "delay"}
 GZIP_LEVEL = 1  # gzip.BestSpeed, as Go's runtime/pprof writes CPU profiles
 _RESERVED_LABEL_PREFIX = "pprof::"
 
@@ -124,8 +141,24 @@ def _gzip(data: bytes) -> bytes:
 def encode_pprof(profile: Profile, *, compress: bool = True, extra_labels: Mapping[str, str] | None = None,
                  kind: str = "all") -> bytes:
     """Serialize ``profile`` as a pprof ``Profile`` (gzip-compressed unless ``compress=False``).
-    ``kind``: ``"all"`` (samples, cpu, wall), ``"cpu"`` or ``"wall"`` (see the module docstring)."""
-    types, period_t, default_t = KINDS[kind]
+    ``kind``: ``"all"`` (samples, cpu, wall and the extra types measured), ``"cpu"``, ``"wall"``,
+    ``"memory"`` or ``"mutex"`` (see the module docstring)."""
+    extra = [t for t in profile.extra_types if t in EXTRA_TYPES]
+    period = profile.period_ns
+    if kind in EXTRA_KINDS:
+        group, period_t, default_t = EXTRA_KINDS[kind]
+        extra = [t for t in extra if EXTRA_TYPES[t][1] == group]
+        types: tuple[tuple[str, str], ...] = tuple((_GO_NAMES.get(t, t), EXTRA_TYPES[t][0]) for t in extra)
+        if group == "memory":
+            period = profile.extra_periods.get("alloc_space", 0)
+        else:
+            period = 1
+    else:
+        types, period_t, default_t = KINDS[kind]
+        if kind == "all":
+            types = types + tuple((t, EXTRA_TYPES[t][0]) for t in extra)
+        else:
+            extra = []
     strings = _StringTable()
     s = strings
 
@@ -136,12 +169,16 @@ def encode_pprof(profile: Profile, *, compress: bool = True, extra_labels: Mappi
         (k, str(v)) for k, v in (extra_labels or {}).items() if k and v != "" and not k.startswith(_RESERVED_LABEL_PREFIX)
     ]
 
-    def labels_for(key: tuple[str, SpanLink | None]) -> bytes:
-        thread_name, link = key
+    def labels_for(key: tuple[str, SpanLink | None, tuple[tuple[str, str], ...]]) -> bytes:
+        thread_name, link, own = key
         pairs = list(base_labels[link if link is not None else profile.link])
         if thread_name:
             pairs.append(("thread_name", thread_name))
         seen = {k for k, _ in pairs}
+        for k, v in own:
+            if k not in seen:
+                pairs.append((k, v))
+                seen.add(k)
         pairs.extend((k, v) for k, v in extras if k not in seen)
         return b"".join(_label(s(k), s(v)) for k, v in pairs)
 
@@ -159,16 +196,24 @@ def encode_pprof(profile: Profile, *, compress: bool = True, extra_labels: Mappi
     extend = out.extend
     only = None if kind == "all" else ("cpu_ns" if kind == "cpu" else "wall_ns")
     for sample in profile.samples:
-        if only is None:
+        if kind in EXTRA_KINDS:
+            got = sample.values
+            if not any(got.get(t) for t in extra):
+                continue
+            values = b"".join(vc[got.get(t, 0)] for t in extra)
+        elif only is None:
             values = vc[sample.count] + vc[sample.cpu_ns] + vc[sample.wall_ns]
+            if extra:
+                got = sample.values
+                values += b"".join(vc[got.get(t, 0)] for t in extra)
         else:
             value = getattr(sample, only)
             if not value:
                 continue
             values = vc[value]
         prefix = prefix_memo[sample.stack_index]
-        labels = labels_memo[(sample.thread_name, sample.link)]
-        nv = len(values)  # < 128: one length byte
+        labels = labels_memo[(sample.thread_name, sample.link, sample.labels)]
+        nv = len(values)  # < 128 (at most 9 values of up to 10 bytes): one length byte
         extend((_TAG_SAMPLE, vc[len(prefix) + 1 + nv + len(labels)], prefix, vc[nv], values, labels))
 
     append = out.append
@@ -202,7 +247,7 @@ def encode_pprof(profile: Profile, *, compress: bool = True, extra_labels: Mappi
     append(field_varint(_P_TIME, profile.start_time_ns))
     append(field_varint(_P_DURATION, profile.duration_ns))
     append(field_bytes(_P_PERIOD_TYPE, period_type))
-    append(field_varint(_P_PERIOD, profile.period_ns))
+    append(field_varint(_P_PERIOD, period))
     append(field_packed(_P_COMMENT, comments))
     append(field_varint(_P_DEFAULT_TYPE, default_type))
 

@@ -42,7 +42,7 @@ from typing import Any, Mapping, Optional, Sequence
 from .._redact import redact_url
 from ..encoding import encode_pprof
 from ..encoding._protowire import field_bytes
-from ..profile import Profile, clean_text
+from ..profile import EXTRA_TYPES, Profile, clean_text
 from ._http import HTTPTransport, Reply
 from .base import NetworkExporter, Prepared
 from .resource import refresh_pid, resource_attributes
@@ -60,6 +60,9 @@ PROFILE_NAME = "process_cpu"
 WALL_PROFILE_NAME = "wall"
 #: (pprof kind, ``__name__``) of the series sent for each profile
 SERIES = (("cpu", PROFILE_NAME), ("wall", WALL_PROFILE_NAME))
+#: series sent only for profiles that measured them (``profile_types``), in Go's heap
+#: and mutex shapes: ``memory:alloc_space:bytes:space:bytes``, ``mutex:delay:nanoseconds:contentions:count``
+EXTRA_SERIES = (("memory", "memory"), ("mutex", "mutex"))
 #: series labels we send at most (Pyroscope's default limit is 30 names per series; the
 #: sample labels thread_name, span_name, http_route and its own come on top)
 MAX_SERIES_LABELS = 24
@@ -69,6 +72,14 @@ _LABEL_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_.]*$")
 # resource attributes first in line for a series label (the rest follow in resource order)
 _FIRST = ("service.version", "deployment.environment.name", "deployment.environment", "service.namespace",
           "service.instance.id", "host.name")
+
+
+def _has(profile: Profile, kind: str) -> bool:
+    """Does ``profile`` have a value of this series' kind?"""
+    if kind in ("cpu", "wall"):
+        return any(getattr(smp, kind + "_ns") for smp in profile.samples)
+    types = [t for t in profile.extra_types if EXTRA_TYPES.get(t, ("", ""))[1] == kind]
+    return any(smp.values.get(t) for smp in profile.samples for t in types)
 
 
 def _label(name: str, value: str) -> bytes:
@@ -154,8 +165,8 @@ class PyroscopeExporter(NetworkExporter):
         series at least, so an idle profile still arrives)."""
         state = []
         for p in profiles:
-            raws = [(kind, name, encode_pprof(p, compress=False, kind=kind)) for kind, name in SERIES
-                    if kind == "cpu" or any(getattr(smp, kind + "_ns") for smp in p.samples)]
+            raws = [(kind, name, encode_pprof(p, compress=False, kind=kind)) for kind, name in SERIES + EXTRA_SERIES
+                    if kind == "cpu" or _has(p, kind)]
             state.append(raws)
         size = sum(len(raw) + 128 for raws in state for _k, _n, raw in raws)
         return size, state

@@ -44,7 +44,7 @@ from ..policy import Decision, Policy, RequestInfo, Screen, TailState, TailTicke
 from ..profile import SpanLink
 from ..config import Config
 from ..profiler import Profiler, activate_session, deactivate_session, get_profiler, shared_profiler
-from ..session import Session, session_summary
+from ..session import EXTRA_SPAN_KEYS, Session, session_summary
 from ..tracecontext import (SPAN_KEY as _SPAN_KEY, current_context as _current_context, link_from_span,
                             parse_traceparent, set_span_attributes, span_or_none, trace_of_traceparent)
 from . import threads
@@ -488,6 +488,8 @@ class RequestHandle(TailTicket):
             "otelprof.cpu_ms": summary["cpu_ms"],
             "otelprof.wall_ms": summary["wall_ms"],
             "otelprof.top_frame": self.rp.profiler.privacy.text(str(summary["top_frame"])),  # as in the profile
+            # the extra profile types asked for (profile_types): alloc_bytes, lock_wait_ms, gc_ms
+            **{f"otelprof.{k}": v for k, v in summary.items() if k in EXTRA_SPAN_KEYS},
         })
 
 
