@@ -254,6 +254,7 @@ def _contend(lock: Any, wait: Any = wait_for_lock) -> int:
 #: this file as profiles name it (file names are exported relative to sys.path: docs/privacy.md)
 OWN_FILE = os.path.basename(__file__)
 
+
 @pytest.fixture(params=["native", "python"])
 def lock_wrapper(request: Any, monkeypatch: Any) -> str:
     """Both lock wrappers: the extension's ProfiledLock and the pure-Python one."""
