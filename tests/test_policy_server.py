@@ -172,7 +172,8 @@ def _env(out: str, **options: Any) -> dict[str, str]:
     env.update({"OTELPROF_EXPORTER": "file", "OTELPROF_OUTPUT_DIR": out, "OTELPROF_PROBABILITY": "0",
                 "OTELPROF_CPU_TRIGGER": "false", "OTELPROF_MAX_OVERHEAD": "1", "OTELPROF_BATCH_TIMEOUT": "0.05",
                 "OTELPROF_SAMPLE_HZ": "200", "OTELPROF_EXCLUDED_URLS": "/healthz,/admin",
-                "OTELPROF_HEADER_TRUST": "any"})  # a plain app has no debug mode
+                "OTELPROF_HEADER_TRUST": "any",  # a plain app has no debug mode
+                "OTELPROF_URL_PATHS": "raw"})  # requests are told apart by their raw url.path here
     for k, v in options.items():
         env["OTELPROF_" + k.upper()] = str(v)
     env["PYTHONPATH"] = os.pathsep.join(p for p in [env.get("PYTHONPATH", "")] if p)

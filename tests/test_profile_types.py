@@ -251,6 +251,10 @@ def _contend(lock: Any, wait: Any = wait_for_lock) -> int:
     return waited
 
 
+#: this file as profiles name it (file names are exported relative to sys.path: docs/privacy.md)
+OWN_FILE = os.path.basename(__file__)
+
+
 @pytest.fixture(params=["native", "python"])
 def lock_wrapper(request: Any, monkeypatch: Any) -> str:
     """Both lock wrappers: the extension's ProfiledLock and the pure-Python one."""
@@ -262,7 +266,7 @@ def lock_wrapper(request: Any, monkeypatch: Any) -> str:
 def test_lock_waits_carry_the_stack_and_the_creation_site(lock_wrapper: str) -> None:
     p, exporter = _profiler(profile_types="lock")
     try:
-        lock = threading.Lock(); site = f"{__file__}:{sys._getframe().f_lineno}"  # noqa: E702
+        lock = threading.Lock(); site = f"{OWN_FILE}:{sys._getframe().f_lineno}"  # noqa: E702
         with p.profile("locks") as session:
             waited = _contend(lock)
             summary = session.extras.summary()
@@ -293,8 +297,8 @@ def acquire_sem(sem: Any) -> None:
 def test_rlock_condition_semaphore_and_queue_keep_working_and_are_seen(lock_wrapper: str) -> None:
     p, exporter = _profiler(profile_types="lock")
     try:
-        q: "queue.Queue[int]" = queue.Queue(); q_site = f"{__file__}:{sys._getframe().f_lineno}"  # noqa: E702
-        sem = threading.Semaphore(1); sem_site = f"{__file__}:{sys._getframe().f_lineno}"  # noqa: E702
+        q: "queue.Queue[int]" = queue.Queue(); q_site = f"{OWN_FILE}:{sys._getframe().f_lineno}"  # noqa: E702
+        sem = threading.Semaphore(1); sem_site = f"{OWN_FILE}:{sys._getframe().f_lineno}"  # noqa: E702
         rlock = threading.RLock()
         cond = threading.Condition(rlock)
         native = type(rlock).__name__ == "ProfiledLock"

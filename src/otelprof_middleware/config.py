@@ -47,6 +47,7 @@ from urllib.parse import unquote, urlsplit
 from ._safety import LogOnce
 
 from ._redact import MASK, mask_key_values, redact_url
+from .privacy import parse_redact_patterns
 
 __all__ = ["Config", "ConfigError", "parse_duration", "parse_size", "parse_trigger_limits", "parse_retention",
            "parse_profile_types", "PROFILE_TYPES"]
@@ -290,8 +291,8 @@ def _parse_url_list(value: Any) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class _Spec:
-    kind: str  # bool, int, float, duration, size, str, choice, url, kv, limits, urls, callable, exporters,
-    # profile_types
+    kind: str  # bool, int, float, duration, size, str, dir, choice, url, kv, limits, urls, patterns, callable,
+    # exporters, profile_types
     lo: float | None = None
     hi: float | None = None
     choices: tuple[str, ...] = ()
@@ -400,6 +401,17 @@ class Config:
     trigger_limits: Mapping[str, int] = _opt(dict, "limits", doc="per-trigger shares of max_profiles_per_minute, "
                                              "e.g. 'high_cpu=10,probability=30'; default: probability and "
                                              "high_cpu half each")
+
+    # --- privacy (docs/privacy.md)
+    url_paths: str = _opt("masked", "choice", choices=("masked", "raw", "off"),
+                          doc="request paths in profiles: masked = ids, e-mails and tokens replaced, and none "
+                              "when the route template is known; raw = as received; off = never")
+    file_paths: str = _opt("relative", "choice", choices=("relative", "full"),
+                           doc="source file names relative to app_root, site-packages, the standard library; "
+                               "full = absolute paths")
+    app_root: str = _opt("", "dir", doc="folder file names are made relative to; default: the working directory")
+    redact_patterns: tuple[str, ...] = _opt((), "patterns", doc="regexes whose matches become *** in function and "
+                                            "file names, profile names, labels and attributes")
 
     # where each option's value came from (not an option; see source_of)
     _sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -721,6 +733,12 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
     if isinstance(raw, str) and spec.optional and raw.strip().lower() in ("", "none", "auto"):
         return None
     kind = spec.kind
+    if kind == "patterns":
+        try:
+            return parse_redact_patterns(raw)
+        except ValueError as exc:
+            raise fail(f"{exc}; expected regular expressions: a list, a JSON list or a comma-separated string") \
+                from None
     if kind == "profile_types":
         try:
             return parse_profile_types(raw)
@@ -743,6 +761,13 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
             if not isinstance(raw, (str, os.PathLike)):
                 raise ValueError
             return os.fspath(raw)
+        if kind == "dir":
+            if not isinstance(raw, (str, os.PathLike)):
+                raise ValueError
+            v = os.fspath(raw)
+            if v and not os.path.isdir(v):
+                raise fail("must be an existing folder (or empty for the working directory)")
+            return v
         if kind == "url":
             if not isinstance(raw, str):
                 raise ValueError
@@ -825,6 +850,8 @@ def _allowed_text(spec: _Spec) -> str:
         return "must be class=N pairs separated by commas, or a mapping"
     if kind == "urls":
         return "must be comma-separated regular expressions"
+    if kind == "dir":
+        return "must be a folder"
     if kind == "profile_types":
         return "must be a comma list of " + ", ".join(PROFILE_TYPES)
     if kind == "callable":

@@ -47,6 +47,7 @@ from .export.settings import batch_settings
 from .overhead import add_cpu_source, overhead_cpu
 from .policy import Policy
 from .profile import AttributeValue, SpanLink
+from .privacy import Privacy
 from .profiletypes import hooks as profile_type_hooks
 from .profiletypes import recorder_for
 from .sampler import get_sampler
@@ -148,9 +149,12 @@ class Profiler:
         self._shutdown_ok = False
         # an internal failure; a started profile it loses is counted as dropped "error" where it is lost
         self._firewall = Firewall(lambda key: self._stats.incr("internal_errors"))
+        #: what may leave the process (masked paths, relative file names, redaction)
+        self.privacy = Privacy.from_config(self.config)
         chosen = self._build_exporters(exporters)
         self._pipeline = ExportPipeline([e for e, _how in chosen], self._stats,
-                                        batch=batch_settings(self.config), min_samples=self.config.min_samples)
+                                        batch=batch_settings(self.config), min_samples=self.config.min_samples,
+                                        prepare=self.privacy.apply)
         self._announce(chosen)
         self._aggregator: Optional[ShortRequestAggregator] = None
         cfg = self.config

@@ -40,7 +40,7 @@ import contextlib
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 from .._safety import at_fork_reinit
 from ..profile import Profile
@@ -73,12 +73,15 @@ class ExportPipeline(QueueWorker):
         *,
         batch: BatchSettings = BatchSettings(),
         min_samples: int = 0,
+        prepare: Optional[Callable[[Profile], Profile]] = None,
     ) -> None:
         super().__init__()
         self.stats = stats
         self.batch = batch
         self.queue_size = batch.queue_size
         self.min_samples = min_samples
+        #: applied to each built profile before any exporter sees it (privacy: masking, redaction)
+        self.prepare = prepare
         self._channels: tuple[ExportChannel, ...] = ()
         self._started = False
         self._closed = False
@@ -247,6 +250,8 @@ class ExportPipeline(QueueWorker):
         started = time.perf_counter()
         try:
             profile = session.to_profile()
+            if self.prepare is not None:  # a failure here drops the profile: never exported unredacted
+                profile = self.prepare(profile)
         except Exception:
             self._log_once("build", "otelprof: building a profile failed; it is skipped", exc=True)
             return None, "error"

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from .._redact import redact_url
 from ..config import ConfigError
+from ..privacy import Privacy
 from .resource import DEFAULT_SERVICE_NAME
 from .resource import resource_attributes as _resource_attributes
 from .retry import RetryPolicy
@@ -114,5 +115,6 @@ def pyroscope_target(config: "Config") -> PyroscopeTarget:
 
 
 def resource(config: "Config") -> dict[str, str | int]:
-    """The OpenTelemetry resource of this process for ``config``'s service."""
-    return _resource_attributes(config.service_name, config.resource_attributes)
+    """The OpenTelemetry resource of this process for ``config``'s service (its
+    string values pass ``redact_patterns``)."""
+    return Privacy.from_config(config).resource(_resource_attributes(config.service_name, config.resource_attributes))

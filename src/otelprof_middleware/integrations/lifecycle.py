@@ -487,7 +487,7 @@ class RequestHandle(TailTicket):
             "otelprof.samples": summary["samples"],
             "otelprof.cpu_ms": summary["cpu_ms"],
             "otelprof.wall_ms": summary["wall_ms"],
-            "otelprof.top_frame": summary["top_frame"],
+            "otelprof.top_frame": self.rp.profiler.privacy.text(str(summary["top_frame"])),  # as in the profile
             # the extra profile types asked for (profile_types): alloc_bytes, lock_wait_ms, gc_ms
             **{f"otelprof.{k}": v for k, v in summary.items() if k in EXTRA_SPAN_KEYS},
         })
