@@ -646,3 +646,77 @@ def test_pyroscope_gets_memory_and_mutex_series_only_for_profiles_that_have_them
     decoded = decode_pprof(raw)
     assert decoded.sample_types == [("contentions", "count"), ("delay", "nanoseconds")]
     assert sum(s.values[1] for s in decoded.samples) == waited.total("lock_wait")
+
+
+# ---------------------------------------------------------------- the overhead governor
+
+
+def _contended_waits(lock: Any, n: int) -> None:
+    """``n`` waits for ``lock``, each while another thread holds it."""
+    for _ in range(n):
+        held, release = threading.Event(), threading.Event()
+
+        def holder() -> None:
+            with lock:
+                held.set()
+                release.wait(10)
+
+        t = threading.Thread(target=holder)
+        t.start()
+        held.wait(10)
+        threading.Timer(0.001, release.set).start()
+        with lock:
+            pass
+        t.join(10)
+
+
+def test_the_hooks_time_on_request_threads_is_counted_as_the_profilers() -> None:
+    from otelprof_middleware.overhead import profiler_cpu_ns
+    from otelprof_middleware.profiletypes.cost import hook_cost as cost
+
+    p, _ = _profiler(profile_types="alloc,lock,gc", alloc_sample_interval=1024)
+    lock = threading.Lock()
+    try:
+        parts = []
+        for work in (lambda: _contended_waits(lock, 20), gc.collect,
+                     lambda: [bytes(4096) for _ in range(2000)] if NATIVE_ALLOC else None):
+            before = cost.hook_ns()
+            with p.profile("work"):
+                work()
+            parts.append(cost.hook_ns() - before)
+        # each hook's work on the profiled thread is measured: lock recording, GC
+        # bookkeeping, and (with the extension) the hooked calls and sampled stacks
+        assert parts[0] > 0 and parts[1] > 0, parts
+        if NATIVE_ALLOC:
+            stats = alloc.stats()
+            assert stats and stats["calls"] >= 2000 and stats["sample_ns"] > 0, stats
+            assert parts[2] >= 2000 * 4, parts
+        # and it is part of what the overhead accounting calls the profiler's CPU
+        before_total = profiler_cpu_ns()
+        cost.add(10**12)
+        assert profiler_cpu_ns() - before_total >= 10**12
+    finally:
+        cost.timed_ns -= 10**12
+        p.shutdown(5)
+
+
+@needs_alloc_hook
+def test_the_governor_lowers_the_rate_when_the_allocation_hook_costs_too_much(monkeypatch: Any) -> None:
+    # the hooked calls are counted by the extension; priced at 1 ms each (instead of a
+    # few ns), a profiled thread's allocations alone exceed max_overhead
+    from otelprof_middleware.profiletypes import cost as cost_module
+
+    p, _ = _profiler(profile_types="alloc", max_overhead=0.05)
+    gov = p.policy.governor
+    try:
+        gov.update(now=1000.0)  # the first reading
+        monkeypatch.setattr(cost_module, "ALLOC_CALL_NS", 1_000_000)
+        with p.profile("allocating"):
+            end = time.process_time() + 0.1  # enough process CPU for the governor to judge
+            while time.process_time() < end:
+                [bytes(64) for _ in range(100)]
+        gov.update(now=1002.0)
+        assert gov.overhead is not None and gov.overhead > 0.05, gov.overhead
+        assert gov.level >= 1
+    finally:
+        p.shutdown(5)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from typing import Any, Callable
 
@@ -39,10 +40,16 @@ def _types(profile: Profile) -> tuple[str, str]:
     return str(profile.attributes.get("otelprof.profile_types", "cpu,wall")), ",".join(present)
 
 
-def _work(lock: Any) -> None:
-    """Allocates, waits for ``lock`` (held by a thread outside the request), collects."""
-    for _ in range(200):
-        bytes(CHUNK)
+KEPT: list[bytes] = []
+
+
+def _work(lock: Any, keep: bool = False) -> None:
+    """Allocates (and keeps it, if asked), waits for ``lock`` (held by a thread
+    outside the request), collects."""
+    chunks = [bytes(CHUNK) for _ in range(200)]  # 200 distinct addresses
+    if keep:
+        KEPT.extend(chunks)
+    del chunks  # freed before the request ends, unless kept
     held, release = threading.Event(), threading.Event()
 
     def holder() -> None:
@@ -63,7 +70,7 @@ def _wsgi(profiler: Profiler, lock: Any) -> Callable[[dict[str, str]], None]:
     from otelprof_middleware.wsgi import ProfilingMiddleware
 
     def app(environ: Any, start_response: Any) -> Any:
-        _work(lock)
+        _work(lock, "HTTP_X_KEEP" in environ)
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
 
@@ -225,9 +232,8 @@ def test_types_already_configured_stay_and_the_default_installs_nothing() -> Non
 
 
 @pytest.mark.skipif(alloc.available()[0] is None, reason="the C extension's allocation hook is not built")
-@pytest.mark.parametrize("kind", sorted(MIDDLEWARES))
-def test_the_header_asks_for_allocations_and_heap(kind: str) -> None:
-    profiler, exporter, call = _setup(MIDDLEWARES[kind], header_trust="any", header_profile_types="heap",
+def test_the_header_asks_for_allocations_and_heap() -> None:
+    profiler, exporter, call = _setup(_wsgi, header_trust="any", header_profile_types="heap",
                                       alloc_sample_interval=4096)
     try:
         lib = alloc.available()[0]
@@ -235,6 +241,13 @@ def test_the_header_asks_for_allocations_and_heap(kind: str) -> None:
         p = _one(profiler, exporter, call, {HEADER: "heap"})  # heap implies alloc
         assert _types(p)[0] == "cpu,wall,alloc,heap"
         assert "alloc_space" in _types(p)[1]
+        freed = sum(s.values.get("inuse_space", 0) for s in p.samples)
+        assert freed < 0.5 * 200 * sys.getsizeof(bytes(CHUNK)), freed  # its chunks were freed at once
+        # what the request kept alive is its heap (the extension watches frees for the header's heap)
+        KEPT.clear()
+        p = _one(profiler, exporter, call, {HEADER: "heap", "X-Keep": "1"})
+        kept = sum(s.values.get("inuse_space", 0) for s in p.samples)
+        assert kept > 0.5 * len(KEPT) * sys.getsizeof(bytes(CHUNK)), (kept, len(KEPT))
         p = _one(profiler, exporter, call, {HEADER: "1"})
         assert "alloc_space" not in _types(p)[1] and "otelprof.alloc_sample_interval" not in p.attributes
     finally:

@@ -22,12 +22,14 @@ Design notes:
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from .._safety import LogOnce, at_fork_reinit
 from ..profile import AttributeValue, Profile, ProfileBuilder
 from ..stacks import StackInterner
 from . import threads
+from .cost import hook_cost
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -111,7 +113,9 @@ class Recorder:
         if self.alloc:
             from . import alloc
 
+            t0 = time.monotonic_ns()
             alloc.drain()  # what this thread allocated so far is ours: bill it before letting go
+            hook_cost.add(time.monotonic_ns() - t0)  # on the request's thread: the governor counts it
             alloc.track(target.thread_id, False)
         threads.remove(target.thread_id, self, target)
         if target.thread_id not in threads.entries:
@@ -124,7 +128,9 @@ class Recorder:
         if self.alloc:
             from . import alloc
 
+            t0 = time.monotonic_ns()
             alloc.drain()
+            hook_cost.add(time.monotonic_ns() - t0)  # usually on the request's thread (its end)
             alloc.release_live(self)
         self.table.closed = True
 
