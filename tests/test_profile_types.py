@@ -720,3 +720,60 @@ def test_the_governor_lowers_the_rate_when_the_allocation_hook_costs_too_much(mo
         assert gov.level >= 1
     finally:
         p.shutdown(5)
+
+
+# ---------------------------------------------------------------- asyncio waits named
+
+
+def test_asyncio_lock_semaphore_event_condition_and_queue_waits_are_named() -> None:
+    import asyncio
+
+    p, exporter = _profiler()
+    done = threading.Event()
+
+    async def main() -> None:
+        lock, sem, event, cond, q = asyncio.Lock(), asyncio.Semaphore(1), asyncio.Event(), asyncio.Condition(), \
+            asyncio.Queue()
+        await lock.acquire()
+        await sem.acquire()
+        loop = asyncio.get_running_loop()
+
+        async def notify() -> None:
+            async with cond:
+                cond.notify_all()
+
+        # each wait ends when another callback lets it go, a little later
+        loop.call_later(0.2, lock.release)
+        loop.call_later(0.4, sem.release)
+        loop.call_later(0.6, event.set)
+        loop.call_later(0.8, lambda: asyncio.ensure_future(notify()))
+        loop.call_later(1.0, q.put_nowait, 1)
+        with p.profile("waits"):
+            async with lock:
+                pass
+            async with sem:
+                pass
+            await event.wait()
+            async with cond:
+                await cond.wait()
+            await q.get()
+        done.set()
+
+    asyncio.run(main())
+    assert done.is_set()
+    prof = _last(p, exporter)
+    wall: dict[tuple[str, str], int] = {}
+    for s in prof.samples:
+        names = _names(prof, s)
+        if names[0].startswith("[await asyncio."):
+            wall[(names[0], names[1])] = wall.get((names[0], names[1]), 0) + s.wall_ns
+    # the synthetic leaf names the primitive, over the asyncio frame that waits, with wall time
+    expected = {("[await asyncio.Lock]", "Lock.acquire"), ("[await asyncio.Semaphore]", "Semaphore.acquire"),
+                ("[await asyncio.Event]", "Event.wait"), ("[await asyncio.Condition]", "Condition.wait"),
+                ("[await asyncio.Queue]", "Queue.get")}
+    assert set(wall) == expected, wall
+    assert all(v > 0 for v in wall.values()), wall
+    # and the pprof a flame graph reads has them
+    data = encode_pprof(prof)
+    functions = {n for names, _v, _l in stacks_by_function(decode_pprof(data)) for n in names}
+    assert {leaf for leaf, _ in expected} <= functions
