@@ -33,6 +33,7 @@ from otelprof_middleware.profile import Profile
 from otelprof_middleware.profiletypes import alloc, gcwatch, hooks, locks
 from otelprof_middleware.testing import InMemoryProfileExporter
 
+from helpers.extra_types import hold_elsewhere
 from helpers.pprof_decode import decode_pprof, run_go_pprof, stacks_by_function
 
 ORIGINAL_LOCK = threading.Lock
@@ -654,17 +655,7 @@ def test_pyroscope_gets_memory_and_mutex_series_only_for_profiles_that_have_them
 def _contended_waits(lock: Any, n: int) -> None:
     """``n`` waits for ``lock``, each while another thread holds it."""
     for _ in range(n):
-        held, release = threading.Event(), threading.Event()
-
-        def holder() -> None:
-            with lock:
-                held.set()
-                release.wait(10)
-
-        t = threading.Thread(target=holder)
-        t.start()
-        held.wait(10)
-        threading.Timer(0.001, release.set).start()
+        t = hold_elsewhere(lock, 0.001)
         with lock:
             pass
         t.join(10)

@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from helpers.pprof_decode import decode_pprof, run_go_pprof, stacks_by_function
+from helpers.extra_types import pprof_totals
+from helpers.pprof_decode import run_go_pprof
 from helpers.wsgi_servers import gunicorn_argv, start_server, write_otel_setup
 from otelprof_middleware.profiletypes import alloc
 
@@ -134,26 +135,6 @@ APP = textwrap.dedent('''
 ''').format(chunk=CHUNK, alloc=ALLOC, hold=HOLD_S, interval=INTERVAL)
 
 
-def _totals(path: str) -> tuple[dict[str, int], dict[str, dict[str, int]], set[str], set[str]]:
-    """(type -> total, type -> {leaf function: value}, lock_site labels, all functions)."""
-    with open(path, "rb") as f:
-        d = decode_pprof(f.read())
-    types = [t for t, _ in d.sample_types]
-    totals = {t: 0 for t in types}
-    leaves: dict[str, dict[str, int]] = {t: {} for t in types}
-    sites: set[str] = set()
-    functions: set[str] = set()
-    for names, values, labels in stacks_by_function(d):
-        functions.update(names)
-        for t, v in zip(types, values):
-            totals[t] += v
-            if v and names:
-                leaves[t][names[0]] = leaves[t].get(names[0], 0) + v
-        if "lock_site" in labels:
-            sites.add(labels["lock_site"])
-    return totals, leaves, sites, functions
-
-
 @pytest.mark.skipif(alloc.available()[0] is None, reason="the C extension's allocation hook is not built")
 def test_gunicorn_two_concurrent_requests_get_their_own_allocations_lock_waits_and_gc(tmp_path: Any) -> None:
     write_otel_setup(tmp_path)
@@ -194,7 +175,7 @@ def test_gunicorn_two_concurrent_requests_get_their_own_allocations_lock_waits_a
         assert span["attributes"]["otelprof.profile_id"] == entry["profile_id"]
         assert entry["span_id"] == span["span_id"] and entry["trace_id"] == span["trace_id"]
         path = str(profiles / entry["file"])
-        totals, leaves, sites, functions = _totals(path)
+        totals, leaves, sites, functions = pprof_totals(path)
 
         # allocations: this request's function, the known amount within 10 %, never the other's
         truth = (ALLOC[name] // CHUNK) * sys.getsizeof(bytes(CHUNK))

@@ -27,6 +27,7 @@ from otelprof_middleware.profile import Profile
 from otelprof_middleware.profiletypes import alloc, gcwatch
 from otelprof_middleware.testing import InMemoryProfileExporter
 
+from helpers.extra_types import hold_elsewhere
 from test_profile_types import NONE, _hooks_state
 
 HEADER = "X-Enable-Profiling"
@@ -50,16 +51,7 @@ def _work(lock: Any, keep: bool = False) -> None:
     if keep:
         KEPT.extend(chunks)
     del chunks  # freed before the request ends, unless kept
-    held, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with lock:
-            held.set()
-            release.wait(10)
-
-    threading.Thread(target=holder).start()
-    held.wait(10)
-    threading.Timer(0.02, release.set).start()
+    hold_elsewhere(lock, 0.02)
     with lock:
         pass
     import gc
