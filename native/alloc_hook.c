@@ -84,6 +84,9 @@ static int live_deleted;  /* tombstones: rehashed away before they make probes l
 static uint64_t freed[OTP_FREED_MAX];
 static int n_freed;
 static uint64_t st_samples, st_lost, st_walk_errors, st_disabled, st_live_full, st_freed_lost;
+/* the governor's estimate of the hook's own time: hooked calls (each costs a few ns,
+ * the caller multiplies), and the time spent sampling (a stack walk each) */
+static uint64_t st_calls, st_sample_ns;
 static int walk_fails;
 
 static OTP_TLS int64_t tl_remaining;
@@ -217,6 +220,8 @@ sample(void *ptr, size_t size)
     PyThreadState *ts;
     if (t == NULL || !sampling || (ts = PyGILState_GetThisThreadState()) == NULL)
         goto done;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     uint32_t omitted = 0, errors = 0;
     int n = otp_walk(ts, &scratch, frames, max_frames, &omitted, &errors);
     if (n < 0 || (n == 0 && errors)) {
@@ -225,7 +230,7 @@ sample(void *ptr, size_t size)
             sampling = 0;  /* something is wrong with this process's frames: stop, counted */
             st_disabled++;
         }
-        goto done;
+        goto timed;
     }
     /* an allocation loop samples the same stack again and again: say so in 24 bytes */
     int same = 0;
@@ -242,7 +247,7 @@ sample(void *ptr, size_t size)
         t->lost_space += (double)size * k;
         t->lost_objects += k;
         st_lost++;
-        goto done;
+        goto timed;
     }
     alloc_rec *r = (alloc_rec *)(t->buf + t->used);
     if (!same) {
@@ -258,6 +263,9 @@ sample(void *ptr, size_t size)
     st_samples++;
     if (heap_on)
         live_add(r->ptr);
+timed:
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    st_sample_ns += (uint64_t)((t1.tv_sec - t0.tv_sec) * 1000000000LL + (t1.tv_nsec - t0.tv_nsec));
 done:
     tl_busy = 0;
 }
@@ -265,6 +273,7 @@ done:
 static inline void
 account(void *ptr, size_t size)
 {
+    st_calls++;
     tl_remaining -= (int64_t)size;
     if (tl_remaining <= 0)
         sample(ptr, size);
@@ -656,11 +665,12 @@ ah_stats(PyObject *self, PyObject *noarg)
 {
     (void)self;
     (void)noarg;
-    return Py_BuildValue("{sKsKsKsKsKsKsisi}", "samples", (unsigned long long)st_samples,
+    return Py_BuildValue("{sKsKsKsKsKsKsisisKsK}", "samples", (unsigned long long)st_samples,
                          "lost", (unsigned long long)st_lost, "walk_errors", (unsigned long long)st_walk_errors,
                          "disabled", (unsigned long long)st_disabled, "live_full", (unsigned long long)st_live_full,
                          "freed_lost", (unsigned long long)st_freed_lost, "live", live_count,
-                         "threads", n_threads);
+                         "threads", n_threads, "calls", (unsigned long long)st_calls,
+                         "sample_ns", (unsigned long long)st_sample_ns);
 }
 
 /* alloc_bench(n, size) -> ns per PyObject_Malloc+PyObject_Free pair, the hook's

@@ -33,6 +33,7 @@ from otelprof_middleware.profile import Profile
 from otelprof_middleware.profiletypes import alloc, gcwatch, hooks, locks
 from otelprof_middleware.testing import InMemoryProfileExporter
 
+from helpers.extra_types import hold_elsewhere
 from helpers.pprof_decode import decode_pprof, run_go_pprof, stacks_by_function
 
 ORIGINAL_LOCK = threading.Lock
@@ -650,3 +651,124 @@ def test_pyroscope_gets_memory_and_mutex_series_only_for_profiles_that_have_them
     decoded = decode_pprof(raw)
     assert decoded.sample_types == [("contentions", "count"), ("delay", "nanoseconds")]
     assert sum(s.values[1] for s in decoded.samples) == waited.total("lock_wait")
+
+
+# ---------------------------------------------------------------- the overhead governor
+
+
+def _contended_waits(lock: Any, n: int) -> None:
+    """``n`` waits for ``lock``, each while another thread holds it."""
+    for _ in range(n):
+        t = hold_elsewhere(lock, 0.001)
+        with lock:
+            pass
+        t.join(10)
+
+
+def test_the_hooks_time_on_request_threads_is_counted_as_the_profilers() -> None:
+    from otelprof_middleware.overhead import profiler_cpu_ns
+    from otelprof_middleware.profiletypes.cost import hook_cost as cost
+
+    p, _ = _profiler(profile_types="alloc,lock,gc", alloc_sample_interval=1024)
+    lock = threading.Lock()
+    try:
+        parts = []
+        for work in (lambda: _contended_waits(lock, 20), gc.collect,
+                     lambda: [bytes(4096) for _ in range(2000)] if NATIVE_ALLOC else None):
+            before = cost.hook_ns()
+            with p.profile("work"):
+                work()
+            parts.append(cost.hook_ns() - before)
+        # each hook's work on the profiled thread is measured: lock recording, GC
+        # bookkeeping, and (with the extension) the hooked calls and sampled stacks
+        assert parts[0] > 0 and parts[1] > 0, parts
+        if NATIVE_ALLOC:
+            stats = alloc.stats()
+            assert stats and stats["calls"] >= 2000 and stats["sample_ns"] > 0, stats
+            assert parts[2] >= 2000 * 4, parts
+        # and it is part of what the overhead accounting calls the profiler's CPU
+        before_total = profiler_cpu_ns()
+        cost.add(10**12)
+        assert profiler_cpu_ns() - before_total >= 10**12
+    finally:
+        cost.timed_ns -= 10**12
+        p.shutdown(5)
+
+
+@needs_alloc_hook
+def test_the_governor_lowers_the_rate_when_the_allocation_hook_costs_too_much(monkeypatch: Any) -> None:
+    # the hooked calls are counted by the extension; priced at 1 ms each (instead of a
+    # few ns), a profiled thread's allocations alone exceed max_overhead
+    from otelprof_middleware.profiletypes import cost as cost_module
+
+    p, _ = _profiler(profile_types="alloc", max_overhead=0.05)
+    gov = p.policy.governor
+    try:
+        gov.update(now=1000.0)  # the first reading
+        monkeypatch.setattr(cost_module, "ALLOC_CALL_NS", 1_000_000)
+        with p.profile("allocating"):
+            end = time.process_time() + 0.1  # enough process CPU for the governor to judge
+            while time.process_time() < end:
+                [bytes(64) for _ in range(100)]
+        gov.update(now=1002.0)
+        assert gov.overhead is not None and gov.overhead > 0.05, gov.overhead
+        assert gov.level >= 1
+    finally:
+        p.shutdown(5)
+
+
+# ---------------------------------------------------------------- asyncio waits named
+
+
+def test_asyncio_lock_semaphore_event_condition_and_queue_waits_are_named() -> None:
+    import asyncio
+
+    p, exporter = _profiler()
+    done = threading.Event()
+
+    async def main() -> None:
+        lock, sem, event, cond, q = asyncio.Lock(), asyncio.Semaphore(1), asyncio.Event(), asyncio.Condition(), \
+            asyncio.Queue()
+        await lock.acquire()
+        await sem.acquire()
+        loop = asyncio.get_running_loop()
+
+        async def notify() -> None:
+            async with cond:
+                cond.notify_all()
+
+        # each wait ends when another callback lets it go, a little later
+        loop.call_later(0.2, lock.release)
+        loop.call_later(0.4, sem.release)
+        loop.call_later(0.6, event.set)
+        loop.call_later(0.8, lambda: asyncio.ensure_future(notify()))
+        loop.call_later(1.0, q.put_nowait, 1)
+        with p.profile("waits"):
+            async with lock:
+                pass
+            async with sem:
+                pass
+            await event.wait()
+            async with cond:
+                await cond.wait()
+            await q.get()
+        done.set()
+
+    asyncio.run(main())
+    assert done.is_set()
+    prof = _last(p, exporter)
+    wall: dict[tuple[str, str], int] = {}
+    for s in prof.samples:
+        names = _names(prof, s)
+        if names[0].startswith("[await asyncio."):
+            wall[(names[0], names[1])] = wall.get((names[0], names[1]), 0) + s.wall_ns
+    # the synthetic leaf names the primitive, over the asyncio frame that waits, with wall time
+    expected = {("[await asyncio.Lock]", "Lock.acquire"), ("[await asyncio.Semaphore]", "Semaphore.acquire"),
+                ("[await asyncio.Event]", "Event.wait"), ("[await asyncio.Condition]", "Condition.wait"),
+                ("[await asyncio.Queue]", "Queue.get")}
+    assert set(wall) == expected, wall
+    assert all(v > 0 for v in wall.values()), wall
+    # and the pprof a flame graph reads has them
+    data = encode_pprof(prof)
+    functions = {n for names, _v, _l in stacks_by_function(decode_pprof(data)) for n in names}
+    assert {leaf for leaf, _ in expected} <= functions

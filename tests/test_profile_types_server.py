@@ -18,14 +18,14 @@ import json
 import re
 import sys
 import threading
-import time
 from typing import Any
 
 import httpx
 import pytest
 
 from helpers.asgi_server import serve_in_thread
-from helpers.pprof_decode import decode_pprof, run_go_pprof, stacks_by_function
+from helpers.extra_types import hold_elsewhere, pprof_totals
+from helpers.pprof_decode import run_go_pprof
 from otelprof_middleware import cli
 from otelprof_middleware.asgi import ProfilingMiddleware
 from otelprof_middleware.profiletypes import alloc
@@ -76,17 +76,8 @@ def make_app() -> tuple[Any, dict[str, Any]]:
         state["threads"][name] = threading.get_ident()
         state["barrier"].wait(20)  # both requests are in flight, on two threads
         allocate(ALLOC[name])
-        held, release = threading.Event(), threading.Event()
         lock = state["locks"][name]
-
-        def holder() -> None:  # a thread outside any request holds our lock for a while
-            with lock:
-                held.set()
-                release.wait(10)
-
-        threading.Thread(target=holder).start()
-        held.wait(10)
-        threading.Timer(0.05, release.set).start()
+        hold_elsewhere(lock, 0.05)  # a thread outside any request holds our lock for a while
         wait(lock)
         # one collection at a time: a gc.collect() while another thread's collection
         # is under way (it lets go of the GIL in callbacks and finalizers) returns at once
@@ -106,24 +97,6 @@ def make_app() -> tuple[Any, dict[str, Any]]:
         return work("b", allocate_for_b, wait_for_lock_b, collect_in_b)
 
     return app, state
-
-
-def _totals(path: str) -> tuple[dict[str, int], dict[str, dict[str, int]], set[str]]:
-    """(type -> total, type -> {leaf function: value}, lock_site labels) of a pprof file."""
-    with open(path, "rb") as f:
-        d = decode_pprof(f.read())
-    types = [t for t, _ in d.sample_types]
-    totals = {t: 0 for t in types}
-    leaves: dict[str, dict[str, int]] = {t: {} for t in types}
-    sites = set()
-    for names, values, labels in stacks_by_function(d):
-        for t, v in zip(types, values):
-            totals[t] += v
-            if v and names:
-                leaves[t][names[0]] = leaves[t].get(names[0], 0) + v
-        if "lock_site" in labels:
-            sites.add(labels["lock_site"])
-    return totals, leaves, sites
 
 
 @pytest.mark.skipif(alloc.available()[0] is None, reason="the C extension's allocation hook is not built")
@@ -169,7 +142,7 @@ def test_two_concurrent_requests_get_their_own_allocations_lock_waits_and_gc(
         span = spans[f"/{name}"]
         entry = index[span.attributes["otelprof.profile_id"]]
         path = f"{out_dir}/{entry['file']}"
-        totals, leaves, sites = _totals(path)
+        totals, leaves, sites, _ = pprof_totals(path)
 
         # allocations: this request's function, the known amount within 10 %, never the other's
         truth = (ALLOC[name] // CHUNK) * sys.getsizeof(bytes(CHUNK))

@@ -222,12 +222,13 @@ def parse_trigger_limits(raw: Any) -> dict[str, int]:
 PROFILE_TYPES = ("cpu", "wall", "alloc", "heap", "lock", "gc")
 
 
-def parse_profile_types(raw: Any) -> tuple[str, ...]:
+def parse_profile_types(raw: Any, option: str = "profile_types") -> tuple[str, ...]:
     """``("cpu", "wall", "lock")`` from ``"cpu,wall,lock"`` or a list; ``ConfigError``
     (with "did you mean") for an unknown type.  ``heap`` implies ``alloc`` (the live
     bytes are the sampled allocations not freed).  CPU and wall time are always
     sampled (the other types hang off their sessions): ``cpu``/``wall`` may be
-    listed or left out."""
+    listed or left out.  ``option="header_profile_types"``: the types a trigger
+    header may add, which may be none (an empty tuple; cpu and wall are left out)."""
     items = raw.split(",") if isinstance(raw, str) else list(raw)
     out: list[str] = []
     for item in items:
@@ -237,11 +238,13 @@ def parse_profile_types(raw: Any) -> tuple[str, ...]:
         if name not in PROFILE_TYPES:
             close = difflib.get_close_matches(name, PROFILE_TYPES, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError("profile_types", raw, f"unknown type {name!r}{hint} (types: "
+            raise ConfigError(option, raw, f"unknown type {name!r}{hint} (types: "
                               + ", ".join(PROFILE_TYPES) + ")")
         out.append(name)
+    if option == "header_profile_types":
+        return tuple(t for t in PROFILE_TYPES[2:] if t in out or (t == "alloc" and "heap" in out))
     if not out:
-        raise ConfigError("profile_types", raw, "needs at least one of " + ", ".join(PROFILE_TYPES))
+        raise ConfigError(option, raw, "needs at least one of " + ", ".join(PROFILE_TYPES))
     if "heap" in out and "alloc" not in out:
         out.append("alloc")
     out += ["cpu", "wall"]
@@ -328,6 +331,10 @@ class Config:
     alloc_sample_interval: int = _opt(512 * 1024, "size", 1, 1024**3,
                                       doc="mean bytes allocated between two allocation samples (Poisson)")
     lock_sample_rate: float = _opt(1.0, "float", 0.0, 1.0, doc="share of lock acquisitions timed (lock type)")
+    header_profile_types: tuple[str, ...] = _opt((), "profile_types",
+                                                 doc="types a trigger header may add to its profile "
+                                                 "(alloc, heap, lock, gc; docs/triggers.md); their hooks are "
+                                                 "installed at start")
     # --- window profiles (aggregates of short requests, the continuous profile; windows.py)
     aggregate_window: float = _opt(10.0, "duration", 0, 3600, doc="short sampled requests' samples go into "
                                    "one profile per route and window of this length; 0 = off (dropped)")
@@ -741,7 +748,7 @@ def _convert(name: str, raw: Any, spec: _Spec, source: str) -> Any:
                 from None
     if kind == "profile_types":
         try:
-            return parse_profile_types(raw)
+            return parse_profile_types(raw, name)
         except ConfigError as exc:
             raise fail(exc.allowed) from None
         except (TypeError, ValueError):

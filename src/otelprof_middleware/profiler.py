@@ -229,9 +229,12 @@ class Profiler:
         triggers: tuple[str, ...] = (),
         attach: bool = True,
         hz: Optional[int] = None,
+        profile_types: tuple[str, ...] = (),
     ) -> Optional[Session]:
         """Start sampling a unit of work; None when disabled or on any internal failure.
-        ``attach`` attaches the calling asyncio task, or else the calling thread."""
+        ``attach`` attaches the calling asyncio task, or else the calling thread.
+        ``profile_types``: types measured besides the config's ``profile_types`` (a
+        trigger header's, already checked against ``header_profile_types``)."""
         if not self.enabled:
             return None
         session: Optional[Session] = None
@@ -250,7 +253,7 @@ class Profiler:
                 triggers=triggers,
                 native=cfg.native_sampler,
             )
-            session.extras = recorder_for(session, cfg)
+            session.extras = recorder_for(session, cfg, profile_types)
             if session.extras is not None:
                 profile_type_hooks.ensure(cfg)  # a forked child installs its hooks here
             if attach:

@@ -66,6 +66,25 @@ _MARKER_NAMES = {id(UNKNOWN): "<unknown>", id(UNSAMPLED): "<unsampled CPU>", id(
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
+#: asyncio waits named in the flame graph: a stack whose leaf is one of these
+#: coroutines (a task suspended in it, or about to be) gets a synthetic leaf frame
+_ASYNCIO_WAITS = (("locks", "Lock", "acquire"), ("locks", "Semaphore", "acquire"), ("locks", "Event", "wait"),
+                  ("locks", "Condition", "wait"), ("queues", "Queue", "get"), ("queues", "Queue", "put"))
+_await_markers: dict[int, str] = {}
+
+
+def _asyncio_wait_markers() -> dict[int, str]:
+    """``id(code) -> "[await asyncio.Lock]"`` for :data:`_ASYNCIO_WAITS`, once asyncio
+    is imported (never imported for it: an app without asyncio has no such wait)."""
+    if not _await_markers and "asyncio" in sys.modules:
+        for module, cls, method in _ASYNCIO_WAITS:
+            mod = sys.modules.get("asyncio." + module)
+            fn = getattr(getattr(mod, cls, None), method, None)
+            code = getattr(fn, "__code__", None)
+            if code is not None:
+                _await_markers[id(code)] = f"[await asyncio.{cls}]"
+    return _await_markers
+
 try:  # per-thread CPU clocks (Linux, most Unixes)
     _getcpuclockid = time.pthread_getcpuclockid
     _clock_gettime_ns = time.clock_gettime_ns
@@ -311,13 +330,14 @@ class StackInterner:
     frames folded, offsets made line numbers, markers named.  Shared by every
     table that fills a profile (the CPU/wall table, the allocation and lock tables)."""
 
-    __slots__ = ("builder", "_fn", "_line", "_own")
+    __slots__ = ("builder", "_fn", "_line", "_own", "_waits")
 
     def __init__(self, builder: ProfileBuilder) -> None:
         self.builder = builder
         self._fn: dict[int, int] = {}
         self._line: dict[tuple[int, int], int] = {}
         self._own: dict[int, bool] = {}
+        self._waits = _asyncio_wait_markers()
 
     def stack(self, codes: Any, lastis: Any) -> int:
         b = self.builder
@@ -325,6 +345,10 @@ class StackInterner:
             codes, lastis = _fold(codes, lastis, self._own)
         fn_cache, line_cache = self._fn, self._line
         locs = []
+        if codes and self._waits:
+            wait = self._waits.get(id(codes[0]))
+            if wait is not None:  # a task waiting on an asyncio lock, semaphore, event, queue
+                locs.append(b.location(b.function(wait), 0))
         for code, lasti in zip(codes, lastis):
             if code is GAP:
                 f = b.function(f"<{lasti} frames omitted>")  # the gap's slot holds the count

@@ -267,7 +267,8 @@ class RequestHandle(TailTicket):
             decision = self.decision = Decision.no("concurrency", decision.header_requested)
         if decision.profile:
             boost = rp.header_boost_hz if "header" in decision.triggers and decision.hz is None else None
-            session = self.start_profile(decision.triggers, hz=boost or decision.hz)
+            session = self.start_profile(decision.triggers, hz=boost or decision.hz,
+                                         profile_types=decision.profile_types)
             entry.bind(session)
             if session is not None:
                 if boost:
@@ -280,11 +281,11 @@ class RequestHandle(TailTicket):
         return self.session is not None or self.tail_t0 is not None
 
     def start_profile(self, triggers: tuple[str, ...], hz: Optional[int] = None, *,
-                      remote: bool = False) -> Optional[Session]:
+                      remote: bool = False, profile_types: tuple[str, ...] = ()) -> Optional[Session]:
         """Start sampling this request (at entry, or later for a late trigger).
         ``remote``: called from another thread (a promotion on the watchdog thread),
         so the request's own thread or task is attached, with the pool threads it is
-        working in."""
+        working in.  ``profile_types``: types the trigger header added."""
         if self.session is not None or self._done:
             return self.session
         info = self.info
@@ -293,7 +294,7 @@ class RequestHandle(TailTicket):
             attrs["http.route"] = info.route
         name = f"{info.method} {info.route or info.path}"
         session = self.rp.profiler.start_session(name, link=info.link, attributes=attrs, triggers=tuple(triggers),
-                                                 hz=hz, attach=not remote)
+                                                 hz=hz, attach=not remote, profile_types=profile_types)
         if session is None:
             return None
         if remote:

@@ -41,6 +41,7 @@ import re
 from typing import Callable, Optional
 
 from .._safety import LogOnce
+from ..config import PROFILE_TYPES
 from .cpu import CpuMonitor, CpuTrigger, get_cpu_monitor
 from .governor import Governor
 from .limits import ConcurrencySlots, ProfileBudget, Stamp, WindowLimiter, default_shares, give_back
@@ -58,6 +59,20 @@ HEADER_NO = frozenset({"", "0", "false", "no", "off"})
 #: ``debug``: only while the framework runs in debug mode; ``any``: from anyone;
 #: ``off``: never (with a secret too)
 HEADER_TRUST = ("debug", "any", "off")
+#: the header's way to ask for profile types: ``<value>; types=alloc,lock``
+TYPES_PARAM = "types="
+
+
+def split_header_types(value: str) -> tuple[str, Optional[str]]:
+    """``("s3cret", "alloc,lock")`` from ``"s3cret; types=alloc,lock"``; ``(value,
+    None)`` when the value names no types.  The last ``;`` splits, so a secret may
+    itself contain one."""
+    head, sep, tail = value.rpartition(";")
+    if sep:
+        tail = tail.strip()
+        if tail[:len(TYPES_PARAM)].lower() == TYPES_PARAM:
+            return head.strip(), tail[len(TYPES_PARAM):]
+    return value, None
 _TRACE_ID_MAX = (1 << 64) - 1
 
 
@@ -157,13 +172,16 @@ class EntryDecider:
         target = info.url or info.path
         return any(p.search(target) for p in self._excluded)
 
-    def header_asks(self, info: RequestInfo) -> bool:
-        """True when the request's trigger header asks for a profile and may (see
-        :data:`HEADER_TRUST`); an ignored header is logged once per reason, with the
-        option that would open it, and counted as ``header_ignored``."""
+    def header_asks(self, info: RequestInfo) -> Optional[tuple[str, ...]]:
+        """The extra profile types (maybe none: ``()``) when the request's trigger
+        header asks for a profile and may (see :data:`HEADER_TRUST`), else None.  An
+        ignored header is logged once per reason, with the option that would open
+        it, and counted as ``header_ignored``.  The value may name types:
+        ``<secret or 1>; types=alloc,lock``, or without a secret just
+        ``alloc,lock`` (:meth:`header_types` keeps the allowed ones)."""
         value = info.header(self.header_name)
         if value is None:
-            return False
+            return None
         value = value.strip()
         trust = self.header_trust
         if trust == "off":
@@ -171,12 +189,15 @@ class EntryDecider:
         if self._secret is not None:
             # any text compares, even one with lone surrogates (never raises)
             if hmac.compare_digest(value.encode("utf-8", "surrogatepass"), self._secret):
-                return True
+                return ()
+            head, types = split_header_types(value)
+            if types is not None and hmac.compare_digest(head.encode("utf-8", "surrogatepass"), self._secret):
+                return self.header_types(types)
             return self._ignore_header("secret", "its value is not the header_secret (the value is not shown)",
                                        "send the header_secret as the header's value")
-        value = value.lower()
-        if value in HEADER_NO:
-            return False  # it says no
+        value, types = split_header_types(value.lower())
+        if value in HEADER_NO and types is None:
+            return None  # it says no
         if trust != "any":
             debug = info.debug_mode()
             if not debug:
@@ -187,16 +208,45 @@ class EntryDecider:
                                            "set header_secret (OTELPROF_HEADER_SECRET) and send it as the "
                                            "header's value, or header_trust='any' (OTELPROF_HEADER_TRUST=any) to "
                                            "honour the header from anyone")
-        if value not in HEADER_YES:
-            return self._ignore_header("value", "its value is not one of 1, true, yes, on (no header_secret "
-                                       "is set)", "send 1, or set header_secret and send that")
-        return True
+        if value in HEADER_YES:
+            return self.header_types(types) if types is not None else ()
+        if types is None and any(t.strip() in PROFILE_TYPES for t in value.split(",")):
+            return self.header_types(value)  # the short form: the types alone ask
+        return self._ignore_header("value", "its value is not one of 1, true, yes, on (no header_secret is set)",
+                                   "send 1, or set header_secret and send that")
 
-    def _ignore_header(self, key: str, why: str, opens: str) -> bool:
+    def header_types(self, text: str) -> tuple[str, ...]:
+        """The types of a header's list that ``header_profile_types`` (or
+        ``profile_types``) allows; unknown and refused ones are logged once and left
+        out (the profile still starts).  ``cpu``/``wall`` are always measured."""
+        allowed = self.config.header_profile_types
+        out = []
+        for item in text.split(","):
+            name = item.strip().lower()
+            if not name or name in ("cpu", "wall"):
+                continue
+            if name not in PROFILE_TYPES:
+                # one key for all unknown names: client text never grows the log-once table
+                self._header_log("type-unknown", "otelprof: the %s header asked for unknown profile types "
+                                 "(first: %.40r); they are ignored (types: %s)", self.config.header, name,
+                                 ", ".join(PROFILE_TYPES))
+            elif name in allowed or name in self.config.profile_types:
+                out.append(name)
+            else:
+                self._header_log("type-refused:" + name, "otelprof: the %s header asked for the %r profile type, "
+                                 "which header_profile_types does not allow; ignored (add it to "
+                                 "header_profile_types, OTELPROF_HEADER_PROFILE_TYPES, to allow it)",
+                                 self.config.header, name)
+        if "heap" in out:
+            out.append("alloc")
+        return tuple(t for t in PROFILE_TYPES if t in out)
+
+    def _ignore_header(self, key: str, why: str, opens: str) -> Optional[tuple[str, ...]]:
+        """Count and log (once per ``key``) an ignored header; None (it asks nothing)."""
         self.stats.declined("header_ignored")
         self._header_log(key, "otelprof: ignored the %s header: %s; to profile such requests, %s",
                          self.config.header, why, opens)
-        return False
+        return None
 
     def probability_hit(self, info: RequestInfo) -> bool:
         """Trace-id ratio when there is a trace (same trace, same answer in every
@@ -264,7 +314,8 @@ class EntryDecider:
                 return Decision.no("custom")
 
         triggers: list[str] = []
-        header = self.header_asks(info)
+        header_types = self.header_asks(info)
+        header = header_types is not None
         if forced:
             triggers.append("custom")
         if probability_hit is None:
@@ -299,9 +350,10 @@ class EntryDecider:
             return Decision.no("excluded")
         if header:
             triggers.insert(1 if forced else 0, "header")
-        return self.admit(triggers, header_requested=header)
+        return self.admit(triggers, header_requested=header, header_types=header_types or ())
 
-    def admit(self, triggers: list[str], header_requested: bool = False) -> Decision:
+    def admit(self, triggers: list[str], header_requested: bool = False,
+              header_types: tuple[str, ...] = ()) -> Decision:
         """Apply the budgets to a request some trigger selected: the overhead
         governor, a free concurrency slot (a hint), then the per-minute budgets (the
         header's own, or the automatic triggers' shares and total).  Before starting
@@ -340,8 +392,9 @@ class EntryDecider:
         if expose is None:
             expose = "header" in triggers
         hz = gov.hz(self.config.sample_hz) if gov.level else None
+        # the types the header asked for come with its profile only (not with another trigger's)
         return Decision(True, tuple(triggers), header_requested=header_requested, expose_profile_id=expose, hz=hz,
-                        stamps=stamps)
+                        stamps=stamps, profile_types=header_types if "header" in triggers else ())
 
     def claim(self, decision: Decision) -> bool:
         """Take the concurrency slot for the profile of ``decision`` (a yes), atomically;

@@ -107,6 +107,8 @@ class Decision:
     header_requested: bool = False
     expose_profile_id: bool = False
     hz: Optional[int] = None
+    #: profile types beyond ``profile_types`` the trigger header asked for (``header_profile_types``)
+    profile_types: tuple[str, ...] = ()
     #: the budget places a yes took (given back if its profile does not start)
     stamps: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 

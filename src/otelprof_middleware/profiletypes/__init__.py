@@ -9,8 +9,8 @@ Design notes:
   a session gains or loses a target (:class:`Recorder` is the session's
   :class:`~otelprof_middleware.session.ExtrasRecorder`).
 * **Installed only when asked for.**  :class:`Hooks` installs a type's hook when the
-  first profiler that lists it in ``profile_types`` starts, removes it when the last
-  one shuts down, and in a forked child removes everything (a child re-installs at its
+  first profiler that lists it in ``profile_types`` (or ``header_profile_types``)
+  starts, removes it when the last one shuts down, and in a forked child removes everything (a child re-installs at its
   first session, see :meth:`Hooks.ensure`).  ``enabled=false`` or a default
   ``profile_types`` install nothing.
 * **Raw samples** go into the session's :class:`ExtraTable` (stack, thread, labels ->
@@ -22,12 +22,14 @@ Design notes:
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from .._safety import LogOnce, at_fork_reinit
 from ..profile import AttributeValue, Profile, ProfileBuilder
 from ..stacks import StackInterner
 from . import threads
+from .cost import hook_cost
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -111,7 +113,9 @@ class Recorder:
         if self.alloc:
             from . import alloc
 
+            t0 = time.monotonic_ns()
             alloc.drain()  # what this thread allocated so far is ours: bill it before letting go
+            hook_cost.add(time.monotonic_ns() - t0)  # on the request's thread: the governor counts it
             alloc.track(target.thread_id, False)
         threads.remove(target.thread_id, self, target)
         if target.thread_id not in threads.entries:
@@ -124,7 +128,9 @@ class Recorder:
         if self.alloc:
             from . import alloc
 
+            t0 = time.monotonic_ns()
             alloc.drain()
+            hook_cost.add(time.monotonic_ns() - t0)  # usually on the request's thread (its end)
             alloc.release_live(self)
         self.table.closed = True
 
@@ -194,9 +200,10 @@ class Recorder:
         return profile
 
 
-def recorder_for(session: "Session", config: "Config") -> Optional[Recorder]:
-    """A recorder if ``config`` asks for a type beyond cpu and wall, else None."""
-    types = tuple(t for t in config.profile_types if t in EXTRA_PROFILE_TYPES)
+def recorder_for(session: "Session", config: "Config", extra: tuple[str, ...] = ()) -> Optional[Recorder]:
+    """A recorder if ``config`` (or ``extra``, the types a trigger header added) asks
+    for a type beyond cpu and wall, else None."""
+    types = tuple(t for t in EXTRA_PROFILE_TYPES if t in config.profile_types or t in extra)
     if not types:
         return None
     from . import alloc, locks
@@ -256,7 +263,9 @@ class Hooks:
 
     @staticmethod
     def _wanted(config: "Config") -> tuple[str, ...]:
-        types = config.profile_types
+        # the header's types too: a lock made before its hook is in is never profiled,
+        # so the hooks a header may ask for are installed from the start
+        types = config.profile_types + config.header_profile_types
         out = []
         if "alloc" in types or "heap" in types:
             out.append("alloc")

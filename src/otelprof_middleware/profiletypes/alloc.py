@@ -75,7 +75,7 @@ def install(config: "Config") -> bool:
                   "allocation samples, everything else works", reason)
         return False
     _interval = config.alloc_sample_interval
-    _heap = "heap" in config.profile_types
+    _heap = "heap" in config.profile_types or "heap" in config.header_profile_types
     lib.alloc_install(float(_interval), min(config.max_stack_depth + 1, 512), _heap)
     _lib = lib
     return True

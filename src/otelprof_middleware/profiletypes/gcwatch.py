@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ..stacks import GC_MARKERS
 from . import threads
+from .cost import hook_cost
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -56,6 +57,7 @@ def _callback(phase: str, info: dict[str, Any]) -> None:
     for recorder, _target in threads.for_current(ident, found):
         if recorder.gc:
             recorder.add_gc(end - start)
+    hook_cost.add(time.monotonic_ns() - end)  # the bookkeeping is ours, the collection the app's
 
 
 def leaf(ident: int, mono_ns: int) -> Optional[object]:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ..stacks import walk_frames
 from . import threads
+from .cost import hook_cost
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -117,11 +118,12 @@ def _wait(lock: Any, timeout: float) -> bool:
         return lock._acquire(True, timeout)
     start = time.monotonic_ns()
     got = lock._acquire(True, timeout)
-    waited = time.monotonic_ns() - start
+    end = time.monotonic_ns()
     try:
-        _record(lock._site, waited, rate)
+        _record(lock._site, end - start, rate)
     except Exception:  # never let profiling break a lock
         pass
+    hook_cost.add(time.monotonic_ns() - end)  # the recording is ours, the wait the app's
     return got
 
 
@@ -157,11 +159,12 @@ def _timed_wait(acquire: Any, site: str, blocking: bool, timeout: Optional[float
         return False
     start = time.monotonic_ns()
     got = acquire(True, timeout)
-    waited = time.monotonic_ns() - start
+    end = time.monotonic_ns()
     try:
-        _record(site, waited, rate)
+        _record(site, end - start, rate)
     except Exception:  # never let profiling break a semaphore
         pass
+    hook_cost.add(time.monotonic_ns() - end)
     return got
 
 
