@@ -62,7 +62,7 @@ APP = textwrap.dedent('''
 
     # made once the extension's profiler installed the lock hook: wrapped locks, this line their site
     LOCKS = {{"a": threading.Lock(), "b": threading.Lock()}}
-    SITE = "%s:%d" % (__file__, sys._getframe().f_lineno - 1)
+    SITE = "%s:%d" % (os.path.basename(__file__), sys._getframe().f_lineno - 1)  # relative (docs/privacy.md)
     BARRIER = threading.Barrier(2)
     A_COLLECTED = threading.Event()
 

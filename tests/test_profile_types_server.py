@@ -15,6 +15,7 @@ import gc
 import io
 import itertools
 import json
+import os
 import re
 import sys
 import threading
@@ -137,7 +138,7 @@ def test_two_concurrent_requests_get_their_own_allocations_lock_waits_and_gc(
              if s.kind == trace.SpanKind.SERVER}
     with open(f"{out_dir}/index.jsonl") as f:
         index = {e["profile_id"]: e for e in map(json.loads, f)}
-    site = f"{__file__}:{site_line}"
+    site = f"{os.path.basename(__file__)}:{site_line}"  # file names leave relative to sys.path (docs/privacy.md)
     for name, other in (("a", "b"), ("b", "a")):
         span = spans[f"/{name}"]
         entry = index[span.attributes["otelprof.profile_id"]]
