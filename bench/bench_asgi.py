@@ -59,8 +59,9 @@ def mode_options(mode: str) -> dict:
         return dict(probability=0.0, slow_promotion=False, slow_route_arming=False, error_profile_duration=0,
                     cpu_trigger=False)
     # every request profiled: budgets lifted, the saturated server must not fire the CPU trigger
+    # ("p100py": the same with the pure-Python sampler, to compare the two samplers in one run)
     return dict(probability=1.0, sample_hz=100, max_profiles_per_minute=1_000_000, max_concurrent_profiles=64,
-                max_overhead=1.0, cpu_trigger=False)
+                max_overhead=1.0, cpu_trigger=False, native_sampler=mode != "p100py")
 
 
 
