@@ -30,6 +30,7 @@ import sys
 import zlib
 from typing import Any, Optional, Sequence
 
+from ..encoding._protowire import field_bytes, field_varint, packed
 from .pprof import LINE_BITS, FunctionTable, ProfileStacks, column_sums
 
 __all__ = [
@@ -633,24 +634,6 @@ def speedscope_json(ss: StackSet, *, name: str = "otelprof merge", scale: Option
 # --------------------------------------------------------------------------- pprof writer
 
 
-def _varint(n: int) -> bytes:
-    n &= (1 << 64) - 1
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _vfield(num: int, value: int) -> bytes:
-    return _varint(num << 3) + _varint(value) if value else b""
-
-
-def _lfield(num: int, payload: bytes) -> bytes:
-    return _varint(num << 3 | 2) + _varint(len(payload)) + payload
-
-
 def to_pprof(ss: StackSet, *, scale: Optional[float] = None, comments: Sequence[str] = (),
              time_nanos: int = 0, duration_nanos: int = 0) -> bytes:
     """A gzip'd pprof of ``ss`` (values rounded to integers after ``scale``).
@@ -664,7 +647,7 @@ def to_pprof(ss: StackSet, *, scale: Optional[float] = None, comments: Sequence[
             i = strings[text] = len(strings)
         return i
 
-    parts: list[bytes] = [_lfield(1, _vfield(1, s(t)) + _vfield(2, s(u))) for t, u in ss.sample_types]
+    parts: list[bytes] = [field_bytes(1, field_varint(1, s(t)) + field_varint(2, s(u))) for t, u in ss.sample_types]
     locations: dict[int, int] = {}
     functions: dict[int, int] = {}
     loc_parts: list[bytes] = []
@@ -682,28 +665,28 @@ def to_pprof(ss: StackSet, *, scale: Optional[float] = None, comments: Sequence[
                 if fn is None:
                     fn = functions[fid] = len(functions) + 1
                     name, file, start = ss.table.functions[fid]
-                    fn_parts.append(_lfield(5, _vfield(1, fn) + _vfield(2, s(name))
-                                            + _vfield(4, s(file)) + _vfield(5, start)))
+                    fn_parts.append(field_bytes(5, field_varint(1, fn) + field_varint(2, s(name))
+                                            + field_varint(4, s(file)) + field_varint(5, start)))
                 loc = locations[k] = len(locations) + 1
-                line = _vfield(1, fn) + _vfield(2, k & _LINE_MASK)
-                loc_parts.append(_lfield(4, _vfield(1, loc) + _lfield(4, line)))
+                line = field_varint(1, fn) + field_varint(2, k & _LINE_MASK)
+                loc_parts.append(field_bytes(4, field_varint(1, loc) + field_bytes(4, line)))
             ids.append(loc)
         vals = [int(round(v * scale)) if scale is not None else v for v in values]
-        body = _lfield(1, b"".join(map(_varint, ids))) if ids else b""
-        body += _lfield(2, b"".join(map(_varint, vals)))
+        body = field_bytes(1, packed(ids)) if ids else b""
+        body += field_bytes(2, packed(vals))
         if thread:
-            body += _lfield(3, _vfield(1, s("thread_name")) + _vfield(2, s(thread)))
-        parts.append(_lfield(2, body))
+            body += field_bytes(3, field_varint(1, s("thread_name")) + field_varint(2, s(thread)))
+        parts.append(field_bytes(2, body))
     parts += loc_parts
     parts += fn_parts
     names = [t for t, _u in ss.sample_types]
-    period_type = _lfield(11, _vfield(1, s("cpu")) + _vfield(2, s("nanoseconds"))) if "cpu" in names else b""
+    period_type = field_bytes(11, field_varint(1, s("cpu")) + field_varint(2, s("nanoseconds"))) if "cpu" in names else b""
     comment_ids = [s(c) for c in comments]
-    default = _vfield(14, s("cpu")) if "cpu" in names else b""
-    table = b"".join(_lfield(6, t.encode("utf-8", "replace")) for t in strings)
-    tail = _vfield(9, time_nanos) + _vfield(10, duration_nanos) + period_type
+    default = field_varint(14, s("cpu")) if "cpu" in names else b""
+    table = b"".join(field_bytes(6, t.encode("utf-8", "replace")) for t in strings)
+    tail = field_varint(9, time_nanos) + field_varint(10, duration_nanos) + period_type
     if comment_ids:
-        tail += _lfield(13, b"".join(map(_varint, comment_ids)))
+        tail += field_bytes(13, packed(comment_ids))
     raw = b"".join(parts) + table + tail + default
     c = zlib.compressobj(6, zlib.DEFLATED, 31)
     return c.compress(raw) + c.flush()
