@@ -143,6 +143,7 @@ class CpuTimers:
         self.samples = 0  # samples drained
         self.unknown_frames = 0
         self.broken = False  # our signal handler was replaced: no more timers
+        self._next_expiry = 0.0  # when retune next stops stale parked timers
         at_fork_reinit(self._after_fork)
 
     # ------------------------------------------------------------------ targets
@@ -214,7 +215,7 @@ class CpuTimers:
                         self._stop_locked(th)  # the thread is gone
                     else:
                         th.parked_at = time.monotonic()  # kept for the thread's next profile
-                    self._expire_locked(time.monotonic())
+                    # (stale parked timers are stopped by the sampler thread: retune, idle wait)
 
     @property
     def parked(self) -> int:
@@ -229,8 +230,10 @@ class CpuTimers:
             return sum(1 for th in self._threads.values() if th.parked_at)
 
     def _expire_locked(self, now: float) -> None:
-        parked = sorted((th for th in self._threads.values() if th.parked_at), key=lambda th: th.parked_at)
+        parked = [th for th in self._threads.values() if th.parked_at]
         excess = len(parked) - MAX_PARKED
+        if excess > 0:
+            parked.sort(key=lambda th: th.parked_at)
         for i, th in enumerate(parked):
             if i < excess or now - th.parked_at >= PARK_SECONDS:
                 self._stop_locked(th)
@@ -275,6 +278,11 @@ class CpuTimers:
     def retune(self, interval_of: Any) -> None:
         """Run each thread's timer at the fastest rate among its sessions:
         ``interval_of(session)`` gives a session's current interval in ns."""
+        now = time.monotonic()
+        if now >= self._next_expiry:  # parked timers, about once a second, on the sampler thread
+            self._next_expiry = now + 1.0
+            with self._lock:
+                self._expire_locked(now)
         for th in list(self._threads.values()):
             entries = th.entries
             if not entries:
