@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Union
+
+from ._safety import at_fork_reinit
 
 __all__ = ["SpanLink", "Function", "Location", "Sample", "Profile", "ProfileBuilder", "AttributeValue", "clean_text",
            "EXTRA_TYPES"]
@@ -116,6 +119,42 @@ class Sample:
     labels: tuple[tuple[str, str], ...] = ()  # e.g. (("lock_site", "app.py:12"),)
 
 
+class _IdSource:
+    """Random 16-byte profile ids, read from ``os.urandom`` 4 KiB at a time.
+
+    One ``os.urandom`` call per id cost a profiled request a GIL hand-over (the call
+    releases the GIL, and the sampler thread, waiting for it, took it: 10-20 µs of
+    that request's time).  The buffer is thrown away in a forked child, so parent
+    and child never hand out the same id."""
+
+    _CHUNK = 4096
+
+    def __init__(self) -> None:
+        self._reset()
+        at_fork_reinit(self._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._buf = b""
+        self._pos = 0
+
+    def take(self) -> bytes:
+        with self._lock:
+            pos = self._pos
+            if pos + 16 > len(self._buf):
+                self._buf, pos = os.urandom(self._CHUNK), 0
+            self._pos = pos + 16
+            return self._buf[pos:pos + 16]
+
+
+_ids = _IdSource()
+
+
+def new_profile_id() -> bytes:
+    """A new random profile id (16 bytes, from the OS's random source)."""
+    return _ids.take()
+
+
 @dataclass
 class Profile:
     """One finished profile.  Lists are 0-based and hold no "zero element":
@@ -132,7 +171,7 @@ class Profile:
     link: SpanLink | None = None
     attributes: dict[str, AttributeValue] = field(default_factory=dict)
     triggers: tuple[str, ...] = ()
-    profile_id: bytes = field(default_factory=lambda: os.urandom(16))
+    profile_id: bytes = field(default_factory=lambda: new_profile_id())
     truncated: str = ""  # why sampling stopped early ("max_duration", "max_samples"), if it did
     keep_if_empty: bool = False  # export even below min_samples (e.g. its id was sent to a client)
     extra_types: tuple[str, ...] = ()  # EXTRA_TYPES recorded, in EXTRA_TYPES order

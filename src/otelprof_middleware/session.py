@@ -17,12 +17,11 @@ on the export worker, never on the request path.
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 import time
 from typing import Any, Optional, Protocol
 
-from .profile import AttributeValue, Profile, SpanLink, clean_text, clean_value
+from .profile import AttributeValue, Profile, SpanLink, clean_text, clean_value, new_profile_id
 from .stacks import SamplingReport, StackTable, native_id_of
 
 __all__ = ["Session", "Target", "TargetObserver", "ExtrasRecorder", "SamplingReport", "session_summary"]
@@ -104,7 +103,7 @@ class Session:
         native: bool = True,
     ) -> None:
         self.name = name
-        self.profile_id = os.urandom(16)
+        self.profile_id = new_profile_id()
         self.link = link
         self.attributes: dict[str, AttributeValue] = dict(attributes or {})
         self.triggers: tuple[str, ...] = triggers

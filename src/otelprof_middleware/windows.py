@@ -35,14 +35,13 @@ window, parked while there is none), on ``force_flush`` and at ``shutdown``.  Af
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any, Callable, Optional
 
 from ._safety import Firewall, at_fork_reinit
 from .export.priority import Priority, priority_of
-from .profile import AttributeValue, Profile, ProfileBuilder, SpanLink, clean_text
+from .profile import AttributeValue, Profile, ProfileBuilder, SpanLink, clean_text, new_profile_id
 from .stacks import StackTable
 
 __all__ = ["WindowProfile", "ShortRequestAggregator", "WindowTimer", "ContinuousRecorder", "SpanRegistry"]
@@ -60,7 +59,7 @@ class WindowProfile:
                  triggers: tuple[str, ...] = ()) -> None:
         self.name = name
         self.kind = kind  # "aggregate" or "continuous"
-        self.profile_id = os.urandom(16)
+        self.profile_id = new_profile_id()
         self.start_time_ns = time.time_ns()
         self.start_mono_ns = time.monotonic_ns()
         self.end_mono_ns: Optional[int] = None
