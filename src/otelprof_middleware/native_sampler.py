@@ -119,7 +119,7 @@ MAX_PARKED = 64
 class _Thread:
     """One sampled thread: its timer and the (session, target) pairs it serves."""
 
-    __slots__ = ("ident", "native_id", "handle", "interval_ns", "entries", "lock", "name", "parked_at")
+    __slots__ = ("ident", "native_id", "handle", "interval_ns", "entries", "lock", "name", "parked_at", "light")
 
     def __init__(self, ident: int, native_id: int, handle: int, interval_ns: int) -> None:
         self.ident = ident
@@ -129,6 +129,7 @@ class _Thread:
         self.entries: list[tuple["Session", "Target"]] = []
         self.lock = threading.Lock()  # one drain+dispatch at a time (single consumer)
         self.parked_at = 0.0  # when its last target left (monotonic s); 0 while in use
+        self.light = 0  # light-session targets on this thread (billed by sample, see light_add)
 
 
 class CpuTimers:
@@ -144,6 +145,9 @@ class CpuTimers:
         self.unknown_frames = 0
         self.broken = False  # our signal handler was replaced: no more timers
         self._next_expiry = 0.0  # when retune next stops stale parked timers
+        self._light_threads: dict[int, tuple["Session", "Target"]] = {}  # thread -> its light session
+        self._light_frames: dict[int, tuple["Session", "Target"]] = {}  # task's coroutine frame -> light session
+        self._source_of: dict[int, str] = {}  # timer handle -> SOURCE_NAMES value
         at_fork_reinit(self._after_fork)
 
     # ------------------------------------------------------------------ targets
@@ -151,35 +155,10 @@ class CpuTimers:
         """Bill ``target`` from its thread's CPU timer (started if needed); returns the
         timer's kind (:data:`SOURCE_NAMES`), or None if the thread cannot have one
         (then the caller samples it in Python)."""
-        ident = target.thread_id
-        if self.broken:
+        th = self._thread_for(target, interval_ns, session.max_depth)
+        if th is None:
             return None
-        with self._lock:
-            th = self._threads.get(ident)
-            if th is not None and th.parked_at:
-                if th.native_id == target.native_id:
-                    # an idle timer of this thread: take it up again (samples it took
-                    # meanwhile fall before this target's attach_cpu: never billed)
-                    th.parked_at = 0.0
-                    if interval_ns != th.interval_ns:
-                        self._set_interval(th, interval_ns)
-                else:  # another thread now has this identifier
-                    self._stop_locked(th)
-                    th = None
-            if th is None:
-                depth = min(session.max_depth, 512)
-                if depth > self._max_frames:
-                    self._max_frames = self.lib.set_max_frames(depth)
-                try:
-                    handle = self.lib.start(ident, target.native_id, interval_ns, PERF_EVENTS)
-                except (OSError, RuntimeError, LookupError, ValueError) as e:
-                    _log_once("native-start", "otelprof: no CPU timer for thread %s (%s): sampled in Python",
-                              ident, e)
-                    return None
-                th = self._threads[ident] = _Thread(ident, target.native_id, handle, interval_ns)
-            elif interval_ns < th.interval_ns:
-                self._set_interval(th, interval_ns)
-        cpu = thread_cpu_ns(ident, th.native_id)
+        cpu = thread_cpu_ns(th.ident, th.native_id)
         with th.lock:
             target.attach_cpu = cpu if cpu is not None else 0
             target.cpu_billed = target.cpu_since_wall = 0
@@ -191,6 +170,98 @@ class CpuTimers:
             target.native = True
             th.entries.append((session, target))
             return self._source(th)
+
+    def _thread_for(self, target: "Target", interval_ns: int, max_depth: int, *,
+                    light: bool = False) -> Optional[_Thread]:
+        """The timer of ``target``'s thread, taken up again if parked, started if there
+        is none (None if it cannot have one); a faster ``interval_ns`` speeds it up."""
+        ident = target.thread_id
+        if self.broken:
+            return None
+        with self._lock:
+            th = self._threads.get(ident)
+            if th is not None and th.native_id != target.native_id:  # another thread now has this identifier
+                self._stop_locked(th)
+                th = None
+            if th is not None and th.parked_at:
+                # an idle timer of this thread: take it up again (samples it took
+                # meanwhile fall before this target's attach: never billed)
+                th.parked_at = 0.0
+                if interval_ns != th.interval_ns and not th.entries:
+                    self._set_interval(th, interval_ns)
+            if th is None:
+                depth = min(max_depth, 512)
+                if depth > self._max_frames:
+                    self._max_frames = self.lib.set_max_frames(depth)
+                try:
+                    handle = self.lib.start(ident, target.native_id, interval_ns, PERF_EVENTS)
+                except (OSError, RuntimeError, LookupError, ValueError) as e:
+                    _log_once("native-start", "otelprof: no CPU timer for thread %s (%s): sampled in Python",
+                              ident, e)
+                    return None
+                th = self._threads[ident] = _Thread(ident, target.native_id, handle, interval_ns)
+            elif interval_ns < th.interval_ns:
+                self._set_interval(th, interval_ns)
+            if light:
+                th.light += 1
+            return th
+
+    # ------------------------------------------------------------------ light sessions
+    def light_add(self, session: "Session", target: "Target", interval_ns: int) -> Optional[str]:
+        """Bill a *light* session's ``target`` (``Session.light``: a request profiled by
+        chance that will most likely end in an aggregate) by sample: a CPU sample of
+        its thread taken while it is attached (a thread target), or whose stack holds
+        its task's outermost coroutine frame (a task target), is billed to it with the
+        whole CPU since the thread's previous sample.  Each sample stands for one
+        interval of CPU, as in pprof: unbiased, without the per-target bookkeeping
+        (clock reads, remainders) that :meth:`add` does.  Called by the attaching thread
+        (``target`` runs on it); None if the thread cannot have a timer."""
+        th = self._thread_for(target, interval_ns, session.max_depth, light=True)
+        if th is None:
+            return None
+        if th.interval_ns != interval_ns and not th.entries:  # (left faster by a boosted profile)
+            self._set_interval(th, interval_ns)
+        target.attach_cpu = time.thread_time_ns()  # (the calling thread is the target's)
+        target.cpu_billed = target.cpu_since_wall = 0
+        target.native = True
+        entry = (session, target)
+        if target.task is not None:
+            coro = target.coro = target.task.get_coro()
+            frame = getattr(coro, "cr_frame", None)
+            target.frame_addr = self.lib.frame_address(frame) if frame is not None else 0
+            if target.frame_addr:
+                self._light_frames[target.frame_addr] = entry
+        else:
+            self._light_threads[th.ident] = entry
+        return self._source_of.get(th.handle) or self._remember_source(th)
+
+    def light_remove(self, session: "Session", target: "Target") -> None:
+        """Bill what the thread's buffer holds (its samples so far), then forget ``target``."""
+        th = self._threads.get(target.thread_id)
+        if th is not None:
+            with th.lock:
+                self._drain(th)
+        if target.task is not None:
+            if self._light_frames.get(target.frame_addr, (None, None))[1] is target:
+                del self._light_frames[target.frame_addr]
+        elif self._light_threads.get(target.thread_id, (None, None))[1] is target:
+            del self._light_threads[target.thread_id]
+        target.native = False
+        target.coro = None
+        if th is not None:
+            with self._lock:
+                th.light -= 1
+                if th.light <= 0 and not th.entries and self._threads.get(th.ident) is th:
+                    th.parked_at = time.monotonic()  # kept for the thread's next profile
+
+    @property
+    def light_targets(self) -> int:
+        """Threads and tasks registered for light sessions now."""
+        return len(self._light_threads) + len(self._light_frames)
+
+    def _remember_source(self, th: _Thread) -> str:
+        src = self._source_of[th.handle] = self._source(th)
+        return src
 
     def remove(self, session: "Session", target: "Target") -> None:
         """Bill what the thread's buffer still holds, then the measured remainder,
@@ -210,7 +281,7 @@ class CpuTimers:
                 last = not th.entries
         if last:
             with self._lock:
-                if self._threads.get(th.ident) is th and not th.entries:
+                if self._threads.get(th.ident) is th and not th.entries and th.light <= 0:
                     if thread_cpu_ns(th.ident, th.native_id) is None:
                         self._stop_locked(th)  # the thread is gone
                     else:
@@ -241,6 +312,7 @@ class CpuTimers:
     def _stop_locked(self, th: _Thread) -> None:
         if self._threads.get(th.ident) is th:
             del self._threads[th.ident]
+        self._source_of.pop(th.handle, None)
         with th.lock:
             try:
                 self.lib.stop(th.handle)  # the rest belongs to nobody now
@@ -343,7 +415,9 @@ class CpuTimers:
 
     def _dispatch(self, th: _Thread, samples: list[Any]) -> None:
         entries = th.entries
-        if not entries:
+        light_thread = self._light_threads.get(th.ident) if th.light else None
+        light_frames = self._light_frames if th.light else None
+        if not entries and not th.light:
             return
         for c0, c1, mono, _overruns, omitted, codes, lastis, addrs, lost in samples:
             if lost:
@@ -368,6 +442,24 @@ class CpuTimers:
                 try:
                     self._bill(th, session, target, w, mono, omitted, codes, lastis, addrs)
                 except Exception:  # one broken session never stops the others' samples
+                    _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
+            if th.light:
+                hit = None
+                if light_frames:
+                    for a in addrs:
+                        hit = light_frames.get(a)
+                        if hit is not None:
+                            break
+                if hit is None and light_thread is not None and c1 > light_thread[1].attach_cpu:
+                    hit = light_thread
+                if hit is None:
+                    continue
+                session, target = hit
+                if session.stacks.closed or mono < session.start_mono_ns:
+                    continue  # (a sample older than the session: a frame address reused)
+                try:
+                    self._bill(th, session, target, c1 - c0, mono, omitted, codes, lastis, addrs)
+                except Exception:
                     _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
 
     def _bill_lost(self, th: _Thread, start: int, end: int) -> None:
@@ -409,6 +501,9 @@ class CpuTimers:
         # resets its slots itself)
         self._threads = {}
         self._lock = threading.Lock()
+        self._light_threads = {}
+        self._light_frames = {}
+        self._source_of = {}
 
 
 def _thread_name(ident: int) -> str:

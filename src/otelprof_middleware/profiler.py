@@ -41,7 +41,7 @@ from ._safety import Firewall, LogOnce
 from .config import Config, shown_value
 from .export.metrics import instruments
 from .export.pipeline import ExportPipeline
-from .export.priority import priority_of
+from .export.priority import SAMPLED_TRIGGERS, priority_of
 from .export.registry import create_exporter, create_exporters, describe_destination
 from .export.settings import batch_settings
 from .overhead import add_cpu_source, overhead_cpu
@@ -50,6 +50,7 @@ from .profile import AttributeValue, SpanLink
 from .privacy import Privacy
 from .profiletypes import hooks as profile_type_hooks
 from .profiletypes import recorder_for
+from . import native_sampler
 from .sampler import get_sampler
 from .session import Session
 from .stats import Stats
@@ -256,18 +257,35 @@ class Profiler:
             session.extras = recorder_for(session, cfg, profile_types)
             if session.extras is not None:
                 profile_type_hooks.ensure(cfg)  # a forked child installs its hooks here
-            if attach:
+            light = attach and session.extras is None and self._light_ok(triggers, hz)
+            if attach and not light:
                 session.attach_current()
             with self._lock:
                 self._active.add(session)
             self._stats.incr("profiles_started")
-            get_sampler().register(session)
+            if light:
+                # a request profiled by chance, whose samples will most likely join its
+                # route's aggregate: sampled without a session's per-request bookkeeping
+                session.light = True
+                get_sampler().register_light(session)
+            else:
+                get_sampler().register(session)
             return session
         except Exception:
             if session is not None:
                 self._lost(session)
             self.report_failure("start", "otelprof: could not start a profile; the work runs unprofiled")
             return None
+
+    def _light_ok(self, triggers: tuple[str, ...], hz: Optional[int]) -> bool:
+        """May a session with these triggers be a light one (``Session.light``)?  Only
+        with short-request aggregates on, for triggers of chance only (probability,
+        on-demand windows), at the configured rate, with the native CPU sampler."""
+        if self._aggregator is None or not triggers or (hz is not None and hz != self.config.sample_hz):
+            return False
+        if not all(t in SAMPLED_TRIGGERS for t in triggers):
+            return False
+        return self.config.native_sampler and native_sampler.load()[0] is not None
 
     def _lost(self, session: Session) -> None:
         """A started session that can no longer be exported: counted once as dropped ``error``."""

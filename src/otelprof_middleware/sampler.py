@@ -137,6 +137,53 @@ class Schedule:
                               period_ns=self.interval_ns, cpu_timer=",".join(sorted(self.sources)))
 
 
+class _LightState:
+    __slots__ = ("ticks", "source")
+
+    def __init__(self) -> None:
+        self.ticks = 0  # light ticks that sampled the session
+        self.source = ""  # what interrupts its threads (SOURCE_NAMES), "" if sampled in Python
+
+
+class LightSessions:
+    """The sampler's *light* sessions (``Session.light``): requests profiled by chance
+    whose samples most likely end in their route's aggregate (windows.py).
+
+    Starting and finishing an ordinary session (a schedule, timer bookkeeping, clock
+    reads at each end, remainders) cost a short request more than serving it; a light
+    session only registers its thread or task.  Its CPU samples come from the thread's
+    timer, billed by sample (:meth:`CpuTimers.light_add`); its wall samples from the
+    sampler's shared light tick: every light session alive at a tick gets one, worth
+    the time since the previous tick.  A request shorter than the interval is sampled
+    with a probability proportional to its length, so totals over many requests are
+    right (statistical, like pprof), and a session's own totals are within about one
+    interval.  This is the session's target observer."""
+
+    def __init__(self, sampler: "Sampler") -> None:
+        self._sampler = sampler
+        self.sessions: dict[Session, _LightState] = {}
+        self.last_tick_ns = 0
+        self.due_ns = 0
+
+    def target_added(self, session: Session, target: Target) -> None:
+        timers = self._sampler._cpu_timers()
+        source = timers.light_add(session, target, session.interval_ns) if timers is not None else None
+        if source is None:  # no timer for this thread: its CPU is sampled at the light ticks
+            target.cpu_mark = thread_cpu_ns(target.thread_id, target.native_id)
+            return
+        if target.task is None:
+            target.wall_cpu_mark = target.attach_cpu
+        state = self.sessions.get(session)
+        if state is not None:
+            state.source = source
+
+    def target_removed(self, session: Session, target: Target) -> None:
+        timers = self._sampler._timers
+        if target.native and timers is not None:
+            timers.light_remove(session, target)
+
+
+
 class Sampler:
     """Samples the targets of registered sessions at up to the highest rate they ask for."""
 
@@ -165,6 +212,7 @@ class Sampler:
         self._cont_due_ns = 0
         self._cont_last_ns = 0
         self._cont_cpu: dict[int, int] = {}  # thread id -> its CPU clock at the last continuous tick
+        self._light = LightSessions(self)
 
     # ---------------------------------------------------------------- sessions
     def register(self, session: Session) -> None:
@@ -180,11 +228,27 @@ class Sampler:
                 self._cond.notify()
         session.bind(self)  # from now on the session tells us about its targets
 
+    def register_light(self, session: Session) -> None:
+        """Sample ``session`` as a light session (:class:`LightSessions`) and attach the
+        calling asyncio task, or else the calling thread."""
+        light = self._light
+        with self._cond:
+            light.sessions[session] = _LightState()
+            if self._background and (self._thread is None or not self._thread.is_alive()):
+                self._start_locked()
+            if (len(light.sessions) == 1 and not self._sessions and not self._lingering) or session.hz > self._hz:
+                self._cond.notify()
+        session.bind(light)
+        session.attach_current()
+
     def unregister(self, session: Session) -> None:
         """Stop sampling ``session``: bill what its CPU timers still hold and the
         remainders, and leave it a :class:`SamplingReport`.  The lock is never held
         during a tick, so a request never waits for one; a tick already under way
         may still add a sample (readers snapshot the table)."""
+        if session.light:
+            self._unregister_light(session)
+            return
         with self._cond:
             self._sessions = tuple(s for s in self._sessions if s is not session)
             schedule = self._schedules.pop(session, None)
@@ -199,6 +263,23 @@ class Sampler:
             session.extras.close()
         if schedule is not None:
             session.report = schedule.report(time.monotonic_ns())
+
+    def _unregister_light(self, session: Session) -> None:
+        light = self._light
+        with self._cond:
+            state = light.sessions.pop(session, None)
+        for target in session.targets:
+            try:
+                light.target_removed(session, target)
+            except Exception:
+                self._firewall.report("release", "otelprof: a sampled thread could not be released cleanly")
+        session.bind(None)
+        session.stacks.close()
+        end = time.monotonic_ns()
+        source = state.source if state is not None else ""
+        session.report = SamplingReport(
+            sampler="native" if source else "python", rates=[(session.hz, 0, 0, max(0, end - session.start_mono_ns))],
+            ticks=state.ticks if state is not None else 0, period_ns=session.interval_ns, cpu_timer=source)
 
     def release_idle_timers(self) -> None:
         """Stop the CPU timers kept for threads' next profiles (profiler shutdown)."""
@@ -230,6 +311,12 @@ class Sampler:
     @property
     def active_sessions(self) -> int:
         return len(self._sessions)
+
+    @property
+    def light_targets(self) -> int:
+        """Threads and tasks of light sessions the CPU timers still bill (0 when none run)."""
+        timers = self._timers
+        return len(self._light.sessions) + (timers.light_targets if timers is not None else 0)
 
     @property
     def running(self) -> bool:
@@ -331,7 +418,8 @@ class Sampler:
         idle_since: Optional[float] = None
         while True:
             with cond:
-                while not self._sessions and self._continuous is None and not self._stopping:
+                while not self._sessions and not self._light.sessions and self._continuous is None \
+                        and not self._stopping:
                     now = time.monotonic()
                     if idle_since is None:
                         idle_since = now
@@ -352,7 +440,8 @@ class Sampler:
                             left = timers.expire_parked()
                         finally:
                             cond.acquire()
-                        if left and not self._sessions and self._continuous is None and not self._stopping:
+                        if left and not self._sessions and not self._light.sessions and \
+                                self._continuous is None and not self._stopping:
                             cond.wait(native_sampler.PARK_SECONDS)
                             continue
                     cond.wait()  # idle: blocked, no periodic wake-ups
@@ -372,7 +461,8 @@ class Sampler:
             cpu = thread_cpu_ns(me)
             if cpu is not None:
                 self._cpu_ns_thread = cpu
-            hz = max([s.hz for s in sessions] + ([continuous.hz] if continuous is not None else []), default=1)
+            hz = max([s.hz for s in sessions] + [s.hz for s in list(self._light.sessions)]
+                     + ([continuous.hz] if continuous is not None else []), default=1)
             # (after the tick: it may have ended a boost)
             interval = 1.0 / hz
             next_tick += interval
@@ -412,7 +502,9 @@ class Sampler:
             wall = schedule.take(now_ns)
             if wall is None or session.sample_budget_exhausted(now_ns):
                 continue
-            self._sample(session, schedule, frames, wall, cpu_now)
+            self._sample(session, schedule.interval_ns, frames, wall, cpu_now)
+        if self._light.sessions:
+            self._sample_light(now_ns, frames, cpu_now)
         if self._continuous is not None:
             self._sample_continuous(now_ns, frames, cpu_now)
         self.stack_reads += frames.reads
@@ -431,7 +523,7 @@ class Sampler:
         self._cont_last_ns = now_ns
         sink.roll(now_ns)
         links = sink.links()
-        for session in self._sessions:  # a profiled request's span, in the threads working for it
+        for session in (*self._sessions, *self._light.sessions):  # a profiled request's span, where it runs
             link = session.link
             if link is None or session.finished:
                 continue
@@ -462,10 +554,30 @@ class Sampler:
             sink.record(th.name, codes, lastis, cpu, wall, links.get(tid))
         self._cont_cpu = seen
 
-    def _sample(self, session: Session, schedule: Schedule, frames: "_Frames", wall: int,
+    def _sample_light(self, now_ns: int, frames: "_Frames", cpu_now: dict[int, Optional[int]]) -> None:
+        """The shared light tick, if due: one wall sample for every light session alive,
+        worth the time since the previous light tick (:class:`LightSessions`)."""
+        light = self._light
+        sessions = list(light.sessions.items())
+        if not sessions:
+            return
+        interval = min(s.interval_ns for s, _ in sessions)
+        if now_ns < light.due_ns:
+            return
+        wall = now_ns - light.last_tick_ns
+        if wall > 2 * interval:  # the first tick after a pause: one interval
+            wall = interval
+        light.last_tick_ns = now_ns
+        light.due_ns = max(light.due_ns + interval, now_ns - interval // 2)
+        for session, state in sessions:
+            if session.finished or now_ns < session.start_mono_ns or session.sample_budget_exhausted(now_ns):
+                continue
+            state.ticks += 1
+            self._sample(session, interval, frames, wall, cpu_now)
+
+    def _sample(self, session: Session, interval: int, frames: "_Frames", wall: int,
                 cpu_now: dict[int, Optional[int]]) -> None:
         table = session.stacks
-        interval = schedule.interval_ns
         max_depth = session.max_depth
         native = session.native
         waiting: list[Target] = []  # suspended tasks, sampled unless a helper thread works for them

@@ -121,6 +121,7 @@ class Session:
         self.native = native  # use the native CPU sampler where it is available
         self.keep_if_empty = False  # export even with fewer than min_samples (its id was promised)
         self.aggregate_id: Optional[bytes] = None  # its samples went into this aggregate profile (windows.py)
+        self.light = False  # sampled as a light session (sampler.LightSessions): a request profiled by chance
         self.report: Optional[SamplingReport] = None
         self._observer: Optional[TargetObserver] = None
         self.extras: Optional[ExtrasRecorder] = None  # set before the first target, if the config asks
