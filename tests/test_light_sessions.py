@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -66,11 +66,21 @@ def test_which_sessions_are_light(profiler_factory: Any) -> None:
     python_only.finish_session(s)
 
 
+@pytest.fixture(params=["perf_event", "posix_timer"])
+def cpu_timer(request: Any, monkeypatch: Any) -> Iterator[str]:
+    """Both kinds of CPU timer (a thread's parked timer is paused between profiles)."""
+    get_sampler().release_idle_timers()  # a timer of the other kind, parked by an earlier test
+    monkeypatch.setattr(native_sampler, "PERF_EVENTS", request.param == "perf_event")
+    yield request.param
+    get_sampler().release_idle_timers()
+
+
 @needs_native
-def test_short_async_requests_add_up_to_their_cpu_in_the_aggregate(profiler_factory: Any) -> None:
+def test_short_async_requests_add_up_to_their_cpu_in_the_aggregate(profiler_factory: Any, cpu_timer: str) -> None:
     """300 requests of 4 ms CPU each, as asyncio tasks on one loop (so most get no
-    sample at all): the aggregate's CPU in the request's function is the CPU they
-    burnt, within the statistical error of ~120 samples."""
+    sample at all; the loop thread's timer is paused between them): the aggregate's
+    CPU in the request's function is the CPU they burnt, within the statistical
+    error of ~120 samples."""
     profiler, exp = make(profiler_factory)
     spent = 0
     links = []
@@ -107,7 +117,7 @@ def test_short_async_requests_add_up_to_their_cpu_in_the_aggregate(profiler_fact
 
 
 @needs_native
-def test_short_thread_requests_and_a_long_one(profiler_factory: Any) -> None:
+def test_short_thread_requests_and_a_long_one(profiler_factory: Any, cpu_timer: str) -> None:
     """Requests in a worker thread (WSGI-like): short ones add up in the aggregate; one
     that runs long enough gets a profile of its own, with its link and its CPU."""
     profiler, exp = make(profiler_factory, min_samples=20)
@@ -141,7 +151,7 @@ def test_short_thread_requests_and_a_long_one(profiler_factory: Any) -> None:
     assert 0.7 * spent <= cpu <= 1.3 * spent, (cpu, spent)
     (own,) = exp.by_name("GET /long")
     assert own.link is not None and own.link.span_id == 99 and "otelprof.window" not in own.attributes
-    assert own.attributes["otelprof.sampler"] == "native"
+    assert own.attributes["otelprof.sampler"] == "native" and own.attributes["otelprof.cpu_timer"] == cpu_timer
     cpu = _cpu_ns(own, "light_burn")
     assert 0.8 * long_cpu <= cpu <= 1.2 * long_cpu, (cpu, long_cpu)
     wall = sum(s.wall_ns for s in own.samples)

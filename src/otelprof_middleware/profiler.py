@@ -49,7 +49,7 @@ from .policy import Policy
 from .profile import AttributeValue, SpanLink
 from .privacy import Privacy
 from .profiletypes import hooks as profile_type_hooks
-from .profiletypes import recorder_for
+from .profiletypes import EXTRA_PROFILE_TYPES, recorder_for
 from . import native_sampler
 from .sampler import get_sampler
 from .session import Session
@@ -158,6 +158,7 @@ class Profiler:
                                         prepare=self.privacy.apply)
         self._announce(chosen)
         self._aggregator: Optional[ShortRequestAggregator] = None
+        self._light_possible: Optional[bool] = None
         cfg = self.config
         if cfg.aggregate_window > 0 and cfg.min_samples > 1:
             self._aggregator = ShortRequestAggregator(
@@ -277,15 +278,53 @@ class Profiler:
             self.report_failure("start", "otelprof: could not start a profile; the work runs unprofiled")
             return None
 
+    @property
+    def light_sessions(self) -> bool:
+        """True when requests profiled by chance run as light sessions
+        (``Session.light``, :class:`~otelprof_middleware.sampler.LightSessions`):
+        short-request aggregates are on, the native CPU sampler is available, and no
+        extra profile type is recorded for every profile."""
+        ok = self._light_possible
+        if ok is None:
+            cfg = self.config
+            ok = self._light_possible = bool(
+                self._aggregator is not None and cfg.native_sampler
+                and not any(t in EXTRA_PROFILE_TYPES for t in cfg.profile_types)
+                and native_sampler.load()[0] is not None)
+        return ok
+
     def _light_ok(self, triggers: tuple[str, ...], hz: Optional[int]) -> bool:
-        """May a session with these triggers be a light one (``Session.light``)?  Only
-        with short-request aggregates on, for triggers of chance only (probability,
-        on-demand windows), at the configured rate, with the native CPU sampler."""
-        if self._aggregator is None or not triggers or (hz is not None and hz != self.config.sample_hz):
+        """May a session with these triggers be a light one?  Triggers of chance only
+        (probability, on-demand windows), at the configured rate."""
+        if not triggers or (hz is not None and hz != self.config.sample_hz):
             return False
-        if not all(t in SAMPLED_TRIGGERS for t in triggers):
-            return False
-        return self.config.native_sampler and native_sampler.load()[0] is not None
+        return all(t in SAMPLED_TRIGGERS for t in triggers) and self.light_sessions
+
+    def start_light_session(self, link: Optional[SpanLink], *, hz: Optional[int] = None,
+                            trigger: str = "probability") -> Optional[Session]:
+        """Start a light session for a request profiled by chance, attached to the
+        calling asyncio task or thread (the request layer checks :attr:`light_sessions`
+        first).  Its name and attributes are left empty: the request fills them in at
+        the end, and only if it has samples (``finish_session(..., complete=)``)."""
+        if not self.enabled:
+            return None
+        session: Optional[Session] = None
+        try:
+            cfg = self.config
+            session = Session("", hz=hz or cfg.sample_hz, max_depth=cfg.max_stack_depth,
+                              max_duration=cfg.max_profile_duration, max_samples=cfg.max_samples, link=link,
+                              triggers=(trigger,), native=True)
+            session.light = True
+            with self._lock:
+                self._active.add(session)
+            self._stats.incr("profiles_started")
+            get_sampler().register_light(session)
+            return session
+        except Exception:
+            if session is not None:
+                self._lost(session)
+            self.report_failure("start", "otelprof: could not start a profile; the work runs unprofiled")
+            return None
 
     def _lost(self, session: Session) -> None:
         """A started session that can no longer be exported: counted once as dropped ``error``."""
@@ -296,8 +335,11 @@ class Profiler:
         session.finished = True
         self._stats.dropped("error", priority=priority_of(session).label)
 
-    def finish_session(self, session: Optional[Session], *, error: Optional[BaseException] = None) -> bool:
-        """Stop sampling ``session`` and queue it for export.  True if queued."""
+    def finish_session(self, session: Optional[Session], *, error: Optional[BaseException] = None,
+                       complete: Optional[Callable[[], None]] = None) -> bool:
+        """Stop sampling ``session`` and queue it for export.  True if queued.
+        ``complete()``: called once sampling has stopped, if the session has samples
+        (a light session's name and attributes are only worth making then)."""
         if session is None:
             return False
         with self._lock:  # claimed once, also when shutdown finishes it at the same moment
@@ -313,6 +355,8 @@ class Profiler:
             session.detach_all()
             if error is not None and session.error is None:
                 session.error = type(error).__name__
+            if complete is not None and session.stacks.ticks:
+                complete()
             handed_over = True  # from here on the pipeline (or the aggregate) counts it, whatever happens
             aggregator = self._aggregator
             if aggregator is not None:

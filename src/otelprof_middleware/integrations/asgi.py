@@ -239,10 +239,20 @@ class ASGIRequest(RequestHandle):
         """The application's ``send``: returns the server's awaitable for ``message``
         (with ``X-Profile-Id`` added when exposed)."""
         try:
-            if self.session is not None:
+            session = self.session
+            if session is None or session.light:
+                if self.status is None:
+                    if message.get("type") == "http.response.start":
+                        self.status = message.get("status")  # (body messages: one attribute check)
+                elif session is not None and not message.get("more_body", False) and \
+                        message.get("type") == "http.response.body":
+                    # a light session ends here, as _profiled_message ends a profile: before
+                    # the OTel span does
+                    if self.span is None:
+                        self._pick_up_span_at_send()
+                    self.finish()
+            else:
                 message = self._profiled_message(message)
-            elif self.status is None and message.get("type") == "http.response.start":
-                self.status = message.get("status")  # (body messages: one attribute check)
         except Exception:
             self.rp.report_failure("asgi-send", "otelprof: profiling failed while sending a response; "
                                    "the response is unchanged")

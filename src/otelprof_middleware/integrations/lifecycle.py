@@ -260,8 +260,32 @@ class RequestHandle(TailTicket):
             if late.watch(self):  # (promotion on: thread-pool hand-offs are followed)
                 self._hop_token = _follow_hops(_ref(self))  # the watchdog's cached weak reference
             return True
-        info = self.info
         entry = policy.entry
+        if verdict is _DECIDE_SAMPLED and rp.profiler.light_sessions and not entry.has_exclusions:
+            # selected by chance and by nothing else (screen() says so): a light session
+            self._open_light(entry)
+        else:
+            self._open_full(entry, verdict)
+        late.started(self)  # flight recorder, watchdog registration
+        if self.tail_state == _REGISTERED:
+            self._hop_token = _follow_hops(_ref(self))
+        return self.session is not None or self.tail_t0 is not None
+
+    def _open_light(self, entry: Any) -> None:
+        """Start a light session (``Session.light``): the budgets, then only the thread
+        or task is registered; what describes the request (its name, route, URL) is
+        made at the end, and only if it has samples (:meth:`_complete_light`)."""
+        decision = self.decision = entry.admit(["probability"])
+        if decision.profile and not entry.claim(decision):
+            decision = self.decision = Decision.no("concurrency")
+        if decision.profile:
+            session = self.rp.profiler.start_light_session(self._link_now(), hz=decision.hz)
+            entry.bind(session)
+            self.session = session
+
+    def _open_full(self, entry: Any, verdict: Screen) -> None:
+        rp = self.rp
+        info = self.info
         decision = self.decision = entry.decide(info, True if verdict is _DECIDE_SAMPLED else None)
         if decision.profile and not entry.claim(decision):
             decision = self.decision = Decision.no("concurrency", decision.header_requested)
@@ -275,10 +299,6 @@ class RequestHandle(TailTicket):
                     session.return_to(rp.config.sample_hz, HEADER_BOOST_SECONDS)
                 if decision.expose_profile_id:
                     session.keep_if_empty = True  # its id goes to the client: always export it
-        late.started(self)  # flight recorder, watchdog registration
-        if self.tail_state == _REGISTERED:
-            self._hop_token = _follow_hops(_ref(self))
-        return self.session is not None or self.tail_t0 is not None
 
     def start_profile(self, triggers: tuple[str, ...], hz: Optional[int] = None, *,
                       remote: bool = False, profile_types: tuple[str, ...] = ()) -> Optional[Session]:
@@ -426,7 +446,8 @@ class RequestHandle(TailTicket):
                 if self.tail_t0 is not None:
                     self.rp.profiler.policy.late.finished(self)  # outcome -> route arming
             else:
-                self.on_profiled_end(error)
+                if not self.session.light:  # (a light session's end is looked at only if it has samples)
+                    self.on_profiled_end(error)
                 # outcome -> route arming, flight-recorder keep/discard; False: the
                 # watchdog is promoting this request right now and finalises it itself
                 if (self.tail_t0 is None or self.rp.profiler.policy.late.finished(self)) and self.session is not None:
@@ -443,6 +464,11 @@ class RequestHandle(TailTicket):
         session = self.session
         if session is None:
             return
+        if session.light:
+            self.rp.profiler.finish_session(session, error=self.error, complete=self._complete_light)
+            if session.stacks.ticks:
+                self.annotate_span()
+            return
         self.pick_up_span()
         if self._token is not None:
             deactivate_session(self._token)  # (finished in another context, e.g. a streamed body: nothing to do)
@@ -458,6 +484,30 @@ class RequestHandle(TailTicket):
             attrs["error.type"] = str(self.status)
         self.rp.profiler.finish_session(session, error=self.error)
         self.annotate_span()
+
+    def _complete_light(self) -> None:
+        """A light session that has samples: describe it like any request's profile."""
+        session = self.session
+        if session is None:
+            return
+        info = self.info
+        self.on_profiled_end(self.error)
+        if not info.route:
+            self.set_route(info.resolve_route())
+        attrs = session.attributes
+        attrs["http.request.method"] = info.method
+        attrs["url.path"] = info.path
+        if info.route:
+            attrs["http.route"] = info.route
+        session.name = f"{info.method} {info.route or info.path}"
+        self.pick_up_span()
+        if self.status is not None:
+            attrs["http.response.status_code"] = self.status
+        attrs["otelprof.duration_ms"] = round((time.monotonic_ns() - session.start_mono_ns) / 1e6, 3)
+        if self.error is not None:
+            attrs["error.type"] = type(self.error).__name__
+        elif self.status is not None and self.status >= 500:
+            attrs["error.type"] = str(self.status)
 
     def drop_profile(self) -> None:
         """Throw the profile away (a flight recording that was not worth keeping)."""

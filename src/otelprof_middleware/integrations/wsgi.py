@@ -94,9 +94,13 @@ class WSGIRequest(RequestHandle):
             code = _status_code(status)
         if code:
             self.status = code
-        if self.session is not None:
+        session = self.session
+        if session is not None:
             try:
-                headers = self.profiled_headers(headers)
+                if session.light:  # (its name and route are made at the end, if it has samples)
+                    self.pick_up_span()  # the framework's span is current here
+                else:
+                    headers = self.profiled_headers(headers)
             except Exception:
                 self.rp.report_failure("wsgi-start-response", "otelprof: profiling failed at start_response; "
                                        "the response is unchanged")
@@ -117,7 +121,8 @@ class WSGIRequest(RequestHandle):
         except BaseException as exc:
             self.finish(error=exc)
             raise
-        if self.session is None:  # watched only
+        session = self.session
+        if session is None or session.light:  # watched only, or a light session (no wrapper needed)
             if type(result) is list:  # produced in full: the request's work is done
                 self.finish()
                 return result

@@ -166,6 +166,11 @@ class EntryDecider:
         self._unselected = _WATCH if value and self.config.enabled else _SKIP
 
     # ------------------------------------------------------------------ pieces
+    @property
+    def has_exclusions(self) -> bool:
+        """True when ``excluded_urls`` lists patterns (a decision then needs the URL)."""
+        return bool(self._excluded)
+
     def excluded(self, info: RequestInfo) -> bool:
         if not self._excluded:
             return False
