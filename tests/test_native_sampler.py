@@ -329,8 +329,9 @@ def test_own_frames_never_carry_self_time(profiler_factory):
 def test_a_threads_timer_is_reused_by_its_next_profile_and_released_at_shutdown(profiler_factory):
     """Requests that follow each other on one thread share its CPU timer (creating and
     deleting one per request cost half of a profiled request's time): the timer stays
-    parked between them, paused (a running timer interrupted every unprofiled request:
-    9 % of a trivial endpoint's throughput), and shutdown stops it."""
+    parked between them, paused once idle for PAUSE_AFTER (a running timer interrupted
+    every unprofiled request: 9 % of a trivial endpoint's throughput), and shutdown
+    stops it."""
     profiler = profiler_factory(exporter="none", sample_hz=1000)
     lib, _ = native_sampler.load()
     get_sampler().release_idle_timers()  # other tests' parked timers
@@ -339,6 +340,7 @@ def test_a_threads_timer_is_reused_by_its_next_profile_and_released_at_shutdown(
     _pure(100_000)
     profiler.finish_session(first)
     assert lib.stats()["active_threads"] == base + 1  # parked, not stopped
+    time.sleep(native_sampler.PAUSE_AFTER + 0.3)  # (off CPU: the sampler thread pauses the parked timer)
     handled = lib.stats()["handler_cpu_ns"]
     _pure(3_000_000)  # CPU between two profiles: nobody's, and no interruption (the timer is paused)
     assert lib.stats()["handler_cpu_ns"] == handled

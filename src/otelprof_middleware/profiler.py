@@ -41,7 +41,7 @@ from ._safety import Firewall, LogOnce
 from .config import Config, shown_value
 from .export.metrics import instruments
 from .export.pipeline import ExportPipeline
-from .export.priority import SAMPLED_TRIGGERS, priority_of
+from .export.priority import SAMPLED_TRIGGERS, Priority, priority_of
 from .export.registry import create_exporter, create_exporters, describe_destination
 from .export.settings import batch_settings
 from .overhead import add_cpu_source, overhead_cpu
@@ -358,6 +358,11 @@ class Profiler:
             if complete is not None and session.stacks.ticks:
                 complete()
             handed_over = True  # from here on the pipeline (or the aggregate) counts it, whatever happens
+            if session.light and not session.stacks.ticks and not session.keep_if_empty:
+                # most short requests profiled by chance: nothing sampled, nothing to keep
+                # (what the pipeline would say, without its bookkeeping)
+                self._stats.dropped("too_short", priority=Priority.SAMPLED.label)
+                return False
             aggregator = self._aggregator
             if aggregator is not None:
                 fate = aggregator.offer(session)  # a short request profiled by chance: into its route's aggregate

@@ -431,6 +431,13 @@ class Sampler:
                         # next request's session needs no wake-up (a GIL hand-over, ~10-20 µs
                         # of that request's time)
                         cond.wait(1.0 / self._hz)
+                        timers = self._timers
+                        if timers is not None:
+                            cond.release()
+                            try:
+                                timers.pause_idle(time.monotonic())
+                            finally:
+                                cond.acquire()
                         continue
                     self._hz = 0
                     timers = self._timers

@@ -137,7 +137,10 @@ class Stats:
                 e["dropped"][reason] += n
                 by_prio = e["dropped_by_priority"]
             if priority is not None:
-                by_prio.setdefault(priority, Counter())[reason] += n
+                counts = by_prio.get(priority)
+                if counts is None:
+                    counts = by_prio[priority] = Counter()
+                counts[reason] += n
         self._metrics.dropped(reason, n, exporter, priority)
 
     def declined(self, reason: str, n: int = 1) -> None:
