@@ -157,3 +157,37 @@ def test_short_thread_requests_and_a_long_one(profiler_factory: Any, cpu_timer: 
     wall = sum(s.wall_ns for s in own.samples)
     assert wall >= 0.8 * long_cpu
     assert get_sampler().light_targets == 0
+
+
+@needs_native
+def test_flask_requests_profiled_by_chance_end_in_their_routes_aggregate(profiler_factory: Any) -> None:
+    """Through the Flask extension (WSGI adapter): light sessions get their name, route and
+    status at the end, only when they have samples, and each sample its request's span."""
+    flask = pytest.importorskip("flask")
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from otelprof_middleware.flask import OtelProf
+
+    profiler, exp = make(profiler_factory, sample_hz=1000)
+    app = flask.Flask("light")
+    tracer = TracerProvider().get_tracer("t")
+
+    @app.route("/work/<int:n>")
+    def work(n: int) -> str:
+        with tracer.start_as_current_span("GET /work/<int:n>", kind=trace.SpanKind.SERVER):
+            light_burn(0.02)
+        return "ok"
+
+    OtelProf(app, profiler=profiler)
+    client = app.test_client()
+    for i in range(10):
+        assert client.get(f"/work/{i}").status_code == 200
+    assert profiler.force_flush(10)
+    (agg,) = exp.profiles
+    assert agg.name == "GET /work/<int:n>" and agg.attributes["http.route"] == "/work/<int:n>"
+    assert agg.attributes["otelprof.window"] == "aggregate" and agg.attributes["otelprof.requests"] == 10
+    assert _cpu_ns(agg, "light_burn") > 0.1e9
+    st = profiler.stats()
+    assert st["profiles_started"] == 10 and st["profiles_aggregated"] == 10, st
+    assert get_sampler().light_targets == 0

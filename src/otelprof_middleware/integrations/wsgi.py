@@ -122,7 +122,10 @@ class WSGIRequest(RequestHandle):
             self.finish(error=exc)
             raise
         session = self.session
-        if session is None or session.light:  # watched only, or a light session (no wrapper needed)
+        if session is not None and session.light and type(result) is list:
+            self.finish()  # produced in full: a light session ends here
+            return result
+        if session is None:  # watched only
             if type(result) is list:  # produced in full: the request's work is done
                 self.finish()
                 return result
