@@ -64,6 +64,21 @@ def test_which_sessions_are_light(profiler_factory: Any) -> None:
     s = python_only.start_session("GET /a", link=None, triggers=("probability",))
     assert s is not None and not s.light
     python_only.finish_session(s)
+    assert not make(profiler_factory, expose_profile_id=True)[0].light_sessions  # promised ids are kept
+    assert not make(profiler_factory, profile_types="cpu,wall,alloc")[0].light_sessions
+    assert make(profiler_factory)[0].light_sessions
+
+
+@needs_native
+def test_a_light_session_still_running_at_shutdown_is_exported_under_a_name(profiler_factory: Any) -> None:
+    from otelprof_middleware.profiler import UNFINISHED_LIGHT_NAME
+
+    profiler, exp = make(profiler_factory, sample_hz=1000, min_samples=2)
+    session = profiler.start_light_session(SpanLink(trace_id=5, span_id=6))
+    assert session is not None and session.light
+    light_burn(0.05)
+    profiler.shutdown(timeout=5)
+    assert [p.name for p in exp.profiles] == [UNFINISHED_LIGHT_NAME]
 
 
 @pytest.fixture(params=["perf_event", "posix_timer"])

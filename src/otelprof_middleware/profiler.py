@@ -65,6 +65,9 @@ log = logging.getLogger("otelprof_middleware")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _CURRENT: contextvars.ContextVar[Optional[Session]] = contextvars.ContextVar("otelprof_session", default=None)
+#: The name of a light session until its request names it at the end (kept by one that
+#: is still running when the profiler shuts down).
+UNFINISHED_LIGHT_NAME = "request profiled by chance (unfinished)"
 _USE_CURRENT_SPAN: Any = object()
 
 # Created at import, never first on a worker thread: a fork (gunicorn --preload) while
@@ -282,13 +285,14 @@ class Profiler:
     def light_sessions(self) -> bool:
         """True when requests profiled by chance run as light sessions
         (``Session.light``, :class:`~otelprof_middleware.sampler.LightSessions`):
-        short-request aggregates are on, the native CPU sampler is available, and no
-        extra profile type is recorded for every profile."""
+        short-request aggregates are on, the native CPU sampler is available, no extra
+        profile type is recorded for every profile, and their ids are not sent to
+        clients (``expose_profile_id``: those are kept whatever their length)."""
         ok = self._light_possible
         if ok is None:
             cfg = self.config
             ok = self._light_possible = bool(
-                self._aggregator is not None and cfg.native_sampler
+                self._aggregator is not None and cfg.native_sampler and cfg.expose_profile_id is not True
                 and not any(t in EXTRA_PROFILE_TYPES for t in cfg.profile_types)
                 and native_sampler.load()[0] is not None)
         return ok
@@ -311,7 +315,8 @@ class Profiler:
         session: Optional[Session] = None
         try:
             cfg = self.config
-            session = Session("", hz=hz or cfg.sample_hz, max_depth=cfg.max_stack_depth,
+            # (named by the request at its end; one still running at shutdown keeps this name)
+            session = Session(UNFINISHED_LIGHT_NAME, hz=hz or cfg.sample_hz, max_depth=cfg.max_stack_depth,
                               max_duration=cfg.max_profile_duration, max_samples=cfg.max_samples, link=link,
                               triggers=(trigger,), native=True)
             session.light = True

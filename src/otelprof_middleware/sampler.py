@@ -278,6 +278,8 @@ class Sampler:
                 self._firewall.report("release", "otelprof: a sampled thread could not be released cleanly")
         session.bind(None)
         session.stacks.close()
+        if not session.stacks.ticks:
+            return  # (nothing sampled: no profile will be made, no report needed)
         end = time.monotonic_ns()
         source = state.source if state is not None else ""
         session.report = SamplingReport(
