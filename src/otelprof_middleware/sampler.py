@@ -183,7 +183,6 @@ class LightSessions:
             timers.light_remove(session, target)
 
 
-
 class Sampler:
     """Samples the targets of registered sessions at up to the highest rate they ask for."""
 
