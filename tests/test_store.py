@@ -492,3 +492,44 @@ def test_forking_while_the_exporter_writes_leaves_no_child_stuck(tmp_path: Any) 
     assert r.stdout.strip() == str([0] * 12)
     names = {row["name"] for row in ProfileIndex(d).query(parse_selector("name=child-*"), limit=100)}
     assert names == {f"child-{n}" for n in range(12)}
+
+
+def test_a_reader_never_deletes_a_new_profile_that_reused_a_removed_ones_row_id(tmp_path: Any,
+                                                                               monkeypatch: Any) -> None:
+    """A reader's sync notes the rows, scans the folder, then writes.  Meanwhile another
+    writer removed the newest profile (its row had the highest id) and added one, which
+    SQLite gave that same id.  The reader must drop the row of the file that is gone, not
+    whatever row has its old id now: the new profile kept its row and its digest (the rare
+    failure of the two-writers test above: one row without digest)."""
+    import otelprof_middleware.store.index as index_mod
+
+    d = str(tmp_path / "p")
+    write(d, [_spec(i) for i in range(3)])
+    reader = ProfileIndex(d)
+    reader.sync()
+    conn = sqlite3.connect(os.path.join(d, INDEX_DB))
+    real_scandir = os.scandir
+    done = []
+
+    def scandir_after_another_writer(path: Any) -> Any:
+        if not done:
+            done.append(True)
+            rid, fname = conn.execute("SELECT id, file FROM profiles ORDER BY id DESC LIMIT 1").fetchone()
+            conn.execute("DELETE FROM digests WHERE ref = ?", (rid,))
+            conn.execute("DELETE FROM attributes WHERE ref = ?", (rid,))
+            conn.execute("DELETE FROM profiles WHERE id = ?", (rid,))
+            conn.commit()
+            os.unlink(os.path.join(d, fname))
+            write(d, [_spec(7)])  # the new profile: its row takes the free id
+            assert conn.execute("SELECT max(id) FROM profiles").fetchone()[0] == rid
+        return real_scandir(path)
+
+    monkeypatch.setattr(index_mod.os, "scandir", scandir_after_another_writer)
+    reader.sync(force=True)
+    monkeypatch.setattr(index_mod.os, "scandir", real_scandir)
+    assert done
+    rows = _rows(d)
+    assert sorted(f for _p, f in rows) == _files(d) and len(rows) == 3
+    with_digest = conn.execute("SELECT count(*) FROM digests g JOIN profiles p ON p.id = g.ref").fetchone()[0]
+    conn.close()
+    assert with_digest == 3

@@ -720,9 +720,15 @@ class ProfileIndex:
             with self.transaction() as conn:
                 for f in gone:
                     if _regular_file(os.path.join(self.directory, f)) is None:
-                        rid = indexed[f]
-                        _delete_children(conn, rid)
-                        conn.execute("DELETE FROM profiles WHERE id = ?", (rid,))
+                        # the row that names ``f`` now: the id read before this transaction
+                        # may have been reused by another writer's new profile meanwhile (its
+                        # retention removed ``f``'s row, then an insert took the free id), and
+                        # deleting by that id lost the new profile's row and digest
+                        row = conn.execute("SELECT id FROM profiles WHERE file = ?", (f,)).fetchone()
+                        if row is None:
+                            continue
+                        _delete_children(conn, row[0])
+                        conn.execute("DELETE FROM profiles WHERE id = ?", (row[0],))
                         stats.removed_rows += 1
                 for cols in adopted:
                     if self._insert(conn, cols, replace=False) is not None:
