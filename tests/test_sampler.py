@@ -533,7 +533,13 @@ def test_async_function_is_profiled(profiler_factory, profile_collector, sampler
     assert not any("run_until_complete" in names for names, _ in stacks)  # no event-loop frames
     suspended = [s for names, s in stacks if names and names[0] == "sleep" and "async_work" in names]
     assert suspended, [(names, s.count, s.cpu_ns, s.wall_ns) for names, s in stacks]
-    assert all(s.cpu_ns == 0 and s.wall_ns > 0 for s in suspended)
+    # the 150 ms await is wall time of the awaiting chain, without CPU; a sample may rarely
+    # catch the task *running* inside sleep() before it suspends (a few µs of Python code):
+    # at most one such sample (one interval of CPU at the default 100 Hz), never more
+    # (`all(cpu_ns == 0)` failed once in ~10 full runs: the python variant, fresh-clone CI)
+    assert sum(s.wall_ns for s in suspended) >= 100_000_000, suspended
+    assert sum(s.cpu_ns for s in suspended) <= 15_000_000, suspended
+    assert sum(1 for s in suspended if s.cpu_ns) <= 1, suspended
 
 
 def test_nested_profile_does_not_start_a_second_profile(profiler_factory, profile_collector):
