@@ -74,7 +74,8 @@ def test_a_light_session_still_running_at_shutdown_is_exported_under_a_name(prof
     from otelprof_middleware.profiler import UNFINISHED_LIGHT_NAME
 
     profiler, exp = make(profiler_factory, sample_hz=1000, min_samples=2)
-    session = profiler.start_light_session(SpanLink(trace_id=5, span_id=6))
+    session = profiler.start_session(UNFINISHED_LIGHT_NAME, link=SpanLink(trace_id=5, span_id=6),
+                                     triggers=("probability",), light=True)
     assert session is not None and session.light
     light_burn(0.05)
     profiler.shutdown(timeout=5)

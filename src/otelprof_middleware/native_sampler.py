@@ -122,7 +122,7 @@ class _Thread:
     """One sampled thread: its timer and the (session, target) pairs it serves."""
 
     __slots__ = ("ident", "native_id", "handle", "interval_ns", "entries", "lock", "name", "parked_at", "light",
-                 "paused")
+                 "paused", "source")
 
     def __init__(self, ident: int, native_id: int, handle: int, interval_ns: int) -> None:
         self.ident = ident
@@ -134,6 +134,7 @@ class _Thread:
         self.parked_at = 0.0  # when its last target left (monotonic s); 0 while in use
         self.light = 0  # light-session targets on this thread (billed by sample, see light_add)
         self.paused = False  # parked and paused (see CpuTimers.pause_idle)
+        self.source = ""  # what interrupts the thread (SOURCE_NAMES), read once when started
 
 
 class CpuTimers:
@@ -151,7 +152,6 @@ class CpuTimers:
         self._next_expiry = 0.0  # when retune next stops stale parked timers
         self._light_threads: dict[int, tuple["Session", "Target"]] = {}  # thread -> its light session
         self._light_frames: dict[int, tuple["Session", "Target"]] = {}  # task's coroutine frame -> light session
-        self._source_of: dict[int, str] = {}  # timer handle -> SOURCE_NAMES value
         at_fork_reinit(self._after_fork)
 
     # ------------------------------------------------------------------ targets
@@ -167,13 +167,10 @@ class CpuTimers:
             target.attach_cpu = cpu if cpu is not None else 0
             target.cpu_billed = target.cpu_since_wall = 0
             target.handler_mark = self._handler_cpu(th)
-            if target.task is not None:
-                target.coro = target.task.get_coro()
-                frame = getattr(target.coro, "cr_frame", None)
-                target.frame_addr = self.lib.frame_address(frame) if frame is not None else 0
+            self._note_task_frame(target)
             target.native = True
             th.entries.append((session, target))
-            return self._source(th)
+            return th.source
 
     def _thread_for(self, target: "Target", interval_ns: int, max_depth: int, *,
                     light: bool = False) -> Optional[_Thread]:
@@ -206,6 +203,7 @@ class CpuTimers:
                               ident, e)
                     return None
                 th = self._threads[ident] = _Thread(ident, target.native_id, handle, interval_ns)
+                th.source = self._source(th)
             elif interval_ns < th.interval_ns:
                 self._set_interval(th, interval_ns)
             if light:
@@ -232,14 +230,20 @@ class CpuTimers:
         target.native = True
         entry = (session, target)
         if target.task is not None:
-            coro = target.coro = target.task.get_coro()
-            frame = getattr(coro, "cr_frame", None)
-            target.frame_addr = self.lib.frame_address(frame) if frame is not None else 0
+            self._note_task_frame(target)
             if target.frame_addr:
                 self._light_frames[target.frame_addr] = entry
         else:
             self._light_threads[th.ident] = entry
-        return self._source_of.get(th.handle) or self._remember_source(th)
+        return th.source
+
+    def _note_task_frame(self, target: "Target") -> None:
+        """A task target's outermost coroutine frame: its samples are those whose stack
+        holds it (the coroutine is kept so that the frame's memory stays its own)."""
+        if target.task is not None:
+            target.coro = target.task.get_coro()
+            frame = getattr(target.coro, "cr_frame", None)
+            target.frame_addr = self.lib.frame_address(frame) if frame is not None else 0
 
     def light_remove(self, session: "Session", target: "Target") -> None:
         """Bill what the thread's buffer holds (its samples so far), then forget ``target``."""
@@ -289,10 +293,6 @@ class CpuTimers:
             self.lib.pause(th.handle, paused)
         except (OSError, ValueError, AttributeError):  # (stopped meanwhile; an extension built before pause())
             pass
-
-    def _remember_source(self, th: _Thread) -> str:
-        src = self._source_of[th.handle] = self._source(th)
-        return src
 
     def remove(self, session: "Session", target: "Target") -> None:
         """Bill what the thread's buffer still holds, then the measured remainder,
@@ -346,7 +346,6 @@ class CpuTimers:
     def _stop_locked(self, th: _Thread) -> None:
         if self._threads.get(th.ident) is th:
             del self._threads[th.ident]
-        self._source_of.pop(th.handle, None)
         with th.lock:
             try:
                 self.lib.stop(th.handle)  # the rest belongs to nobody now
@@ -538,7 +537,6 @@ class CpuTimers:
         self._lock = threading.Lock()
         self._light_threads = {}
         self._light_frames = {}
-        self._source_of = {}
 
 
 def _thread_name(ident: int) -> str:

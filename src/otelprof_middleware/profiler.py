@@ -41,7 +41,7 @@ from ._safety import Firewall, LogOnce
 from .config import Config, shown_value
 from .export.metrics import instruments
 from .export.pipeline import ExportPipeline
-from .export.priority import SAMPLED_TRIGGERS, Priority, priority_of
+from .export.priority import SAMPLED_TRIGGERS, priority_of
 from .export.registry import create_exporter, create_exporters, describe_destination
 from .export.settings import batch_settings
 from .overhead import add_cpu_source, overhead_cpu
@@ -65,8 +65,8 @@ log = logging.getLogger("otelprof_middleware")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _CURRENT: contextvars.ContextVar[Optional[Session]] = contextvars.ContextVar("otelprof_session", default=None)
-#: The name of a light session until its request names it at the end (kept by one that
-#: is still running when the profiler shuts down).
+#: The name a request layer gives a light session until the request names it at its end
+#: (kept by one that is still running when the profiler shuts down).
 UNFINISHED_LIGHT_NAME = "request profiled by chance (unfinished)"
 _USE_CURRENT_SPAN: Any = object()
 
@@ -235,11 +235,16 @@ class Profiler:
         attach: bool = True,
         hz: Optional[int] = None,
         profile_types: tuple[str, ...] = (),
+        light: Optional[bool] = None,
     ) -> Optional[Session]:
         """Start sampling a unit of work; None when disabled or on any internal failure.
         ``attach`` attaches the calling asyncio task, or else the calling thread.
         ``profile_types``: types measured besides the config's ``profile_types`` (a
-        trigger header's, already checked against ``header_profile_types``)."""
+        trigger header's, already checked against ``header_profile_types``).
+        ``light``: sample it as a light session (``Session.light``); None: when its
+        triggers are of chance only, at the configured rate, and :attr:`light_sessions`
+        allows (True: the caller checked :attr:`light_sessions`; a request layer that
+        names the session only at its end, ``finish_session(..., complete=)``)."""
         if not self.enabled:
             return None
         session: Optional[Session] = None
@@ -261,7 +266,8 @@ class Profiler:
             session.extras = recorder_for(session, cfg, profile_types)
             if session.extras is not None:
                 profile_type_hooks.ensure(cfg)  # a forked child installs its hooks here
-            light = attach and session.extras is None and self._light_ok(triggers, hz)
+            if light is None:
+                light = attach and session.extras is None and self._light_ok(triggers, hz)
             if attach and not light:
                 session.attach_current()
             with self._lock:
@@ -304,33 +310,6 @@ class Profiler:
             return False
         return all(t in SAMPLED_TRIGGERS for t in triggers) and self.light_sessions
 
-    def start_light_session(self, link: Optional[SpanLink], *, hz: Optional[int] = None,
-                            trigger: str = "probability") -> Optional[Session]:
-        """Start a light session for a request profiled by chance, attached to the
-        calling asyncio task or thread (the request layer checks :attr:`light_sessions`
-        first).  Its name and attributes are left empty: the request fills them in at
-        the end, and only if it has samples (``finish_session(..., complete=)``)."""
-        if not self.enabled:
-            return None
-        session: Optional[Session] = None
-        try:
-            cfg = self.config
-            # (named by the request at its end; one still running at shutdown keeps this name)
-            session = Session(UNFINISHED_LIGHT_NAME, hz=hz or cfg.sample_hz, max_depth=cfg.max_stack_depth,
-                              max_duration=cfg.max_profile_duration, max_samples=cfg.max_samples, link=link,
-                              triggers=(trigger,), native=True)
-            session.light = True
-            with self._lock:
-                self._active.add(session)
-            self._stats.incr("profiles_started")
-            get_sampler().register_light(session)
-            return session
-        except Exception:
-            if session is not None:
-                self._lost(session)
-            self.report_failure("start", "otelprof: could not start a profile; the work runs unprofiled")
-            return None
-
     def _lost(self, session: Session) -> None:
         """A started session that can no longer be exported: counted once as dropped ``error``."""
         with self._lock:
@@ -363,11 +342,6 @@ class Profiler:
             if complete is not None and session.stacks.ticks:
                 complete()
             handed_over = True  # from here on the pipeline (or the aggregate) counts it, whatever happens
-            if session.light and not session.stacks.ticks and not session.keep_if_empty:
-                # most short requests profiled by chance: nothing sampled, nothing to keep
-                # (what the pipeline would say, without its bookkeeping)
-                self._stats.dropped("too_short", priority=Priority.SAMPLED.label)
-                return False
             aggregator = self._aggregator
             if aggregator is not None:
                 fate = aggregator.offer(session)  # a short request profiled by chance: into its route's aggregate

@@ -43,7 +43,8 @@ from opentelemetry import trace as _trace
 from ..policy import Decision, Policy, RequestInfo, Screen, TailState, TailTicket
 from ..profile import SpanLink
 from ..config import Config
-from ..profiler import Profiler, activate_session, deactivate_session, get_profiler, shared_profiler
+from ..profiler import (UNFINISHED_LIGHT_NAME, Profiler, activate_session, deactivate_session, get_profiler,
+                        shared_profiler)
 from ..session import EXTRA_SPAN_KEYS, Session, session_summary
 from ..tracecontext import (SPAN_KEY as _SPAN_KEY, current_context as _current_context, link_from_span,
                             parse_traceparent, set_span_attributes, span_or_none, trace_of_traceparent)
@@ -279,7 +280,8 @@ class RequestHandle(TailTicket):
         if decision.profile and not entry.claim(decision):
             decision = self.decision = Decision.no("concurrency")
         if decision.profile:
-            session = self.rp.profiler.start_light_session(self._link_now(), hz=decision.hz)
+            session = self.rp.profiler.start_session(UNFINISHED_LIGHT_NAME, link=self._link_now(),
+                                                     triggers=("probability",), hz=decision.hz, light=True)
             entry.bind(session)
             self.session = session
 
@@ -309,10 +311,7 @@ class RequestHandle(TailTicket):
         if self.session is not None or self._done:
             return self.session
         info = self.info
-        attrs: dict[str, Any] = {"http.request.method": info.method, "url.path": info.path}
-        if info.route:
-            attrs["http.route"] = info.route
-        name = f"{info.method} {info.route or info.path}"
+        name, attrs = self._description()
         session = self.rp.profiler.start_session(name, link=info.link, attributes=attrs, triggers=tuple(triggers),
                                                  hz=hz, attach=not remote, profile_types=profile_types)
         if session is None:
@@ -332,6 +331,14 @@ class RequestHandle(TailTicket):
             self._token = activate_session(session)
         self._mark_span()
         return session
+
+    def _description(self) -> tuple[str, dict[str, Any]]:
+        """The profile's name (``GET /items/{id}``) and the request's attributes."""
+        info = self.info
+        attrs: dict[str, Any] = {"http.request.method": info.method, "url.path": info.path}
+        if info.route:
+            attrs["http.route"] = info.route
+        return f"{info.method} {info.route or info.path}", attrs
 
     def _mark_span(self) -> None:
         if self.session is None or self.span is None or self._span_marked:
@@ -473,6 +480,12 @@ class RequestHandle(TailTicket):
         if self._token is not None:
             deactivate_session(self._token)  # (finished in another context, e.g. a streamed body: nothing to do)
             self._token = None
+        self._record_outcome(session)
+        self.rp.profiler.finish_session(session, error=self.error)
+        self.annotate_span()
+
+    def _record_outcome(self, session: Session) -> None:
+        """Status, duration and error of the request, on its profile."""
         attrs = session.attributes
         if self.status is not None:
             attrs["http.response.status_code"] = self.status
@@ -482,32 +495,19 @@ class RequestHandle(TailTicket):
             attrs["error.type"] = type(self.error).__name__
         elif self.status is not None and self.status >= 500:
             attrs["error.type"] = str(self.status)
-        self.rp.profiler.finish_session(session, error=self.error)
-        self.annotate_span()
 
     def _complete_light(self) -> None:
         """A light session that has samples: describe it like any request's profile."""
         session = self.session
         if session is None:
             return
-        info = self.info
         self.on_profiled_end(self.error)
-        if not info.route:
-            self.set_route(info.resolve_route())
-        attrs = session.attributes
-        attrs["http.request.method"] = info.method
-        attrs["url.path"] = info.path
-        if info.route:
-            attrs["http.route"] = info.route
-        session.name = f"{info.method} {info.route or info.path}"
+        if not self.info.route:
+            self.set_route(self.info.resolve_route())
+        session.name, attrs = self._description()
+        session.attributes.update(attrs)
         self.pick_up_span()
-        if self.status is not None:
-            attrs["http.response.status_code"] = self.status
-        attrs["otelprof.duration_ms"] = round((time.monotonic_ns() - session.start_mono_ns) / 1e6, 3)
-        if self.error is not None:
-            attrs["error.type"] = type(self.error).__name__
-        elif self.status is not None and self.status >= 500:
-            attrs["error.type"] = str(self.status)
+        self._record_outcome(session)
 
     def drop_profile(self) -> None:
         """Throw the profile away (a flight recording that was not worth keeping)."""
