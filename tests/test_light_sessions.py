@@ -207,3 +207,169 @@ def test_flask_requests_profiled_by_chance_end_in_their_routes_aggregate(profile
     st = profiler.stats()
     assert st["profiles_started"] == 10 and st["profiles_aggregated"] == 10, st
     assert get_sampler().light_targets == 0
+
+
+# ---------------------------------------------------------------- light tickets
+# Through the middlewares, a request profiled by chance is registered as a *ticket*
+# (session.LightTicket): its session, with the budgets, is made by its first sample.
+
+
+def _traceparent(i: int) -> str:
+    return f"00-{i + 1:032x}-{i + 1:016x}-01"
+
+
+@needs_native
+def test_asgi_requests_profiled_by_chance_add_up_to_their_cpu(profiler_factory: Any, cpu_timer: str) -> None:
+    """300 ASGI requests of 4 ms CPU each: most are never sampled and so never get a
+    session (no profile id, no budget taken); the aggregate still holds the CPU they
+    burnt, each sample with its own request's trace link."""
+    from otelprof_middleware.asgi import ProfilingMiddleware
+
+    profiler, exp = make(profiler_factory)
+    spent = 0
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal spent
+        t0 = time.thread_time_ns()
+        light_burn(0.004)
+        spent += time.thread_time_ns() - t0
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = ProfilingMiddleware(app, profiler=profiler)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        pass
+
+    async def main() -> None:
+        for i in range(300):
+            scope = {"type": "http", "method": "GET", "path": "/work", "query_string": b"", "root_path": "",
+                     "headers": [(b"traceparent", _traceparent(i).encode())]}
+            await mw(scope, receive, send)
+            assert get_sampler().light_targets == 0  # the ticket left with its request
+
+    asyncio.run(main())
+    assert profiler.force_flush(10)
+    (agg,) = exp.by_name("GET /work")
+    assert agg.attributes["otelprof.window"] == "aggregate"
+    cpu = _cpu_ns(agg, "light_burn")
+    assert 0.7 * spent <= cpu <= 1.3 * spent, (cpu, spent)
+    trace_ids = {s.link.trace_id for s in agg.samples if s.link is not None}
+    assert trace_ids and trace_ids <= {i + 1 for i in range(300)}
+    st = profiler.stats()
+    # only the requests a sample fell in became profiles (all of them in the aggregate)
+    assert 0 < st["profiles_started"] < 300, st
+    assert st["profiles_aggregated"] == agg.attributes["otelprof.requests"] == st["profiles_started"], st
+    assert not st["dropped"], st
+
+
+@needs_native
+def test_wsgi_thread_requests_profiled_by_chance_and_a_long_one(profiler_factory: Any, cpu_timer: str) -> None:
+    """WSGI requests in a worker thread: the short ones add up in the aggregate, a long
+    one gets a profile of its own with its trace link and CPU."""
+    from otelprof_middleware.wsgi import ProfilingMiddleware
+
+    profiler, exp = make(profiler_factory, min_samples=20)
+    spent = 0
+    long_cpu = 0
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        nonlocal spent, long_cpu
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        t0 = time.thread_time_ns()
+        if environ["PATH_INFO"] == "/long":
+            light_burn(0.5)
+            long_cpu = time.thread_time_ns() - t0
+        else:
+            light_burn(0.005)
+            spent += time.thread_time_ns() - t0
+        return [b"ok"]
+
+    mw = ProfilingMiddleware(app, profiler=profiler)
+
+    def call(path: str, i: int) -> None:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "", "SERVER_NAME": "x",
+                   "SERVER_PORT": "80", "wsgi.url_scheme": "http", "HTTP_TRACEPARENT": _traceparent(i)}
+        body = mw(environ, lambda status, headers, exc_info=None: None)
+        assert list(body) == [b"ok"]
+        getattr(body, "close", lambda: None)()
+
+    def worker() -> None:
+        for i in range(200):
+            call("/short", i)
+        call("/long", 999)
+
+    t = threading.Thread(target=worker, name="wsgi-worker")
+    t.start()
+    t.join(60)
+    assert profiler.force_flush(10)
+    (short,) = exp.by_name("GET /short")
+    cpu = _cpu_ns(short, "light_burn")
+    assert 0.7 * spent <= cpu <= 1.3 * spent, (cpu, spent)
+    (own,) = exp.by_name("GET /long")
+    assert own.link is not None and own.link.trace_id == 1000 and "otelprof.window" not in own.attributes
+    assert own.attributes["otelprof.cpu_timer"] == cpu_timer
+    cpu = _cpu_ns(own, "light_burn")
+    assert 0.8 * long_cpu <= cpu <= 1.2 * long_cpu, (cpu, long_cpu)
+    assert own.duration_ns >= long_cpu  # the session made at its first sample starts with the request
+    assert get_sampler().light_targets == 0
+
+
+@needs_native
+def test_the_budgets_apply_when_a_ticket_is_first_sampled(profiler_factory: Any) -> None:
+    """A per-minute budget of 3 lets 3 requests profiled by chance become profiles; the
+    others are declined at their first sample (counted) and run unprofiled."""
+    from otelprof_middleware.wsgi import ProfilingMiddleware
+
+    profiler, exp = make(profiler_factory, max_profiles_per_minute=3, trigger_limits="probability=3",
+                         min_samples=1000, sample_hz=1000)
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        light_burn(0.02)
+        return [b"ok"]
+
+    mw = ProfilingMiddleware(app, profiler=profiler)
+    for i in range(10):
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/b", "QUERY_STRING": "", "SERVER_NAME": "x",
+                   "SERVER_PORT": "80", "wsgi.url_scheme": "http"}
+        assert mw(environ, lambda *a: None) == [b"ok"]
+    assert profiler.force_flush(10)
+    st = profiler.stats()
+    assert st["profiles_started"] == 3 and st["profiles_aggregated"] == 3, st
+    assert st["declined"] == {"rate": 7} and st["light_requests"] == 10, st
+    (agg,) = exp.profiles
+    assert agg.attributes["otelprof.requests"] == 3
+    assert get_sampler().light_targets == 0
+
+
+def test_a_ticket_makes_no_session_once_its_request_ended() -> None:
+    """The sampler thread may reach a ticket just as its request ends: after close()
+    no session is made (it would never be finished)."""
+    from otelprof_middleware.session import LightTicket
+
+    asked: list[Any] = []
+
+    class Owner:
+        def light_session(self, ticket: Any) -> Any:
+            asked.append(ticket)
+            return "session"
+
+    t = LightTicket(threading.get_ident(), "", None, None, hz=100, max_depth=64, owner=Owner())
+    assert t.close() is None
+    assert t.session_for_sample() is None and not asked
+    t2 = LightTicket(threading.get_ident(), "", None, None, hz=100, max_depth=64, owner=Owner())
+    assert t2.session_for_sample() == "session" and t2.session_for_sample() == "session"
+    assert len(asked) == 1 and t2.close() == "session"
+
+    class NoOwner:
+        def light_session(self, ticket: Any) -> Any:
+            asked.append(ticket)
+            return None  # the budgets said no
+
+    t3 = LightTicket(threading.get_ident(), "", None, None, hz=100, max_depth=64, owner=NoOwner())
+    assert t3.session_for_sample() is None and t3.session_for_sample() is None
+    assert len(asked) == 2 and t3.denied  # asked once

@@ -41,14 +41,14 @@ import importlib
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from ._safety import LogOnce, at_fork_reinit
 from .profiletypes import gcwatch
 from .stacks import UNKNOWN, UNSAMPLED, cap_depth, thread_cpu_ns
 
 if TYPE_CHECKING:
-    from .session import Session, Target
+    from .session import LightTicket, Session, Target
 
 __all__ = ["load", "CpuTimers"]
 
@@ -150,8 +150,8 @@ class CpuTimers:
         self.unknown_frames = 0
         self.broken = False  # our signal handler was replaced: no more timers
         self._next_expiry = 0.0  # when retune next stops stale parked timers
-        self._light_threads: dict[int, tuple["Session", "Target"]] = {}  # thread -> its light session
-        self._light_frames: dict[int, tuple["Session", "Target"]] = {}  # task's coroutine frame -> light session
+        self._light_threads: dict[int, tuple[Optional["Session"], "Target"]] = {}  # thread -> its light session
+        self._light_frames: dict[int, tuple[Optional["Session"], "Target"]] = {}  # task's coroutine frame -> light session
         at_fork_reinit(self._after_fork)
 
     # ------------------------------------------------------------------ targets
@@ -211,7 +211,8 @@ class CpuTimers:
             return th
 
     # ------------------------------------------------------------------ light sessions
-    def light_add(self, session: "Session", target: "Target", interval_ns: int) -> Optional[str]:
+    def light_add(self, session: Optional["Session"], target: "Target", interval_ns: int,
+                  max_depth: int) -> Optional[str]:
         """Bill a *light* session's ``target`` (``Session.light``: a request profiled by
         chance that will most likely end in an aggregate) by sample: a CPU sample of
         its thread taken while it is attached (a thread target), or whose stack holds
@@ -219,8 +220,10 @@ class CpuTimers:
         whole CPU since the thread's previous sample.  Each sample stands for one
         interval of CPU, as in pprof: unbiased, without the per-target bookkeeping
         (clock reads, remainders) that :meth:`add` does.  Called by the attaching thread
-        (``target`` runs on it); None if the thread cannot have a timer."""
-        th = self._thread_for(target, interval_ns, session.max_depth, light=True)
+        (``target`` runs on it); None if the thread cannot have a timer.  ``session``
+        None: ``target`` is a :class:`~otelprof_middleware.session.LightTicket`, whose
+        session its first sample makes."""
+        th = self._thread_for(target, interval_ns, max_depth, light=True)
         if th is None:
             return None
         if th.interval_ns != interval_ns and not th.entries:  # (left faster by a boosted profile)
@@ -245,7 +248,7 @@ class CpuTimers:
             frame = getattr(target.coro, "cr_frame", None)
             target.frame_addr = self.lib.frame_address(frame) if frame is not None else 0
 
-    def light_remove(self, session: "Session", target: "Target") -> None:
+    def light_remove(self, session: Optional["Session"], target: "Target") -> None:
         """Bill what the thread's buffer holds (its samples so far), then forget ``target``."""
         th = self._threads.get(target.thread_id)
         if th is not None:
@@ -488,11 +491,18 @@ class CpuTimers:
                     hit = light_thread
                 if hit is None:
                     continue
-                session, target = hit
-                if session.stacks.closed or mono < session.start_mono_ns:
+                owner, target = hit
+                if owner is None:  # a ticket: its first sample makes its session
+                    ticket = cast("LightTicket", target)
+                    if mono < ticket.start_mono_ns:  # (older than the request: a frame address reused)
+                        continue
+                    owner = ticket.session_for_sample()
+                    if owner is None:
+                        continue
+                if owner.stacks.closed or mono < owner.start_mono_ns:
                     continue  # (a sample older than the session: a frame address reused)
                 try:
-                    self._bill(th, session, target, c1 - c0, mono, omitted, codes, lastis, addrs)
+                    self._bill(th, owner, target, c1 - c0, mono, omitted, codes, lastis, addrs)
                 except Exception:
                     _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
 

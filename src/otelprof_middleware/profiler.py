@@ -52,7 +52,7 @@ from .profiletypes import hooks as profile_type_hooks
 from .profiletypes import EXTRA_PROFILE_TYPES, recorder_for
 from . import native_sampler
 from .sampler import get_sampler
-from .session import Session
+from .session import LightOwner, LightTicket, Session
 from .stats import Stats
 from .tracecontext import current_link
 from .windows import ContinuousRecorder, ShortRequestAggregator
@@ -236,6 +236,7 @@ class Profiler:
         hz: Optional[int] = None,
         profile_types: tuple[str, ...] = (),
         light: Optional[bool] = None,
+        ticket: Optional[LightTicket] = None,
     ) -> Optional[Session]:
         """Start sampling a unit of work; None when disabled or on any internal failure.
         ``attach`` attaches the calling asyncio task, or else the calling thread.
@@ -244,7 +245,10 @@ class Profiler:
         ``light``: sample it as a light session (``Session.light``); None: when its
         triggers are of chance only, at the configured rate, and :attr:`light_sessions`
         allows (True: the caller checked :attr:`light_sessions`; a request layer that
-        names the session only at its end, ``finish_session(..., complete=)``)."""
+        names the session only at its end, ``finish_session(..., complete=)``).
+        ``ticket``: the session of that :class:`~otelprof_middleware.session.LightTicket`
+        (light, started when the ticket was, its target the ticket's: see
+        :meth:`light_enter`)."""
         if not self.enabled:
             return None
         session: Optional[Session] = None
@@ -266,7 +270,9 @@ class Profiler:
             session.extras = recorder_for(session, cfg, profile_types)
             if session.extras is not None:
                 profile_type_hooks.ensure(cfg)  # a forked child installs its hooks here
-            if light is None:
+            if ticket is not None:
+                light, attach = True, False
+            elif light is None:
                 light = attach and session.extras is None and self._light_ok(triggers, hz)
             if attach and not light:
                 session.attach_current()
@@ -277,7 +283,7 @@ class Profiler:
                 # a request profiled by chance, whose samples will most likely join its
                 # route's aggregate: sampled without a session's per-request bookkeeping
                 session.light = True
-                get_sampler().register_light(session)
+                get_sampler().register_light(session, ticket)
             else:
                 get_sampler().register(session)
             return session
@@ -286,6 +292,32 @@ class Profiler:
                 self._lost(session)
             self.report_failure("start", "otelprof: could not start a profile; the work runs unprofiled")
             return None
+
+    def light_enter(self, owner: LightOwner, thread_id: int, task: Any = None) -> Optional[LightTicket]:
+        """Register a request profiled by chance (running in asyncio ``task``, or else
+        in thread ``thread_id``, the calling one) for light sampling, before it has a
+        session: ``owner.light_session(ticket)`` makes one at its first sample (the
+        budgets apply then).  Only when :attr:`light_sessions`; None on any internal
+        failure.  End it with :meth:`light_exit`."""
+        try:
+            cfg = self.config
+            ticket = LightTicket(thread_id, "", task, task.get_loop() if task is not None else None,
+                                 hz=cfg.sample_hz, max_depth=cfg.max_stack_depth, owner=owner)
+            get_sampler().light_enter(ticket)
+            self._stats.incr("light_requests")
+            return ticket
+        except Exception:
+            self.report_failure("start", "otelprof: could not start a profile; the work runs unprofiled")
+            return None
+
+    def light_exit(self, ticket: LightTicket) -> Optional[Session]:
+        """The request of ``ticket`` ended: its session (to finish with
+        :meth:`finish_session`), if a sample made one."""
+        try:
+            return get_sampler().light_exit(ticket)
+        except Exception:
+            self.report_failure("finish", "otelprof: could not finish a profile; it is skipped")
+            return ticket.close()
 
     @property
     def light_sessions(self) -> bool:

@@ -53,7 +53,7 @@ from .stacks import walk_frames as _walk_thread
 
 if TYPE_CHECKING:  # the sampler only reads sessions; session.py knows nothing of the sampler
     from .profile import SpanLink
-    from .session import Session, Target
+    from .session import LightTicket, Session, Target
 
 
 class ContinuousSink(Protocol):
@@ -162,20 +162,28 @@ class LightSessions:
     def __init__(self, sampler: "Sampler") -> None:
         self._sampler = sampler
         self.sessions: dict[Session, _LightState] = {}
+        #: requests registered before they have a session (:class:`LightTicket`), alive now
+        self.tickets: dict[LightTicket, str] = {}  # ticket -> its timer's kind ("" if none)
         self.last_tick_ns = 0
         self.due_ns = 0
 
     def target_added(self, session: Session, target: Target) -> None:
+        source = self.add(session, target, session.interval_ns, session.max_depth)
+        state = self.sessions.get(session)
+        if state is not None and source:
+            state.source = source
+
+    def add(self, session: Optional[Session], target: Target, interval_ns: int, max_depth: int) -> str:
+        """Bill ``target`` by sample from its thread's CPU timer; "" when the thread
+        has none (its CPU is then sampled at the light ticks)."""
         timers = self._sampler._cpu_timers()
-        source = timers.light_add(session, target, session.interval_ns) if timers is not None else None
-        if source is None:  # no timer for this thread: its CPU is sampled at the light ticks
+        source = timers.light_add(session, target, interval_ns, max_depth) if timers is not None else None
+        if source is None:
             target.cpu_mark = thread_cpu_ns(target.thread_id, target.native_id)
-            return
+            return ""
         if target.task is None:
             target.wall_cpu_mark = target.attach_cpu
-        state = self.sessions.get(session)
-        if state is not None:
-            state.source = source
+        return source
 
     def target_removed(self, session: Session, target: Target) -> None:
         timers = self._sampler._timers
@@ -230,18 +238,57 @@ class Sampler:
                 self._cond.notify()
         session.bind(self)  # from now on the session tells us about its targets
 
-    def register_light(self, session: Session) -> None:
+    def register_light(self, session: Session, ticket: Optional[LightTicket] = None) -> None:
         """Sample ``session`` as a light session (:class:`LightSessions`) and attach the
-        calling asyncio task, or else the calling thread."""
+        calling asyncio task, or else the calling thread; or, for the session of a
+        ``ticket`` (made at its first sample, maybe on this thread), the ticket's own
+        target, already registered: the session starts when the request did."""
         light = self._light
+        state = _LightState()
         with self._cond:
-            light.sessions[session] = _LightState()
+            light.sessions[session] = state
             if self._background and (self._thread is None or not self._thread.is_alive()):
                 self._start_locked()
             if self._asleep or session.hz > self._hz:  # (see register)
                 self._cond.notify()
-        session.bind(light)
-        session.attach_current()
+        if ticket is None:
+            session.bind(light)
+            session.attach_current()
+            return
+        now = time.monotonic_ns()
+        session.start_time_ns -= now - ticket.start_mono_ns
+        session.start_mono_ns = ticket.start_mono_ns
+        state.source = light.tickets.get(ticket, "")
+        session.bind(light)  # (before the target: the ticket's timer is registered already)
+        session.targets = (ticket,)
+
+    def light_enter(self, ticket: LightTicket) -> None:
+        """Register the request of ``ticket`` (its task, or else its thread) for
+        sampling by chance, before it has a session (the ticket's owner makes one at
+        its first sample).  Called by the request's own thread; end with
+        :meth:`light_exit`."""
+        light = self._light
+        source = light.add(None, ticket, ticket.interval_ns, ticket.max_depth)
+        with self._cond:
+            light.tickets[ticket] = source
+            if self._thread is None and self._background:
+                self._start_locked()
+            if self._asleep or ticket.hz > self._hz:  # (see register)
+                self._cond.notify()
+
+    def light_exit(self, ticket: LightTicket) -> Optional[Session]:
+        """The request of ``ticket`` ended: its thread's buffered samples are billed,
+        it is unregistered, and its session (made by a sample) returned, if any."""
+        light = self._light
+        try:
+            if ticket.native:
+                timers = self._timers
+                if timers is not None:
+                    timers.light_remove(None, ticket)
+        finally:
+            light.tickets.pop(ticket, None)
+            session = ticket.close()
+        return session
 
     def unregister(self, session: Session) -> None:
         """Stop sampling ``session``: bill what its CPU timers still hold and the
@@ -320,7 +367,8 @@ class Sampler:
     def light_targets(self) -> int:
         """Threads and tasks of light sessions the CPU timers still bill (0 when none run)."""
         timers = self._timers
-        return len(self._light.sessions) + (timers.light_targets if timers is not None else 0)
+        return len(self._light.sessions) + len(self._light.tickets) + (
+            timers.light_targets if timers is not None else 0)
 
     @property
     def running(self) -> bool:
@@ -422,8 +470,8 @@ class Sampler:
         idle_since: Optional[float] = None
         while True:
             with cond:
-                while not self._sessions and not self._light.sessions and self._continuous is None \
-                        and not self._stopping:
+                while not self._sessions and not self._light.sessions and not self._light.tickets \
+                        and self._continuous is None and not self._stopping:
                     now = time.monotonic()
                     if idle_since is None:
                         idle_since = now
@@ -449,8 +497,8 @@ class Sampler:
                             left = timers.expire_parked()
                         finally:
                             cond.acquire()
-                        if left and not self._sessions and not self._light.sessions and \
-                                self._continuous is None and not self._stopping:
+                        if left and not self._sessions and not self._light.sessions and not self._light.tickets \
+                                and self._continuous is None and not self._stopping:
                             self._asleep = True
                             cond.wait(native_sampler.PARK_SECONDS)
                             self._asleep = False
@@ -474,6 +522,7 @@ class Sampler:
             if cpu is not None:
                 self._cpu_ns_thread = cpu
             hz = max([s.hz for s in sessions] + [s.hz for s in list(self._light.sessions)]
+                     + [t.hz for t in list(self._light.tickets)]
                      + ([continuous.hz] if continuous is not None else []), default=1)
             # (after the tick: it may have ended a boost)
             interval = 1.0 / hz
@@ -515,7 +564,7 @@ class Sampler:
             if wall is None or session.sample_budget_exhausted(now_ns):
                 continue
             self._sample(session, schedule.interval_ns, frames, wall, cpu_now)
-        if self._light.sessions:
+        if self._light.sessions or self._light.tickets:
             self._sample_light(now_ns, frames, cpu_now)
         if self._continuous is not None:
             self._sample_continuous(now_ns, frames, cpu_now)
@@ -570,12 +619,17 @@ class Sampler:
         """The shared light tick, if due: one wall sample for every light session alive,
         worth the time since the previous light tick (:class:`LightSessions`)."""
         light = self._light
-        sessions = list(light.sessions.items())
-        if not sessions:
+        tickets = list(light.tickets)
+        intervals = [s.interval_ns for s in list(light.sessions)] + [t.interval_ns for t in tickets]
+        if not intervals:
             return
-        interval = min(s.interval_ns for s, _ in sessions)
+        interval = min(intervals)
         if now_ns < light.due_ns:
             return
+        for ticket in tickets:  # a request alive at this tick and not sampled yet: its session now
+            if ticket.session is None and now_ns >= ticket.start_mono_ns:
+                ticket.session_for_sample()
+        sessions = list(light.sessions.items())
         wall = now_ns - light.last_tick_ns
         if wall > 2 * interval:  # the first tick after a pause: one interval
             wall = interval
@@ -655,7 +709,7 @@ class Sampler:
                 continue  # the task awaits work we sample in its thread; don't count wall twice
             codes, lastis = _walk_coroutine(target.task.get_coro(), max_depth)
             if codes:
-                table.add(target.thread_name, codes, lastis, 0, off_cpu)
+                table.add(target.thread_name or _thread_name(target.thread_id), codes, lastis, 0, off_cpu)
 
 
 def _off_cpu(target: Target, wall: int, cpu_now: dict[int, Optional[int]]) -> int:

@@ -24,7 +24,8 @@ from typing import Any, Optional, Protocol
 from .profile import AttributeValue, Profile, SpanLink, clean_text, clean_value, new_profile_id
 from .stacks import SamplingReport, StackTable, native_id_of
 
-__all__ = ["Session", "Target", "TargetObserver", "ExtrasRecorder", "SamplingReport", "session_summary"]
+__all__ = ["Session", "Target", "LightTicket", "LightOwner", "TargetObserver", "ExtrasRecorder", "SamplingReport",
+           "session_summary"]
 
 MAX_HZ = 1000
 #: summary keys of the extra profile types, shown as ``otelprof.<key>`` span attributes
@@ -59,6 +60,64 @@ class Target:
         self.frame_addr = 0  # the task's outermost coroutine frame (native task cut)
         self.coro: Any = None  # keeps that frame's memory alive while attached
         self.handler_mark = 0  # the timer's own handler CPU when attached
+
+
+class LightOwner(Protocol):
+    """What a :class:`LightTicket` asks for its session (a request handle)."""
+
+    def light_session(self, ticket: "LightTicket") -> Optional["Session"]: ...
+
+
+class LightTicket(Target):
+    """A request profiled by chance, registered for sampling *before* it has a session.
+
+    With short-request aggregates on, most such requests end without a single sample
+    (a request of 2 ms at 100 Hz is sampled once in five).  A ticket is all they
+    cost: their thread or task is registered with the sampler
+    (:meth:`~otelprof_middleware.sampler.Sampler.light_enter`), and the session, with
+    its profile id, budgets and stack table, is made by the first sample that falls
+    in the request (:meth:`session_for_sample`, asking the ``owner``).  A ticket is the
+    session's target from then on."""
+
+    __slots__ = ("start_mono_ns", "hz", "max_depth", "owner", "session", "closed", "denied")
+
+    def __init__(self, thread_id: int, thread_name: str, task: Any, loop: Any, *, hz: int, max_depth: int,
+                 owner: LightOwner) -> None:
+        super().__init__(thread_id, thread_name, task, loop)
+        self.start_mono_ns = time.monotonic_ns()
+        self.hz = _clamp_hz(hz)
+        self.max_depth = max_depth
+        self.owner: Optional[LightOwner] = owner
+        self.session: Optional[Session] = None
+        self.closed = False  # the request ended: no session is made any more
+        self.denied = False  # the budgets said no at its first sample: its samples are skipped
+
+    @property
+    def interval_ns(self) -> int:
+        return int(1e9 / self.hz)
+
+    def session_for_sample(self) -> Optional["Session"]:
+        """The ticket's session, made now if this is its first sample (None: the
+        request has ended, or the budgets declined it)."""
+        session = self.session
+        if session is not None or self.denied or self.closed:
+            return session
+        with _TICKET_LOCK:  # the sampler thread and the request's own thread may both get here
+            if self.session is None and not self.denied and not self.closed and self.owner is not None:
+                self.session = self.owner.light_session(self)
+                if self.session is None:
+                    self.denied = True
+            return self.session
+
+    def close(self) -> Optional["Session"]:
+        """The request ended: no session is made after this; returns the one made, if any."""
+        with _TICKET_LOCK:
+            self.closed = True
+            self.owner = None
+            return self.session
+
+
+_TICKET_LOCK = threading.Lock()
 
 
 class TargetObserver(Protocol):

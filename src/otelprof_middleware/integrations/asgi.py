@@ -244,12 +244,11 @@ class ASGIRequest(RequestHandle):
                 if self.status is None:
                     if message.get("type") == "http.response.start":
                         self.status = message.get("status")  # (body messages: one attribute check)
-                elif session is not None and not message.get("more_body", False) and \
-                        message.get("type") == "http.response.body":
-                    # a light session ends here, as _profiled_message ends a profile: before
-                    # the OTel span does
-                    if self.span is None:
-                        self._pick_up_span_at_send()
+                elif (self.light is not None or session is not None) and not message.get("more_body", False) \
+                        and message.get("type") == "http.response.body":
+                    # a request profiled by chance ends here, as _profiled_message ends a
+                    # profile: before the OTel span does (its span is looked up only if it
+                    # was sampled: on_profiled_end)
                     self.finish()
             else:
                 message = self._profiled_message(message)
@@ -289,6 +288,8 @@ class ASGIRequest(RequestHandle):
         return message
 
     def on_profiled_end(self, error: Optional[BaseException]) -> None:
+        if self.span is None and self.session is not None and self.session.light:
+            self._pick_up_span_at_send()  # (its first look: a light session ends in its last send)
         self._set_route()
         if isinstance(error, asyncio.CancelledError) and self.session is not None:
             self.session.attributes["otelprof.cancelled"] = True

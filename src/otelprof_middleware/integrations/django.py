@@ -241,7 +241,7 @@ class ProfilingMiddleware:
     # ---------------------------------------------------------- hooks
     def _pick_up_span(self, request: Any, view_func: Any, view_args: Any, view_kwargs: Any) -> None:
         handle = getattr(request, _REQUEST_ATTR, None)
-        if handle is not None and handle.session is not None and handle.span is None:
+        if handle is not None and (handle.session is not None or handle.light is not None) and handle.span is None:
             try:
                 handle.pick_up_span()  # our middleware sits outside OpenTelemetry's
             except Exception:

@@ -45,7 +45,7 @@ from ..profile import SpanLink
 from ..config import Config
 from ..profiler import (UNFINISHED_LIGHT_NAME, Profiler, activate_session, deactivate_session, get_profiler,
                         shared_profiler)
-from ..session import EXTRA_SPAN_KEYS, Session, session_summary
+from ..session import EXTRA_SPAN_KEYS, LightTicket, Session, session_summary
 from ..tracecontext import (SPAN_KEY as _SPAN_KEY, current_context as _current_context, link_from_span,
                             parse_traceparent, set_span_attributes, span_or_none, trace_of_traceparent)
 from . import threads
@@ -64,6 +64,8 @@ HEADER_BOOST_SECONDS = 0.2
 _WATCH, _DECIDE_SAMPLED = Screen.WATCH, Screen.DECIDE_SAMPLED
 _REGISTERED = TailState.REGISTERED
 _NOT_STARTED = Decision.no("not_started")
+#: the decision of a light ticket's request (the budgets apply at its first sample)
+_LIGHT = Decision(True, ("probability",))
 _get_current_span = _trace.get_current_span
 _INVALID_SPAN = _trace.INVALID_SPAN
 #: what a screen without a span answers (no allocation)
@@ -169,6 +171,8 @@ class RequestHandle(TailTicket):
     #: it usually refers back to this handle, and no reference cycle must remain
     source: Any = None
     session: Optional[Session] = None
+    #: a request profiled by chance, registered for sampling before it has a session
+    light: Optional[LightTicket] = None
     span: Any = None
     traceparent: Optional[str] = None
     status: Optional[int] = None
@@ -263,27 +267,33 @@ class RequestHandle(TailTicket):
             return True
         entry = policy.entry
         if verdict is _DECIDE_SAMPLED and rp.profiler.light_sessions and not entry.has_exclusions:
-            # selected by chance and by nothing else (screen() says so): a light session
-            self._open_light(entry)
-        else:
-            self._open_full(entry, verdict)
+            # selected by chance and by nothing else (screen() says so): a light ticket
+            self.light = rp.profiler.light_enter(self, self.thread_id or threading.get_ident(), self.task)
+            if self.light is not None:
+                self.decision = _LIGHT
+                late.started(self, profiled=True)  # (the outcome arms routes; no watchdog, no recorder)
+                return True
+        self._open_full(entry, verdict)
         late.started(self)  # flight recorder, watchdog registration
         if self.tail_state == _REGISTERED:
             self._hop_token = _follow_hops(_ref(self))
         return self.session is not None or self.tail_t0 is not None
 
-    def _open_light(self, entry: Any) -> None:
-        """Start a light session (``Session.light``): the budgets, then only the thread
-        or task is registered; what describes the request (its name, route, URL) is
-        made at the end, and only if it has samples (:meth:`_complete_light`)."""
-        decision = self.decision = entry.admit(["probability"])
+    def light_session(self, ticket: LightTicket) -> Optional[Session]:
+        """The session of this request's light ticket, at its first sample (maybe on
+        the sampler thread): the budgets, then a light session (``Session.light``)
+        whose target is the ticket.  What describes the request (its name, route,
+        URL) is made at the end (:meth:`_complete_light`)."""
+        entry = self.rp.profiler.policy.entry
+        decision = entry.admit(["probability"])
         if decision.profile and not entry.claim(decision):
-            decision = self.decision = Decision.no("concurrency")
-        if decision.profile:
-            session = self.rp.profiler.start_session(UNFINISHED_LIGHT_NAME, link=self._link_now(),
-                                                     triggers=("probability",), hz=decision.hz, light=True)
-            entry.bind(session)
-            self.session = session
+            return None
+        if not decision.profile:
+            return None
+        session = self.rp.profiler.start_session(UNFINISHED_LIGHT_NAME, link=self._link_now(),
+                                                 triggers=("probability",), ticket=ticket)
+        entry.bind(session)
+        return session
 
     def _open_full(self, entry: Any, verdict: Screen) -> None:
         rp = self.rp
@@ -449,6 +459,8 @@ class RequestHandle(TailTicket):
                     _reset_hops(self._hop_token)
                 except ValueError:  # ended in another context than it began (a streamed body)
                     pass
+            if self.light is not None:  # a request profiled by chance: a session if it was sampled
+                self.session, self.light = self.rp.profiler.light_exit(self.light), None
             if self.session is None:  # the common case: watched only
                 if self.tail_t0 is not None:
                     self.rp.profiler.policy.late.finished(self)  # outcome -> route arming

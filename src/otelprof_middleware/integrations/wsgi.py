@@ -95,10 +95,10 @@ class WSGIRequest(RequestHandle):
         if code:
             self.status = code
         session = self.session
-        if session is not None:
+        if session is not None or self.light is not None:
             try:
-                if session.light:  # (its name and route are made at the end, if it has samples)
-                    self.pick_up_span()  # the framework's span is current here
+                if session is None or session.light:  # profiled by chance: its name and route are
+                    self.pick_up_span()  # made at the end, if sampled; the framework's span is current here
                 else:
                     headers = self.profiled_headers(headers)
             except Exception:
@@ -122,9 +122,11 @@ class WSGIRequest(RequestHandle):
             self.finish(error=exc)
             raise
         session = self.session
-        if session is not None and session.light and type(result) is list:
-            self.finish()  # produced in full: a light session ends here
-            return result
+        if self.light is not None or (session is not None and session.light):  # profiled by chance
+            if type(result) is list:
+                self.finish()  # produced in full: the request ends here
+                return result
+            return self.profiled_body(result)  # (its __del__ ends the request if close() never comes)
         if session is None:  # watched only
             if type(result) is list:  # produced in full: the request's work is done
                 self.finish()

@@ -126,14 +126,18 @@ class LateTriggers:
             return True
         return False
 
-    def started(self, request: ProfilableRequest) -> None:
-        """After a full entry decision: start the flight recorder and/or watch."""
+    def started(self, request: ProfilableRequest, profiled: Optional[bool] = None) -> None:
+        """After a full entry decision: start the flight recorder and/or watch.
+        ``profiled``: the request is being sampled (default: it has a session), so it
+        is neither recorded nor promoted; its outcome still arms routes."""
         if not self.enabled or request.decision.declined in _NO_TAIL:
             return
         request.tail_t0 = self.clock()
-        if request.session is None and self.recorder_hz:
+        if profiled is None:
+            profiled = request.session is not None
+        if not profiled and self.recorder_hz:
             self._start_recording(request)
-        if self.promotes and (request.session is None or request.recording):
+        if self.promotes and (not profiled or request.recording):
             request.tail_state = _REGISTERED
             self.watchdog.register(request)
 
