@@ -228,15 +228,15 @@ class CpuTimers:
             return None
         if th.interval_ns != interval_ns and not th.entries:  # (left faster by a boosted profile)
             self._set_interval(th, interval_ns)
-        target.attach_cpu = time.thread_time_ns()  # (the calling thread is the target's)
         target.cpu_billed = target.cpu_since_wall = 0
         target.native = True
         entry = (session, target)
-        if target.task is not None:
+        if target.task is not None:  # (its samples are told by their frames, not by a CPU mark)
             self._note_task_frame(target)
             if target.frame_addr:
                 self._light_frames[target.frame_addr] = entry
         else:
+            target.attach_cpu = time.thread_time_ns()  # (the calling thread is the target's)
             self._light_threads[th.ident] = entry
         return th.source
 

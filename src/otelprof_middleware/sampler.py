@@ -269,12 +269,16 @@ class Sampler:
         :meth:`light_exit`."""
         light = self._light
         source = light.add(None, ticket, ticket.interval_ns, ticket.max_depth)
-        with self._cond:
-            light.tickets[ticket] = source
-            if self._thread is None and self._background:
-                self._start_locked()
-            if self._asleep or ticket.hz > self._hz:  # (see register)
-                self._cond.notify()
+        light.tickets[ticket] = source
+        # No lock for the common case (the thread ticks or lingers at this rate): the
+        # thread sets _asleep *before* its last look at the tickets (_run), so a
+        # ticket it missed finds _asleep set here and wakes it
+        if self._asleep or ticket.hz > self._hz or self._thread is None:
+            with self._cond:
+                if self._thread is None and self._background:
+                    self._start_locked()
+                if self._asleep or ticket.hz > self._hz:  # (see register)
+                    self._cond.notify()
 
     def light_exit(self, ticket: LightTicket) -> Optional[Session]:
         """The request of ``ticket`` ended: its thread's buffered samples are billed,
@@ -500,11 +504,13 @@ class Sampler:
                         if left and not self._sessions and not self._light.sessions and not self._light.tickets \
                                 and self._continuous is None and not self._stopping:
                             self._asleep = True
-                            cond.wait(native_sampler.PARK_SECONDS)
+                            if not self._light.tickets:  # (a ticket registered without the lock: light_enter)
+                                cond.wait(native_sampler.PARK_SECONDS)
                             self._asleep = False
                             continue
                     self._asleep = True
-                    cond.wait()  # idle: blocked, no periodic wake-ups
+                    if not self._light.tickets:
+                        cond.wait()  # idle: blocked, no periodic wake-ups
                     self._asleep = False
                     next_tick = time.monotonic()
                 if idle_since is not None:
