@@ -150,6 +150,16 @@ draw(otp_slot *s, int64_t mean)
     return mean / 2 + (int64_t)(next_random(s) % (uint64_t)(mean > 0 ? mean : 1));
 }
 
+/* The CPU before a new timer's first sample: uniform in [1, mean].  A thread that
+ * lives for c < mean of CPU is then sampled with probability c/mean, as one alive
+ * long before would be; drawing the first like the others ([mean/2, 3*mean/2)) never
+ * sampled threads shorter than mean/2 (e.g. a worker started per request). */
+static inline int64_t
+first_draw(otp_slot *s, int64_t mean)
+{
+    return 1 + (int64_t)(next_random(s) % (uint64_t)(mean > 0 ? mean : 1));
+}
+
 /* After each recorded sample, the next one is drawn at random around the mean
  * interval.  A fixed interval of CPU time locks onto a workload that repeats with
  * the same period (a loop whose iteration costs 10 ms, sampled every 10 ms of CPU,
@@ -476,6 +486,19 @@ arm(otp_slot *s, long long interval_ns)
     return timer_settime(s->timer, 0, &its, NULL);
 }
 
+/* A new POSIX timer's first expiry: see first_draw. */
+static int
+arm_first(otp_slot *s, long long interval_ns)
+{
+    int64_t first = first_draw(s, interval_ns);
+    struct itimerspec its;
+    its.it_interval.tv_sec = interval_ns / 1000000000LL;
+    its.it_interval.tv_nsec = interval_ns % 1000000000LL;
+    its.it_value.tv_sec = first / 1000000000LL;
+    its.it_value.tv_nsec = first % 1000000000LL;
+    return timer_settime(s->timer, 0, &its, NULL);
+}
+
 static PyObject *handle_of(otp_slot *s, int idx);
 static int start_perf(otp_slot *s, int idx, pid_t tid, long long interval_ns);
 static int start_timer(otp_slot *s, int idx, pid_t tid, long long interval_ns);
@@ -610,7 +633,7 @@ start_perf(otp_slot *s, int idx, pid_t tid, long long interval_ns)
     }
     s->source = OTP_SRC_PERF;
     s->perf_fd = fd;
-    s->target = (uint64_t)draw(s, interval_ns);
+    s->target = (uint64_t)first_draw(s, interval_ns);
     __atomic_store_n(&s->state, SLOT_ACTIVE, __ATOMIC_SEQ_CST);
     __atomic_store_n(&fd_slot[fd], (int16_t)(idx + 1), __ATOMIC_RELEASE);
     /* with an async owner set, every overflow signals the thread (no ring buffer needed) */
@@ -644,7 +667,7 @@ start_timer(otp_slot *s, int idx, pid_t tid, long long interval_ns)
         return -1;
     }
     s->has_timer = 1;
-    if (arm(s, interval_ns) != 0) {
+    if (arm(s, interval_ns) != 0 || arm_first(s, interval_ns) != 0) {
         int e = errno;
         timer_delete(s->timer);
         s->has_timer = 0;

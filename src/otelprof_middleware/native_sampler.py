@@ -122,7 +122,7 @@ class _Thread:
     """One sampled thread: its timer and the (session, target) pairs it serves."""
 
     __slots__ = ("ident", "native_id", "handle", "interval_ns", "entries", "lock", "name", "parked_at", "light",
-                 "paused", "source")
+                 "paused", "source", "fresh")
 
     def __init__(self, ident: int, native_id: int, handle: int, interval_ns: int) -> None:
         self.ident = ident
@@ -135,6 +135,7 @@ class _Thread:
         self.light = 0  # light-session targets on this thread (billed by sample, see light_add)
         self.paused = False  # parked and paused (see CpuTimers.pause_idle)
         self.source = ""  # what interrupts the thread (SOURCE_NAMES), read once when started
+        self.fresh = True  # no sample drained yet (the first one is billed one interval to light targets)
 
 
 class CpuTimers:
@@ -217,9 +218,11 @@ class CpuTimers:
         chance that will most likely end in an aggregate) by sample: a CPU sample of
         its thread taken while it is attached (a thread target), or whose stack holds
         its task's outermost coroutine frame (a task target), is billed to it with the
-        whole CPU since the thread's previous sample.  Each sample stands for one
-        interval of CPU, as in pprof: unbiased, without the per-target bookkeeping
-        (clock reads, remainders) that :meth:`add` does.  Called by the attaching thread
+        whole CPU since the thread's previous sample, as in pprof: unbiased, without the
+        per-target bookkeeping (clock reads, remainders) that :meth:`add` does.  A new
+        timer's first sample falls uniformly within one interval of CPU (see the
+        extension) and stands for one interval: so a thread that lives for less than
+        an interval (a worker started per request) is counted as often as it should be.  Called by the attaching thread
         (``target`` runs on it); None if the thread cannot have a timer.  ``session``
         None: ``target`` is a :class:`~otelprof_middleware.session.LightTicket`, whose
         session its first sample makes."""
@@ -455,8 +458,10 @@ class CpuTimers:
         light_thread = self._light_threads.get(th.ident) if th.light else None
         light_frames = self._light_frames if th.light else None
         if not entries and not th.light:
+            th.fresh = False
             return
         for c0, c1, mono, _overruns, omitted, codes, lastis, addrs, lost in samples:
+            fresh, th.fresh = th.fresh, False
             if lost:
                 self._bill_lost(th, c0 - lost, c0)
             if not codes:
@@ -501,8 +506,11 @@ class CpuTimers:
                         continue
                 if owner.stacks.closed or mono < owner.start_mono_ns:
                     continue  # (a sample older than the session: a frame address reused)
+                # the CPU since the thread's previous sample; for a new timer's first
+                # sample, one interval (see light_add)
+                w = c1 - c0 if not fresh else th.interval_ns
                 try:
-                    self._bill(th, owner, target, c1 - c0, mono, omitted, codes, lastis, addrs)
+                    self._bill(th, owner, target, w, mono, omitted, codes, lastis, addrs)
                 except Exception:
                     _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
 

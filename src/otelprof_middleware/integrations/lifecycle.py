@@ -272,6 +272,7 @@ class RequestHandle(TailTicket):
             if self.light is not None:
                 self.decision = _LIGHT
                 late.started(self, profiled=True)  # (the outcome arms routes; no watchdog, no recorder)
+                self._hop_token = _follow_hops(_ref(self))  # work it hands to a thread pool: bind_hop
                 return True
         self._open_full(entry, verdict)
         late.started(self)  # flight recorder, watchdog registration
@@ -370,6 +371,10 @@ class RequestHandle(TailTicket):
                         self._hops = []
                     self._hops.append(hop)
                     session = self.session
+                    if session is None and self.light is not None:
+                        # profiled by chance: work handed to a thread pool is sampled
+                        # in the request's session, made now if no sample made it yet
+                        session = self.light.session_for_sample()
                     if session is not None and not session.finished:
                         session.attach_thread(hop[0])
                         hop[1] = session
