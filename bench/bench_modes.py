@@ -17,6 +17,12 @@ Endpoints: ``/fast`` (returns at once: the shortest request there is) and ``/cpu
   profiles (probability 0, late and CPU triggers off): the cost of sampling the
   whole process all the time.
 
+Extra modes (``--modes``, not run by default): ``timer`` -- no middleware, only a CPU
+timer at 100 Hz left running on the serving thread (what interrupting that thread
+costs by itself); a ``-posix`` suffix (``agg-posix``, ``timer-posix``, ...) uses POSIX
+CPU timers instead of perf counters (cheaper here, less exact where code releases the
+GIL: see "CPU attribution under GIL releases" in bench/README.md).
+
 Profiles go to the ``none`` exporter (built, not written), so the numbers are the
 middleware + sampler + profile building cost.  Servers are started once and stay up;
 runs are interleaved (alternating order per round); medians are reported.
@@ -50,8 +56,20 @@ GOALS = {("/fast", "agg"): 0.85, ("/fast", "cont"): 0.97, ("/cpu", "cont"): 0.97
 
 COMMON = '''
 import os
+import threading
 MODE = os.environ["BENCH_MODE"]
 LOOPS = int(os.environ["BENCH_LOOPS"])
+POSIX = MODE.endswith("-posix")  # the CPU timers are POSIX timers, not perf counters
+BASE = MODE[:-len("-posix")] if POSIX else MODE
+PROFILED = BASE not in ("none", "timer")
+if POSIX:
+    from otelprof_middleware import native_sampler as _ns
+    _ns.PERF_EVENTS = False
+if BASE == "timer":  # no middleware: a CPU timer at 100 Hz left running on the serving thread
+    from otelprof_middleware import native_sampler as _ns
+    _lib = _ns.load()[0]
+    _lib.set_max_frames(64)
+    _TIMER = _lib.start(threading.get_ident(), threading.get_native_id(), 10_000_000, not POSIX)
 
 
 def otelprof_options(mode):
@@ -77,10 +95,10 @@ FASTAPI_APP = COMMON + '''
 from fastapi import FastAPI
 app = FastAPI()
 PROFILER = None
-if MODE != "none":
+if PROFILED:
     from otelprof_middleware import Profiler
     from otelprof_middleware.asgi import ProfilingMiddleware
-    PROFILER = Profiler(**otelprof_options(MODE))
+    PROFILER = Profiler(**otelprof_options(BASE))
     app.add_middleware(ProfilingMiddleware, profiler=PROFILER)
 
 
@@ -104,10 +122,10 @@ import json
 from flask import Flask
 app = Flask(__name__)
 PROFILER = None
-if MODE != "none":
+if PROFILED:
     from otelprof_middleware import Profiler
     from otelprof_middleware.flask import OtelProf
-    PROFILER = Profiler(**otelprof_options(MODE))
+    PROFILER = Profiler(**otelprof_options(BASE))
     OtelProf(app, profiler=PROFILER)
 
 

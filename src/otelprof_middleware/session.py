@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any, Optional, Protocol
 
+from ._safety import at_fork_reinit
 from .profile import AttributeValue, Profile, SpanLink, clean_text, clean_value, new_profile_id
 from .stacks import SamplingReport, StackTable, native_id_of
 
@@ -102,7 +103,7 @@ class LightTicket(Target):
         session = self.session
         if session is not None or self.denied or self.closed:
             return session
-        with _TICKET_LOCK:  # the sampler thread and the request's own thread may both get here
+        with _TICKETS.lock:  # the sampler thread and the request's own thread may both get here
             if self.session is None and not self.denied and not self.closed and self.owner is not None:
                 self.session = self.owner.light_session(self)
                 if self.session is None:
@@ -111,13 +112,24 @@ class LightTicket(Target):
 
     def close(self) -> Optional["Session"]:
         """The request ended: no session is made after this; returns the one made, if any."""
-        with _TICKET_LOCK:
+        with _TICKETS.lock:
             self.closed = True
             self.owner = None
             return self.session
 
 
-_TICKET_LOCK = threading.Lock()
+class _TicketLock:
+    """The lock of the tickets' first-sample decisions (a new one in a forked child)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        at_fork_reinit(self._after_fork)
+
+    def _after_fork(self) -> None:
+        self.lock = threading.Lock()
+
+
+_TICKETS = _TicketLock()
 
 
 class TargetObserver(Protocol):
