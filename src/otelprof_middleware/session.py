@@ -105,9 +105,10 @@ class LightTicket(Target):
             return session
         with _TICKETS.lock:  # the sampler thread and the request's own thread may both get here
             if self.session is None and not self.denied and not self.closed and self.owner is not None:
-                self.session = self.owner.light_session(self)
-                if self.session is None:
-                    self.denied = True
+                try:
+                    self.session = self.owner.light_session(self)
+                finally:  # (a failure is the owner's to report; it is not asked again)
+                    self.denied = self.session is None
             return self.session
 
     def close(self) -> Optional["Session"]:
