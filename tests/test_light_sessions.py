@@ -352,7 +352,7 @@ def test_the_budgets_apply_when_a_ticket_is_first_sampled(profiler_factory: Any)
 def test_a_ticket_makes_no_session_once_its_request_ended() -> None:
     """The sampler thread may reach a ticket just as its request ends: after close()
     no session is made (it would never be finished)."""
-    from otelprof_middleware.session import LightTicket
+    from otelprof_middleware.session import LightTicket, Target
 
     asked: list[Any] = []
 
@@ -362,6 +362,8 @@ def test_a_ticket_makes_no_session_once_its_request_ended() -> None:
             return "session"
 
     t = LightTicket(threading.get_ident(), "", None, None, hz=100, max_depth=64, owner=Owner())
+    assert all(hasattr(t, name) for name in Target.__slots__)  # (it sets Target's fields itself)
+    assert t.native_id == threading.get_native_id()
     assert t.close() is None
     assert t.session_for_sample() is None and not asked
     t2 = LightTicket(threading.get_ident(), "", None, None, hz=100, max_depth=64, owner=Owner())
@@ -446,3 +448,43 @@ def test_threads_shorter_than_one_interval_are_sampled(profiler_factory: Any, cp
         t.join(10)
     _agg, cpu = _burnt_in(profiler, exp, "GET /t")
     assert 0.2 * spent <= cpu <= 1.3 * spent, (cpu, spent)
+
+
+@needs_native
+def test_a_ticket_follows_the_task_that_streams_its_body(profiler_factory: Any, cpu_timer: str) -> None:
+    """Starlette's StreamingResponse produces the body in a child task (ASGI spec < 2.4):
+    a request profiled by chance samples that task too, so the CPU its generator burns
+    is in the route's aggregate."""
+    pytest.importorskip("starlette")
+    httpx = pytest.importorskip("httpx")
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    from otelprof_middleware.asgi import ProfilingMiddleware
+
+    profiler, exp = make(profiler_factory)
+    spent = 0
+
+    async def chunks() -> Any:
+        nonlocal spent
+        for _ in range(2):
+            t0 = time.thread_time_ns()
+            light_burn(0.002)
+            spent += time.thread_time_ns() - t0
+            yield b"x"
+
+    async def stream(request: Any) -> StreamingResponse:
+        return StreamingResponse(chunks())
+
+    app = ProfilingMiddleware(Starlette(routes=[Route("/stream", stream)]), profiler=profiler)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            for _ in range(150):
+                assert (await client.get("/stream")).content == b"xx"
+
+    asyncio.run(main())
+    _agg, cpu = _burnt_in(profiler, exp, "GET /stream")
+    assert 0.7 * spent <= cpu <= 1.3 * spent, (cpu, spent)
+    assert get_sampler().light_targets == 0

@@ -244,6 +244,8 @@ class ASGIRequest(RequestHandle):
                 if self.status is None:
                     if message.get("type") == "http.response.start":
                         self.status = message.get("status")  # (body messages: one attribute check)
+                        if self.light is not None:
+                            self._follow_sending_task()
                 elif (self.light is not None or session is not None) and not message.get("more_body", False) \
                         and message.get("type") == "http.response.body":
                     # a request profiled by chance ends here, as _profiled_message ends a
@@ -256,6 +258,18 @@ class ASGIRequest(RequestHandle):
             self.rp.report_failure("asgi-send", "otelprof: profiling failed while sending a response; "
                                    "the response is unchanged")
         return self._send(message)
+
+    def _follow_sending_task(self) -> None:
+        """A request profiled by chance whose response is sent by another task (e.g.
+        Starlette's StreamingResponse produces the body in a child task): that task is
+        sampled for it too, in its session (made now if no sample made it yet)."""
+        task = _current_task()
+        if task is None or task is self.task or self.light is None:
+            return
+        session = self.light.session_for_sample()
+        if session is not None and not session.finished:
+            self._attached = [self.task, task]
+            session.attach_current()
 
     def _profiled_message(self, message: Message) -> Message:
         attached = self._attached
