@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_modes.py [--rounds 3] [--duration 5] [--connections 8] [--stacks asgi,wsgi]
     .venv/bin/python bench/bench_modes.py --micro     # in-process cost per request, no server
+    .venv/bin/python bench/bench_modes.py --thread-cpu --modes none,agg --duration 5   # where it goes
 
 Stacks: FastAPI under uvicorn (1 worker) and Flask under gunicorn (1 sync worker),
 each server pinned to core 0 (``taskset``), loaded by ``wrk`` pinned to core 1.
@@ -229,6 +230,67 @@ def micro(repeat: int = 5, number: int = 3000) -> None:
     asyncio.run(go())
 
 
+def _server_threads(pid: int) -> dict[tuple[int, int], tuple[int, int, int]]:
+    """(pid, tid) -> (CPU ticks, voluntary, involuntary context switches) of the
+    server's process and its children (gunicorn's worker)."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        pids.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    out = {}
+    for p in pids:
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{p}/task/{tid}/status") as f:
+                    status = dict(line.split(":", 1) for line in f if ":" in line)
+                out[(p, int(tid))] = (int(fields[11]) + int(fields[12]),
+                                      int(status["voluntary_ctxt_switches"]),
+                                      int(status["nonvoluntary_ctxt_switches"]))
+            except (OSError, ValueError, KeyError, IndexError):
+                pass
+    return out
+
+
+def thread_cpu(workdir: str, stacks: list[str], modes: list[str], duration: float, connections: int) -> None:
+    """CPU per request of each server thread under load on ``/fast`` (from
+    ``/proc/<pid>/task/*/stat``, before and after ``duration`` seconds of ``wrk``):
+    where a configuration's cost is spent (request thread, sampler thread...)."""
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+    print("| stack | config | requests | request thread µs/req | other threads µs/req | "
+          "context switches/req (request thread, vol+invol) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for stack in stacks:
+        for mode in modes:
+            proc, port = _start(workdir, stack, mode)
+            try:
+                url = f"http://127.0.0.1:{port}/fast"
+                _wrk(url, 2.0, connections)  # warm-up
+                before = _server_threads(proc.pid)
+                out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration:g}s",
+                                      url], capture_output=True, text=True).stdout
+                after = _server_threads(proc.pid)
+            finally:
+                _stop(proc)
+            n = int(next(line for line in out.splitlines() if "requests in" in line).split()[0])
+            used = {k: tuple(a - b for a, b in zip(v, before.get(k, (0, 0, 0)))) for k, v in after.items()}
+            busiest = max(used, key=lambda k: used[k][0])
+            cpu, vol, invol = used[busiest]
+            others = sum(v[0] for k, v in used.items() if k != busiest)
+            print(f"| {stack} | {mode} | {n} | {cpu * tick_us / n:.1f} | {others * tick_us / n:.1f} | "
+                  f"{(vol + invol) / n:.2f} |", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--micro", action="store_true", help="only the in-process cost per request")
@@ -237,6 +299,8 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--stacks", default=",".join(STACKS))
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--thread-cpu", action="store_true",
+                    help="CPU per request of each server thread on /fast, one configuration at a time")
     args = ap.parse_args()
     if args.micro:
         micro()
@@ -253,6 +317,12 @@ def main() -> int:
     for name, text in (("bench_modes_fastapi.py", FASTAPI_APP), ("bench_modes_flask.py", FLASK_APP)):
         with open(os.path.join(workdir, name), "w") as f:
             f.write(textwrap.dedent(text))
+    if args.thread_cpu:
+        try:
+            thread_cpu(workdir, stacks, modes, args.duration, args.connections)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     started = time.monotonic()
     servers: dict[tuple[str, str], tuple[subprocess.Popen, int]] = {}
     results: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
