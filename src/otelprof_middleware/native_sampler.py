@@ -191,8 +191,6 @@ class CpuTimers:
                 th.parked_at = 0.0
                 if th.paused:
                     self._pause(th, False)
-                if interval_ns != th.interval_ns and not th.entries:
-                    self._set_interval(th, interval_ns)
             if th is None:
                 depth = min(max_depth, 512)
                 if depth > self._max_frames:
@@ -205,7 +203,9 @@ class CpuTimers:
                     return None
                 th = self._threads[ident] = _Thread(ident, target.native_id, handle, interval_ns)
                 th.source = self._source(th)
-            elif interval_ns < th.interval_ns:
+            elif interval_ns != th.interval_ns and (interval_ns < th.interval_ns or not th.entries):
+                # faster for a new target; any rate while no ordinary session shares the
+                # timer (a parked one, or one left faster by a boosted profile)
                 self._set_interval(th, interval_ns)
             if light:
                 th.light += 1
@@ -229,8 +229,6 @@ class CpuTimers:
         th = self._thread_for(target, interval_ns, max_depth, light=True)
         if th is None:
             return None
-        if th.interval_ns != interval_ns and not th.entries:  # (left faster by a boosted profile)
-            self._set_interval(th, interval_ns)
         target.cpu_billed = target.cpu_since_wall = 0
         target.native = True
         entry = (session, target)

@@ -302,8 +302,7 @@ class Profiler:
         try:
             cfg = self.config
             ticket = LightTicket(thread_id, "", task, task.get_loop() if task is not None else None,
-                                 hz=cfg.sample_hz, max_depth=cfg.max_stack_depth, owner=owner,
-                                 native_id=threading.get_native_id() if thread_id == threading.get_ident() else 0)
+                                 hz=cfg.sample_hz, max_depth=cfg.max_stack_depth, owner=owner)
             get_sampler().light_enter(ticket)
             self._stats.incr("light_requests")
             return ticket

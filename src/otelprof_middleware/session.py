@@ -83,18 +83,8 @@ class LightTicket(Target):
     __slots__ = ("start_mono_ns", "hz", "max_depth", "owner", "session", "closed", "denied")
 
     def __init__(self, thread_id: int, thread_name: str, task: Any, loop: Any, *, hz: int, max_depth: int,
-                 owner: LightOwner, native_id: int = 0) -> None:
-        # (Target's fields set here, not by its __init__: one call less on every such request)
-        self.thread_id = thread_id
-        self.native_id = native_id or native_id_of(thread_id)
-        self.thread_name = thread_name
-        self.task = task
-        self.loop = loop
-        self.refs = 1
-        self.native = False
-        self.cpu_mark = self.wall_cpu_mark = None
-        self.attach_cpu = self.cpu_billed = self.cpu_since_wall = self.frame_addr = self.handler_mark = 0
-        self.last_key = self.last_wall_key = self.coro = None
+                 owner: LightOwner) -> None:
+        super().__init__(thread_id, thread_name, task, loop)
         self.start_mono_ns = time.monotonic_ns()
         self.hz = _clamp_hz(hz)
         self.max_depth = max_depth

@@ -287,9 +287,7 @@ class RequestHandle(TailTicket):
         URL) is made at the end (:meth:`_complete_light`)."""
         entry = self.rp.profiler.policy.entry
         decision = entry.admit(["probability"])
-        if decision.profile and not entry.claim(decision):
-            return None
-        if not decision.profile:
+        if not decision.profile or not entry.claim(decision):
             return None
         session = self.rp.profiler.start_session(UNFINISHED_LIGHT_NAME, link=self._link_now(),
                                                  triggers=("probability",), ticket=ticket)
