@@ -240,13 +240,15 @@ class ASGIRequest(RequestHandle):
         (with ``X-Profile-Id`` added when exposed)."""
         try:
             session = self.session
-            if session is None or session.light:  # (light: a ticket's, set when the request ended)
+            # profiled by chance: a ticket (self.light), or a light session when the request
+            # needed a full decision first (e.g. a route was armed) and only chance chose it
+            if session is None or session.light:
                 if self.status is None:
                     if message.get("type") == "http.response.start":
                         self.status = message.get("status")  # (body messages: one attribute check)
                         if self.light is not None:
                             self._follow_sending_task()
-                elif self.light is not None and not message.get("more_body", False) \
+                elif (self.light is not None or session is not None) and not message.get("more_body", False) \
                         and message.get("type") == "http.response.body":
                     # a request profiled by chance ends here, as _profiled_message ends a
                     # profile: before the OTel span does (its span is looked up only if it

@@ -94,10 +94,13 @@ class WSGIRequest(RequestHandle):
             code = _status_code(status)
         if code:
             self.status = code
-        if self.session is not None or self.light is not None:
+        session = self.session
+        # profiled by chance: a ticket (self.light), or a light session when the request
+        # needed a full decision first (e.g. a route was armed) and only chance chose it
+        if session is not None or self.light is not None:
             try:
-                if self.light is not None:  # profiled by chance: its name and route are made at
-                    self.pick_up_span()  # the end, if sampled; the framework's span is current here
+                if session is None or session.light:  # profiled by chance: its name and route are
+                    self.pick_up_span()  # made at the end, if sampled; the framework's span is current here
                 else:
                     headers = self.profiled_headers(headers)
             except Exception:
@@ -120,12 +123,13 @@ class WSGIRequest(RequestHandle):
         except BaseException as exc:
             self.finish(error=exc)
             raise
-        if self.light is not None:  # profiled by chance
+        session = self.session
+        if self.light is not None or (session is not None and session.light):  # profiled by chance
             if type(result) is list:
                 self.finish()  # produced in full: the request ends here
                 return result
             return self.profiled_body(result)  # (its __del__ ends the request if close() never comes)
-        if self.session is None:  # watched only
+        if session is None:  # watched only
             if type(result) is list:  # produced in full: the request's work is done
                 self.finish()
                 return result
