@@ -99,6 +99,10 @@ typedef struct {
     uint64_t rng;         /* xorshift state of the handler */
     uint64_t target;      /* perf: CPU after last_cpu at which to record the next sample */
     unsigned redraws;     /* perf: samples recorded (a new base period every 4th) */
+    uint64_t base;        /* perf: the short period that overflows near the target (ns) */
+    uint64_t period;      /* perf: the counter's period now (ns) */
+    uint64_t mark_cpu;    /* perf: the thread's CPU at the last overflow (or start) */
+    uint32_t hidden;      /* perf: estimated share of the CPU the counter does not see, /1024 */
     uint64_t last_cpu;    /* written by the handler while active */
     uint64_t pause_cpu;   /* the thread's CPU clock when paused (0: running) */
     int64_t pause_left;   /* POSIX timer: what was left of the interval when paused */
@@ -113,6 +117,7 @@ typedef struct {
     int scratch_frames;   /* capacity of the scratch arrays */
     /* counters (handler: relaxed atomic adds) */
     uint64_t samples, dropped_full, skipped_state, read_errors, handler_cpu_ns, overruns;
+    uint64_t overflows;   /* perf: overflows handled (the interrupts a sample costs) */
 } otp_slot;
 
 static otp_slot slots[OTP_MAX_SLOTS];
@@ -167,25 +172,80 @@ first_draw(otp_slot *s, int64_t mean)
  * sample in such a cycle is uniform.  Weights stay exact: each sample carries the
  * CPU actually used since the previous one.
  *
- * A POSIX timer is re-armed with the drawn interval.  A perf counter keeps a short
- * base period (at most OTP_PERF_BASE_NS; measured: task-clock overflows 4-10 ms
- * apart landed too often in code that switches threads at a high rate, e.g. a
- * socket send handing the GIL over at every call -- 50 % of the samples for 36 % of
- * the CPU -- while 1 ms apart they did not) and the handler records the first
- * overflow after the drawn amount of CPU (`target`), returning at once for the
- * others; every 4th recorded sample also draws a new base period, so the
- * overflows' own phase is random too. */
+ * A POSIX timer is re-armed with the drawn interval.  A perf counter records the
+ * first overflow after the drawn amount of the thread's CPU (`target`, read from
+ * its CPU clock) and returns at once for the others.  Near the target the counter
+ * overflows every ~1 ms (`base`, at most OTP_PERF_BASE_NS): measured, overflows
+ * only at the drawn points (4-10 ms apart) billed too little to code that gives
+ * the CPU up at a high rate (time.sleep(0): 6-7 % of the samples for 10 % of the
+ * CPU), because the counter runs only between the scheduler's switch hooks while
+ * the CPU clock also counts the switches themselves; checking the CPU clock every
+ * ~1 ms near the target keeps that error within the base period.  Far from the
+ * target the counter makes one long step instead of many short ones (`plan`): an
+ * overflow is an interrupt and a signal, which cost ~25-50 us each in a virtual
+ * machine (a 1 ms period alone took 7-8 % of a trivial endpoint's throughput).
+ * The long step ends one base period plus the CPU the counter is expected not to
+ * see (`hidden`, the largest recent share, decaying) before the target, so the
+ * base periods, not the step, find the target.  Every 4th recorded sample also
+ * draws a new base period, so the overflows' own phase is random too. */
 #define OTP_PERF_BASE_NS 1000000LL
+
+static inline uint64_t
+base_of(int64_t iv)
+{
+    return (uint64_t)(iv < OTP_PERF_BASE_NS ? iv : OTP_PERF_BASE_NS);
+}
+
+/* The counter's next period with `rem` of CPU left before the target. */
+static inline uint64_t
+plan(const otp_slot *s, uint64_t rem)
+{
+    uint64_t base = s->base;
+    if (rem > 2 * base) {
+        uint64_t step = ((rem - base) * (uint64_t)(1024 - s->hidden)) >> 10;
+        if (step > base)
+            return step;
+    }
+    return base;
+}
+
+/* A new period starts now (the system call costs ~14-25 us: only on a change). */
+static inline void
+set_period(otp_slot *s, uint64_t period)
+{
+    if (period != s->period) {
+        s->period = period;
+        ioctl(s->perf_fd, PERF_EVENT_IOC_PERIOD, &period);
+    }
+}
+
+/* At an overflow: how much of the CPU since the previous one the counter saw (its
+ * period) and how much the CPU clock counted. */
+static inline void
+note_overflow(otp_slot *s, uint64_t cpu)
+{
+    uint64_t seen = s->period, real = cpu - s->mark_cpu;
+    s->mark_cpu = cpu;
+    uint32_t h = s->hidden - (s->hidden >> 3);
+    if (real > seen && real < 4 * seen) {  /* (4x: a lost signal or a pause, not a share) */
+        uint32_t now = (uint32_t)(1024 - (seen * 1024) / real);
+        if (now > 768)
+            now = 768;
+        if (now > h)
+            h = now;
+    }
+    s->hidden = h;
+}
+
 static void
 arm_next(otp_slot *s)
 {
     int64_t iv = __atomic_load_n(&s->interval_ns, __ATOMIC_RELAXED);
     if (s->source == OTP_SRC_PERF) {
         s->target = (uint64_t)draw(s, iv);
-        if (++s->redraws % 4 == 0) {  /* the system call costs ~14 us: every 4th sample */
-            uint64_t period = (uint64_t)draw(s, iv < OTP_PERF_BASE_NS ? iv : OTP_PERF_BASE_NS);
-            ioctl(s->perf_fd, PERF_EVENT_IOC_PERIOD, &period);
-        }
+        if (++s->redraws % 4 == 0)
+            s->base = (uint64_t)draw(s, (int64_t)base_of(iv));
+        set_period(s, plan(s, s->target));
         return;
     }
     int64_t next = draw(s, iv);
@@ -277,9 +337,15 @@ on_sigprof(int sig, siginfo_t *si, void *uctx)
     }
     struct timespec t0, t1, m;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
-    if (by_fd && ts_ns(&t0) - s->last_cpu < s->target) {
-        add_relaxed(&s->handler_cpu_ns, 300);  /* an overflow before the drawn target: nothing to do */
-        goto leave;
+    if (by_fd) {
+        uint64_t used = ts_ns(&t0) - s->last_cpu;
+        add_relaxed(&s->overflows, 1);
+        note_overflow(s, ts_ns(&t0));
+        if (used < s->target) {  /* an overflow before the drawn target: the next step only */
+            set_period(s, plan(s, s->target - used));
+            add_relaxed(&s->handler_cpu_ns, 300);
+            goto leave;
+        }
     }
     clock_gettime(CLOCK_MONOTONIC, &m);
     uint32_t omitted = 0, read_errors = 0;
@@ -299,6 +365,8 @@ on_sigprof(int sig, siginfo_t *si, void *uctx)
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
     /* the next window starts after this handler: its own CPU is not the user's */
     s->last_cpu = ts_ns(&t1);
+    if (by_fd)
+        s->mark_cpu = ts_ns(&t1);
     add_relaxed(&s->handler_cpu_ns, ts_ns(&t1) - ts_ns(&t0));
 leave:
     __atomic_fetch_sub(&s->in_handler, 1, __ATOMIC_SEQ_CST);
@@ -584,16 +652,14 @@ handle_of(otp_slot *s, int idx)
 }
 
 static int
-perf_open(pid_t tid, long long interval_ns, int exclude_kernel)
+perf_open(pid_t tid, uint64_t period, int exclude_kernel)
 {
-    if (interval_ns > OTP_PERF_BASE_NS)
-        interval_ns = OTP_PERF_BASE_NS;  /* the base period; the handler thins to the rate */
     struct perf_event_attr attr;
     memset(&attr, 0, sizeof attr);
     attr.size = sizeof attr;
     attr.type = PERF_TYPE_SOFTWARE;
     attr.config = PERF_COUNT_SW_TASK_CLOCK;
-    attr.sample_period = (uint64_t)interval_ns;
+    attr.sample_period = period;
     attr.disabled = 1;
     attr.exclude_kernel = exclude_kernel;
     attr.exclude_hv = 1;
@@ -607,15 +673,20 @@ start_perf(otp_slot *s, int idx, pid_t tid, long long interval_ns)
     if (perf_mode < 0)
         return -1;
     int fd = -1;
+    s->base = base_of(interval_ns);
+    s->hidden = 0;
+    s->target = (uint64_t)first_draw(s, interval_ns);
+    s->period = plan(s, s->target);
+    s->mark_cpu = s->last_cpu;
     if (perf_mode == 0 || perf_mode == 1) {
-        fd = perf_open(tid, interval_ns, 0);
+        fd = perf_open(tid, s->period, 0);
         if (fd >= 0)
             perf_mode = 1;
     }
     if (fd < 0 && (perf_mode == 0 || perf_mode == 2)) {
         /* perf_event_paranoid=2: only user-space samples are allowed (a sample that
            lands in a system call is skipped; its CPU goes with the next sample) */
-        fd = perf_open(tid, interval_ns, 1);
+        fd = perf_open(tid, s->period, 1);
         if (fd >= 0)
             perf_mode = 2;
     }
@@ -633,7 +704,6 @@ start_perf(otp_slot *s, int idx, pid_t tid, long long interval_ns)
     }
     s->source = OTP_SRC_PERF;
     s->perf_fd = fd;
-    s->target = (uint64_t)first_draw(s, interval_ns);
     __atomic_store_n(&s->state, SLOT_ACTIVE, __ATOMIC_SEQ_CST);
     __atomic_store_n(&fd_slot[fd], (int16_t)(idx + 1), __ATOMIC_RELEASE);
     /* with an async owner set, every overflow signals the thread (no ring buffer needed) */
@@ -697,9 +767,14 @@ cs_set_interval(PyObject *self, PyObject *args)
         /* the handler draws each next period around this mean; a faster rate also
          * brings the pending draw in (a parked timer taken up by a 1 kHz profile would
          * otherwise wait out a draw made at its old rate: no sample in a 3 ms request) */
+        int64_t was = __atomic_load_n(&s->interval_ns, __ATOMIC_RELAXED);
         __atomic_store_n(&s->interval_ns, (int64_t)interval_ns, __ATOMIC_RELAXED);
         if (__atomic_load_n(&s->target, __ATOMIC_RELAXED) > (uint64_t)interval_ns)
             __atomic_store_n(&s->target, (uint64_t)interval_ns, __ATOMIC_RELAXED);
+        if (interval_ns < was) {  /* (a long step under way would wait for the old target) */
+            s->base = base_of(interval_ns);
+            set_period(s, s->base);
+        }
     } else if (s->has_timer && arm(s, interval_ns) != 0) {
         return PyErr_SetFromErrno(PyExc_OSError);
     }
@@ -730,8 +805,10 @@ cs_pause(PyObject *self, PyObject *args)
         /* the CPU used while paused is nobody's: the next sample's interval (and the
            countdown to it) counts only CPU while running, so a thread profiled in
            short bursts is sampled as if the bursts were one run */
-        if (now_ns > s->pause_cpu)
+        if (now_ns > s->pause_cpu) {
             __atomic_fetch_add(&s->last_cpu, now_ns - s->pause_cpu, __ATOMIC_RELAXED);
+            __atomic_fetch_add(&s->mark_cpu, now_ns - s->pause_cpu, __ATOMIC_RELAXED);
+        }
         s->pause_cpu = 0;
     }
     int rc = 0;
@@ -1009,7 +1086,7 @@ cs_stats(PyObject *self, PyObject *noarg)
 {
     (void)self;
     (void)noarg;
-    uint64_t samples = 0, dropped = 0, skipped = 0, errors = 0, handler_ns = 0, overruns = 0;
+    uint64_t samples = 0, dropped = 0, skipped = 0, errors = 0, handler_ns = 0, overruns = 0, overflows = 0;
     int active = 0;
     for (int i = 0; i < OTP_MAX_SLOTS; i++) {
         otp_slot *s = &slots[i];
@@ -1019,16 +1096,18 @@ cs_stats(PyObject *self, PyObject *noarg)
         errors += __atomic_load_n(&s->read_errors, __ATOMIC_RELAXED);
         handler_ns += __atomic_load_n(&s->handler_cpu_ns, __ATOMIC_RELAXED);
         overruns += __atomic_load_n(&s->overruns, __ATOMIC_RELAXED);
+        overflows += __atomic_load_n(&s->overflows, __ATOMIC_RELAXED);
         active += s->state == SLOT_ACTIVE;
     }
-    return Py_BuildValue("{sKsKsKsKsKsKsKsnsKsisK}",
+    return Py_BuildValue("{sKsKsKsKsKsKsKsnsKsisKsK}",
                          "samples", (unsigned long long)samples, "dropped_full", (unsigned long long)dropped,
                          "skipped_state", (unsigned long long)skipped, "read_errors", (unsigned long long)errors,
                          "handler_cpu_ns", (unsigned long long)handler_ns, "overruns", (unsigned long long)overruns,
                          "unknown_frames", (unsigned long long)unknown_frames,
                          "registry_size", otp_registry_size(),
                          "registry_resets", (unsigned long long)otp_registry_resets,
-                         "active_threads", active, "slots_leaked", (unsigned long long)slots_leaked);
+                         "active_threads", active, "slots_leaked", (unsigned long long)slots_leaked,
+                         "overflows", (unsigned long long)overflows);
 }
 
 /* slot_stats(handle) -> (handler_cpu_ns, overruns, dropped_full) of one live slot */

@@ -356,3 +356,44 @@ def test_a_threads_timer_is_reused_by_its_next_profile_and_released_at_shutdown(
     assert 0 < p.cpu_ns <= cpu1 - cpu0  # nothing from before the second profile started
     profiler.shutdown(timeout=5)
     assert lib.stats()["active_threads"] == base
+
+
+@needs_native
+@pytest.mark.parametrize("workload", ["pure", "sleep0"])
+def test_a_perf_counter_overflows_a_few_times_per_sample_at_the_right_rate(workload):
+    """A perf counter interrupts the thread ~3 times per recorded sample (one long step,
+    then ~1 ms steps near the drawn target), not every ~1 ms (10 per sample at 100 Hz:
+    each an interrupt and a signal, 7-8 % of a trivial endpoint's throughput in a
+    virtual machine).  The rate stays right for code that gives the CPU up at a high
+    rate (``time.sleep(0)``), whose switches the counter does not see but the CPU
+    clock does: a step sized on the counter alone would overshoot its targets."""
+    r = _run(f"""
+        import json, threading, time
+        from otelprof_middleware import native_sampler
+        lib, _ = native_sampler.load()
+        lib.install()
+        h = lib.start(threading.get_ident(), threading.get_native_id(), 10_000_000, True)
+        if not lib.slot_stats(h)[3].startswith("perf"):
+            print(json.dumps(None)); raise SystemExit
+        c0 = time.thread_time_ns()
+        rounds = 0
+        while time.thread_time_ns() - c0 < 1_500_000_000:
+            x = 0
+            for i in range(2000):
+                x += i
+            if {workload!r} == "sleep0":
+                time.sleep(0)
+            rounds += 1
+            if rounds % 100 == 0:
+                lib.drain(h)  # (the buffer never fills)
+        cpu = time.thread_time_ns() - c0
+        st = lib.stats()
+        print(json.dumps({{"cpu": cpu, "samples": st["samples"], "overflows": st["overflows"]}}))
+    """)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    if got is None:
+        pytest.skip("perf events are not allowed here (POSIX timers)")
+    expected = got["cpu"] / 10_000_000
+    assert 0.6 * expected <= got["samples"] <= 1.4 * expected, got
+    assert got["overflows"] <= 5 * got["samples"], got
