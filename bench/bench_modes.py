@@ -18,7 +18,8 @@ Endpoints: ``/fast`` (returns at once: the shortest request there is) and ``/cpu
   profiles (probability 0, late and CPU triggers off): the cost of sampling the
   whole process all the time.
 
-Extra modes (``--modes``, not run by default): ``timer`` -- no middleware, only a CPU
+Extra modes (``--modes``, not run by default): ``p0`` -- the middleware with the
+defaults but probability 0 (what deciding costs, nothing sampled); ``timer`` -- no middleware, only a CPU
 timer at 100 Hz left running on the serving thread (what interrupting that thread
 costs by itself); a ``-posix`` suffix (``agg-posix``, ``timer-posix``, ...) uses POSIX
 CPU timers instead of perf counters (cheaper here, less exact where code releases the
@@ -76,6 +77,8 @@ if BASE == "timer":  # no middleware: a CPU timer at 100 Hz left running on the 
 def otelprof_options(mode):
     lifted = {"max_profiles_per_minute": 1_000_000, "max_concurrent_profiles": 64, "max_overhead": 1.0,
               "cpu_trigger": False}
+    if mode == "p0":
+        return {"exporter": "none", "probability": 0.0, "sample_hz": 100, **lifted}
     if mode == "p100":
         return {"exporter": "none", "probability": 1.0, "sample_hz": 100, **lifted}
     if mode == "agg":

@@ -994,6 +994,19 @@ cs_drain(PyObject *self, PyObject *handle)
     return drain_slot(s);
 }
 
+/* pending(handle) -> True when the thread's buffer holds samples not drained yet
+ * (a request that no sample fell in skips the drain and its lock). */
+static PyObject *
+cs_pending(PyObject *self, PyObject *handle)
+{
+    (void)self;
+    otp_slot *s = slot_from_handle(handle, NULL);
+    if (s == NULL)
+        return NULL;
+    uint64_t head = __atomic_load_n(&s->head, __ATOMIC_ACQUIRE);
+    return PyBool_FromLong(head != __atomic_load_n(&s->tail, __ATOMIC_RELAXED));
+}
+
 static void
 delete_timer_and_wait(otp_slot *s)
 {
@@ -1139,6 +1152,7 @@ otp_cpu_sampler_init(PyObject *module)
     {"start", cs_start, METH_VARARGS, "start(ident, native_id, interval_ns, perf=True) -> handle: sample a thread."}, \
     {"set_interval", cs_set_interval, METH_VARARGS, "set_interval(handle, interval_ns)"},                      \
     {"pause", cs_pause, METH_VARARGS, "pause(handle, paused): stop or restart interrupting the thread."},      \
+    {"pending", cs_pending, METH_O, "pending(handle) -> True if samples wait to be drained."},               \
     {"drain", cs_drain, METH_O, "drain(handle) -> [(cpu_start, cpu_end, mono, overruns, omitted, codes, lastis, frames, lost)]"}, \
     {"stop", cs_stop, METH_O, "stop(handle) -> the samples not drained yet; frees the slot."},               \
     {"stop_all", cs_stop_all, METH_NOARGS, "Delete every timer (interpreter exit)."},                          \

@@ -268,7 +268,10 @@ class Sampler:
         its first sample).  Called by the request's own thread; end with
         :meth:`light_exit`."""
         light = self._light
-        source = light.add(None, ticket, ticket.interval_ns, ticket.max_depth)
+        timers = self._timers if self._timers_checked else self._cpu_timers()
+        source = timers.light_enter(ticket) if timers is not None else None
+        if source is None:
+            source = light.add(None, ticket, ticket.interval_ns, ticket.max_depth)
         light.tickets[ticket] = source
         # No lock for the common case (the thread ticks or lingers at this rate): the
         # thread sets _asleep *before* its last look at the tickets (_run), so a

@@ -80,22 +80,19 @@ class LightTicket(Target):
     in the request (:meth:`session_for_sample`, asking the ``owner``).  A ticket is the
     session's target from then on."""
 
-    __slots__ = ("start_mono_ns", "hz", "max_depth", "owner", "session", "closed", "denied")
+    __slots__ = ("start_mono_ns", "hz", "interval_ns", "max_depth", "owner", "session", "closed", "denied")
 
     def __init__(self, thread_id: int, thread_name: str, task: Any, loop: Any, *, hz: int, max_depth: int,
                  owner: LightOwner) -> None:
         super().__init__(thread_id, thread_name, task, loop)
         self.start_mono_ns = time.monotonic_ns()
-        self.hz = _clamp_hz(hz)
+        self.hz = hz = _clamp_hz(hz)
+        self.interval_ns = 1_000_000_000 // hz
         self.max_depth = max_depth
         self.owner: Optional[LightOwner] = owner
         self.session: Optional[Session] = None
         self.closed = False  # the request ended: no session is made any more
         self.denied = False  # the budgets said no at its first sample: its samples are skipped
-
-    @property
-    def interval_ns(self) -> int:
-        return int(1e9 / self.hz)
 
     def session_for_sample(self) -> Optional["Session"]:
         """The ticket's session, made now if this is its first sample (None: the
