@@ -740,3 +740,30 @@ def test_exporter_and_pipeline_are_built_from_their_own_settings_without_a_confi
         assert stats.snapshot()["exporters"]["otlp"] == {"exported": 2, "dropped": {}, "dropped_by_priority": {},
                                                          "requests": 2, "retries": 1}
         assert pipeline.shutdown(5)
+
+
+def test_a_tally_counts_exactly_across_threads_without_a_lock():
+    """``Stats.tally`` (counters of a path every request takes, e.g. ``light_requests``):
+    no increment is lost when threads add at once, and ``get``/``snapshot`` read the
+    tally plus what ``incr`` added under the same name."""
+    stats = Stats()
+    add = stats.tally("light_requests")
+    assert stats.get("light_requests") == 0 and stats.snapshot()["light_requests"] == 0
+    start = threading.Barrier(8)
+
+    def work() -> None:
+        start.wait()
+        for _ in range(20_000):
+            add()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats.incr("light_requests", 3)
+    assert stats.get("light_requests") == 160_003
+    assert stats.snapshot()["light_requests"] == 160_003
+    assert stats.tally("light_requests") is not add  # (a second caller shares the same count)
+    stats.tally("light_requests")()
+    assert stats.get("light_requests") == 160_004

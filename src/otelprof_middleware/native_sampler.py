@@ -146,7 +146,7 @@ def _coro_frame_offset(lib: Any) -> int:
         pass
     offsets = set()
     for _ in range(2):
-        coro = probe()
+        coro: Any = probe()
         try:
             offsets.add(lib.frame_address(coro.cr_frame) - id(coro))
         except Exception:

@@ -144,6 +144,7 @@ class Profiler:
         if config is not None and options:
             self.config = config.replace(**options)
         self._stats = Stats(_INSTRUMENTS)
+        self._count_light = self._stats.tally("light_requests")
         self._lock = threading.Lock()
         self._finished_cond = threading.Condition(self._lock)  # a finish_session call ended
         self._active: set[Session] = set()
@@ -304,7 +305,7 @@ class Profiler:
             ticket = LightTicket(thread_id, "", task, task.get_loop() if task is not None else None,
                                  hz=cfg.sample_hz, max_depth=cfg.max_stack_depth, owner=owner)
             get_sampler().light_enter(ticket)
-            self._stats.incr("light_requests")
+            self._count_light()
             return ticket
         except Exception:
             self.report_failure("start", "otelprof: could not start a profile; the work runs unprofiled")

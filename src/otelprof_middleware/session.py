@@ -84,9 +84,11 @@ class LightTicket(Target):
 
     def __init__(self, thread_id: int, thread_name: str, task: Any, loop: Any, *, hz: int, max_depth: int,
                  owner: LightOwner) -> None:
-        super().__init__(thread_id, thread_name, task, loop)
+        Target.__init__(self, thread_id, thread_name, task, loop)  # (one per request: no super() lookup)
         self.start_mono_ns = time.monotonic_ns()
-        self.hz = hz = _clamp_hz(hz)
+        if type(hz) is not int or not 1 <= hz <= MAX_HZ:
+            hz = _clamp_hz(hz)
+        self.hz = hz
         self.interval_ns = 1_000_000_000 // hz
         self.max_depth = max_depth
         self.owner: Optional[LightOwner] = owner

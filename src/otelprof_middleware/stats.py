@@ -33,9 +33,11 @@ Drops are counted in profiles, once, where they happen (``docs/delivery.md``,
 
 from __future__ import annotations
 
+import functools
+import itertools
 import threading
 from collections import Counter
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from ._safety import at_fork_reinit
 from .overhead import overhead_cpu
@@ -97,6 +99,7 @@ class Stats:
         self._metrics: StatsInstruments = instruments if instruments is not None else NoInstruments()
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        self._tallies: dict[str, itertools.count[int]] = {}  # counters of per-request paths (tally)
         self._dropped: Counter[str] = Counter()  # before collection
         self._dropped_prio: dict[str, Counter[str]] = {}
         self._declined: Counter[str] = Counter()
@@ -115,6 +118,20 @@ class Stats:
     def incr(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+
+    def tally(self, name: str) -> Callable[[], object]:
+        """Adding one to counter ``name`` for a path every request may take: a call
+        of the result is one C call (``next`` on an :func:`itertools.count`, atomic
+        under the GIL), no lock (``incr`` costs ~0.5-0.8 µs).  Read with the others."""
+        with self._lock:
+            count = self._tallies.get(name)
+            if count is None:
+                count = self._tallies[name] = itertools.count()
+        return functools.partial(next, count)
+
+    def _tallied_locked(self, name: str) -> int:
+        count = self._tallies.get(name)
+        return int(repr(count)[6:-1]) if count is not None else 0  # ("count(N)": N added so far)
 
     def collected(self, n: int = 1) -> None:
         """``n`` profiles were built from finished sessions (``profiles_collected``)."""
@@ -173,7 +190,7 @@ class Stats:
 
     def get(self, name: str) -> int:
         with self._lock:
-            return self._counts[name]
+            return self._counts[name] + self._tallied_locked(name)
 
     def dropped_count(self, reason: Optional[str] = None, *, exporter: Optional[str] = None) -> int:
         with self._lock:
@@ -186,6 +203,8 @@ class Stats:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             out: dict[str, Any] = dict(self._counts)
+            for name in self._tallies:
+                out[name] = out.get(name, 0) + self._tallied_locked(name)
             out.setdefault("profiles_collected", 0)
             out["dropped"] = dict(self._dropped)
             out["dropped_by_priority"] = {p: dict(c) for p, c in self._dropped_prio.items()}
