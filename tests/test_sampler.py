@@ -18,7 +18,8 @@ import time
 import pytest
 
 from otelprof_middleware.sampler import get_sampler
-from otelprof_middleware.stacks import HAVE_THREAD_CPU, qualname, thread_cpu_ns
+from otelprof_middleware import stacks
+from otelprof_middleware.stacks import HAVE_THREAD_CPU, line_of, qualname, thread_cpu_ns
 
 from helpers.pprof_decode import decode_pprof, stacks_by_function
 
@@ -669,3 +670,37 @@ def test_a_stack_of_only_our_frames_is_one_otelprof_frame():
     assert table.summary().top_frame == "<otelprof>"
     table.add("t", (own_codes[0], hot_a.__code__), (0, 0), 9_000_000, 9_000_000)
     assert table.summary().top_frame.endswith("hot_a")
+
+
+def test_line_of_matches_f_lineno_and_is_remembered_per_code_object():
+    """``line_of`` (offsets -> line numbers for every profile) is remembered for the
+    process: the same answer as ``frame.f_lineno`` the first and the second time, and
+    an entry belongs to its code object (a new code object at a reused id is looked
+    up afresh)."""
+    seen = []
+
+    def probe():
+        f = sys._getframe(1)
+        seen.append((f.f_code, f.f_lasti, f.f_lineno))
+
+    def subject():
+        probe()
+        x = 1
+        probe()
+        for _ in range(2):
+            x += 1
+            probe()
+        return x
+
+    subject()
+    assert len(seen) == 4
+    for code, lasti, lineno in seen:
+        first = line_of(code, lasti)
+        assert first == lineno
+        assert line_of(code, lasti) == first
+        assert stacks._LINES[(id(code), lasti)][0] is code
+    assert len({line_of(c, i) for c, i, _ in seen}) == 3
+    # an entry whose code object is not this one (as after an id was reused) is not trusted
+    code, lasti, lineno = seen[0]
+    stacks._LINES[(id(code), lasti)] = (probe.__code__, 999_999)
+    assert line_of(code, lasti) == lineno

@@ -129,7 +129,26 @@ def qualname(code: CodeType) -> str:
 def line_of(code: CodeType, lasti: int) -> int:
     """The line ``frame.f_lineno`` reports for a frame of ``code`` at byte offset
     ``lasti`` (``frame.f_lasti``): ``co_firstlineno`` before the first instruction,
-    0 where the line table has no line."""
+    0 where the line table has no line.  Remembered for the process: each profile's
+    own cache (:class:`StackInterner`) starts empty, and a profile of a short request
+    (one or two samples, 40-60 frames deep in a framework) spent most of its building
+    time scanning line tables."""
+    key = (id(code), lasti)
+    known = _LINES.get(key)
+    if known is not None and known[0] is code:
+        return known[1]
+    line = _scan_line(code, lasti)
+    if len(_LINES) >= _LINES_MAX:
+        _LINES.clear()  # (bounded; the entries keep their code objects alive, so ids stay theirs)
+    _LINES[key] = (code, line)
+    return line
+
+
+_LINES: dict[tuple[int, int], tuple[CodeType, int]] = {}
+_LINES_MAX = 1 << 16
+
+
+def _scan_line(code: CodeType, lasti: int) -> int:
     if lasti < 0:
         return code.co_firstlineno
     for start, end, line in code.co_lines():
