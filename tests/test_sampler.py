@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import inspect
 import json
 import os
 import sys
 import threading
 import time
+import weakref
 
 import pytest
 
 from otelprof_middleware.sampler import get_sampler
-from otelprof_middleware import stacks
 from otelprof_middleware.stacks import HAVE_THREAD_CPU, line_of, qualname, thread_cpu_ns
 
 from helpers.pprof_decode import decode_pprof, stacks_by_function
@@ -674,9 +675,9 @@ def test_a_stack_of_only_our_frames_is_one_otelprof_frame():
 
 def test_line_of_matches_f_lineno_and_is_remembered_per_code_object():
     """``line_of`` (offsets -> line numbers for every profile) is remembered for the
-    process: the same answer as ``frame.f_lineno`` the first and the second time, and
-    an entry belongs to its code object (a new code object at a reused id is looked
-    up afresh)."""
+    process: the same answer as ``frame.f_lineno`` the first and the second time.  An
+    entry keeps its code object alive, so no other code object can take its id while it
+    is remembered, and the memory is bounded: enough other entries let it go."""
     seen = []
 
     def probe():
@@ -698,9 +699,19 @@ def test_line_of_matches_f_lineno_and_is_remembered_per_code_object():
         first = line_of(code, lasti)
         assert first == lineno
         assert line_of(code, lasti) == first
-        assert stacks._LINES[(id(code), lasti)][0] is code
     assert len({line_of(c, i) for c, i, _ in seen}) == 3
-    # an entry whose code object is not this one (as after an id was reused) is not trusted
-    code, lasti, lineno = seen[0]
-    stacks._LINES[(id(code), lasti)] = (probe.__code__, 999_999)
-    assert line_of(code, lasti) == lineno
+
+    code = compile("x = 1\ny = 2\n", "<line_of test>", "exec")
+    second = next(start for start, _end, line in code.co_lines() if line == 2)
+    assert line_of(code, second) == 2
+    ref = weakref.ref(code)
+    del code
+    gc.collect()
+    assert ref() is not None  # remembered: its id cannot be another code object's meanwhile
+    other = compile("z = 3\n", "<line_of test 2>", "exec")
+    for lasti in range(200_000):  # (many other entries: the remembered ones are let go)
+        line_of(other, lasti)
+        if ref() is None:
+            break
+    gc.collect()
+    assert ref() is None
