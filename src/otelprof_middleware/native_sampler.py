@@ -249,13 +249,14 @@ class CpuTimers:
         ticket.native = True
         task = ticket.task
         if task is not None:
-            coro = ticket.coro = task.get_coro()
             offset = self._coro_frame_offset
             if offset is None:
                 offset = self._coro_frame_offset = _coro_frame_offset(self.lib)
-            # (the address the signal handler records for that coroutine's frame)
-            ticket.frame_addr = id(coro) + offset if offset >= 0 else (
-                self.lib.frame_address(coro.cr_frame) if getattr(coro, "cr_frame", None) is not None else 0)
+            if offset >= 0:  # (the address the signal handler records for the coroutine's frame)
+                coro = ticket.coro = task.get_coro()
+                ticket.frame_addr = id(coro) + offset
+            else:
+                self._note_task_frame(ticket)
             if ticket.frame_addr:
                 self._light_frames[ticket.frame_addr] = (None, ticket)
         else:
