@@ -133,7 +133,10 @@ class GRPCReceiver:
         })
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         self._server.add_generic_rpc_handlers((handler,))
-        self.port = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        wanted = self.port
+        self.port = self._server.add_insecure_port(f"127.0.0.1:{wanted}")
+        if not self.port or (wanted and self.port != wanted):  # (grpcio returns 0 when the port is taken)
+            raise RuntimeError(f"the gRPC receiver could not listen on port {wanted}")
         self._server.start()
         return self
 
