@@ -196,12 +196,16 @@ base_of(int64_t iv)
     return (uint64_t)(iv < OTP_PERF_BASE_NS ? iv : OTP_PERF_BASE_NS);
 }
 
-/* The counter's next period with `rem` of CPU left before the target. */
+/* The counter's next period with `rem` of CPU left before the target.  Long steps
+ * only for a full counter: a user-space-only one (perf_event_paranoid 2) drops the
+ * overflows that fall in the kernel, and a dropped long step would move the sample a
+ * whole step later instead of ~1 ms (and before the first counter is open, the kind
+ * is not known yet). */
 static inline uint64_t
 plan(const otp_slot *s, uint64_t rem)
 {
     uint64_t base = s->base;
-    if (rem > 2 * base) {
+    if (rem > 2 * base && perf_mode == 1) {
         uint64_t step = ((rem - base) * (uint64_t)(1024 - s->hidden)) >> 10;
         if (step > base)
             return step;

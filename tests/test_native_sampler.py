@@ -361,8 +361,8 @@ def test_a_threads_timer_is_reused_by_its_next_profile_and_released_at_shutdown(
 @needs_native
 @pytest.mark.parametrize("workload", ["pure", "sleep0"])
 def test_a_perf_counter_overflows_a_few_times_per_sample_at_the_right_rate(workload):
-    """A perf counter interrupts the thread ~3 times per recorded sample (one long step,
-    then ~1 ms steps near the drawn target), not every ~1 ms (10 per sample at 100 Hz:
+    """A full perf counter interrupts the thread ~3 times per recorded sample (one long
+    step, then ~1 ms steps near the drawn target), not every ~1 ms (10 per sample at 100 Hz:
     each an interrupt and a signal, 7-8 % of a trivial endpoint's throughput in a
     virtual machine).  The rate stays right for code that gives the CPU up at a high
     rate (``time.sleep(0)``), whose switches the counter does not see but the CPU
@@ -373,7 +373,8 @@ def test_a_perf_counter_overflows_a_few_times_per_sample_at_the_right_rate(workl
         lib, _ = native_sampler.load()
         lib.install()
         h = lib.start(threading.get_ident(), threading.get_native_id(), 10_000_000, True)
-        if not lib.slot_stats(h)[3].startswith("perf"):
+        kind = lib.slot_stats(h)[3]
+        if not kind.startswith("perf"):
             print(json.dumps(None)); raise SystemExit
         c0 = time.thread_time_ns()
         rounds = 0
@@ -388,7 +389,7 @@ def test_a_perf_counter_overflows_a_few_times_per_sample_at_the_right_rate(workl
                 lib.drain(h)  # (the buffer never fills)
         cpu = time.thread_time_ns() - c0
         st = lib.stats()
-        print(json.dumps({{"cpu": cpu, "samples": st["samples"], "overflows": st["overflows"]}}))
+        print(json.dumps({{"cpu": cpu, "samples": st["samples"], "overflows": st["overflows"], "kind": kind}}))
     """)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout.strip().splitlines()[-1])
@@ -396,4 +397,5 @@ def test_a_perf_counter_overflows_a_few_times_per_sample_at_the_right_rate(workl
         pytest.skip("perf events are not allowed here (POSIX timers)")
     expected = got["cpu"] / 10_000_000
     assert 0.6 * expected <= got["samples"] <= 1.4 * expected, got
-    assert got["overflows"] <= 5 * got["samples"], got
+    if got["kind"] == "perf":  # (a user-space-only counter keeps ~1 ms steps: see plan() in the extension)
+        assert got["overflows"] <= 5 * got["samples"], got
