@@ -26,7 +26,7 @@ from typing import Any, Optional
 import pytest
 
 from otelprof_middleware.export.base import ExportResult, NetworkExporter, Prepared
-from otelprof_middleware.export.channel import ExportChannel
+from otelprof_middleware.export.channel import LAG_RETRIES, ExportChannel
 from otelprof_middleware.export.otlp_http import OTLPHTTPExporter
 from otelprof_middleware.export.priority import Priority, TieredQueue, priority_of
 from otelprof_middleware.export.pyroscope import PyroscopeExporter
@@ -443,6 +443,63 @@ def test_a_refusing_backend_is_probed_every_second_and_retried_as_soon_as_it_ans
                "after 8 s of connection refused")  # (logged by the worker once the backlog is sent)
     wait_until(lambda: summary in [r.getMessage() for r in caplog.records], timeout=10,
                what=str([r.getMessage() for r in caplog.records]))
+
+
+def test_a_client_that_lags_behind_the_probe_is_retried_a_step_apart_not_after_the_backoff():
+    """A probe connects, but the retries it lets through still fail before reaching the
+    backend for a few steps (gRPC's channel reconnects on its own schedule; on a loaded CI
+    machine more than one step behind): they go out one probe step apart, a bounded number
+    of times, instead of the first lagging failure sending the batch back into a 20-30 s
+    backoff."""
+    now = [100.0]
+    backend = FlakyBackend(RetryPolicy(export_timeout=1, retry_timeout=600, initial_backoff=20, max_backoff=30))
+    backend.clock = lambda: now[0]
+    lagging = [3]  # failed sends after the backend is back
+
+    def send(prepared: Prepared, timeout: float) -> Attempt:
+        backend.attempt_times.append(now[0])
+        if not backend.up or lagging[0] > 0:
+            if backend.up:
+                lagging[0] -= 1
+            return Attempt(ok=False, retryable=True, status="UNAVAILABLE", message="UNAVAILABLE: connection lag")
+        backend.sent.append([p.name for p in prepared.profiles])
+        return Attempt(ok=True)
+
+    backend.send = send  # type: ignore[method-assign]
+
+    def wait(seconds: float) -> bool:
+        now[0] += seconds
+        if now[0] >= 103.5:
+            backend.up = True
+        return True
+
+    ch = ExportChannel(backend, Stats(), batch=BatchSettings(batch_size=5, batch_timeout=0), wait=wait,
+                       clock=lambda: now[0])
+    for i in range(5):
+        assert ch.offer(synthetic(f"p{i}"), 10)
+    assert ch.wait_idle(time.monotonic() + 20)
+    assert backend.attempt_times[:5] == [100.0, 104.0, 105.0, 106.0, 107.0], backend.attempt_times
+    assert sorted(n for batch in backend.sent for n in batch) == [f"p{i}" for i in range(5)]
+
+    # bounded: a backend that accepts connections but never an export gets the backoff again
+    now[0] = 200.0
+    backend.attempt_times.clear()
+    backend.up = False
+    lagging[0] = 1_000_000
+
+    def wait_again(seconds: float) -> bool:
+        now[0] += seconds
+        if now[0] >= 203.5:
+            backend.up = True
+        return True
+
+    ch2 = ExportChannel(backend, Stats(), batch=BatchSettings(batch_size=1, batch_timeout=0), wait=wait_again,
+                        clock=lambda: now[0])
+    assert ch2.offer(synthetic("late"), 10)
+    wait_until(lambda: len(backend.attempt_times) >= LAG_RETRIES + 3, timeout=10, what=str(backend.attempt_times))
+    times = backend.attempt_times
+    assert times[:LAG_RETRIES + 2] == [200.0] + [204.0 + i for i in range(LAG_RETRIES + 1)], times
+    assert times[LAG_RETRIES + 2] - times[LAG_RETRIES + 1] >= 10, times  # then the whole backoff
 
 
 def test_the_recovery_line_counts_the_outage_from_its_first_attempt_and_names_the_latest_cause(caplog):

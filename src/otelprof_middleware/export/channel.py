@@ -48,6 +48,12 @@ __all__ = ["ExportChannel", "PROBE_INTERVAL", "LOG_EVERY"]
 
 #: while the backend refuses connections, it is probed this often (seconds)
 PROBE_INTERVAL = 1.0
+#: retries one probe step apart after a probe connected but the retry it let through
+#: failed before reaching the backend: a client whose connection state lags (gRPC's
+#: channel reconnects on its own schedule, more than one step behind a probe on a
+#: loaded machine).  Bounded: a backend that accepts connections but never an export
+#: gets the whole backoff after these.
+LAG_RETRIES = 5
 #: each cause of failure is logged at most once per this many seconds
 LOG_EVERY = 60.0
 
@@ -107,7 +113,7 @@ class ExportChannel(QueueWorker):
         self._limiter = ByteRateLimiter(self.max_upload_rate, clock=self._clock) if self.max_upload_rate > 0 else None
         self._outage: Optional[_Outage] = None
         self._drain: Optional[_Drain] = None
-        self._just_back = False  # the last retry wait ended because a probe connected
+        self._lag_retries = 0  # quick retries left since a probe connected (LAG_RETRIES)
 
     # ------------------------------------------------------------ producer side
     def offer(self, profile: Profile, size: int) -> bool:
@@ -361,6 +367,7 @@ class ExportChannel(QueueWorker):
                             self.name, self.destination, attempt.message or attempt.status, budget)
 
     def _succeeded(self) -> None:
+        self._lag_retries = 0
         with self._cond:
             outage, self._outage = self._outage, None
             if outage is not None:
@@ -376,10 +383,12 @@ class ExportChannel(QueueWorker):
         that refuses connections is probed every ``probe_interval``: the wait ends
         (returning the time waited) as soon as a probe connects."""
         answered = failed.retry_after is not None or failed.status.startswith("HTTP ")
-        just_back, self._just_back = self._just_back, False
-        if not answered and just_back:
+        if answered:
+            self._lag_retries = 0
+        elif self._lag_retries > 0:
             # the retry a probe let through failed before reaching the backend (a client
             # whose connection state lags, e.g. gRPC's channel): try again one step later
+            self._lag_retries -= 1
             step = min(self.probe_interval, delay)
             return step if self._sleep(step) else None
         if answered or self.exporter.probe(min(self.probe_interval, delay)) is not False:
@@ -393,7 +402,7 @@ class ExportChannel(QueueWorker):
             waited += step
             t0 = self._clock()
             if waited < delay and self.exporter.probe(min(self.probe_interval, delay - waited)):
-                self._just_back = True
+                self._lag_retries = LAG_RETRIES
                 return waited + max(0.0, self._clock() - t0)
             waited += max(0.0, self._clock() - t0)
         return waited
