@@ -466,15 +466,19 @@ def test_a_client_that_lags_behind_the_probe_is_retried_a_step_apart_not_after_t
         return Attempt(ok=True)
 
     backend.send = send  # type: ignore[method-assign]
+    up_at = [103.5]
 
-    def wait(seconds: float) -> bool:
-        now[0] += seconds
-        if now[0] >= 103.5:
-            backend.up = True
-        return True
+    def channel(batch_size: int) -> ExportChannel:
+        def wait(seconds: float) -> bool:  # no real sleeping: the fake clock moves
+            now[0] += seconds
+            if now[0] >= up_at[0]:
+                backend.up = True
+            return True
 
-    ch = ExportChannel(backend, Stats(), batch=BatchSettings(batch_size=5, batch_timeout=0), wait=wait,
-                       clock=lambda: now[0])
+        return ExportChannel(backend, Stats(), batch=BatchSettings(batch_size=batch_size, batch_timeout=0),
+                             wait=wait, clock=lambda: now[0])
+
+    ch = channel(5)
     for i in range(5):
         assert ch.offer(synthetic(f"p{i}"), 10)
     assert ch.wait_idle(time.monotonic() + 20)
@@ -486,16 +490,8 @@ def test_a_client_that_lags_behind_the_probe_is_retried_a_step_apart_not_after_t
     backend.attempt_times.clear()
     backend.up = False
     lagging[0] = 1_000_000
-
-    def wait_again(seconds: float) -> bool:
-        now[0] += seconds
-        if now[0] >= 203.5:
-            backend.up = True
-        return True
-
-    ch2 = ExportChannel(backend, Stats(), batch=BatchSettings(batch_size=1, batch_timeout=0), wait=wait_again,
-                        clock=lambda: now[0])
-    assert ch2.offer(synthetic("late"), 10)
+    up_at[0] = 203.5
+    assert channel(1).offer(synthetic("late"), 10)
     wait_until(lambda: len(backend.attempt_times) >= LAG_RETRIES + 3, timeout=10, what=str(backend.attempt_times))
     times = backend.attempt_times
     assert times[:LAG_RETRIES + 2] == [200.0] + [204.0 + i for i in range(LAG_RETRIES + 1)], times
