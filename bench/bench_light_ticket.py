@@ -63,8 +63,7 @@ async def _main() -> None:
 
     def timers_round() -> None:
         t = ticket()
-        if timers.light_enter(t) is None:  # (the one-step registration; light_add otherwise)
-            timers.light_add(None, t, t.interval_ns, 64)
+        timers.light_add(None, t, t.interval_ns, 64)
         timers.light_remove(None, t)
 
     th = timers._threads[tid]
@@ -77,7 +76,7 @@ async def _main() -> None:
     _time("LightTicket()", ticket)
     _time("Profiler.light_enter + light_exit (all below)", profiler_round)
     _time("Sampler.light_enter + light_exit (ticket included)", sampler_round)
-    _time("CpuTimers.light_enter + light_remove (ticket included)", timers_round)
+    _time("CpuTimers.light_add + light_remove (ticket included)", timers_round)
     _time("drain of the thread's buffer", drain)
     _time("stats counter (incr, locked)", lambda: profiler.stats_recorder.incr("bench"))
     _time("stats tally (light_requests)", profiler.stats_recorder.tally("bench-tally"))

@@ -241,6 +241,8 @@ note_overflow(otp_slot *s, uint64_t cpu)
     s->hidden = h;
 }
 
+static int arm_at(otp_slot *s, int64_t first_ns, long long interval_ns);
+
 static void
 arm_next(otp_slot *s)
 {
@@ -253,11 +255,7 @@ arm_next(otp_slot *s)
         return;
     }
     int64_t next = draw(s, iv);
-    struct itimerspec its;
-    its.it_value.tv_sec = next / 1000000000LL;
-    its.it_value.tv_nsec = next % 1000000000LL;
-    its.it_interval = its.it_value;  /* if a signal is ever lost: periodic */
-    timer_settime(s->timer, 0, &its, NULL);
+    arm_at(s, next, next);  /* (periodic: if a signal is ever lost) */
 }
 
 /* ------------------------------------------------------------------ the handler */
@@ -547,28 +545,23 @@ slot_from_handle(PyObject *handle, unsigned *idx_out)
     return &slots[idx];
 }
 
+/* A POSIX timer's next expiry after `first_ns` of CPU, then every `interval_ns`. */
+static int
+arm_at(otp_slot *s, int64_t first_ns, long long interval_ns)
+{
+    struct itimerspec its;
+    its.it_interval.tv_sec = interval_ns / 1000000000LL;
+    its.it_interval.tv_nsec = interval_ns % 1000000000LL;
+    its.it_value.tv_sec = first_ns / 1000000000LL;
+    its.it_value.tv_nsec = first_ns % 1000000000LL;
+    return timer_settime(s->timer, 0, &its, NULL);
+}
+
 static int
 arm(otp_slot *s, long long interval_ns)
 {
     __atomic_store_n(&s->interval_ns, (int64_t)interval_ns, __ATOMIC_RELAXED);
-    struct itimerspec its;
-    its.it_interval.tv_sec = interval_ns / 1000000000LL;
-    its.it_interval.tv_nsec = interval_ns % 1000000000LL;
-    its.it_value = its.it_interval;
-    return timer_settime(s->timer, 0, &its, NULL);
-}
-
-/* A new POSIX timer's first expiry: see first_draw. */
-static int
-arm_first(otp_slot *s, long long interval_ns)
-{
-    int64_t first = first_draw(s, interval_ns);
-    struct itimerspec its;
-    its.it_interval.tv_sec = interval_ns / 1000000000LL;
-    its.it_interval.tv_nsec = interval_ns % 1000000000LL;
-    its.it_value.tv_sec = first / 1000000000LL;
-    its.it_value.tv_nsec = first % 1000000000LL;
-    return timer_settime(s->timer, 0, &its, NULL);
+    return arm_at(s, interval_ns, interval_ns);
 }
 
 static PyObject *handle_of(otp_slot *s, int idx);
@@ -741,7 +734,7 @@ start_timer(otp_slot *s, int idx, pid_t tid, long long interval_ns)
         return -1;
     }
     s->has_timer = 1;
-    if (arm(s, interval_ns) != 0 || arm_first(s, interval_ns) != 0) {
+    if (arm_at(s, first_draw(s, interval_ns), interval_ns) != 0) {  /* (the first: see first_draw) */
         int e = errno;
         timer_delete(s->timer);
         s->has_timer = 0;
@@ -828,11 +821,7 @@ cs_pause(PyObject *self, PyObject *args)
         } else {
             int64_t iv = __atomic_load_n(&s->interval_ns, __ATOMIC_RELAXED);
             int64_t next = s->pause_left > 0 && s->pause_left <= 2 * iv ? s->pause_left : draw(s, iv);
-            its.it_value.tv_sec = next / 1000000000LL;
-            its.it_value.tv_nsec = next % 1000000000LL;
-            its.it_interval.tv_sec = iv / 1000000000LL;
-            its.it_interval.tv_nsec = iv % 1000000000LL;
-            rc = timer_settime(s->timer, 0, &its, NULL);  /* the countdown goes on where it stopped */
+            rc = arm_at(s, next, iv);  /* the countdown goes on where it stopped */
         }
     }
     if (rc != 0)

@@ -232,38 +232,6 @@ class CpuTimers:
             return th
 
     # ------------------------------------------------------------------ light sessions
-    def light_enter(self, ticket: "LightTicket") -> Optional[str]:
-        """:meth:`light_add` for a ticket in the common case, in one step: its
-        thread's timer already runs at the ticket's rate (or is parked, not paused).
-        None: not that case (the caller takes :meth:`light_add`).  Called by the
-        ticket's thread, once per request profiled by chance: what a request that no
-        sample falls in costs is mostly this and :meth:`light_remove`."""
-        ident = ticket.thread_id
-        with self._lock:
-            th = self._threads.get(ident)
-            if th is None or th.paused or th.interval_ns != ticket.interval_ns or th.native_id != ticket.native_id \
-                    or self.broken:
-                return None
-            th.parked_at = 0.0
-            th.light += 1
-        ticket.native = True
-        task = ticket.task
-        if task is not None:
-            offset = self._coro_frame_offset
-            if offset is None:
-                offset = self._coro_frame_offset = _coro_frame_offset(self.lib)
-            if offset >= 0:  # (the address the signal handler records for the coroutine's frame)
-                coro = ticket.coro = task.get_coro()
-                ticket.frame_addr = id(coro) + offset
-            else:
-                self._note_task_frame(ticket)
-            if ticket.frame_addr:
-                self._light_frames[ticket.frame_addr] = (None, ticket)
-        else:
-            ticket.attach_cpu = ticket.wall_cpu_mark = time.thread_time_ns()  # (the calling thread is the ticket's)
-            self._light_threads[ident] = (None, ticket)
-        return th.source
-
     def light_add(self, session: Optional["Session"], target: "Target", interval_ns: int,
                   max_depth: int) -> Optional[str]:
         """Bill a *light* session's ``target`` (``Session.light``: a request profiled by
@@ -289,17 +257,26 @@ class CpuTimers:
             if target.frame_addr:
                 self._light_frames[target.frame_addr] = entry
         else:
-            target.attach_cpu = time.thread_time_ns()  # (the calling thread is the target's)
+            # (the calling thread is the target's; the light ticks' wall starts here too)
+            target.attach_cpu = target.wall_cpu_mark = time.thread_time_ns()
             self._light_threads[th.ident] = entry
         return th.source
 
     def _note_task_frame(self, target: "Target") -> None:
         """A task target's outermost coroutine frame: its samples are those whose stack
-        holds it (the coroutine is kept so that the frame's memory stays its own)."""
+        holds it (the coroutine is kept so that the frame's memory stays its own).  The
+        address is ``id(coroutine)`` plus the interpreter's fixed offset when it has one
+        (no frame object is made: a light ticket does this once per request)."""
         if target.task is not None:
-            target.coro = target.task.get_coro()
-            frame = getattr(target.coro, "cr_frame", None)
-            target.frame_addr = self.lib.frame_address(frame) if frame is not None else 0
+            coro = target.coro = target.task.get_coro()
+            offset = self._coro_frame_offset
+            if offset is None:
+                offset = self._coro_frame_offset = _coro_frame_offset(self.lib)
+            if offset >= 0:
+                target.frame_addr = id(coro) + offset
+            else:
+                frame = getattr(coro, "cr_frame", None)
+                target.frame_addr = self.lib.frame_address(frame) if frame is not None else 0
 
     def light_remove(self, session: Optional["Session"], target: "Target") -> None:
         """Bill what the thread's buffer holds (its samples so far), then forget ``target``."""

@@ -181,8 +181,6 @@ class LightSessions:
         if source is None:
             target.cpu_mark = thread_cpu_ns(target.thread_id, target.native_id)
             return ""
-        if target.task is None:
-            target.wall_cpu_mark = target.attach_cpu
         return source
 
     def target_removed(self, session: Session, target: Target) -> None:
@@ -268,10 +266,7 @@ class Sampler:
         its first sample).  Called by the request's own thread; end with
         :meth:`light_exit`."""
         light = self._light
-        timers = self._timers if self._timers_checked else self._cpu_timers()
-        source = timers.light_enter(ticket) if timers is not None else None
-        if source is None:
-            source = light.add(None, ticket, ticket.interval_ns, ticket.max_depth)
+        source = light.add(None, ticket, ticket.interval_ns, ticket.max_depth)
         light.tickets[ticket] = source
         # No lock for the common case (the thread ticks or lingers at this rate): the
         # thread sets _asleep *before* its last look at the tickets (_run), so a
