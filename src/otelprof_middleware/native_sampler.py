@@ -45,10 +45,11 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from ._safety import LogOnce, at_fork_reinit
 from .profiletypes import gcwatch
+from .session import LightTicket, TicketTarget
 from .stacks import UNKNOWN, UNSAMPLED, cap_depth, thread_cpu_ns
 
 if TYPE_CHECKING:
-    from .session import LightTicket, Session, Target
+    from .session import Session, Target
 
 __all__ = ["load", "CpuTimers"]
 
@@ -138,6 +139,9 @@ class _Thread:
         self.fresh = True  # no sample drained yet (the first one is billed one interval to light targets)
 
 
+_NO_ENTRY = (None, None)
+
+
 def _coro_frame_offset(lib: Any) -> int:
     """Where a coroutine's frame lies in the coroutine object (CPython embeds it),
     so a task's frame address is ``id(coro) + offset`` without making a frame
@@ -170,8 +174,9 @@ class CpuTimers:
         self.unknown_frames = 0
         self.broken = False  # our signal handler was replaced: no more timers
         self._next_expiry = 0.0  # when retune next stops stale parked timers
-        self._light_threads: dict[int, tuple[Optional["Session"], "Target"]] = {}  # thread -> its light session
-        self._light_frames: dict[int, tuple[Optional["Session"], "Target"]] = {}  # task's coroutine frame -> light session
+        # (session, target) of light sessions, (None, ticket) of light tickets
+        self._light_threads: dict[int, tuple[Optional["Session"], "Target | LightTicket"]] = {}  # by thread
+        self._light_frames: dict[int, tuple[Optional["Session"], "Target | LightTicket"]] = {}  # by task's frame
         self._coro_frame_offset: Optional[int] = None  # id(coroutine) -> its frame's address (-1: unknown)
         at_fork_reinit(self._after_fork)
 
@@ -193,7 +198,7 @@ class CpuTimers:
             th.entries.append((session, target))
             return th.source
 
-    def _thread_for(self, target: "Target", interval_ns: int, max_depth: int, *,
+    def _thread_for(self, target: "Target | LightTicket", interval_ns: int, max_depth: int, *,
                     light: bool = False) -> Optional[_Thread]:
         """The timer of ``target``'s thread, taken up again if parked, started if there
         is none (None if it cannot have one); a faster ``interval_ns`` speeds it up."""
@@ -232,7 +237,7 @@ class CpuTimers:
             return th
 
     # ------------------------------------------------------------------ light sessions
-    def light_add(self, session: Optional["Session"], target: "Target", interval_ns: int,
+    def light_add(self, session: Optional["Session"], target: "Target | LightTicket", interval_ns: int,
                   max_depth: int) -> Optional[str]:
         """Bill a *light* session's ``target`` (``Session.light``: a request profiled by
         chance that will most likely end in an aggregate) by sample: a CPU sample of
@@ -246,14 +251,34 @@ class CpuTimers:
         (``target`` runs on it); None if the thread cannot have a timer.  ``session``
         None: ``target`` is a :class:`~otelprof_middleware.session.LightTicket`, whose
         session its first sample makes."""
-        th = self._thread_for(target, interval_ns, max_depth, light=True)
+        th = self._threads.get(target.thread_id)
+        # the common case, once per request: the thread's timer runs at this rate, or
+        # was parked by the previous request and not paused yet (a server's loop or
+        # worker thread); else _thread_for resumes it, starts it or changes its rate
+        if th is not None and th.interval_ns == interval_ns and th.native_id == target.native_id \
+                and not self.broken:
+            with self._lock:
+                if th.paused or self._threads.get(th.ident) is not th:  # (paused or stopped meanwhile)
+                    th = None
+                else:
+                    th.parked_at = 0.0
+                    th.light += 1
+        else:
+            th = None
         if th is None:
-            return None
-        target.cpu_billed = target.cpu_since_wall = 0
+            th = self._thread_for(target, interval_ns, max_depth, light=True)
+            if th is None:
+                return None
         target.native = True
         entry = (session, target)
-        if target.task is not None:  # (its samples are told by their frames, not by a CPU mark)
-            self._note_task_frame(target)
+        task = target.task
+        if task is not None:  # (its samples are told by their frames, not by a CPU mark)
+            offset = self._coro_frame_offset
+            if offset is not None and offset >= 0:  # (_note_task_frame, inlined: once per request)
+                coro = target.coro = task.get_coro()
+                target.frame_addr = id(coro) + offset
+            else:
+                self._note_task_frame(target)
             if target.frame_addr:
                 self._light_frames[target.frame_addr] = entry
         else:
@@ -262,7 +287,7 @@ class CpuTimers:
             self._light_threads[th.ident] = entry
         return th.source
 
-    def _note_task_frame(self, target: "Target") -> None:
+    def _note_task_frame(self, target: "Target | LightTicket") -> None:
         """A task target's outermost coroutine frame: its samples are those whose stack
         holds it (the coroutine is kept so that the frame's memory stays its own).  The
         address is ``id(coroutine)`` plus the interpreter's fixed offset when it has one
@@ -278,24 +303,39 @@ class CpuTimers:
                 frame = getattr(coro, "cr_frame", None)
                 target.frame_addr = self.lib.frame_address(frame) if frame is not None else 0
 
-    def light_remove(self, session: Optional["Session"], target: "Target") -> None:
-        """Bill what the thread's buffer holds (its samples so far), then forget ``target``."""
+    def light_remove(self, session: Optional["Session"], target: "Target | LightTicket") -> None:
+        """Bill what the thread's buffer holds (its samples so far), then forget ``target``
+        (the target of a ticket's session: the ticket, if it is still registered)."""
+        if type(target) is TicketTarget:
+            target.native = False
+            target.coro = None
+            target = target.ticket
+            if not target.native:  # (the ticket left already)
+                return
         th = self._threads.get(target.thread_id)
-        if th is not None and self._pending(th):
-            with th.lock:
-                self._drain(th)
+        if th is not None:
+            try:
+                pending = self.lib.pending(th.handle)  # (most requests have no sample: no drain, no lock)
+            except ValueError:  # stopped under us (interpreter exit)
+                pending = False
+            if pending:
+                with th.lock:
+                    self._drain(th)
         if target.task is not None:
-            if self._light_frames.get(target.frame_addr, (None, None))[1] is target:
+            if self._light_frames.get(target.frame_addr, _NO_ENTRY)[1] is target:
                 del self._light_frames[target.frame_addr]
-        elif self._light_threads.get(target.thread_id, (None, None))[1] is target:
+        elif self._light_threads.get(target.thread_id, _NO_ENTRY)[1] is target:
             del self._light_threads[target.thread_id]
         target.native = False
         target.coro = None
+        if type(target) is LightTicket and target.target is not None:
+            target.target.native = False
+            target.target.coro = None
         if th is not None:
             with self._lock:
                 th.light -= 1
                 if th.light <= 0 and not th.entries and self._threads.get(th.ident) is th:
-                    self._park(th)
+                    th.parked_at = time.monotonic()  # (_park)
 
     @property
     def light_targets(self) -> int:
@@ -471,13 +511,6 @@ class CpuTimers:
         except ValueError:
             return "posix_timer"
 
-    def _pending(self, th: _Thread) -> bool:
-        """Samples wait in ``th``'s buffer (most requests have none: no drain, no lock)."""
-        try:
-            return bool(self.lib.pending(th.handle))
-        except ValueError:  # stopped under us (interpreter exit)
-            return False
-
     def _drain(self, th: _Thread) -> None:
         try:
             samples = self.lib.drain(th.handle)
@@ -530,14 +563,17 @@ class CpuTimers:
                     hit = light_thread
                 if hit is None:
                     continue
-                owner, target = hit
-                if owner is None:  # a ticket: its first sample makes its session
-                    ticket = cast("LightTicket", target)
+                owner, who = hit
+                if owner is None:  # a ticket: its first sample makes its session (and target)
+                    ticket = cast("LightTicket", who)
                     if mono < ticket.start_mono_ns:  # (older than the request: a frame address reused)
                         continue
                     owner = ticket.session_for_sample()
-                    if owner is None:
+                    if owner is None or ticket.target is None:
                         continue
+                    target = ticket.target
+                else:
+                    target = cast("Target", who)
                 if owner.stacks.closed or mono < owner.start_mono_ns:
                     continue  # (a sample older than the session: a frame address reused)
                 # the CPU since the thread's previous sample; for a new timer's first

@@ -302,8 +302,8 @@ class Profiler:
         failure.  End it with :meth:`light_exit`."""
         try:
             cfg = self.config
-            ticket = LightTicket(thread_id, "", task, task.get_loop() if task is not None else None,
-                                 hz=cfg.sample_hz, max_depth=cfg.max_stack_depth, owner=owner)
+            hz = cfg.sample_hz
+            ticket = LightTicket(thread_id, task, hz, 1_000_000_000 // hz, cfg.max_stack_depth, owner)
             get_sampler().light_enter(ticket)
             self._count_light()
             return ticket

@@ -258,16 +258,19 @@ class Sampler:
         session.start_mono_ns = ticket.start_mono_ns
         state.source = light.tickets.get(ticket, "")
         session.bind(light)  # (before the target: the ticket's timer is registered already)
-        session.targets = (ticket,)
+        session.targets = (ticket.make_target(),)
 
     def light_enter(self, ticket: LightTicket) -> None:
         """Register the request of ``ticket`` (its task, or else its thread) for
         sampling by chance, before it has a session (the ticket's owner makes one at
         its first sample).  Called by the request's own thread; end with
         :meth:`light_exit`."""
-        light = self._light
-        source = light.add(None, ticket, ticket.interval_ns, ticket.max_depth)
-        light.tickets[ticket] = source
+        timers = self._timers if self._timers_checked else self._cpu_timers()
+        source = timers.light_add(None, ticket, ticket.interval_ns, ticket.max_depth) if timers is not None else None
+        if source is None:  # no CPU timer for this thread: its CPU is sampled at the light ticks
+            ticket.cpu_mark = thread_cpu_ns(ticket.thread_id, ticket.native_id)
+            source = ""
+        self._light.tickets[ticket] = source
         # No lock for the common case (the thread ticks or lingers at this rate): the
         # thread sets _asleep *before* its last look at the tickets (_run), so a
         # ticket it missed finds _asleep set here and wakes it
@@ -281,14 +284,13 @@ class Sampler:
     def light_exit(self, ticket: LightTicket) -> Optional[Session]:
         """The request of ``ticket`` ended: its thread's buffered samples are billed,
         it is unregistered, and its session (made by a sample) returned, if any."""
-        light = self._light
         try:
             if ticket.native:
                 timers = self._timers
                 if timers is not None:
                     timers.light_remove(None, ticket)
         finally:
-            light.tickets.pop(ticket, None)
+            self._light.tickets.pop(ticket, None)
             session = ticket.close()
         return session
 

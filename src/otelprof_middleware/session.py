@@ -25,7 +25,7 @@ from ._safety import at_fork_reinit
 from .profile import AttributeValue, Profile, SpanLink, clean_text, clean_value, new_profile_id
 from .stacks import SamplingReport, StackTable, native_id_of
 
-__all__ = ["Session", "Target", "LightTicket", "LightOwner", "TargetObserver", "ExtrasRecorder", "SamplingReport",
+__all__ = ["Session", "Target", "LightTicket", "TicketTarget", "LightOwner", "TargetObserver", "ExtrasRecorder", "SamplingReport",
            "session_summary"]
 
 MAX_HZ = 1000
@@ -63,13 +63,21 @@ class Target:
         self.handler_mark = 0  # the timer's own handler CPU when attached
 
 
+class TicketTarget(Target):
+    """The target of a :class:`LightTicket`'s session: the ticket's thread or task,
+    registered with the sampler by the ticket (which stays the registration's owner)."""
+
+    __slots__ = ("ticket",)
+    ticket: "LightTicket"
+
+
 class LightOwner(Protocol):
     """What a :class:`LightTicket` asks for its session (a request handle)."""
 
     def light_session(self, ticket: "LightTicket") -> Optional["Session"]: ...
 
 
-class LightTicket(Target):
+class LightTicket:
     """A request profiled by chance, registered for sampling *before* it has a session.
 
     With short-request aggregates on, most such requests end without a single sample
@@ -77,24 +85,52 @@ class LightTicket(Target):
     cost: their thread or task is registered with the sampler
     (:meth:`~otelprof_middleware.sampler.Sampler.light_enter`), and the session, with
     its profile id, budgets and stack table, is made by the first sample that falls
-    in the request (:meth:`session_for_sample`, asking the ``owner``).  A ticket is the
-    session's target from then on."""
+    in the request (:meth:`session_for_sample`, asking the ``owner``), with its target
+    (a :class:`TicketTarget`).  The ticket itself is kept small: one is made for
+    every such request, a session and its target for about one in twenty."""
 
-    __slots__ = ("start_mono_ns", "hz", "interval_ns", "max_depth", "owner", "session", "closed", "denied")
+    __slots__ = ("thread_id", "native_id", "task", "coro", "frame_addr", "native", "attach_cpu", "wall_cpu_mark",
+                 "cpu_mark", "start_mono_ns", "hz", "interval_ns", "max_depth", "owner", "session", "target", "closed",
+                 "denied")
+    wall_cpu_mark: Optional[int]  # (set by the sampler for a thread ticket; read through its target)
 
-    def __init__(self, thread_id: int, thread_name: str, task: Any, loop: Any, *, hz: int, max_depth: int,
+    def __init__(self, thread_id: int, task: Any, hz: int, interval_ns: int, max_depth: int,
                  owner: LightOwner) -> None:
-        Target.__init__(self, thread_id, thread_name, task, loop)  # (one per request: no super() lookup)
+        """``hz`` within 1..MAX_HZ and ``interval_ns`` its period (the validated config's).
+        (Positional arguments: one ticket is made per request, and keywords cost more.)"""
+        self.thread_id = thread_id
+        # (the request's own thread registers it: the calling thread's kernel id)
+        self.native_id = threading.get_native_id() if thread_id == threading.get_ident() else native_id_of(thread_id)
+        self.task = task
+        self.coro: Any = None  # the task's coroutine while registered (keeps its frame's memory ours)
+        self.frame_addr = 0  # the task's outermost coroutine frame (its samples hold it)
+        self.native = False  # registered with its thread's CPU timer
+        self.attach_cpu = 0  # a thread ticket: the thread's CPU when registered
+        self.cpu_mark: Optional[int] = None  # no CPU timer: the thread's CPU when registered
         self.start_mono_ns = time.monotonic_ns()
-        if type(hz) is not int or not 1 <= hz <= MAX_HZ:
-            hz = _clamp_hz(hz)
         self.hz = hz
-        self.interval_ns = 1_000_000_000 // hz
+        self.interval_ns = interval_ns
         self.max_depth = max_depth
         self.owner: Optional[LightOwner] = owner
         self.session: Optional[Session] = None
+        self.target: Optional[TicketTarget] = None  # its session's target, made with the session
         self.closed = False  # the request ended: no session is made any more
         self.denied = False  # the budgets said no at its first sample: its samples are skipped
+
+    def make_target(self) -> "TicketTarget":
+        """The target of the ticket's session (made with it, at its first sample)."""
+        task = self.task
+        target = TicketTarget(self.thread_id, "", task, task.get_loop() if task is not None else None)
+        target.ticket = self
+        target.native_id = self.native_id
+        target.native = self.native
+        target.frame_addr = self.frame_addr
+        target.coro = self.coro
+        target.cpu_mark = self.cpu_mark
+        if task is None and self.native:
+            target.attach_cpu = target.wall_cpu_mark = self.attach_cpu
+        self.target = target
+        return target
 
     def session_for_sample(self) -> Optional["Session"]:
         """The ticket's session, made now if this is its first sample (None: the
