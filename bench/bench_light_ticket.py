@@ -63,8 +63,8 @@ async def _main() -> None:
 
     def timers_round() -> None:
         t = ticket()
-        timers.light_add(None, t, t.interval_ns, 64)
-        timers.light_remove(None, t)
+        timers.ticket_enter(t)
+        timers.ticket_exit(t)
 
     th = timers._threads[tid]
 
@@ -76,7 +76,7 @@ async def _main() -> None:
     _time("LightTicket()", ticket)
     _time("Profiler.light_enter + light_exit (all below)", profiler_round)
     _time("Sampler.light_enter + light_exit (ticket included)", sampler_round)
-    _time("CpuTimers.light_add + light_remove (ticket included)", timers_round)
+    _time("CpuTimers.ticket_enter + ticket_exit (ticket included)", timers_round)
     _time("drain of the thread's buffer", drain)
     _time("stats counter (incr, locked)", lambda: profiler.stats_recorder.incr("bench"))
     _time("stats tally (light_requests)", profiler.stats_recorder.tally("bench-tally"))

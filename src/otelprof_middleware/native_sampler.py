@@ -123,7 +123,7 @@ class _Thread:
     """One sampled thread: its timer and the (session, target) pairs it serves."""
 
     __slots__ = ("ident", "native_id", "handle", "interval_ns", "entries", "lock", "name", "parked_at", "light",
-                 "paused", "source", "fresh")
+                 "paused", "source", "fresh", "tickets", "thread")
 
     def __init__(self, ident: int, native_id: int, handle: int, interval_ns: int) -> None:
         self.ident = ident
@@ -137,9 +137,18 @@ class _Thread:
         self.paused = False  # parked and paused (see CpuTimers.pause_idle)
         self.source = ""  # what interrupts the thread (SOURCE_NAMES), read once when started
         self.fresh = True  # no sample drained yet (the first one is billed one interval to light targets)
+        #: light tickets on this thread (CpuTimers.ticket_enter): by their task's frame
+        #: address, a ticket of the thread itself under 0.  Tickets neither lock nor park:
+        #: pause_idle sees whether any is left
+        self.tickets: dict[int, "LightTicket"] = {}
+        self.thread = threading._active.get(ident)  # type: ignore[attr-defined]  # (its identity: see ticket_enter)
 
 
 _NO_ENTRY = (None, None)
+
+
+def _ticket_entry(ticket: Optional["LightTicket"]) -> Optional[tuple[None, "LightTicket"]]:
+    return (None, ticket) if ticket is not None else None
 
 
 def _coro_frame_offset(lib: Any) -> int:
@@ -237,7 +246,7 @@ class CpuTimers:
             return th
 
     # ------------------------------------------------------------------ light sessions
-    def light_add(self, session: Optional["Session"], target: "Target | LightTicket", interval_ns: int,
+    def light_add(self, session: "Session", target: "Target", interval_ns: int,
                   max_depth: int) -> Optional[str]:
         """Bill a *light* session's ``target`` (``Session.light``: a request profiled by
         chance that will most likely end in an aggregate) by sample: a CPU sample of
@@ -248,37 +257,15 @@ class CpuTimers:
         timer's first sample falls uniformly within one interval of CPU (see the
         extension) and stands for one interval: so a thread that lives for less than
         an interval (a worker started per request) is counted as often as it should be.  Called by the attaching thread
-        (``target`` runs on it); None if the thread cannot have a timer.  ``session``
-        None: ``target`` is a :class:`~otelprof_middleware.session.LightTicket`, whose
-        session its first sample makes."""
-        th = self._threads.get(target.thread_id)
-        # the common case, once per request: the thread's timer runs at this rate, or
-        # was parked by the previous request and not paused yet (a server's loop or
-        # worker thread); else _thread_for resumes it, starts it or changes its rate
-        if th is not None and th.interval_ns == interval_ns and th.native_id == target.native_id \
-                and not self.broken:
-            with self._lock:
-                if th.paused or self._threads.get(th.ident) is not th:  # (paused or stopped meanwhile)
-                    th = None
-                else:
-                    th.parked_at = 0.0
-                    th.light += 1
-        else:
-            th = None
+        (``target`` runs on it); None if the thread cannot have a timer."""
+        th = self._thread_for(target, interval_ns, max_depth, light=True)
         if th is None:
-            th = self._thread_for(target, interval_ns, max_depth, light=True)
-            if th is None:
-                return None
+            return None
+        target.cpu_billed = target.cpu_since_wall = 0
         target.native = True
         entry = (session, target)
-        task = target.task
-        if task is not None:  # (its samples are told by their frames, not by a CPU mark)
-            offset = self._coro_frame_offset
-            if offset is not None and offset >= 0:  # (_note_task_frame, inlined: once per request)
-                coro = target.coro = task.get_coro()
-                target.frame_addr = id(coro) + offset
-            else:
-                self._note_task_frame(target)
+        if target.task is not None:  # (its samples are told by their frames, not by a CPU mark)
+            self._note_task_frame(target)
             if target.frame_addr:
                 self._light_frames[target.frame_addr] = entry
         else:
@@ -286,6 +273,78 @@ class CpuTimers:
             target.attach_cpu = target.wall_cpu_mark = time.thread_time_ns()
             self._light_threads[th.ident] = entry
         return th.source
+
+    def ticket_enter(self, ticket: "LightTicket") -> Optional[str]:
+        """Register a light ticket (a request profiled by chance, before it has a
+        session: :class:`~otelprof_middleware.session.LightTicket`) with its thread's
+        timer: its samples are found as a light target's are (:meth:`light_add`), and
+        its first one makes its session.  Called by the request's own thread, once per
+        request; returns the timer's kind, None if the thread cannot have a timer.
+
+        The common case (the thread's timer runs at this rate: a server's loop or
+        worker thread) is a dictionary insert: no lock, no count.  A ticket does not
+        park the timer when it leaves either: :meth:`pause_idle` parks a timer whose
+        thread has no ticket and no other target left, and pauses it only after
+        marking it paused and looking at its tickets again, while a ticket looks at
+        that mark after its insert (so either the pause sees the ticket, or the ticket
+        sees the pause and takes the locked way, which resumes the timer)."""
+        ident = ticket.thread_id
+        th = self._threads.get(ident)
+        if th is None or th.paused or th.interval_ns != ticket.interval_ns or self.broken \
+                or th.thread is None or th.thread is not threading._active.get(ident):  # type: ignore[attr-defined]
+            th = None  # (another thread now has this identifier, or no Thread object tells)
+        task = ticket.task
+        if task is not None:
+            offset = self._coro_frame_offset
+            if offset is None or offset < 0:
+                self._note_task_frame(ticket)
+            else:
+                coro = ticket.coro = task.get_coro()
+                ticket.frame_addr = id(coro) + offset
+            key = ticket.frame_addr
+            if not key:
+                return None
+        else:
+            key = 0
+            ticket.attach_cpu = ticket.wall_cpu_mark = time.thread_time_ns()
+        if th is not None:
+            th.parked_at = 0.0
+            th.tickets[key] = ticket
+            if th.paused:  # (paused meanwhile: resumed the locked way below)
+                th.tickets.pop(key, None)
+                th = None
+        if th is None:
+            th = self._thread_for(ticket, ticket.interval_ns, ticket.max_depth)
+            if th is None:
+                ticket.coro = None
+                return None
+            th.tickets[key] = ticket
+        ticket.timer = th
+        ticket.native = True
+        return th.source
+
+    def ticket_exit(self, ticket: "LightTicket") -> None:
+        """The ticket's request ended (or its session did): bill what its thread's
+        buffer holds, then forget the ticket."""
+        th = ticket.timer
+        if th is None or not ticket.native:
+            return
+        try:
+            pending = self.lib.pending(th.handle)  # (most requests have no sample: no drain, no lock)
+        except ValueError:  # stopped under us (interpreter exit)
+            pending = False
+        if pending:
+            with th.lock:
+                self._drain(th)
+        key = ticket.frame_addr if ticket.task is not None else 0
+        if th.tickets.get(key) is ticket:
+            del th.tickets[key]
+        ticket.native = False
+        ticket.coro = None
+        target = ticket.target
+        if target is not None:
+            target.native = False
+            target.coro = None
 
     def _note_task_frame(self, target: "Target | LightTicket") -> None:
         """A task target's outermost coroutine frame: its samples are those whose stack
@@ -303,15 +362,14 @@ class CpuTimers:
                 frame = getattr(coro, "cr_frame", None)
                 target.frame_addr = self.lib.frame_address(frame) if frame is not None else 0
 
-    def light_remove(self, session: Optional["Session"], target: "Target | LightTicket") -> None:
+    def light_remove(self, session: "Session", target: "Target") -> None:
         """Bill what the thread's buffer holds (its samples so far), then forget ``target``
         (the target of a ticket's session: the ticket, if it is still registered)."""
         if type(target) is TicketTarget:
             target.native = False
             target.coro = None
-            target = target.ticket
-            if not target.native:  # (the ticket left already)
-                return
+            self.ticket_exit(target.ticket)
+            return
         th = self._threads.get(target.thread_id)
         if th is not None:
             try:
@@ -328,19 +386,25 @@ class CpuTimers:
             del self._light_threads[target.thread_id]
         target.native = False
         target.coro = None
-        if type(target) is LightTicket and target.target is not None:
-            target.target.native = False
-            target.target.coro = None
         if th is not None:
             with self._lock:
                 th.light -= 1
-                if th.light <= 0 and not th.entries and self._threads.get(th.ident) is th:
-                    th.parked_at = time.monotonic()  # (_park)
+                if th.light <= 0 and not th.entries and not th.tickets and self._threads.get(th.ident) is th:
+                    self._park(th)
 
     @property
     def light_targets(self) -> int:
-        """Threads and tasks registered for light sessions now."""
-        return len(self._light_threads) + len(self._light_frames)
+        """Threads and tasks registered for light sessions and tickets now."""
+        return len(self._light_threads) + len(self._light_frames) + self.ticket_count
+
+    @property
+    def ticket_count(self) -> int:
+        """Light tickets registered now."""
+        return sum(len(th.tickets) for th in list(self._threads.values()))
+
+    def live_tickets(self) -> list["LightTicket"]:
+        """The light tickets registered now (the sampler thread's light ticks)."""
+        return [t for th in list(self._threads.values()) if th.tickets for t in list(th.tickets.values())]
 
     def _park(self, th: _Thread) -> None:
         """Keep ``th``'s timer for the thread's next profile (paused by
@@ -355,10 +419,21 @@ class CpuTimers:
         pausing at once instead cost each profile two ~12 µs system calls when the
         next one followed within milliseconds."""
         for th in list(self._threads.values()):
-            if th.parked_at and not th.paused and now - th.parked_at >= PAUSE_AFTER:
+            if th.paused:
+                continue
+            if not th.parked_at:
+                if not th.tickets and not th.entries and th.light <= 0:
+                    th.parked_at = now  # used by tickets only, and none is left (they do not park it)
+                continue
+            if now - th.parked_at >= PAUSE_AFTER:
                 with self._lock:
                     if th.parked_at and not th.paused and self._threads.get(th.ident) is th:
-                        self._pause(th, True)
+                        th.paused = True  # (first: a ticket registering from now on sees it)
+                        if th.tickets or th.entries or th.light > 0:  # (in use again)
+                            th.paused = False
+                            th.parked_at = 0.0
+                        else:
+                            self._pause(th, True)
 
     def _pause(self, th: _Thread, paused: bool) -> None:
         th.paused = paused
@@ -385,7 +460,7 @@ class CpuTimers:
                 last = not th.entries
         if last:
             with self._lock:
-                if self._threads.get(th.ident) is th and not th.entries and th.light <= 0:
+                if self._threads.get(th.ident) is th and not th.entries and th.light <= 0 and not th.tickets:
                     if thread_cpu_ns(th.ident, th.native_id) is None:
                         self._stop_locked(th)  # the thread is gone
                     else:
@@ -413,7 +488,7 @@ class CpuTimers:
         if excess > 0:
             parked.sort(key=lambda th: th.parked_at)
         for i, th in enumerate(parked):
-            if i < excess or now - th.parked_at >= PARK_SECONDS:
+            if (i < excess or now - th.parked_at >= PARK_SECONDS) and not th.tickets:
                 self._stop_locked(th)
 
     def _stop_locked(self, th: _Thread) -> None:
@@ -522,9 +597,12 @@ class CpuTimers:
 
     def _dispatch(self, th: _Thread, samples: list[Any]) -> None:
         entries = th.entries
+        tickets = th.tickets
         light_thread = self._light_threads.get(th.ident) if th.light else None
+        if light_thread is None and tickets:
+            light_thread = _ticket_entry(tickets.get(0))
         light_frames = self._light_frames if th.light else None
-        if not entries and not th.light:
+        if not entries and not th.light and not tickets:
             th.fresh = False
             return
         for c0, c1, mono, _overruns, omitted, codes, lastis, addrs, lost in samples:
@@ -552,12 +630,18 @@ class CpuTimers:
                     self._bill(th, session, target, w, mono, omitted, codes, lastis, addrs)
                 except Exception:  # one broken session never stops the others' samples
                     _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
-            if th.light:
+            if th.light or tickets:
                 hit = None
                 if light_frames:
                     for a in addrs:
                         hit = light_frames.get(a)
                         if hit is not None:
+                            break
+                if hit is None and tickets:
+                    for a in addrs:
+                        ticket = tickets.get(a)
+                        if ticket is not None:
+                            hit = (None, ticket)
                             break
                 if hit is None and light_thread is not None and c1 > light_thread[1].attach_cpu:
                     hit = light_thread

@@ -162,10 +162,24 @@ class LightSessions:
     def __init__(self, sampler: "Sampler") -> None:
         self._sampler = sampler
         self.sessions: dict[Session, _LightState] = {}
-        #: requests registered before they have a session (:class:`LightTicket`), alive now
-        self.tickets: dict[LightTicket, str] = {}  # ticket -> its timer's kind ("" if none)
+        #: requests registered before they have a session (:class:`LightTicket`), alive
+        #: now, whose thread has no CPU timer (the others are with their thread's timer:
+        #: CpuTimers.ticket_enter)
+        self.tickets: dict[LightTicket, str] = {}
         self.last_tick_ns = 0
         self.due_ns = 0
+
+    def any_tickets(self) -> bool:
+        """Requests registered by a ticket alive now (with a CPU timer or not)."""
+        if self.tickets:
+            return True
+        timers = self._sampler._timers
+        return timers is not None and timers.ticket_count > 0
+
+    def all_tickets(self) -> list[LightTicket]:
+        """The tickets alive now."""
+        timers = self._sampler._timers
+        return list(self.tickets) + (timers.live_tickets() if timers is not None else [])
 
     def target_added(self, session: Session, target: Target) -> None:
         source = self.add(session, target, session.interval_ns, session.max_depth)
@@ -173,7 +187,7 @@ class LightSessions:
         if state is not None and source:
             state.source = source
 
-    def add(self, session: Optional[Session], target: Target, interval_ns: int, max_depth: int) -> str:
+    def add(self, session: Session, target: Target, interval_ns: int, max_depth: int) -> str:
         """Bill ``target`` by sample from its thread's CPU timer; "" when the thread
         has none (its CPU is then sampled at the light ticks)."""
         timers = self._sampler._cpu_timers()
@@ -256,7 +270,7 @@ class Sampler:
         now = time.monotonic_ns()
         session.start_time_ns -= now - ticket.start_mono_ns
         session.start_mono_ns = ticket.start_mono_ns
-        state.source = light.tickets.get(ticket, "")
+        state.source = ticket.timer.source if ticket.timer is not None else ""
         session.bind(light)  # (before the target: the ticket's timer is registered already)
         session.targets = (ticket.make_target(),)
 
@@ -266,11 +280,10 @@ class Sampler:
         its first sample).  Called by the request's own thread; end with
         :meth:`light_exit`."""
         timers = self._timers if self._timers_checked else self._cpu_timers()
-        source = timers.light_add(None, ticket, ticket.interval_ns, ticket.max_depth) if timers is not None else None
-        if source is None:  # no CPU timer for this thread: its CPU is sampled at the light ticks
+        if timers is None or timers.ticket_enter(ticket) is None:
+            # no CPU timer for this thread: its CPU is sampled at the light ticks
             ticket.cpu_mark = thread_cpu_ns(ticket.thread_id, ticket.native_id)
-            source = ""
-        self._light.tickets[ticket] = source
+            self._light.tickets[ticket] = ""
         # No lock for the common case (the thread ticks or lingers at this rate): the
         # thread sets _asleep *before* its last look at the tickets (_run), so a
         # ticket it missed finds _asleep set here and wakes it
@@ -288,9 +301,10 @@ class Sampler:
             if ticket.native:
                 timers = self._timers
                 if timers is not None:
-                    timers.light_remove(None, ticket)
+                    timers.ticket_exit(ticket)
+            else:
+                self._light.tickets.pop(ticket, None)
         finally:
-            self._light.tickets.pop(ticket, None)
             session = ticket.close()
         return session
 
@@ -474,7 +488,7 @@ class Sampler:
         idle_since: Optional[float] = None
         while True:
             with cond:
-                while not self._sessions and not self._light.sessions and not self._light.tickets \
+                while not self._sessions and not self._light.sessions and not self._light.any_tickets() \
                         and self._continuous is None and not self._stopping:
                     now = time.monotonic()
                     if idle_since is None:
@@ -501,15 +515,15 @@ class Sampler:
                             left = timers.expire_parked()
                         finally:
                             cond.acquire()
-                        if left and not self._sessions and not self._light.sessions and not self._light.tickets \
+                        if left and not self._sessions and not self._light.sessions and not self._light.any_tickets() \
                                 and self._continuous is None and not self._stopping:
                             self._asleep = True
-                            if not self._light.tickets:  # (a ticket registered without the lock: light_enter)
+                            if not self._light.any_tickets():  # (a ticket registered without the lock)
                                 cond.wait(native_sampler.PARK_SECONDS)
                             self._asleep = False
                             continue
                     self._asleep = True
-                    if not self._light.tickets:
+                    if not self._light.any_tickets():
                         cond.wait()  # idle: blocked, no periodic wake-ups
                     self._asleep = False
                     next_tick = time.monotonic()
@@ -528,7 +542,7 @@ class Sampler:
             if cpu is not None:
                 self._cpu_ns_thread = cpu
             hz = max([s.hz for s in sessions] + [s.hz for s in list(self._light.sessions)]
-                     + [t.hz for t in list(self._light.tickets)]
+                     + [t.hz for t in self._light.all_tickets()]
                      + ([continuous.hz] if continuous is not None else []), default=1)
             # (after the tick: it may have ended a boost)
             interval = 1.0 / hz
@@ -570,7 +584,7 @@ class Sampler:
             if wall is None or session.sample_budget_exhausted(now_ns):
                 continue
             self._sample(session, schedule.interval_ns, frames, wall, cpu_now)
-        if self._light.sessions or self._light.tickets:
+        if self._light.sessions or self._light.any_tickets():
             self._sample_light(now_ns, frames, cpu_now)
         if self._continuous is not None:
             self._sample_continuous(now_ns, frames, cpu_now)
@@ -625,7 +639,7 @@ class Sampler:
         """The shared light tick, if due: one wall sample for every light session alive,
         worth the time since the previous light tick (:class:`LightSessions`)."""
         light = self._light
-        tickets = list(light.tickets)
+        tickets = light.all_tickets()
         intervals = [s.interval_ns for s in list(light.sessions)] + [t.interval_ns for t in tickets]
         if not intervals:
             return

@@ -89,9 +89,9 @@ class LightTicket:
     (a :class:`TicketTarget`).  The ticket itself is kept small: one is made for
     every such request, a session and its target for about one in twenty."""
 
-    __slots__ = ("thread_id", "native_id", "task", "coro", "frame_addr", "native", "attach_cpu", "wall_cpu_mark",
-                 "cpu_mark", "start_mono_ns", "hz", "interval_ns", "max_depth", "owner", "session", "target", "closed",
-                 "denied")
+    __slots__ = ("thread_id", "native_id", "task", "coro", "frame_addr", "native", "timer", "attach_cpu",
+                 "wall_cpu_mark", "cpu_mark", "start_mono_ns", "hz", "interval_ns", "max_depth", "owner", "session",
+                 "target", "closed", "denied")
     wall_cpu_mark: Optional[int]  # (set by the sampler for a thread ticket; read through its target)
 
     def __init__(self, thread_id: int, task: Any, hz: int, interval_ns: int, max_depth: int,
@@ -105,6 +105,7 @@ class LightTicket:
         self.coro: Any = None  # the task's coroutine while registered (keeps its frame's memory ours)
         self.frame_addr = 0  # the task's outermost coroutine frame (its samples hold it)
         self.native = False  # registered with its thread's CPU timer
+        self.timer: Any = None  # that timer (the sampler's record of the thread)
         self.attach_cpu = 0  # a thread ticket: the thread's CPU when registered
         self.cpu_mark: Optional[int] = None  # no CPU timer: the thread's CPU when registered
         self.start_mono_ns = time.monotonic_ns()
