@@ -349,6 +349,56 @@ def test_the_budgets_apply_when_a_ticket_is_first_sampled(profiler_factory: Any)
     assert get_sampler().light_targets == 0
 
 
+@needs_native
+def test_a_loop_threads_timer_runs_while_a_ticket_lives_and_is_paused_once_none_is_left(
+        profiler_factory: Any, cpu_timer: str) -> None:
+    """Tickets register with their thread's timer without parking it when they leave:
+    a request that waits longer than PAUSE_AFTER, then burns CPU, still has its CPU
+    sampled (the timer was not paused under it); once no ticket is left, the timer is
+    paused (CPU between requests interrupts nobody)."""
+    from otelprof_middleware.asgi import ProfilingMiddleware
+
+    profiler, exp = make(profiler_factory, min_samples=5)
+    lib, _ = native_sampler.load()
+    burnt = 0
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal burnt
+        if scope["path"] == "/long":
+            await asyncio.sleep(native_sampler.PAUSE_AFTER * 4)  # (the sampler thread looks at idle timers meanwhile)
+            t0 = time.thread_time_ns()
+            light_burn(0.3)
+            burnt = time.thread_time_ns() - t0
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = ProfilingMiddleware(app, profiler=profiler)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        pass
+
+    def scope(path: str, i: int) -> dict[str, Any]:
+        return {"type": "http", "method": "GET", "path": path, "query_string": b"", "root_path": "",
+                "headers": [(b"traceparent", _traceparent(i).encode())]}
+
+    async def main() -> None:
+        await mw(scope("/short", 1), receive, send)  # (starts the loop thread's timer)
+        assert get_sampler().light_targets == 0
+        await asyncio.sleep(native_sampler.PAUSE_AFTER + 0.3)  # no ticket left: paused
+        handled = lib.stats()["handler_cpu_ns"]
+        light_burn(0.2)  # CPU outside any request: no interruption
+        assert lib.stats()["handler_cpu_ns"] == handled
+        await mw(scope("/long", 2), receive, send)
+        assert get_sampler().light_targets == 0
+
+    asyncio.run(main())
+    _profile, cpu = _burnt_in(profiler, exp, "GET /long")
+    assert 0.6 * burnt <= cpu <= 1.4 * burnt, (cpu, burnt)
+
+
 def test_a_ticket_makes_no_session_once_its_request_ended() -> None:
     """The sampler thread may reach a ticket just as its request ends: after close()
     no session is made (it would never be finished)."""

@@ -472,10 +472,22 @@ class CpuTimers:
         """Idle timers kept for reuse."""
         return sum(1 for th in list(self._threads.values()) if th.parked_at)
 
+    @property
+    def running(self) -> bool:
+        """Some thread has a timer (in use, parked or paused)."""
+        return bool(self._threads)
+
+    @property
+    def pausing(self) -> bool:
+        """Some parked timer is not paused yet (:meth:`pause_idle` pauses it soon)."""
+        return any(th.parked_at and not th.paused for th in list(self._threads.values()))
+
     def expire_parked(self, everything: bool = False) -> int:
         """Stop idle timers older than :data:`PARK_SECONDS` (all of them with
         ``everything``); returns how many are still parked."""
         now = time.monotonic()
+        if everything:
+            self.pause_idle(now)  # (parks the timers nothing uses any more: tickets leave without parking)
         with self._lock:
             self._expire_locked(float("inf") if everything else now)
         self.pause_idle(now)

@@ -508,8 +508,9 @@ class Sampler:
                         continue
                     self._hz = 0
                     timers = self._timers
-                    if timers is not None and timers.parked:
-                        # idle CPU timers kept for the next request: stop them once stale
+                    if timers is not None and timers.running:
+                        # idle CPU timers kept for the next request: paused, and stopped once stale
+                        # (one left by tickets only is parked here: they do not park it)
                         cond.release()
                         try:
                             left = timers.expire_parked()
@@ -519,7 +520,7 @@ class Sampler:
                                 and self._continuous is None and not self._stopping:
                             self._asleep = True
                             if not self._light.any_tickets():  # (a ticket registered without the lock)
-                                cond.wait(native_sampler.PARK_SECONDS)
+                                cond.wait(native_sampler.PAUSE_AFTER if timers.pausing else native_sampler.PARK_SECONDS)
                             self._asleep = False
                             continue
                     self._asleep = True
