@@ -268,7 +268,9 @@ class Profiler:
                 triggers=triggers,
                 native=cfg.native_sampler,
             )
-            session.extras = recorder_for(session, cfg, profile_types)
+            # (a ticket's session records CPU and wall time only: tickets are made only
+            # when no other type is configured, see light_sessions)
+            session.extras = recorder_for(session, cfg, profile_types) if ticket is None else None
             if session.extras is not None:
                 profile_type_hooks.ensure(cfg)  # a forked child installs its hooks here
             if ticket is not None:

@@ -259,7 +259,8 @@ class Sampler:
         state = _LightState()
         with self._cond:
             light.sessions[session] = state
-            if self._background and (self._thread is None or not self._thread.is_alive()):
+            # (a ticket's thread started the sampler thread when it registered)
+            if self._background and (self._thread is None or (ticket is None and not self._thread.is_alive())):
                 self._start_locked()
             if self._asleep or session.hz > self._hz:  # (see register)
                 self._cond.notify()

@@ -385,7 +385,8 @@ class EntryDecider:
                     return Decision.no("not_selected", header_requested)
         if not stamps and "custom" not in triggers:
             # automatic triggers: the exhausted shares drop out, one share and the total pay
-            within = self.budget.within_shares(triggers)
+            # (one trigger, the common case: its share is checked by take() itself)
+            within = triggers if len(triggers) == 1 else self.budget.within_shares(triggers)
             taken = self.budget.take(within) if within else None
             if taken is None:
                 # "rate": the whole budget is used up; "trigger_rate": the triggers' shares are

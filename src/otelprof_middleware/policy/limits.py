@@ -137,7 +137,10 @@ class ProfileBudget:
         share, then the total.  The stamps taken, or None (nothing is kept)."""
         shares = self.shares
         share_stamp: Optional[Stamp] = None
-        limited = sorted((t for t in triggers if t in shares), key=lambda t: self._order.get(t, 99))
+        if len(triggers) == 1:  # (the common case, without the sort)
+            limited = [triggers[0]] if triggers[0] in shares else []
+        else:
+            limited = sorted((t for t in triggers if t in shares), key=lambda t: self._order.get(t, 99))
         if limited and len(limited) == len(triggers):
             for t in limited:
                 share_stamp = shares[t].take()
