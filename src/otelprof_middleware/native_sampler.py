@@ -183,9 +183,8 @@ class CpuTimers:
         self.unknown_frames = 0
         self.broken = False  # our signal handler was replaced: no more timers
         self._next_expiry = 0.0  # when retune next stops stale parked timers
-        # (session, target) of light sessions, (None, ticket) of light tickets
-        self._light_threads: dict[int, tuple[Optional["Session"], "Target | LightTicket"]] = {}  # by thread
-        self._light_frames: dict[int, tuple[Optional["Session"], "Target | LightTicket"]] = {}  # by task's frame
+        self._light_threads: dict[int, tuple["Session", "Target"]] = {}  # thread -> its light session
+        self._light_frames: dict[int, tuple["Session", "Target"]] = {}  # task's coroutine frame -> light session
         self._coro_frame_offset: Optional[int] = None  # id(coroutine) -> its frame's address (-1: unknown)
         at_fork_reinit(self._after_fork)
 
@@ -219,9 +218,11 @@ class CpuTimers:
             if th is not None and th.native_id != target.native_id:  # another thread now has this identifier
                 self._stop_locked(th)
                 th = None
-            if th is not None and th.parked_at:
+            if th is not None and (th.parked_at or th.paused):
                 # an idle timer of this thread: take it up again (samples it took
-                # meanwhile fall before this target's attach: never billed)
+                # meanwhile fall before this target's attach: never billed).  (Paused
+                # without a park mark: a ticket cleared the mark just as pause_idle
+                # paused it, see ticket_enter)
                 th.parked_at = 0.0
                 if th.paused:
                     self._pause(th, False)
@@ -610,7 +611,9 @@ class CpuTimers:
     def _dispatch(self, th: _Thread, samples: list[Any]) -> None:
         entries = th.entries
         tickets = th.tickets
-        light_thread = self._light_threads.get(th.ident) if th.light else None
+        # (session, target) of a light session, (None, ticket) of a ticket
+        light_thread: Optional[tuple[Optional["Session"], "Target | LightTicket"]] = \
+            self._light_threads.get(th.ident) if th.light else None
         if light_thread is None and tickets:
             light_thread = _ticket_entry(tickets.get(0))
         light_frames = self._light_frames if th.light else None
@@ -643,7 +646,7 @@ class CpuTimers:
                 except Exception:  # one broken session never stops the others' samples
                     _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
             if th.light or tickets:
-                hit = None
+                hit: Optional[tuple[Optional["Session"], "Target | LightTicket"]] = None
                 if light_frames:
                     for a in addrs:
                         hit = light_frames.get(a)
