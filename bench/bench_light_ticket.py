@@ -84,5 +84,58 @@ async def _main() -> None:
     profiler.shutdown(timeout=5)
 
 
+def _session_cost(number: int = 10000, repeat: int = 3) -> None:
+    """What a sampled request's session costs: requests through the ASGI middleware,
+    each on a new task (as a server runs them), with and without its ticket's session
+    made at the start and given one sample (the session, its budgets, its end and its
+    entry in the route's aggregate)."""
+    from otelprof_middleware.asgi import ProfilingMiddleware
+    from otelprof_middleware.integrations import lifecycle
+
+    force = False
+    opened = lifecycle.RequestHandle.open
+
+    def open_and_sample(self: Any, *args: Any, **kwargs: Any) -> bool:
+        watched = opened(self, *args, **kwargs)
+        if force and self.light is not None:
+            session = self.light.session_for_sample()
+            if session is not None:
+                session.stacks.add("MainThread", (app.__code__,), (0,), 1_000_000, 1_000_000)
+        return watched
+
+    lifecycle.RequestHandle.open = open_and_sample  # type: ignore[method-assign]
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: Any) -> None:
+        pass
+
+    profiler = Profiler(exporter="none", probability=1.0, sample_hz=100, min_samples=1000, aggregate_window=1,
+                        max_profiles_per_minute=1_000_000, max_overhead=1.0, cpu_trigger=False)
+    mw = ProfilingMiddleware(app, profiler=profiler)
+    scope = {"type": "http", "method": "GET", "path": "/fast", "query_string": b"", "root_path": "", "headers": []}
+
+    async def requests(n: int) -> None:
+        for _ in range(n):
+            await asyncio.create_task(mw(dict(scope), receive, send))
+
+    best: dict[bool, float] = {}
+    for _ in range(repeat):
+        for force in (False, True):
+            t0 = time.perf_counter_ns()
+            asyncio.run(requests(number))
+            best[force] = min(best.get(force, float("inf")), (time.perf_counter_ns() - t0) / number)
+    lifecycle.RequestHandle.open = opened  # type: ignore[method-assign]
+    profiler.shutdown(timeout=5)
+    print(f"| a request with a ticket, no sample (ASGI middleware, new task each) | {best[False] / 1000:.2f} |")
+    print(f"| the same with its session made and one sample (session, budgets, aggregate) | {best[True] / 1000:.2f} |")
+
+
 if __name__ == "__main__":
     asyncio.run(_main())
+    _session_cost()
