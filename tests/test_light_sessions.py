@@ -225,6 +225,20 @@ def _traceparent(i: int) -> str:
     return f"00-{i + 1:032x}-{i + 1:016x}-01"
 
 
+def _scope(path: str, i: int) -> dict[str, Any]:
+    """An ASGI request for ``path`` in trace ``i + 1``."""
+    return {"type": "http", "method": "GET", "path": path, "query_string": b"", "root_path": "",
+            "headers": [(b"traceparent", _traceparent(i).encode())]}
+
+
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b""}
+
+
+async def _send(message: Any) -> None:
+    pass
+
+
 @needs_native
 def test_asgi_requests_profiled_by_chance_add_up_to_their_cpu(profiler_factory: Any, cpu_timer: str) -> None:
     """300 ASGI requests of 4 ms CPU each: most are never sampled and so never get a
@@ -245,17 +259,9 @@ def test_asgi_requests_profiled_by_chance_add_up_to_their_cpu(profiler_factory: 
 
     mw = ProfilingMiddleware(app, profiler=profiler)
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Any) -> None:
-        pass
-
     async def main() -> None:
         for i in range(300):
-            scope = {"type": "http", "method": "GET", "path": "/work", "query_string": b"", "root_path": "",
-                     "headers": [(b"traceparent", _traceparent(i).encode())]}
-            await mw(scope, receive, send)
+            await mw(_scope("/work", i), _receive, _send)
             assert get_sampler().light_targets == 0  # the ticket left with its request
 
     asyncio.run(main())
@@ -374,24 +380,14 @@ def test_a_loop_threads_timer_runs_while_a_ticket_lives_and_is_paused_once_none_
 
     mw = ProfilingMiddleware(app, profiler=profiler)
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: Any) -> None:
-        pass
-
-    def scope(path: str, i: int) -> dict[str, Any]:
-        return {"type": "http", "method": "GET", "path": path, "query_string": b"", "root_path": "",
-                "headers": [(b"traceparent", _traceparent(i).encode())]}
-
     async def main() -> None:
-        await mw(scope("/short", 1), receive, send)  # (starts the loop thread's timer)
+        await mw(_scope("/short", 1), _receive, _send)  # (starts the loop thread's timer)
         assert get_sampler().light_targets == 0
         await asyncio.sleep(native_sampler.PAUSE_AFTER + 0.3)  # no ticket left: paused
         handled = lib.stats()["handler_cpu_ns"]
         light_burn(0.2)  # CPU outside any request: no interruption
         assert lib.stats()["handler_cpu_ns"] == handled
-        await mw(scope("/long", 2), receive, send)
+        await mw(_scope("/long", 2), _receive, _send)
         assert get_sampler().light_targets == 0
 
     asyncio.run(main())

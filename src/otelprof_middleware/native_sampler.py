@@ -330,13 +330,7 @@ class CpuTimers:
         th = ticket.timer
         if th is None or not ticket.native:
             return
-        try:
-            pending = self.lib.pending(th.handle)  # (most requests have no sample: no drain, no lock)
-        except ValueError:  # stopped under us (interpreter exit)
-            pending = False
-        if pending:
-            with th.lock:
-                self._drain(th)
+        self._drain_pending(th)
         key = ticket.frame_addr if ticket.task is not None else 0
         if th.tickets.get(key) is ticket:
             del th.tickets[key]
@@ -373,13 +367,7 @@ class CpuTimers:
             return
         th = self._threads.get(target.thread_id)
         if th is not None:
-            try:
-                pending = self.lib.pending(th.handle)  # (most requests have no sample: no drain, no lock)
-            except ValueError:  # stopped under us (interpreter exit)
-                pending = False
-            if pending:
-                with th.lock:
-                    self._drain(th)
+            self._drain_pending(th)
         if target.task is not None:
             if self._light_frames.get(target.frame_addr, _NO_ENTRY)[1] is target:
                 del self._light_frames[target.frame_addr]
@@ -598,6 +586,17 @@ class CpuTimers:
             return SOURCE_NAMES.get(self.lib.slot_stats(th.handle)[3], "posix_timer")
         except ValueError:
             return "posix_timer"
+
+    def _drain_pending(self, th: _Thread) -> None:
+        """Bill what ``th``'s buffer holds, if anything (most requests have no sample:
+        no drain, no lock)."""
+        try:
+            pending = self.lib.pending(th.handle)
+        except ValueError:  # stopped under us (interpreter exit)
+            return
+        if pending:
+            with th.lock:
+                self._drain(th)
 
     def _drain(self, th: _Thread) -> None:
         try:
