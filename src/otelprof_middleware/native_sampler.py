@@ -307,7 +307,7 @@ class CpuTimers:
                 return None
         else:
             key = 0
-            ticket.attach_cpu = ticket.wall_cpu_mark = time.thread_time_ns()
+            ticket.attach_cpu = time.thread_time_ns()  # (its wall ticks start here too: make_target)
         if th is not None:
             th.parked_at = 0.0
             th.tickets[key] = ticket

@@ -25,8 +25,8 @@ from ._safety import at_fork_reinit
 from .profile import AttributeValue, Profile, SpanLink, clean_text, clean_value, new_profile_id
 from .stacks import SamplingReport, StackTable, native_id_of
 
-__all__ = ["Session", "Target", "LightTicket", "TicketTarget", "LightOwner", "TargetObserver", "ExtrasRecorder", "SamplingReport",
-           "session_summary"]
+__all__ = ["Session", "Target", "LightTicket", "TicketTarget", "LightOwner", "TargetObserver", "ExtrasRecorder",
+           "SamplingReport", "session_summary"]
 
 MAX_HZ = 1000
 #: summary keys of the extra profile types, shown as ``otelprof.<key>`` span attributes
@@ -87,12 +87,11 @@ class LightTicket:
     its profile id, budgets and stack table, is made by the first sample that falls
     in the request (:meth:`session_for_sample`, asking the ``owner``), with its target
     (a :class:`TicketTarget`).  The ticket itself is kept small: one is made for
-    every such request, a session and its target for about one in twenty."""
+    every such request, a session and its target only for those a sample fell in."""
 
     __slots__ = ("thread_id", "native_id", "task", "coro", "frame_addr", "native", "timer", "attach_cpu",
-                 "wall_cpu_mark", "cpu_mark", "start_mono_ns", "hz", "interval_ns", "max_depth", "owner", "session",
-                 "target", "closed", "denied")
-    wall_cpu_mark: Optional[int]  # (set by the sampler for a thread ticket; read through its target)
+                 "cpu_mark", "start_mono_ns", "hz", "interval_ns", "max_depth", "owner", "session", "target", "closed",
+                 "denied")
 
     def __init__(self, thread_id: int, task: Any, hz: int, interval_ns: int, max_depth: int,
                  owner: LightOwner) -> None:
