@@ -45,7 +45,7 @@ async def _main() -> None:
     sampler = get_sampler()
 
     def ticket() -> LightTicket:
-        return LightTicket(tid, task, 100, 10_000_000, 64, owner)
+        return LightTicket(tid, task, 100, 64, owner)
 
     def profiler_round() -> None:
         t = profiler.light_enter(owner, tid, task)

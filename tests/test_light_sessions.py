@@ -407,7 +407,7 @@ def test_a_ticket_makes_no_session_once_its_request_ended() -> None:
             asked.append(ticket)
             return "session"
 
-    t = LightTicket(threading.get_ident(), None, 100, 10_000_000, 64, Owner())
+    t = LightTicket(threading.get_ident(), None, 100, 64, Owner())
     assert t.native_id == threading.get_native_id()
     # the target its session samples (made with the session) has every field of a Target
     target = t.make_target()
@@ -415,7 +415,7 @@ def test_a_ticket_makes_no_session_once_its_request_ended() -> None:
     assert target.ticket is t and t.target is target and target.native_id == t.native_id and target.task is None
     assert t.close() is None
     assert t.session_for_sample() is None and not asked
-    t2 = LightTicket(threading.get_ident(), None, 100, 10_000_000, 64, Owner())
+    t2 = LightTicket(threading.get_ident(), None, 100, 64, Owner())
     assert t2.session_for_sample() == "session" and t2.session_for_sample() == "session"
     assert len(asked) == 1 and t2.close() == "session"
 
@@ -424,7 +424,7 @@ def test_a_ticket_makes_no_session_once_its_request_ended() -> None:
             asked.append(ticket)
             return None  # the budgets said no
 
-    t3 = LightTicket(threading.get_ident(), None, 100, 10_000_000, 64, NoOwner())
+    t3 = LightTicket(threading.get_ident(), None, 100, 64, NoOwner())
     assert t3.session_for_sample() is None and t3.session_for_sample() is None
     assert len(asked) == 2 and t3.denied  # asked once
 

@@ -294,14 +294,8 @@ class CpuTimers:
         if th is None or th.paused or th.interval_ns != ticket.interval_ns or self.broken \
                 or th.thread is None or th.thread is not threading._active.get(ident):  # type: ignore[attr-defined]
             th = None  # (another thread now has this identifier, or no Thread object tells)
-        task = ticket.task
-        if task is not None:
-            offset = self._coro_frame_offset
-            if offset is None or offset < 0:
-                self._note_task_frame(ticket)
-            else:
-                coro = ticket.coro = task.get_coro()
-                ticket.frame_addr = id(coro) + offset
+        if ticket.task is not None:
+            self._note_task_frame(ticket)
             key = ticket.frame_addr
             if not key:
                 return None

@@ -304,8 +304,7 @@ class Profiler:
         failure.  End it with :meth:`light_exit`."""
         try:
             cfg = self.config
-            hz = cfg.sample_hz
-            ticket = LightTicket(thread_id, task, hz, 1_000_000_000 // hz, cfg.max_stack_depth, owner)
+            ticket = LightTicket(thread_id, task, cfg.sample_hz, cfg.max_stack_depth, owner)
             get_sampler().light_enter(ticket)
             self._count_light()
             return ticket

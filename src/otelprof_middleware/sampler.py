@@ -165,7 +165,7 @@ class LightSessions:
         #: requests registered before they have a session (:class:`LightTicket`), alive
         #: now, whose thread has no CPU timer (the others are with their thread's timer:
         #: CpuTimers.ticket_enter)
-        self.tickets: dict[LightTicket, str] = {}
+        self.tickets: set[LightTicket] = set()
         self.last_tick_ns = 0
         self.due_ns = 0
 
@@ -284,7 +284,7 @@ class Sampler:
         if timers is None or timers.ticket_enter(ticket) is None:
             # no CPU timer for this thread: its CPU is sampled at the light ticks
             ticket.cpu_mark = thread_cpu_ns(ticket.thread_id, ticket.native_id)
-            self._light.tickets[ticket] = ""
+            self._light.tickets.add(ticket)
         # No lock for the common case (the thread ticks or lingers at this rate): the
         # thread sets _asleep *before* its last look at the tickets (_run), so a
         # ticket it missed finds _asleep set here and wakes it
@@ -304,7 +304,7 @@ class Sampler:
                 if timers is not None:
                     timers.ticket_exit(ticket)
             else:
-                self._light.tickets.pop(ticket, None)
+                self._light.tickets.discard(ticket)
         finally:
             session = ticket.close()
         return session

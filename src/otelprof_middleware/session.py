@@ -93,10 +93,9 @@ class LightTicket:
                  "cpu_mark", "start_mono_ns", "hz", "interval_ns", "max_depth", "owner", "session", "target", "closed",
                  "denied")
 
-    def __init__(self, thread_id: int, task: Any, hz: int, interval_ns: int, max_depth: int,
-                 owner: LightOwner) -> None:
-        """``hz`` within 1..MAX_HZ and ``interval_ns`` its period (the validated config's).
-        (Positional arguments: one ticket is made per request, and keywords cost more.)"""
+    def __init__(self, thread_id: int, task: Any, hz: int, max_depth: int, owner: LightOwner) -> None:
+        """``hz`` within 1..MAX_HZ (the validated config's).  (Positional arguments: one
+        ticket is made per request, and keywords cost more.)"""
         self.thread_id = thread_id
         # (the request's own thread registers it: the calling thread's kernel id)
         self.native_id = threading.get_native_id() if thread_id == threading.get_ident() else native_id_of(thread_id)
@@ -109,7 +108,7 @@ class LightTicket:
         self.cpu_mark: Optional[int] = None  # no CPU timer: the thread's CPU when registered
         self.start_mono_ns = time.monotonic_ns()
         self.hz = hz
-        self.interval_ns = interval_ns
+        self.interval_ns = 1_000_000_000 // hz
         self.max_depth = max_depth
         self.owner: Optional[LightOwner] = owner
         self.session: Optional[Session] = None
