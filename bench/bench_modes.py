@@ -3,6 +3,8 @@
     .venv/bin/python bench/bench_modes.py [--rounds 3] [--duration 5] [--connections 8] [--stacks asgi,wsgi]
     .venv/bin/python bench/bench_modes.py --micro     # in-process cost per request, no server
     .venv/bin/python bench/bench_modes.py --thread-cpu --modes none,agg --duration 5   # where it goes
+    cd bench && ../.venv/bin/python bench_modes.py --rounds 30 --duration 1 --stacks asgi --endpoints /fast \
+        --modes none,p0,agg     # many short paired rounds: a steadier ratio on a noisy machine
 
 Stacks: FastAPI under uvicorn (1 worker) and Flask under gunicorn (1 sync worker),
 each server pinned to core 0 (``taskset``), loaded by ``wrk`` pinned to core 1.
@@ -47,6 +49,7 @@ import tempfile
 import textwrap
 import time
 import urllib.request
+from typing import Optional
 
 from _calibrate import shared_loops  # noqa: E402  (bench/ is on sys.path)
 from bench_wsgi import _free_port, _wrk  # noqa: E402  (the same load generator as the WSGI benchmark)
@@ -294,6 +297,20 @@ def thread_cpu(workdir: str, stacks: list[str], modes: list[str], duration: floa
                   f"{(vol + invol) / n:.2f} |", flush=True)
 
 
+def _paired(runs: list[tuple[float, float]], base: Optional[list[tuple[float, float]]]) -> str:
+    """The median of the per-round ratios to ``none`` (each round runs every
+    configuration back to back, so a slow spell of the machine affects both sides of
+    its ratio), with their interquartile range: with many short rounds (``--rounds 30
+    --duration 1``) a steadier estimate than the ratio of medians on a noisy VM."""
+    if not base or len(runs) != len(base):
+        return "-"
+    ratios = sorted(r / b for (r, _), (b, _) in zip(runs, base))
+    if len(ratios) < 4:
+        return f"{statistics.median(ratios):.3f}x"
+    q1, _q2, q3 = statistics.quantiles(ratios, n=4)
+    return f"{statistics.median(ratios):.3f}x ({q1:.3f}-{q3:.3f})"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--micro", action="store_true", help="only the in-process cost per request")
@@ -302,6 +319,7 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--stacks", default=",".join(STACKS))
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--endpoints", default=",".join(ENDPOINTS), help="e.g. /fast")
     ap.add_argument("--thread-cpu", action="store_true",
                     help="CPU per request of each server thread on /fast, one configuration at a time")
     args = ap.parse_args()
@@ -334,12 +352,13 @@ def main() -> int:
         for stack in stacks:
             for mode in modes:
                 servers[(stack, mode)] = _start(workdir, stack, mode)
+        endpoints = [e for e in args.endpoints.split(",") if e]
         for (stack, mode), (_proc, port) in servers.items():
-            for endpoint in ENDPOINTS:
+            for endpoint in endpoints:
                 _wrk(f"http://127.0.0.1:{port}{endpoint}", 1.0, args.connections)  # warm-up
         for rnd in range(args.rounds):
             for stack in stacks:
-                for endpoint in ENDPOINTS:
+                for endpoint in endpoints:
                     order = modes if rnd % 2 == 0 else list(reversed(modes))
                     for mode in order:
                         port = servers[(stack, mode)][1]
@@ -360,12 +379,12 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\ntotal time {time.monotonic() - started:.0f}s; wrk -t1 -c{args.connections} -d{args.duration:g}s, "
           f"medians of {args.rounds} interleaved runs; server on core 0, wrk on core 1\n")
-    print("| stack | endpoint | config | req/s | p99 ms | throughput vs none | p99 vs none | "
-          "profiles started / aggregated / window profiles / collected |")
-    print("|---|---|---|---:|---:|---:|---:|---|")
+    print("| stack | endpoint | config | req/s | p99 ms | throughput vs none | per-round ratio (IQR) | "
+          "p99 vs none | profiles started / aggregated / window profiles / collected |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---|")
     verdicts = []
     for stack in stacks:
-        for endpoint in ENDPOINTS:
+        for endpoint in endpoints:
             base = results.get((stack, endpoint, "none"))
             base_rps = statistics.median(r for r, _ in base) if base else None
             base_p99 = statistics.median(p for _, p in base) if base else None
@@ -381,7 +400,9 @@ def main() -> int:
                                         "profiles_collected"))
                 ratio = f"{rps / base_rps:.3f}x" if base_rps else "-"
                 pratio = f"{p99 / base_p99:.3f}x" if base_p99 else "-"
-                print(f"| {stack} | {endpoint} | {mode} | {rps:.1f} | {p99:.2f} | {ratio} | {pratio} | {shown} |")
+                paired = _paired(runs, base)
+                print(f"| {stack} | {endpoint} | {mode} | {rps:.1f} | {p99:.2f} | {ratio} | {paired} | {pratio} "
+                      f"| {shown} |")
                 goal = GOALS.get((endpoint, mode))
                 if base_rps and goal is not None:
                     verdicts.append(f"{stack} {mode} on {endpoint}: {rps / base_rps:.3f}x (goal >= {goal}) "

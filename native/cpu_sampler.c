@@ -1000,6 +1000,59 @@ cs_pending(PyObject *self, PyObject *handle)
     return PyBool_FromLong(head != __atomic_load_n(&s->tail, __ATOMIC_RELAXED));
 }
 
+/* Up to cap-1 bytes of a small /proc file, NUL-terminated; -1 on failure. */
+static int
+read_proc(const char *path, char *buf, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n;
+    do {
+        n = read(fd, buf, cap - 1);
+    } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n < 0)
+        return -1;
+    buf[n] = 0;
+    return (int)n;
+}
+
+/* thread_blocked(native_id) -> 1 when that thread of this process waits in the
+ * kernel for something other than a futex (I/O, a sleep, a poll: it is off CPU),
+ * 0 when it runs, is runnable or waits on a futex (the GIL, which the caller holds,
+ * or a lock), -1 when /proc cannot tell.  The light ticks ask it about a thread that
+ * a light session's request occupies: its CPU timer's samples carry the time it
+ * runs, so only blocked time is wall time of its own.  The GIL is kept throughout
+ * (letting it go would let the thread run on and change the answer). */
+static PyObject *
+cs_thread_blocked(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    long tid = PyLong_AsLong(arg);
+    if (tid == -1 && PyErr_Occurred())
+        return NULL;
+    if (tid <= 0)
+        return PyLong_FromLong(-1);
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/self/task/%ld/stat", tid);
+    if (read_proc(path, buf, sizeof buf) <= 0)
+        return PyLong_FromLong(-1);
+    char *p = strrchr(buf, ')');  /* (the name may hold spaces and parentheses) */
+    if (p == NULL || p[1] != ' ' || p[2] == 0)
+        return PyLong_FromLong(-1);
+    char state = p[2];
+    if (state == 'R')
+        return PyLong_FromLong(0);
+    if (state != 'S' && state != 'D')
+        return PyLong_FromLong(-1);
+    snprintf(path, sizeof path, "/proc/self/task/%ld/wchan", tid);
+    int n = read_proc(path, buf, sizeof buf);
+    if (n <= 0 || (buf[0] == '0' && (n == 1 || buf[1] == '\n')))
+        return PyLong_FromLong(-1);  /* (no symbol: hidden, or it just woke up) */
+    return PyLong_FromLong(strncmp(buf, "futex", 5) == 0 ? 0 : 1);
+}
+
 static void
 delete_timer_and_wait(otp_slot *s)
 {
@@ -1153,7 +1206,8 @@ otp_cpu_sampler_init(PyObject *module)
     {"frame_address", cs_frame_address, METH_O, "The interpreter frame address of a frame object."},          \
     {"walk", cs_walk, METH_VARARGS, "walk(ident, max_frames) -> (codes, lastis, frames, omitted) or None."},   \
     {"stats", cs_stats, METH_NOARGS, "Counters of the CPU sampler."},                                          \
-    {"slot_stats", cs_slot_stats, METH_O, "(handler_cpu_ns, overruns, dropped_full, source) of one thread."},
+    {"slot_stats", cs_slot_stats, METH_O, "(handler_cpu_ns, overruns, dropped_full, source) of one thread."}, \
+    {"thread_blocked", cs_thread_blocked, METH_O, "thread_blocked(native_id) -> 1 off CPU, 0 on CPU or on a futex, -1 unknown."},
 
 PyMethodDef otp_cpu_sampler_methods[] = {
     OTP_CS_METHODS

@@ -76,6 +76,9 @@ __all__ = ["Sampler", "Schedule", "get_sampler"]
 #: this long (seconds) before it sleeps until woken: requests that follow each other
 #: then start their sessions without waking it.
 LINGER_SECONDS = 1.0
+#: the most wall one light tick stands for (a tick held back by a thread that kept
+#: the GIL stands for the time since the previous one, up to this)
+MAX_LIGHT_WALL_NS = 1_000_000_000
 
 
 class Schedule:
@@ -152,9 +155,11 @@ class LightSessions:
     Starting and finishing an ordinary session (a schedule, timer bookkeeping, clock
     reads at each end, remainders) cost a short request more than serving it; a light
     session only registers its thread or task.  Its CPU samples come from the thread's
-    timer, billed by sample (:meth:`CpuTimers.light_add`); its wall samples from the
-    sampler's shared light tick: every light session alive at a tick gets one, worth
-    the time since the previous tick.  A request shorter than the interval is sampled
+    timer, billed by sample (:meth:`CpuTimers.light_add`), carry its running time; its
+    off-CPU time comes from the sampler's shared light tick: a light session whose
+    request is off CPU at a tick gets a wall sample worth the time since the previous
+    tick (a thread without a CPU timer: one at every tick, with its CPU read from its
+    clock).  A request shorter than the interval is sampled
     with a probability proportional to its length, so totals over many requests are
     right (statistical, like pprof), and a session's own totals are within about one
     interval.  This is the session's target observer."""
@@ -491,6 +496,7 @@ class Sampler:
             with cond:
                 while not self._sessions and not self._light.sessions and not self._light.any_tickets() \
                         and self._continuous is None and not self._stopping:
+                    self._light.last_tick_ns = 0  # (no light tick meanwhile: see _sample_light)
                     now = time.monotonic()
                     if idle_since is None:
                         idle_since = now
@@ -588,6 +594,8 @@ class Sampler:
             self._sample(session, schedule.interval_ns, frames, wall, cpu_now)
         if self._light.sessions or self._light.any_tickets():
             self._sample_light(now_ns, frames, cpu_now)
+        else:
+            self._light.last_tick_ns = 0  # (the next light tick is the first after a pause)
         if self._continuous is not None:
             self._sample_continuous(now_ns, frames, cpu_now)
         self.stack_reads += frames.reads
@@ -638,39 +646,90 @@ class Sampler:
         self._cont_cpu = seen
 
     def _sample_light(self, now_ns: int, frames: "_Frames", cpu_now: dict[int, Optional[int]]) -> None:
-        """The shared light tick, if due: one wall sample for every light session alive,
-        worth the time since the previous light tick (:class:`LightSessions`)."""
+        """The shared light tick, if due: a wall sample for every light session whose
+        request is off CPU now, worth the time since the previous light tick (see
+        :class:`LightSessions`, and :meth:`_sample_light_session` for what counts)."""
         light = self._light
         tickets = light.all_tickets()
         intervals = [s.interval_ns for s in list(light.sessions)] + [t.interval_ns for t in tickets]
         if not intervals:
+            light.last_tick_ns = 0
             return
         interval = min(intervals)
         if now_ns < light.due_ns:
             return
-        for ticket in tickets:  # a request alive at this tick and not sampled yet: its session now
-            if ticket.session is None and now_ns >= ticket.start_mono_ns:
-                ticket.session_for_sample()
-        sessions = list(light.sessions.items())
-        wall = now_ns - light.last_tick_ns
-        if wall > 2 * interval:  # the first tick after a pause: one interval
-            wall = interval
+        last = light.last_tick_ns
+        # the time since the previous light tick (a late tick, e.g. after the loop thread
+        # kept the GIL, stands for all of it); one interval for the first after a pause
+        wall = now_ns - last if last and now_ns - last <= MAX_LIGHT_WALL_NS else interval
         light.last_tick_ns = now_ns
         light.due_ns = max(light.due_ns + interval, now_ns - interval // 2)
-        for session, state in sessions:
+        where = _WhereNow(frames.lib)
+        for ticket in tickets:  # a request off CPU at this tick and not sampled yet: its session now
+            if ticket.session is None and now_ns >= ticket.start_mono_ns and where.off_cpu(ticket):
+                ticket.session_for_sample()
+        for session, state in list(light.sessions.items()):
             if session.finished or now_ns < session.start_mono_ns or session.sample_budget_exhausted(now_ns):
                 continue
             state.ticks += 1
-            self._sample(session, interval, frames, wall, cpu_now)
+            self._sample_light_session(session, frames, wall, where, cpu_now)
+
+    def _sample_light_session(self, session: Session, frames: "_Frames", wall: int, where: "_WhereNow",
+                              cpu_now: dict[int, Optional[int]]) -> None:
+        """One light tick of ``session``: statistical wall time.  A request off CPU at
+        this tick gets ``wall`` (the time since the previous light tick) at the stack
+        where it waits; one that runs gets none, since the CPU samples of its thread's
+        timer carry its running time as wall time too.  Over many requests and ticks
+        that adds up to their real duration, short requests included (a request of
+        2 ms is off CPU at a tick with the probability of its share of the interval).
+        Threads without a CPU timer are sampled as in :meth:`_sample` (CPU from their
+        clock, and the tick's wall while they are attached)."""
+        native = [t for t in session.targets if t.native]
+        if len(native) != len(session.targets):
+            self._sample(session, session.interval_ns, frames, wall, cpu_now,
+                         [t for t in session.targets if not t.native])
+            if not native:
+                return
+        table = session.stacks
+        max_depth = session.max_depth
+        waiting: list[Target] = []
+        busy = False  # the request is where one of its threads is (running or blocked)
+        for target in native:
+            tid = target.thread_id
+            task = target.task
+            if task is not None:
+                if task.done():
+                    continue
+                if _current_task(target.loop) is not task:
+                    waiting.append(target)
+                    continue
+                stop = getattr(task.get_coro(), "cr_frame", None)
+                if stop is None:
+                    continue
+            else:
+                stop = None
+            busy = True
+            if not where.blocked(target.native_id):
+                continue  # running: its CPU samples carry this time
+            stack = frames.stack(tid, stop, max_depth, session.native)
+            if stack is not None:
+                codes, lastis = stack
+                table.add(target.thread_name or _thread_name(tid), codes, lastis, 0, wall)
+        if busy:
+            return  # the waiting tasks await what its threads do: their wall is counted there
+        for target in waiting[:1]:  # (a request waits once, whatever number of its tasks wait)
+            codes, lastis = _walk_coroutine(target.task.get_coro(), max_depth)
+            if codes:
+                table.add(target.thread_name or _thread_name(target.thread_id), codes, lastis, 0, wall)
 
     def _sample(self, session: Session, interval: int, frames: "_Frames", wall: int,
-                cpu_now: dict[int, Optional[int]]) -> None:
+                cpu_now: dict[int, Optional[int]], targets: Optional[Iterable[Target]] = None) -> None:
         table = session.stacks
         max_depth = session.max_depth
         native = session.native
         waiting: list[Target] = []  # suspended tasks, sampled unless a helper thread works for them
         busy_thread = False
-        for target in session.targets:
+        for target in session.targets if targets is None else targets:
             tid = target.thread_id
             task = target.task
             if task is not None:
@@ -760,6 +819,37 @@ def _off_cpu(target: Target, wall: int, cpu_now: dict[int, Optional[int]]) -> in
 
 
 # ---------------------------------------------------------------------- stack walking
+
+
+class _WhereNow:
+    """Whether a light session's request is off CPU at this tick, its threads' states
+    read once per tick (``thread_blocked``: one /proc read each, without letting the
+    GIL go).  A thread whose state cannot be read counts as running: its wall time
+    is then only what its CPU samples carry, never invented."""
+
+    __slots__ = ("_lib", "_states")
+
+    def __init__(self, lib: Any) -> None:
+        self._lib = lib if lib is not None and hasattr(lib, "thread_blocked") else None
+        self._states: dict[int, bool] = {}
+
+    def blocked(self, native_id: int) -> bool:
+        """The thread waits in the kernel for something other than the GIL."""
+        state = self._states.get(native_id)
+        if state is None:
+            state = self._states[native_id] = self._lib is not None and self._lib.thread_blocked(native_id) == 1
+        return state
+
+    def off_cpu(self, ticket: LightTicket) -> bool:
+        """The ticket's request is off CPU now: its task waits (not the one its loop
+        runs), or its thread (or its running task's) is blocked.  A ticket without a
+        CPU timer is sampled at every tick it lives (its CPU is read from its clock)."""
+        if not ticket.native:
+            return True
+        task = ticket.task
+        if task is not None and not task.done() and _current_task(task.get_loop()) is not task:
+            return True
+        return self.blocked(ticket.native_id)
 
 
 class _Frames:
