@@ -41,6 +41,7 @@ PHASES = {
     "native": "ours, native (default)",
     "native-timer": "ours, native, POSIX timers forced",
     "python": "ours, pure-Python sampler",
+    "continuous": "ours, continuous mode (continuous_hz)",
 }
 
 # name -> (ms of CPU per call, how it releases the GIL)
@@ -122,14 +123,24 @@ def _worker(args: argparse.Namespace) -> None:
     total_truth = {f[0]: 0 for f in funcs}
     from otelprof_middleware import native_sampler
 
+    from otelprof_middleware.testing import InMemoryProfileExporter
+
     for kind in PHASES:
         native_sampler.PERF_EVENTS = kind != "native-timer"
-        profiler = Profiler(exporter="none", sample_hz=args.hz, native_sampler=kind != "python",
-                            max_profile_duration=3600, max_samples=10_000_000)
         truth = {f[0]: 0 for f in funcs}
-        with profiler.profile(f"attribution-{kind}") as session:
+        if kind == "continuous":  # the whole process at hz, no per-request profile
+            memory = InMemoryProfileExporter()
+            profiler = Profiler(exporters=[memory], probability=0.0, cpu_trigger=False, continuous_hz=args.hz,
+                                continuous_window=3600)
             run_for(args.seconds, truth)
-        profile = session.to_profile()
+            profiler.force_flush(30)
+            (profile,) = memory.by_name("continuous")
+        else:
+            profiler = Profiler(exporter="none", sample_hz=args.hz, native_sampler=kind != "python",
+                                max_profile_duration=3600, max_samples=10_000_000)
+            with profiler.profile(f"attribution-{kind}") as session:
+                run_for(args.seconds, truth)
+            profile = session.to_profile()
         cpu = {f[0]: 0 for f in funcs}
         for s in profile.samples:
             names = {profile.functions[profile.locations[i].function_index].name for i in profile.stacks[s.stack_index]}

@@ -123,7 +123,7 @@ class _Thread:
     """One sampled thread: its timer and the (session, target) pairs it serves."""
 
     __slots__ = ("ident", "native_id", "handle", "interval_ns", "entries", "lock", "name", "parked_at", "light",
-                 "paused", "source", "fresh", "tickets", "thread")
+                 "paused", "source", "fresh", "tickets", "thread", "continuous")
 
     def __init__(self, ident: int, native_id: int, handle: int, interval_ns: int) -> None:
         self.ident = ident
@@ -142,6 +142,11 @@ class _Thread:
         #: pause_idle sees whether any is left
         self.tickets: dict[int, "LightTicket"] = {}
         self.thread = threading._active.get(ident)  # type: ignore[attr-defined]  # (its identity: see ticket_enter)
+        self.continuous = False  # sampled for the continuous profile (CpuTimers.continuous): never parked
+
+    def idle(self) -> bool:
+        """Nothing uses the timer any more (it may be parked)."""
+        return not self.tickets and not self.entries and self.light <= 0 and not self.continuous
 
 
 _NO_ENTRY = (None, None)
@@ -170,6 +175,16 @@ def _coro_frame_offset(lib: Any) -> int:
     return offset if 0 <= offset < 4096 else -1
 
 
+class _ThreadRef:
+    """A thread to start a timer for, without a session (the continuous profile)."""
+
+    __slots__ = ("thread_id", "native_id")
+
+    def __init__(self, thread_id: int, native_id: int) -> None:
+        self.thread_id = thread_id
+        self.native_id = native_id
+
+
 class CpuTimers:
     """The per-thread CPU timers of one sampler (see the module docstring)."""
 
@@ -186,6 +201,10 @@ class CpuTimers:
         self._light_threads: dict[int, tuple["Session", "Target"]] = {}  # thread -> its light session
         self._light_frames: dict[int, tuple["Session", "Target"]] = {}  # task's coroutine frame -> light session
         self._coro_frame_offset: Optional[int] = None  # id(coroutine) -> its frame's address (-1: unknown)
+        #: ``(th, cpu_ns, mono, codes, lastis, addrs, link)`` for every CPU sample of a
+        #: thread marked ``continuous`` (the continuous profile; ``link``: the span of the
+        #: session the sample was billed to, if any); None while the mode is off
+        self.continuous: Optional[Callable[..., None]] = None
         at_fork_reinit(self._after_fork)
 
     # ------------------------------------------------------------------ targets
@@ -206,7 +225,7 @@ class CpuTimers:
             th.entries.append((session, target))
             return th.source
 
-    def _thread_for(self, target: "Target | LightTicket", interval_ns: int, max_depth: int, *,
+    def _thread_for(self, target: "Target | LightTicket | _ThreadRef", interval_ns: int, max_depth: int, *,
                     light: bool = False) -> Optional[_Thread]:
         """The timer of ``target``'s thread, taken up again if parked, started if there
         is none (None if it cannot have one); a faster ``interval_ns`` speeds it up."""
@@ -245,6 +264,28 @@ class CpuTimers:
             if light:
                 th.light += 1
             return th
+
+    # ------------------------------------------------------------------ continuous profile
+    def continuous_thread(self, ident: int, native_id: int, interval_ns: int, max_depth: int) -> Optional[_Thread]:
+        """Sample thread ``ident`` for the continuous profile (its timer started, taken
+        up again or sped up to ``interval_ns``, and never parked while marked); None
+        if it cannot have a timer.  Called by the sampler thread at its continuous ticks."""
+        th = self._threads.get(ident)
+        if th is not None and th.continuous and not th.paused and th.native_id == native_id \
+                and th.interval_ns <= interval_ns:
+            return th
+        th = self._thread_for(_ThreadRef(ident, native_id), interval_ns, max_depth)
+        if th is not None:
+            th.continuous = True
+        return th
+
+    def continuous_done(self, keep: Optional[set[int]] = None) -> None:
+        """Threads no longer sampled for the continuous profile (all but ``keep``;
+        every one when the mode stops): their timers are parked once nothing else uses
+        them."""
+        for th in list(self._threads.values()):
+            if th.continuous and (keep is None or th.ident not in keep):
+                th.continuous = False
 
     # ------------------------------------------------------------------ light sessions
     def light_add(self, session: "Session", target: "Target", interval_ns: int,
@@ -372,7 +413,7 @@ class CpuTimers:
         if th is not None:
             with self._lock:
                 th.light -= 1
-                if th.light <= 0 and not th.entries and not th.tickets and self._threads.get(th.ident) is th:
+                if th.idle() and self._threads.get(th.ident) is th:
                     self._park(th)
 
     @property
@@ -405,14 +446,14 @@ class CpuTimers:
             if th.paused:
                 continue
             if not th.parked_at:
-                if not th.tickets and not th.entries and th.light <= 0:
+                if th.idle():
                     th.parked_at = now  # used by tickets only, and none is left (they do not park it)
                 continue
             if now - th.parked_at >= PAUSE_AFTER:
                 with self._lock:
                     if th.parked_at and not th.paused and self._threads.get(th.ident) is th:
                         th.paused = True  # (first: a ticket registering from now on sees it)
-                        if th.tickets or th.entries or th.light > 0:  # (in use again)
+                        if not th.idle():  # (in use again)
                             th.paused = False
                             th.parked_at = 0.0
                         else:
@@ -443,7 +484,7 @@ class CpuTimers:
                 last = not th.entries
         if last:
             with self._lock:
-                if self._threads.get(th.ident) is th and not th.entries and th.light <= 0 and not th.tickets:
+                if self._threads.get(th.ident) is th and th.idle():
                     if thread_cpu_ns(th.ident, th.native_id) is None:
                         self._stop_locked(th)  # the thread is gone
                     else:
@@ -483,7 +524,7 @@ class CpuTimers:
         if excess > 0:
             parked.sort(key=lambda th: th.parked_at)
         for i, th in enumerate(parked):
-            if (i < excess or now - th.parked_at >= PARK_SECONDS) and not th.tickets:
+            if (i < excess or now - th.parked_at >= PARK_SECONDS) and th.idle():
                 self._stop_locked(th)
 
     def _stop_locked(self, th: _Thread) -> None:
@@ -610,13 +651,16 @@ class CpuTimers:
         if light_thread is None and tickets:
             light_thread = _ticket_entry(tickets.get(0))
         light_frames = self._light_frames if th.light else None
-        if not entries and not th.light and not tickets:
+        sink = self.continuous if th.continuous else None
+        if not entries and not th.light and not tickets and sink is None:
             th.fresh = False
             return
         for c0, c1, mono, _overruns, omitted, codes, lastis, addrs, lost in samples:
             fresh, th.fresh = th.fresh, False
             if lost:
                 self._bill_lost(th, c0 - lost, c0)
+            if sink is not None:
+                self._to_continuous(sink, th, c0, c1, mono, lost, codes, lastis, addrs)
             if not codes:
                 continue  # CPU outside any Python frame: left to the remainder
             if None in codes:
@@ -675,6 +719,39 @@ class CpuTimers:
                     self._bill(th, owner, target, w, mono, omitted, codes, lastis, addrs)
                 except Exception:
                     _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
+
+    def _to_continuous(self, sink: Callable[..., None], th: _Thread, c0: int, c1: int, mono: int, lost: int,
+                       codes: Any, lastis: Any, addrs: Any) -> None:
+        """A CPU sample of a thread in the continuous profile: the CPU since the
+        thread's previous sample, where it is now (CPU of samples dropped while the
+        buffer was full, and outside any Python frame, as ``<unsampled CPU>``), with
+        the span of a session that has the thread or the sample's task."""
+        try:
+            link = None
+            for session, target in th.entries:  # a profiled request on the thread, or its task
+                if target.task is None or target.frame_addr in addrs:
+                    link = session.link
+                    break
+            if link is None and (th.light or th.tickets):
+                for a in addrs:
+                    hit = self._light_frames.get(a)
+                    owner = hit[0] if hit is not None else None
+                    if owner is None:
+                        ticket = th.tickets.get(a)
+                        owner = ticket.session if ticket is not None else None
+                    if owner is not None:
+                        link = owner.link
+                        break
+            if lost:
+                sink(th, lost, mono, (UNSAMPLED,), (0,), (), link)
+            if codes:
+                if None in codes:
+                    codes = tuple(UNKNOWN if c is None else c for c in codes)
+                sink(th, c1 - c0, mono, codes, lastis, addrs, link)
+            elif c1 > c0:
+                sink(th, c1 - c0, mono, (UNSAMPLED,), (0,), (), link)
+        except Exception:
+            _log_once("native-continuous", "otelprof: a CPU sample could not go into the continuous profile", exc=True)
 
     def _bill_lost(self, th: _Thread, start: int, end: int) -> None:
         """CPU of samples dropped while the buffer was full: measured, not located.

@@ -70,6 +70,10 @@ class ContinuousSink(Protocol):
     def record(self, thread_name: str, codes: Any, lastis: Any, cpu_ns: int, wall_ns: int,
                link: "Optional[SpanLink]") -> None: ...
 
+    def link_at(self, thread_id: int, mono_ns: int, addrs: Any) -> "Optional[SpanLink]": ...
+
+    def sampled_by(self, sampler: str, cpu_timer: str) -> None: ...
+
 __all__ = ["Sampler", "Schedule", "get_sampler"]
 
 #: After its last session ends, the sampler thread keeps looking at the last rate for
@@ -370,6 +374,10 @@ class Sampler:
             if sink is None:
                 if only is None or self._continuous is only:
                     self._continuous = None
+                    timers = self._timers
+                    if timers is not None:
+                        timers.continuous = None
+                        timers.continuous_done()
                 return True
             if self._continuous is not None and self._continuous is not sink:
                 return False
@@ -381,6 +389,9 @@ class Sampler:
             if self._background and (self._thread is None or not self._thread.is_alive()):
                 self._start_locked()
             self._cond.notify()
+        timers = self._cpu_timers() if sink.native else None
+        if timers is not None:  # (CPU samples of every thread go to the continuous profile too)
+            timers.continuous = self._continuous_cpu
         return True
 
     @property
@@ -604,7 +615,14 @@ class Sampler:
 
     def _sample_continuous(self, now_ns: int, frames: "_Frames", cpu_now: dict[int, Optional[int]]) -> None:
         """One continuous tick, if due: every thread but this one, its stack read once
-        this tick (shared with the sessions sampled in it)."""
+        this tick (shared with the sessions sampled in it).
+
+        With the native sampler every thread has a CPU timer (started here), whose
+        samples put each thread's CPU where it was spent (:meth:`_continuous_cpu`); the
+        tick adds what the thread did *not* spend on CPU since the previous one (from
+        its CPU clock), where it is now: where it waits.  Without one, the tick bills
+        the CPU the thread used since the previous tick to the stack it shows now, which
+        leans towards where threads let go of the GIL (docs/sampling.md)."""
         sink = self._continuous
         if sink is None or now_ns < self._cont_due_ns:
             return
@@ -625,25 +643,56 @@ class Sampler:
         me = threading.get_ident()
         marks = self._cont_cpu
         seen: dict[int, int] = {}
+        timers = self._timers if sink.native and self._timers is not None and not self._timers.broken else None
+        timed: set[int] = set()
+        source = ""
         for th in threading.enumerate():
             tid = th.ident
             if tid is None or tid == me:
                 continue
+            native_id = th.native_id or 0
+            timer = None
+            if timers is not None and native_id:
+                timer = timers.continuous_thread(tid, native_id, interval, sink.max_depth)
+                if timer is not None:
+                    timed.add(tid)
+                    source = source or timer.source
             stack = frames.stack(tid, None, sink.max_depth, sink.native)
             if tid not in cpu_now:
-                cpu_now[tid] = thread_cpu_ns(tid, th.native_id or 0)
+                cpu_now[tid] = thread_cpu_ns(tid, native_id)
             now_cpu = cpu_now[tid]
             cpu = 0
+            last = marks.get(tid)
             if now_cpu is not None:
-                last = marks.get(tid)
                 if last is not None:
                     cpu = max(0, now_cpu - last)
                 seen[tid] = now_cpu
             if stack is None:
                 continue
             codes, lastis = stack
-            sink.record(th.name, codes, lastis, cpu, wall, links.get(tid))
+            if timer is not None:
+                # its CPU samples carry the time it ran; this is the rest of the interval
+                off_cpu = wall - cpu if last is not None else wall
+                if off_cpu > 0:
+                    sink.record(th.name, codes, lastis, 0, off_cpu, links.get(tid))
+            else:
+                sink.record(th.name, codes, lastis, cpu, wall, links.get(tid))
         self._cont_cpu = seen
+        if timers is not None:
+            timers.continuous_done(keep=timed)  # (threads that ended)
+            sink.sampled_by("native" if timed else "python", source)
+
+    def _continuous_cpu(self, th: Any, cpu_ns: int, mono: int, codes: Any, lastis: Any, addrs: Any,
+                        link: Optional["SpanLink"]) -> None:
+        """A CPU sample of a thread in the continuous profile (from its timer's drain,
+        on whichever thread drains it): the CPU since its previous sample, at its stack."""
+        sink = self._continuous
+        if sink is None or cpu_ns <= 0:
+            return
+        if link is None:
+            link = sink.link_at(th.ident, mono, addrs)
+        codes, lastis = cap_depth(codes, lastis, sink.max_depth)
+        sink.record(_thread_name(th.ident), codes, lastis, cpu_ns, cpu_ns, link)
 
     def _sample_light(self, now_ns: int, frames: "_Frames", cpu_now: dict[int, Optional[int]]) -> None:
         """The shared light tick, if due: a wall sample for every light session whose

@@ -321,6 +321,11 @@ class SpanRegistry:
         self.threads: dict[int, SpanLink] = {}  # thread id -> span (synchronous requests)
         self.tasks: dict[Any, tuple[Any, int, SpanLink]] = {}  # task -> (its loop, thread id, span)
         self._by_span: dict[int, tuple[str, Any]] = {}  # span id -> where it was recorded
+        #: when each span began and, per thread, the one before (monotonic ns): a CPU
+        #: sample drained after its thread moved on to the next request keeps its own
+        self._began: dict[int, int] = {}
+        self._previous: dict[int, tuple[int, int, SpanLink]] = {}  # thread id -> (began, ended, span)
+        self._frames: dict[Any, int] = {}  # task -> its outermost coroutine frame's address
         self._provider: Any = None
         self._lock = threading.Lock()
 
@@ -361,6 +366,7 @@ class SpanRegistry:
             task = asyncio.current_task(loop)
         except RuntimeError:
             pass
+        self._began[ctx.span_id] = time.monotonic_ns()
         if task is not None:
             self.tasks[task] = (loop, tid, link)
             self._by_span[ctx.span_id] = ("task", task)
@@ -377,14 +383,17 @@ class SpanRegistry:
         if where is None:
             return
         kind, key = where
+        began = self._began.pop(ctx.span_id, 0)
         if kind == "task":
             got = self.tasks.get(key)
             if got is not None and got[2].span_id == ctx.span_id:
                 self.tasks.pop(key, None)
+                self._frames.pop(key, None)
         else:
             link = self.threads.get(key)
             if link is not None and link.span_id == ctx.span_id:
                 self.threads.pop(key, None)
+                self._previous[key] = (began, time.monotonic_ns(), link)
 
     def shutdown(self) -> None:
         pass
@@ -406,11 +415,47 @@ class SpanRegistry:
                     continue
         return out
 
+    def link_at(self, thread_id: int, mono_ns: int, addrs: Any, frame_address: Any = None) -> Optional[SpanLink]:
+        """The span that a CPU sample of ``thread_id`` taken at ``mono_ns`` (its stack's
+        frame addresses ``addrs``) was working for: a task's, if the stack holds the
+        task's outermost coroutine frame (``frame_address(frame)`` gives it), else the
+        thread's span of that moment (the current one, or the one before)."""
+        began = self._began
+        if self.tasks and frame_address is not None and addrs:
+            frames = self._frames
+            for task, (_loop, tid, link) in list(self.tasks.items()):
+                if tid != thread_id:
+                    continue
+                addr = frames.get(task)
+                if addr is None:
+                    frame = getattr(task.get_coro(), "cr_frame", None)
+                    if frame is None:
+                        continue
+                    addr = frames[task] = frame_address(frame)
+                if addr in addrs and mono_ns >= began.get(link.span_id, 0):
+                    return link
+        current = self.threads.get(thread_id)
+        if current is not None and mono_ns >= began.get(current.span_id, 0):
+            return current
+        before = self._previous.get(thread_id)
+        if before is not None and before[0] <= mono_ns <= before[1]:
+            return before[2]
+        return None
+
     def after_fork(self) -> None:
         self._lock = threading.Lock()
         self.threads = {}
         self.tasks = {}
         self._by_span = {}
+        self._began = {}
+        self._previous = {}
+        self._frames = {}
+
+
+def _native_lib() -> Any:
+    from . import native_sampler
+
+    return native_sampler.load()[0]
 
 
 class ContinuousRecorder(_Shipper):
@@ -432,6 +477,7 @@ class ContinuousRecorder(_Shipper):
         self.native = native
         self.spans = SpanRegistry()
         self._closed = False
+        self._sampler = ("python", "")  # how CPU is sampled (sampled_by): (sampler, cpu timer)
         self._init()
         at_fork_reinit(self._after_fork)
 
@@ -440,9 +486,13 @@ class ContinuousRecorder(_Shipper):
         self._current = self._new_window()
 
     def _new_window(self) -> WindowProfile:
+        sampler, cpu_timer = self._sampler
+        attrs: dict[str, Any] = {"otelprof.window_s": self.window_ns / 1e9, "otelprof.sampler": sampler,
+                                 "otelprof.rates": f"{self.hz}Hz"}
+        if cpu_timer:
+            attrs["otelprof.cpu_timer"] = cpu_timer
         return WindowProfile("continuous", "continuous", period_ns=int(1e9 / self.hz), max_stacks=self.max_stacks,
-                             attributes={"otelprof.window_s": self.window_ns / 1e9, "otelprof.sampler": "python",
-                                         "otelprof.rates": f"{self.hz}Hz"})
+                             attributes=attrs)
 
     def links(self) -> dict[int, SpanLink]:
         if self.spans._provider is None:
@@ -451,16 +501,32 @@ class ContinuousRecorder(_Shipper):
 
     def record(self, thread_name: str, codes: Any, lastis: Any, cpu_ns: int, wall_ns: int,
                link: Optional[SpanLink]) -> None:
-        wp = self._current
-        table = wp.table_for(link) if wp.stack_count < wp.max_stacks else None
-        if table is None:
-            if not wp.truncated:
-                wp.truncated = "window_max_stacks"
-            self._stats.incr("window_samples_dropped")
-            return
-        before = len(table.entries)
-        table.add(thread_name, codes, lastis, cpu_ns, wall_ns)
-        wp.stack_count += len(table.entries) - before
+        """One sample (the sampler thread's ticks, and CPU samples drained on any thread)."""
+        with self._lock:
+            wp = self._current
+            table = wp.table_for(link) if wp.stack_count < wp.max_stacks else None
+            if table is None:
+                if not wp.truncated:
+                    wp.truncated = "window_max_stacks"
+                self._stats.incr("window_samples_dropped")
+                return
+            before = len(table.entries)
+            table.add(thread_name, codes, lastis, cpu_ns, wall_ns)
+            wp.stack_count += len(table.entries) - before
+
+    def link_at(self, thread_id: int, mono_ns: int, addrs: Any) -> Optional[SpanLink]:
+        """The span a CPU sample was working for (see :meth:`SpanRegistry.link_at`)."""
+        lib = _native_lib()
+        return self.spans.link_at(thread_id, mono_ns, addrs, lib.frame_address if lib is not None else None)
+
+    def sampled_by(self, sampler: str, cpu_timer: str) -> None:
+        """How the CPU in the profile was sampled: ``native`` (threads' CPU timers, of kind
+        ``cpu_timer``) or ``python`` (billed at the ticks), shown on the profile."""
+        self._sampler = (sampler, cpu_timer)
+        attrs = self._current.attributes
+        attrs["otelprof.sampler"] = sampler
+        if cpu_timer:
+            attrs["otelprof.cpu_timer"] = cpu_timer
 
     def roll(self, now_ns: int) -> None:
         """Hand the window over if it is over (sampler thread)."""
