@@ -679,7 +679,9 @@ class Sampler:
                 sink.record(th.name, codes, lastis, cpu, wall, links.get(tid))
         self._cont_cpu = seen
         if timers is not None:
-            timers.continuous_done(keep=timed)  # (threads that ended)
+            # (threads that ended; every thread if the mode stopped during this tick, which
+            # may have marked some after set_continuous(None) cleared them)
+            timers.continuous_done(keep=timed if self._continuous is sink else None)
             sink.sampled_by("native" if timed else "python", source)
 
     def _continuous_cpu(self, th: Any, cpu_ns: int, mono: int, codes: Any, lastis: Any, addrs: Any,
