@@ -1000,10 +1000,12 @@ cs_pending(PyObject *self, PyObject *handle)
     return PyBool_FromLong(head != __atomic_load_n(&s->tail, __ATOMIC_RELAXED));
 }
 
-/* Up to cap-1 bytes of a small /proc file, NUL-terminated; -1 on failure. */
+/* Up to cap-1 bytes of /proc/self/task/<tid>/<name>, NUL-terminated; -1 on failure. */
 static int
-read_proc(const char *path, char *buf, size_t cap)
+read_task_file(long tid, const char *name, char *buf, size_t cap)
 {
+    char path[96];
+    snprintf(path, sizeof path, "/proc/self/task/%ld/%s", tid, name);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1;
@@ -1018,13 +1020,85 @@ read_proc(const char *path, char *buf, size_t cap)
     return (int)n;
 }
 
+/* The address a thread waiting for the GIL sleeps on (a futex in the runtime's GIL
+ * state: its condition variable or mutex), learnt once by learn_gil(); 0 unknown. */
+static uintptr_t gil_futex;
+static volatile pid_t gil_probe_tid;
+
+/* The futex address thread `tid` waits on now, from /proc (0: not in a futex wait). */
+static uintptr_t
+futex_of(long tid)
+{
+    char buf[256];
+    if (read_task_file(tid, "syscall", buf, sizeof buf) <= 0)
+        return 0;
+    long nr = -1;
+    unsigned long addr = 0;
+    if (sscanf(buf, "%ld 0x%lx", &nr, &addr) != 2 || nr != SYS_futex)
+        return 0;
+    return (uintptr_t)addr;
+}
+
+static char
+state_of(long tid)
+{
+    char buf[512];
+    if (read_task_file(tid, "stat", buf, sizeof buf) <= 0)
+        return 0;
+    char *p = strrchr(buf, ')');  /* (the name may hold spaces and parentheses) */
+    if (p == NULL || p[1] != ' ' || p[2] == 0)
+        return 0;
+    return p[2];
+}
+
+static void *
+gil_probe(void *arg)
+{
+    (void)arg;
+    gil_probe_tid = (pid_t)syscall(SYS_gettid);
+    PyGILState_STATE st = PyGILState_Ensure();  /* waits: learn_gil's caller holds the GIL */
+    PyGILState_Release(st);
+    return NULL;
+}
+
+/* learn_gil() -> True once the GIL's futex is known: a helper thread is made to wait
+ * for the GIL (the caller holds it) and /proc says where it sleeps.  At most ~0.5 s. */
+static PyObject *
+cs_learn_gil(PyObject *self, PyObject *noargs)
+{
+    (void)self;
+    (void)noargs;
+    if (gil_futex)
+        Py_RETURN_TRUE;
+    pthread_t t;
+    gil_probe_tid = 0;
+    if (pthread_create(&t, NULL, gil_probe, NULL) != 0)
+        Py_RETURN_FALSE;
+    uintptr_t addr = 0;
+    for (int i = 0; i < 1000 && addr == 0; i++) {
+        struct timespec ts = {0, 500000};
+        nanosleep(&ts, NULL);
+        long tid = gil_probe_tid;
+        if (tid > 0 && state_of(tid) == 'S')
+            addr = futex_of(tid);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(t, NULL);
+    Py_END_ALLOW_THREADS
+    gil_futex = addr;
+    return PyBool_FromLong(addr != 0);
+}
+
 /* thread_blocked(native_id) -> 1 when that thread of this process waits in the
- * kernel for something other than a futex (I/O, a sleep, a poll: it is off CPU),
- * 0 when it runs, is runnable or waits on a futex (the GIL, which the caller holds,
- * or a lock), -1 when /proc cannot tell.  The light ticks ask it about a thread that
- * a light session's request occupies: its CPU timer's samples carry the time it
- * runs, so only blocked time is wall time of its own.  The GIL is kept throughout
- * (letting it go would let the thread run on and change the answer). */
+ * kernel for something other than the GIL (I/O, a sleep, a poll, a lock, an event:
+ * it is off CPU), 2 when it waits for the GIL (the caller holds it: most often the
+ * thread was running until then; the caller weighs that by its CPU), 0 when it runs
+ * or is runnable, -1 when /proc cannot tell.  A futex wait is told from a GIL wait
+ * only once learn_gil() learnt the GIL's address (before, it reads 2).  The light
+ * ticks ask it about a thread that a light session's request occupies: its CPU
+ * timer's samples carry the time it runs, so only the rest is wall time of its own.
+ * The GIL is kept throughout (letting it go would let the thread run on and change
+ * the answer). */
 static PyObject *
 cs_thread_blocked(PyObject *self, PyObject *arg)
 {
@@ -1034,23 +1108,22 @@ cs_thread_blocked(PyObject *self, PyObject *arg)
         return NULL;
     if (tid <= 0)
         return PyLong_FromLong(-1);
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/self/task/%ld/stat", tid);
-    if (read_proc(path, buf, sizeof buf) <= 0)
-        return PyLong_FromLong(-1);
-    char *p = strrchr(buf, ')');  /* (the name may hold spaces and parentheses) */
-    if (p == NULL || p[1] != ' ' || p[2] == 0)
-        return PyLong_FromLong(-1);
-    char state = p[2];
+    char state = state_of(tid);
     if (state == 'R')
         return PyLong_FromLong(0);
     if (state != 'S' && state != 'D')
         return PyLong_FromLong(-1);
-    snprintf(path, sizeof path, "/proc/self/task/%ld/wchan", tid);
-    int n = read_proc(path, buf, sizeof buf);
+    char buf[256];
+    int n = read_task_file(tid, "wchan", buf, sizeof buf);
     if (n <= 0 || (buf[0] == '0' && (n == 1 || buf[1] == '\n')))
         return PyLong_FromLong(-1);  /* (no symbol: hidden, or it just woke up) */
-    return PyLong_FromLong(strncmp(buf, "futex", 5) == 0 ? 0 : 1);
+    if (strncmp(buf, "futex", 5) != 0)
+        return PyLong_FromLong(1);
+    if (!gil_futex)
+        return PyLong_FromLong(2);
+    uintptr_t addr = futex_of(tid);
+    /* (within the GIL's state: its condition variable, mutex or switch lock) */
+    return PyLong_FromLong(addr != 0 && addr + 256 >= gil_futex && addr <= gil_futex + 256 ? 2 : 1);
 }
 
 static void
@@ -1207,7 +1280,8 @@ otp_cpu_sampler_init(PyObject *module)
     {"walk", cs_walk, METH_VARARGS, "walk(ident, max_frames) -> (codes, lastis, frames, omitted) or None."},   \
     {"stats", cs_stats, METH_NOARGS, "Counters of the CPU sampler."},                                          \
     {"slot_stats", cs_slot_stats, METH_O, "(handler_cpu_ns, overruns, dropped_full, source) of one thread."}, \
-    {"thread_blocked", cs_thread_blocked, METH_O, "thread_blocked(native_id) -> 1 off CPU, 0 on CPU or on a futex, -1 unknown."},
+    {"thread_blocked", cs_thread_blocked, METH_O, "thread_blocked(native_id) -> 1 off CPU, 2 waits for the GIL, 0 runs, -1 unknown."}, \
+    {"learn_gil", cs_learn_gil, METH_NOARGS, "learn_gil() -> True once the GIL's futex address is known."},
 
 PyMethodDef otp_cpu_sampler_methods[] = {
     OTP_CS_METHODS

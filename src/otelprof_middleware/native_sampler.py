@@ -142,7 +142,9 @@ class _Thread:
         #: pause_idle sees whether any is left
         self.tickets: dict[int, "LightTicket"] = {}
         self.thread = threading._active.get(ident)  # type: ignore[attr-defined]  # (its identity: see ticket_enter)
-        self.continuous = False  # sampled for the continuous profile (CpuTimers.continuous): never parked
+        #: the continuous profile's interval (ns) while the thread is sampled for it
+        #: (CpuTimers.continuous_thread): never parked, never slower than that; 0 = not
+        self.continuous = 0
 
     def idle(self) -> bool:
         """Nothing uses the timer any more (it may be parked)."""
@@ -259,8 +261,11 @@ class CpuTimers:
                 th.source = self._source(th)
             elif interval_ns != th.interval_ns and (interval_ns < th.interval_ns or not th.entries):
                 # faster for a new target; any rate while no ordinary session shares the
-                # timer (a parked one, or one left faster by a boosted profile)
-                self._set_interval(th, interval_ns)
+                # timer (a parked one, or one left faster by a boosted profile), but never
+                # slower than the continuous profile's
+                want = min(interval_ns, th.continuous) if th.continuous else interval_ns
+                if want != th.interval_ns:
+                    self._set_interval(th, want)
             if light:
                 th.light += 1
             return th
@@ -271,12 +276,12 @@ class CpuTimers:
         up again or sped up to ``interval_ns``, and never parked while marked); None
         if it cannot have a timer.  Called by the sampler thread at its continuous ticks."""
         th = self._threads.get(ident)
-        if th is not None and th.continuous and not th.paused and th.native_id == native_id \
+        if th is not None and th.continuous == interval_ns and not th.paused and th.native_id == native_id \
                 and th.interval_ns <= interval_ns:
             return th
         th = self._thread_for(_ThreadRef(ident, native_id), interval_ns, max_depth)
         if th is not None:
-            th.continuous = True
+            th.continuous = interval_ns
         return th
 
     def continuous_done(self, keep: Optional[set[int]] = None) -> None:
@@ -285,7 +290,7 @@ class CpuTimers:
         them."""
         for th in list(self._threads.values()):
             if th.continuous and (keep is None or th.ident not in keep):
-                th.continuous = False
+                th.continuous = 0
 
     # ------------------------------------------------------------------ light sessions
     def light_add(self, session: "Session", target: "Target", interval_ns: int,
@@ -332,7 +337,8 @@ class CpuTimers:
         sees the pause and takes the locked way, which resumes the timer)."""
         ident = ticket.thread_id
         th = self._threads.get(ident)
-        if th is None or th.paused or th.interval_ns != ticket.interval_ns or self.broken \
+        if th is None or th.paused or (th.interval_ns != ticket.interval_ns and not (
+                th.continuous and th.interval_ns < ticket.interval_ns)) or self.broken \
                 or th.thread is None or th.thread is not threading._active.get(ident):  # type: ignore[attr-defined]
             th = None  # (another thread now has this identifier, or no Thread object tells)
         if ticket.task is not None:
@@ -578,6 +584,8 @@ class CpuTimers:
             if not entries:
                 continue
             want = min(interval_of(s) for s, _ in entries)
+            if th.continuous:
+                want = min(want, th.continuous)
             if want != th.interval_ns:
                 self._set_interval(th, want)
 

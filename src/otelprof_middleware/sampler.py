@@ -177,6 +177,7 @@ class LightSessions:
         self.tickets: set[LightTicket] = set()
         self.last_tick_ns = 0
         self.due_ns = 0
+        self.cpu_marks: dict[int, int] = {}  # native thread id -> its CPU at the last light tick (_WhereNow)
 
     def any_tickets(self) -> bool:
         """Requests registered by a ticket alive now (with a CPU timer or not)."""
@@ -715,7 +716,7 @@ class Sampler:
         wall = now_ns - last if last and now_ns - last <= MAX_LIGHT_WALL_NS else interval
         light.last_tick_ns = now_ns
         light.due_ns = max(light.due_ns + interval, now_ns - interval // 2)
-        where = _WhereNow(frames.lib)
+        where = _WhereNow(frames.lib, light.cpu_marks, wall)
         for ticket in tickets:  # a request off CPU at this tick and not sampled yet: its session now
             if ticket.session is None and now_ns >= ticket.start_mono_ns and where.off_cpu(ticket):
                 ticket.session_for_sample()
@@ -724,6 +725,7 @@ class Sampler:
                 continue
             state.ticks += 1
             self._sample_light_session(session, frames, wall, where, cpu_now)
+        light.cpu_marks = where.marks
 
     def _sample_light_session(self, session: Session, frames: "_Frames", wall: int, where: "_WhereNow",
                               cpu_now: dict[int, Optional[int]]) -> None:
@@ -760,12 +762,13 @@ class Sampler:
             else:
                 stop = None
             busy = True
-            if not where.blocked(target.native_id):
+            off = int(wall * where.share(tid, target.native_id, task is not None))
+            if off <= 0:
                 continue  # running: its CPU samples carry this time
             stack = frames.stack(tid, stop, max_depth, session.native)
             if stack is not None:
                 codes, lastis = stack
-                table.add(target.thread_name or _thread_name(tid), codes, lastis, 0, wall)
+                table.add(target.thread_name or _thread_name(tid), codes, lastis, 0, off)
         if busy:
             return  # the waiting tasks await what its threads do: their wall is counted there
         for target in waiting[:1]:  # (a request waits once, whatever number of its tasks wait)
@@ -873,34 +876,73 @@ def _off_cpu(target: Target, wall: int, cpu_now: dict[int, Optional[int]]) -> in
 
 
 class _WhereNow:
-    """Whether a light session's request is off CPU at this tick, its threads' states
-    read once per tick (``thread_blocked``: one /proc read each, without letting the
-    GIL go).  A thread whose state cannot be read counts as running: its wall time
-    is then only what its CPU samples carry, never invented."""
+    """How much of a light tick's wall a request spent off CPU, its threads' states
+    read once per tick (``thread_blocked``: a few /proc reads each, without letting
+    the GIL go).
 
-    __slots__ = ("_lib", "_states")
+    A thread blocked in the kernel (I/O, a sleep, a lock, an event) is off CPU: 1.  One
+    that runs is not: 0 (its CPU samples carry that time).  One that waits for the GIL
+    (which this thread holds during the tick) is most often one the tick just stopped,
+    but may be one your other threads keep from running: a thread target gets the share
+    of the interval since the previous light tick it did not run (its CPU clock); the
+    task a loop thread is running gets 0 (the loop was running it).  A thread whose
+    state cannot be read counts as running: its wall time is then only what its CPU
+    samples carry, never invented."""
 
-    def __init__(self, lib: Any) -> None:
+    __slots__ = ("_lib", "_states", "_before", "marks", "_wall")
+
+    def __init__(self, lib: Any, marks_before: dict[int, int], wall: int) -> None:
         self._lib = lib if lib is not None and hasattr(lib, "thread_blocked") else None
-        self._states: dict[int, bool] = {}
+        if self._lib is not None and hasattr(self._lib, "learn_gil") and not _GIL_LEARNT:
+            _learn_gil(self._lib)
+        self._states: dict[int, int] = {}
+        self._before = marks_before  # native id -> the thread's CPU at the previous light tick
+        self.marks: dict[int, int] = {}  # the same, now (for the next tick)
+        self._wall = wall
 
-    def blocked(self, native_id: int) -> bool:
-        """The thread waits in the kernel for something other than the GIL."""
+    def share(self, ident: int, native_id: int, of_task: bool) -> float:
+        """The share of this tick's wall the thread (``of_task``: the task its loop is
+        running) spent off CPU."""
         state = self._states.get(native_id)
         if state is None:
-            state = self._states[native_id] = self._lib is not None and self._lib.thread_blocked(native_id) == 1
-        return state
+            state = self._states[native_id] = self._lib.thread_blocked(native_id) if self._lib is not None else -1
+            cpu = thread_cpu_ns(ident, native_id)
+            if cpu is not None:
+                self.marks[native_id] = cpu
+        if state == 1:
+            return 1.0
+        if state != 2 or of_task:
+            return 0.0
+        now, before = self.marks.get(native_id), self._before.get(native_id)
+        if now is None or before is None or self._wall <= 0:
+            return 0.0
+        return max(0.0, 1.0 - (now - before) / self._wall)
 
     def off_cpu(self, ticket: LightTicket) -> bool:
-        """The ticket's request is off CPU now: its task waits (not the one its loop
-        runs), or its thread (or its running task's) is blocked.  A ticket without a
-        CPU timer is sampled at every tick it lives (its CPU is read from its clock)."""
+        """The ticket's request is off CPU now, at least in part: its task waits (not
+        the one its loop runs), or its thread is off CPU.  A ticket without a CPU timer
+        is sampled at every tick it lives (its CPU is read from its clock)."""
         if not ticket.native:
             return True
         task = ticket.task
         if task is not None and not task.done() and _current_task(task.get_loop()) is not task:
             return True
-        return self.blocked(ticket.native_id)
+        return self.share(ticket.thread_id, ticket.native_id, task is not None) > 0.0
+
+
+_GIL_LEARNT = False
+
+
+def _learn_gil(lib: Any) -> None:
+    """Once per process: where a thread waiting for the GIL sleeps (``learn_gil``,
+    called with the GIL held), so that ``thread_blocked`` tells a GIL wait from a wait
+    for a lock or an event."""
+    global _GIL_LEARNT
+    _GIL_LEARNT = True
+    try:
+        lib.learn_gil()
+    except Exception:  # (without it a futex wait reads as a GIL wait: less wall, never invented)
+        pass
 
 
 class _Frames:

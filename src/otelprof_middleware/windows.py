@@ -35,6 +35,7 @@ window, parked while there is none), on ``force_flush`` and at ``shutdown``.  Af
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -186,6 +187,11 @@ class _Shipper:
 
 #: requests in flight the span registry follows at most (memory bound)
 MAX_OPEN_SPANS = 100_000
+#: how long an ended span stays known to the continuous profile's CPU samples (their
+#: timers' samples are drained at the next tick, at the latest a few ticks later)
+SPAN_HISTORY_NS = 2_000_000_000
+#: ended spans kept per thread (a thread serving requests of 1 ms: two seconds' worth)
+SPAN_HISTORY_PER_THREAD = 4096
 
 
 class ShortRequestAggregator(_Shipper):
@@ -317,15 +323,21 @@ class SpanRegistry:
     ``TracerProvider`` by :meth:`install`.  ``on_start`` runs in the thread (and
     task) that starts the span: what is recorded is where the request runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, frame_address: Optional[Callable[[Any], int]] = None) -> None:
         self.threads: dict[int, SpanLink] = {}  # thread id -> span (synchronous requests)
         self.tasks: dict[Any, tuple[Any, int, SpanLink]] = {}  # task -> (its loop, thread id, span)
         self._by_span: dict[int, tuple[str, Any]] = {}  # span id -> where it was recorded
-        #: when each span began and, per thread, the one before (monotonic ns): a CPU
-        #: sample drained after its thread moved on to the next request keeps its own
-        self._began: dict[int, int] = {}
-        self._previous: dict[int, tuple[int, int, SpanLink]] = {}  # thread id -> (began, ended, span)
+        #: ``frame_address(frame)``: the interpreter frame's address (native sampler), to
+        #: know a task's CPU samples by its outermost coroutine frame (see link_at)
+        self._frame_address = frame_address
+        self._began: dict[int, int] = {}  # span id -> when it began (monotonic ns)
         self._frames: dict[Any, int] = {}  # task -> its outermost coroutine frame's address
+        #: spans that ended in the last SPAN_HISTORY_NS: a CPU sample is drained after it
+        #: was taken, often once its request is over, and keeps the span of its moment
+        self._ended_threads: dict[int, collections.deque[tuple[int, int, SpanLink]]] = {}
+        self._ended_frames: dict[int, collections.deque[tuple[int, int, SpanLink]]] = {}  # (addresses are reused)
+        self._ended_order: collections.deque[tuple[int, str, int]] = collections.deque()
+        self._history_lock = threading.Lock()
         self._provider: Any = None
         self._lock = threading.Lock()
 
@@ -367,6 +379,10 @@ class SpanRegistry:
         except RuntimeError:
             pass
         self._began[ctx.span_id] = time.monotonic_ns()
+        if task is not None and self._frame_address is not None:
+            frame = getattr(task.get_coro(), "cr_frame", None)
+            if frame is not None:
+                self._frames[task] = self._frame_address(frame)
         if task is not None:
             self.tasks[task] = (loop, tid, link)
             self._by_span[ctx.span_id] = ("task", task)
@@ -384,16 +400,46 @@ class SpanRegistry:
             return
         kind, key = where
         began = self._began.pop(ctx.span_id, 0)
+        now = time.monotonic_ns()
+        with self._history_lock:  # (spans end on many threads at once)
+            self._forget_ended(now)
+            self._ended(kind, key, ctx.span_id, began, now)
+
+    def _ended(self, kind: str, key: Any, span_id: int, began: int, now: int) -> None:
         if kind == "task":
             got = self.tasks.get(key)
-            if got is not None and got[2].span_id == ctx.span_id:
+            if got is not None and got[2].span_id == span_id:
                 self.tasks.pop(key, None)
-                self._frames.pop(key, None)
+                addr = self._frames.pop(key, None)
+                if addr is not None:
+                    self._remember(self._ended_frames, addr, (began, now, got[2]))
+                    self._ended_order.append((now, "frame", addr))
         else:
             link = self.threads.get(key)
-            if link is not None and link.span_id == ctx.span_id:
+            if link is not None and link.span_id == span_id:
                 self.threads.pop(key, None)
-                self._previous[key] = (began, time.monotonic_ns(), link)
+                self._remember(self._ended_threads, key, (began, now, link))
+                self._ended_order.append((now, "thread", key))
+
+    @staticmethod
+    def _remember(history: dict[int, "collections.deque[tuple[int, int, SpanLink]]"], key: int,
+                  span: tuple[int, int, SpanLink]) -> None:
+        ended = history.get(key)
+        if ended is None:
+            ended = history[key] = collections.deque(maxlen=SPAN_HISTORY_PER_THREAD)
+        ended.append(span)
+
+    def _forget_ended(self, now: int) -> None:
+        """Drop the ended spans older than SPAN_HISTORY_NS (and beyond MAX_OPEN_SPANS)."""
+        order = self._ended_order
+        while order and (now - order[0][0] > SPAN_HISTORY_NS or len(order) > MAX_OPEN_SPANS):
+            ended, kind, key = order.popleft()
+            spans = self._ended_frames if kind == "frame" else self._ended_threads
+            history = spans.get(key)
+            while history and history[0][1] <= ended:
+                history.popleft()
+            if history is not None and not history:
+                del spans[key]
 
     def shutdown(self) -> None:
         pass
@@ -415,31 +461,31 @@ class SpanRegistry:
                     continue
         return out
 
-    def link_at(self, thread_id: int, mono_ns: int, addrs: Any, frame_address: Any = None) -> Optional[SpanLink]:
+    def link_at(self, thread_id: int, mono_ns: int, addrs: Any) -> Optional[SpanLink]:
         """The span that a CPU sample of ``thread_id`` taken at ``mono_ns`` (its stack's
-        frame addresses ``addrs``) was working for: a task's, if the stack holds the
-        task's outermost coroutine frame (``frame_address(frame)`` gives it), else the
-        thread's span of that moment (the current one, or the one before)."""
+        frame addresses ``addrs``) was working for: a task's, running or ended since, if
+        the stack holds the task's outermost coroutine frame; else the thread's span of
+        that moment (running, or one that ended since); None if none is known."""
         began = self._began
-        if self.tasks and frame_address is not None and addrs:
-            frames = self._frames
-            for task, (_loop, tid, link) in list(self.tasks.items()):
-                if tid != thread_id:
-                    continue
-                addr = frames.get(task)
-                if addr is None:
-                    frame = getattr(task.get_coro(), "cr_frame", None)
-                    if frame is None:
-                        continue
-                    addr = frames[task] = frame_address(frame)
-                if addr in addrs and mono_ns >= began.get(link.span_id, 0):
-                    return link
+        if addrs and (self._frames or self._ended_frames):
+            for task, addr in list(self._frames.items()):
+                if addr in addrs:
+                    got = self.tasks.get(task)
+                    if got is not None and got[1] == thread_id and mono_ns >= began.get(got[2].span_id, 0):
+                        return got[2]
+            ended_frames = self._ended_frames
+            for a in addrs:
+                history = ended_frames.get(a)
+                if history is not None:
+                    for b, e, link in reversed(tuple(history)):  # (a copy: spans end meanwhile)
+                        if b <= mono_ns <= e:
+                            return link
         current = self.threads.get(thread_id)
         if current is not None and mono_ns >= began.get(current.span_id, 0):
             return current
-        before = self._previous.get(thread_id)
-        if before is not None and before[0] <= mono_ns <= before[1]:
-            return before[2]
+        for b, e, link in reversed(tuple(self._ended_threads.get(thread_id, ()))):  # (a copy: spans end meanwhile)
+            if b <= mono_ns <= e:
+                return link
         return None
 
     def after_fork(self) -> None:
@@ -448,8 +494,11 @@ class SpanRegistry:
         self.tasks = {}
         self._by_span = {}
         self._began = {}
-        self._previous = {}
         self._frames = {}
+        self._ended_threads = {}
+        self._ended_frames = {}
+        self._ended_order = collections.deque()
+        self._history_lock = threading.Lock()
 
 
 def _native_lib() -> Any:
@@ -475,7 +524,8 @@ class ContinuousRecorder(_Shipper):
         self.max_depth = max_depth
         self.max_stacks = max_stacks
         self.native = native
-        self.spans = SpanRegistry()
+        lib = _native_lib() if native else None
+        self.spans = SpanRegistry(lib.frame_address if lib is not None else None)
         self._closed = False
         self._sampler = ("python", "")  # how CPU is sampled (sampled_by): (sampler, cpu timer)
         self._init()
@@ -504,6 +554,8 @@ class ContinuousRecorder(_Shipper):
         """One sample (the sampler thread's ticks, and CPU samples drained on any thread)."""
         with self._lock:
             wp = self._current
+            if wp.end_mono_ns is not None:
+                return  # (handed over: the mode stopped while this sample was on its way)
             table = wp.table_for(link) if wp.stack_count < wp.max_stacks else None
             if table is None:
                 if not wp.truncated:
@@ -516,17 +568,18 @@ class ContinuousRecorder(_Shipper):
 
     def link_at(self, thread_id: int, mono_ns: int, addrs: Any) -> Optional[SpanLink]:
         """The span a CPU sample was working for (see :meth:`SpanRegistry.link_at`)."""
-        lib = _native_lib()
-        return self.spans.link_at(thread_id, mono_ns, addrs, lib.frame_address if lib is not None else None)
+        return self.spans.link_at(thread_id, mono_ns, addrs)
 
     def sampled_by(self, sampler: str, cpu_timer: str) -> None:
         """How the CPU in the profile was sampled: ``native`` (threads' CPU timers, of kind
         ``cpu_timer``) or ``python`` (billed at the ticks), shown on the profile."""
-        self._sampler = (sampler, cpu_timer)
-        attrs = self._current.attributes
-        attrs["otelprof.sampler"] = sampler
-        if cpu_timer:
-            attrs["otelprof.cpu_timer"] = cpu_timer
+        with self._lock:
+            self._sampler = (sampler, cpu_timer)
+            wp = self._current
+            if wp.end_mono_ns is None:
+                wp.attributes["otelprof.sampler"] = sampler
+                if cpu_timer:
+                    wp.attributes["otelprof.cpu_timer"] = cpu_timer
 
     def roll(self, now_ns: int) -> None:
         """Hand the window over if it is over (sampler thread)."""
