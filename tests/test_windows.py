@@ -551,9 +551,19 @@ def test_continuous_cpu_of_short_requests_carries_their_spans(profiler_factory: 
             spans.add(span.get_span_context().span_id)
             request_work()
 
-    end = time.monotonic() + 1.5
+    from otelprof_middleware.sampler import get_sampler
+
+    def until_sampled() -> float:
+        # a thread is sampled from the first continuous tick after it started (a loop
+        # that never idles can starve the sampler thread of the GIL: docs/sampling.md)
+        ticks, deadline = get_sampler().ticks, time.monotonic() + 30
+        while get_sampler().ticks < ticks + 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return time.monotonic() + 1.5
+
     if kind == "thread":
         def worker() -> None:
+            end = until_sampled()
             while time.monotonic() < end:
                 one()
 
@@ -565,6 +575,7 @@ def test_continuous_cpu_of_short_requests_carries_their_spans(profiler_factory: 
             one()
 
         async def main() -> None:
+            end = until_sampled()
             while time.monotonic() < end:
                 await asyncio.create_task(request())
 
