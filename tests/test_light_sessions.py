@@ -386,7 +386,10 @@ def test_a_loop_threads_timer_runs_while_a_ticket_lives_and_is_paused_once_none_
         await asyncio.sleep(native_sampler.PAUSE_AFTER + 0.3)  # no ticket left: paused
         handled = lib.stats()["handler_cpu_ns"]
         light_burn(0.2)  # CPU outside any request: no interruption
-        assert lib.stats()["handler_cpu_ns"] == handled
+        after = lib.stats()
+        # (the counter is the process's: the message says which timers were there, should
+        # another thread's ever move it; seen once in a full run, 2026-11-30)
+        assert after["handler_cpu_ns"] == handled, (after, get_sampler().light_targets)
         await mw(_scope("/long", 2), _receive, _send)
         assert get_sampler().light_targets == 0
 
