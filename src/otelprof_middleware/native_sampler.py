@@ -49,6 +49,7 @@ from .session import LightTicket, TicketTarget
 from .stacks import UNKNOWN, UNSAMPLED, cap_depth, thread_cpu_ns
 
 if TYPE_CHECKING:
+    from .profile import SpanLink
     from .session import Session, Target
 
 __all__ = ["load", "CpuTimers"]
@@ -667,94 +668,91 @@ class CpuTimers:
             fresh, th.fresh = th.fresh, False
             if lost:
                 self._bill_lost(th, c0 - lost, c0)
+            link: Optional["SpanLink"] = None  # the span of the first profile the sample went to
+            if codes:  # (CPU outside any Python frame is left to the remainder)
+                if None in codes:
+                    self.unknown_frames += codes.count(None)
+                    codes = tuple(UNKNOWN if c is None else c for c in codes)
+                if gcwatch.watching():
+                    marker = gcwatch.leaf(th.ident, mono)
+                    if marker is not None:  # taken during a garbage collection: say so as the leaf
+                        codes, lastis, addrs = (marker, *codes), (0, *lastis), (0, *addrs)
+                for session, target in entries:
+                    w = c1 - max(c0, target.attach_cpu)
+                    # a finishing session still takes what its buffers hold (the release drains
+                    # them): only a closed table is final.  Checking ``finished`` here lost every
+                    # sample of a request the sampler thread had not drained before it ended
+                    # (a 3 ms request under load: no CPU at all for a task)
+                    if w <= 0 or session.stacks.closed:
+                        continue
+                    try:
+                        if self._bill(th, session, target, w, mono, omitted, codes, lastis, addrs) and link is None:
+                            link = session.link
+                    except Exception:  # one broken session never stops the others' samples
+                        _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
+                hit = self._light_hit(tickets, light_thread, light_frames, c1, mono, addrs) \
+                    if th.light or tickets else None
+                if hit is not None:
+                    owner, target = hit
+                    # the CPU since the thread's previous sample; for a new timer's first
+                    # sample, one interval (see light_add)
+                    w = c1 - c0 if not fresh else th.interval_ns
+                    try:
+                        if self._bill(th, owner, target, w, mono, omitted, codes, lastis, addrs) and link is None:
+                            link = owner.link
+                    except Exception:
+                        _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
             if sink is not None:
-                self._to_continuous(sink, th, c0, c1, mono, lost, codes, lastis, addrs)
-            if not codes:
-                continue  # CPU outside any Python frame: left to the remainder
-            if None in codes:
-                self.unknown_frames += codes.count(None)
-                codes = tuple(UNKNOWN if c is None else c for c in codes)
-            if gcwatch.watching():
-                marker = gcwatch.leaf(th.ident, mono)
-                if marker is not None:  # taken during a garbage collection: say so as the leaf
-                    codes, lastis, addrs = (marker, *codes), (0, *lastis), (0, *addrs)
-            for session, target in entries:
-                w = c1 - max(c0, target.attach_cpu)
-                # a finishing session still takes what its buffers hold (the release drains
-                # them): only a closed table is final.  Checking ``finished`` here lost every
-                # sample of a request the sampler thread had not drained before it ended
-                # (a 3 ms request under load: no CPU at all for a task)
-                if w <= 0 or session.stacks.closed:
-                    continue
-                try:
-                    self._bill(th, session, target, w, mono, omitted, codes, lastis, addrs)
-                except Exception:  # one broken session never stops the others' samples
-                    _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
-            if th.light or tickets:
-                hit: Optional[tuple[Optional["Session"], "Target | LightTicket"]] = None
-                if light_frames:
-                    for a in addrs:
-                        hit = light_frames.get(a)
-                        if hit is not None:
-                            break
-                if hit is None and tickets:
-                    for a in addrs:
-                        ticket = tickets.get(a)
-                        if ticket is not None:
-                            hit = (None, ticket)
-                            break
-                if hit is None and light_thread is not None and c1 > light_thread[1].attach_cpu:
-                    hit = light_thread
-                if hit is None:
-                    continue
-                owner, who = hit
-                if owner is None:  # a ticket: its first sample makes its session (and target)
-                    ticket = cast("LightTicket", who)
-                    if mono < ticket.start_mono_ns:  # (older than the request: a frame address reused)
-                        continue
-                    owner = ticket.session_for_sample()
-                    if owner is None or ticket.target is None:
-                        continue
-                    target = ticket.target
-                else:
-                    target = cast("Target", who)
-                if owner.stacks.closed or mono < owner.start_mono_ns:
-                    continue  # (a sample older than the session: a frame address reused)
-                # the CPU since the thread's previous sample; for a new timer's first
-                # sample, one interval (see light_add)
-                w = c1 - c0 if not fresh else th.interval_ns
-                try:
-                    self._bill(th, owner, target, w, mono, omitted, codes, lastis, addrs)
-                except Exception:
-                    _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
+                self._to_continuous(sink, th, c0, c1, mono, lost, codes, lastis, addrs, link)
+
+    def _light_hit(self, tickets: dict[int, "LightTicket"],
+                   light_thread: Optional[tuple[Optional["Session"], "Target | LightTicket"]],
+                   light_frames: Optional[dict[int, tuple["Session", "Target"]]], c1: int, mono: int,
+                   addrs: Any) -> Optional[tuple["Session", "Target"]]:
+        """The light session (and its target) a sample of this thread goes to: the one
+        whose task's frame is on its stack, else a ticket's (its first sample makes its
+        session), else the thread's own; None if none (or the sample is older)."""
+        hit: Optional[tuple[Optional["Session"], "Target | LightTicket"]] = None
+        if light_frames:
+            for a in addrs:
+                hit = light_frames.get(a)
+                if hit is not None:
+                    break
+        if hit is None and tickets:
+            for a in addrs:
+                ticket = tickets.get(a)
+                if ticket is not None:
+                    hit = (None, ticket)
+                    break
+        if hit is None and light_thread is not None and c1 > light_thread[1].attach_cpu:
+            hit = light_thread
+        if hit is None:
+            return None
+        owner, who = hit
+        if owner is None:  # a ticket: its first sample makes its session (and target)
+            ticket = cast("LightTicket", who)
+            if mono < ticket.start_mono_ns:  # (older than the request: a frame address reused)
+                return None
+            owner = ticket.session_for_sample()
+            if owner is None or ticket.target is None:
+                return None
+            target: "Target" = ticket.target
+        else:
+            target = cast("Target", who)
+        if owner.stacks.closed or mono < owner.start_mono_ns:
+            return None  # (a sample older than the session: a frame address reused)
+        return owner, target
 
     def _to_continuous(self, sink: Callable[..., None], th: _Thread, c0: int, c1: int, mono: int, lost: int,
-                       codes: Any, lastis: Any, addrs: Any) -> None:
+                       codes: Any, lastis: Any, addrs: Any, link: Optional["SpanLink"]) -> None:
         """A CPU sample of a thread in the continuous profile: the CPU since the
         thread's previous sample, where it is now (CPU of samples dropped while the
         buffer was full, and outside any Python frame, as ``<unsampled CPU>``), with
-        the span of a session that has the thread or the sample's task."""
+        the span of the profile it was billed to, if any."""
         try:
-            link = None
-            for session, target in th.entries:  # a profiled request on the thread, or its task
-                if target.task is None or target.frame_addr in addrs:
-                    link = session.link
-                    break
-            if link is None and (th.light or th.tickets):
-                for a in addrs:
-                    hit = self._light_frames.get(a)
-                    owner = hit[0] if hit is not None else None
-                    if owner is None:
-                        ticket = th.tickets.get(a)
-                        owner = ticket.session if ticket is not None else None
-                    if owner is not None:
-                        link = owner.link
-                        break
             if lost:
                 sink(th, lost, mono, (UNSAMPLED,), (0,), (), link)
             if codes:
-                if None in codes:
-                    codes = tuple(UNKNOWN if c is None else c for c in codes)
                 sink(th, c1 - c0, mono, codes, lastis, addrs, link)
             elif c1 > c0:
                 sink(th, c1 - c0, mono, (UNSAMPLED,), (0,), (), link)
@@ -776,24 +774,27 @@ class CpuTimers:
                     _log_once("native-dispatch", "otelprof: a CPU sample could not be recorded", exc=True)
 
     def _bill(self, th: _Thread, session: "Session", target: "Target", w: int, mono: int, omitted: int,
-              codes: Any, lastis: Any, addrs: Any) -> None:
+              codes: Any, lastis: Any, addrs: Any) -> bool:
+        """Bill a sample to ``target`` of ``session``; False when it is not the
+        target's (another task was running) or the session takes no more."""
         if target.task is None:
             cut_codes, cut_lastis, cut_omitted = codes, lastis, omitted
         else:
             fa = target.frame_addr
             if not fa or fa not in addrs:
-                return  # another task (or the loop itself) was running
+                return False  # another task (or the loop itself) was running
             i = addrs.index(fa)
             # the task's outermost frame ends its stack (a gap can only precede the root)
             cut_omitted = omitted if i == len(addrs) - 1 else 0
             cut_codes, cut_lastis = codes[:i + 1], lastis[:i + 1]
         if session.sample_budget_exhausted(mono):
-            return
+            return False
         cut_codes, cut_lastis = cap_depth(cut_codes, cut_lastis, session.max_depth, cut_omitted)
         target.last_key = session.stacks.add(target.thread_name or _thread_name(th.ident), cut_codes, cut_lastis,
                                              w, w)
         target.cpu_billed += w
         target.cpu_since_wall += w
+        return True
 
     def _after_fork(self) -> None:
         # the parent's threads and timers do not exist in the child (the C side

@@ -332,6 +332,7 @@ class SpanRegistry:
         self._frame_address = frame_address
         self._began: dict[int, int] = {}  # span id -> when it began (monotonic ns)
         self._frames: dict[Any, int] = {}  # task -> its outermost coroutine frame's address
+        self._frame_tasks: dict[int, Any] = {}  # the same, the other way round (link_at: one look per frame)
         #: spans that ended in the last SPAN_HISTORY_NS: a CPU sample is drained after it
         #: was taken, often once its request is over, and keeps the span of its moment
         self._ended_threads: dict[int, collections.deque[tuple[int, int, SpanLink]]] = {}
@@ -382,7 +383,8 @@ class SpanRegistry:
         if task is not None and self._frame_address is not None:
             frame = getattr(task.get_coro(), "cr_frame", None)
             if frame is not None:
-                self._frames[task] = self._frame_address(frame)
+                addr = self._frames[task] = self._frame_address(frame)
+                self._frame_tasks[addr] = task
         if task is not None:
             self.tasks[task] = (loop, tid, link)
             self._by_span[ctx.span_id] = ("task", task)
@@ -412,6 +414,8 @@ class SpanRegistry:
                 self.tasks.pop(key, None)
                 addr = self._frames.pop(key, None)
                 if addr is not None:
+                    if self._frame_tasks.get(addr) is key:
+                        del self._frame_tasks[addr]
                     self._remember(self._ended_frames, addr, (began, now, got[2]))
                     self._ended_order.append((now, "frame", addr))
         else:
@@ -467,14 +471,13 @@ class SpanRegistry:
         the stack holds the task's outermost coroutine frame; else the thread's span of
         that moment (running, or one that ended since); None if none is known."""
         began = self._began
-        if addrs and (self._frames or self._ended_frames):
-            for task, addr in list(self._frames.items()):
-                if addr in addrs:
-                    got = self.tasks.get(task)
-                    if got is not None and got[1] == thread_id and mono_ns >= began.get(got[2].span_id, 0):
-                        return got[2]
-            ended_frames = self._ended_frames
+        if addrs and (self._frame_tasks or self._ended_frames):
+            frame_tasks, ended_frames = self._frame_tasks, self._ended_frames
             for a in addrs:
+                task = frame_tasks.get(a)
+                got = self.tasks.get(task) if task is not None else None
+                if got is not None and got[1] == thread_id and mono_ns >= began.get(got[2].span_id, 0):
+                    return got[2]
                 history = ended_frames.get(a)
                 if history is not None:
                     for b, e, link in reversed(tuple(history)):  # (a copy: spans end meanwhile)
@@ -495,6 +498,7 @@ class SpanRegistry:
         self._by_span = {}
         self._began = {}
         self._frames = {}
+        self._frame_tasks = {}
         self._ended_threads = {}
         self._ended_frames = {}
         self._ended_order = collections.deque()
