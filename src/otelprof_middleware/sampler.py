@@ -80,6 +80,16 @@ __all__ = ["Sampler", "Schedule", "get_sampler"]
 #: this long (seconds) before it sleeps until woken: requests that follow each other
 #: then start their sessions without waking it.
 LINGER_SECONDS = 1.0
+#: The sampler thread's rate while only light work is registered (requests profiled by
+#: chance, whose samples go into per-route aggregates), when their ``sample_hz`` is
+#: higher.  Their CPU samples come from the threads' CPU timers at ``sample_hz`` all
+#: the same; the ticks add wall time where they wait (each tick stands for the time
+#: since the previous one, so the totals do not change, they vary more per request)
+#: and collect the timers' samples of long requests.  Every tick takes the GIL from
+#: the serving thread: at 100 Hz they cost a trivial endpoint under uvicorn ~2-3 % of
+#: its throughput (bench/README.md).
+LIGHT_TICK_HZ = 25
+_LIGHT_TICK_NS = 1_000_000_000 // LIGHT_TICK_HZ
 #: the most wall one light tick stands for (a tick held back by a thread that kept
 #: the GIL stands for the time since the previous one, up to this)
 MAX_LIGHT_WALL_NS = 1_000_000_000
@@ -224,7 +234,8 @@ class Sampler:
         self._schedules: dict[Session, Schedule] = {}
         self._sessions: tuple[Session, ...] = ()  # copy-on-write: ticks iterate a snapshot
         self._thread: Optional[threading.Thread] = None
-        self._hz = 0  # the rate of the current loop (highest rate of the active sessions)
+        self._hz = 0  # the highest rate of the active sessions and tickets
+        self._tick_hz = 0  # the rate of the current loop (LIGHT_TICK_HZ at most for light work only)
         self._asleep = False  # the thread waits for a session with no timeout (or the parked timers' one)
         self._stopping = False
         self._timers: Optional[native_sampler.CpuTimers] = None
@@ -250,7 +261,7 @@ class Sampler:
             self._sessions = self._sessions + (session,)
             if self._background and (self._thread is None or not self._thread.is_alive()):
                 self._start_locked()
-            if self._asleep or session.hz > self._hz:
+            if self._asleep or session.hz > self._tick_hz:
                 # wake the thread only when it sleeps or must now tick faster: waking it
                 # for every request would cost every request a GIL hand-over and a tick (a
                 # ticking or lingering thread looks again within one interval, before the
@@ -293,7 +304,7 @@ class Sampler:
         timers = self._timers if self._timers_checked else self._cpu_timers()
         if timers is None or timers.ticket_enter(ticket) is None:
             # no CPU timer for this thread: its CPU is sampled at the light ticks
-            ticket.cpu_mark = thread_cpu_ns(ticket.thread_id, ticket.native_id)
+            ticket.cpu_mark = thread_cpu_ns(ticket.thread_id, ticket.native_id or ticket.learn_native_id())
             self._light.tickets.add(ticket)
         # No lock for the common case (the thread ticks or lingers at this rate): the
         # thread sets _asleep *before* its last look at the tickets (_run), so a
@@ -512,11 +523,11 @@ class Sampler:
                     now = time.monotonic()
                     if idle_since is None:
                         idle_since = now
-                    if self._hz and now - idle_since < LINGER_SECONDS:
+                    if self._tick_hz and now - idle_since < LINGER_SECONDS:
                         # between requests: look again at the last rate for a while, so the
                         # next request's session needs no wake-up (a GIL hand-over, ~10-20 µs
                         # of that request's time)
-                        cond.wait(1.0 / self._hz)
+                        cond.wait(1.0 / self._tick_hz)
                         timers = self._timers
                         if timers is not None:
                             cond.release()
@@ -525,7 +536,7 @@ class Sampler:
                             finally:
                                 cond.acquire()
                         continue
-                    self._hz = 0
+                    self._hz = self._tick_hz = 0
                     timers = self._timers
                     if timers is not None and timers.running:
                         # idle CPU timers kept for the next request: paused, and stopped once stale
@@ -565,7 +576,8 @@ class Sampler:
                      + [t.hz for t in self._light.all_tickets()]
                      + ([continuous.hz] if continuous is not None else []), default=1)
             # (after the tick: it may have ended a boost)
-            interval = 1.0 / hz
+            tick_hz = hz if sessions or continuous is not None else min(hz, LIGHT_TICK_HZ)
+            interval = 1.0 / tick_hz
             next_tick += interval
             now = time.monotonic()
             delay = next_tick - now
@@ -573,7 +585,7 @@ class Sampler:
                 next_tick = now
                 delay = interval * 0.1
             with cond:
-                self._hz = hz
+                self._hz, self._tick_hz = hz, tick_hz
                 if not self._stopping:
                     cond.wait(delay)  # cut short when a session needs a faster rate
             next_tick = min(next_tick, time.monotonic())
@@ -707,7 +719,7 @@ class Sampler:
         if not intervals:
             light.last_tick_ns = 0
             return
-        interval = min(intervals)
+        interval = max(min(intervals), _LIGHT_TICK_NS)  # (at most LIGHT_TICK_HZ, whatever ticks faster)
         if now_ns < light.due_ns:
             return
         last = light.last_tick_ns

@@ -25,6 +25,8 @@ from ._safety import at_fork_reinit
 from .profile import AttributeValue, Profile, SpanLink, clean_text, clean_value, new_profile_id
 from .stacks import SamplingReport, StackTable, native_id_of
 
+_monotonic_ns = time.monotonic_ns
+
 __all__ = ["Session", "Target", "LightTicket", "TicketTarget", "LightOwner", "TargetObserver", "ExtrasRecorder",
            "SamplingReport", "session_summary"]
 
@@ -92,29 +94,42 @@ class LightTicket:
     __slots__ = ("thread_id", "native_id", "task", "coro", "frame_addr", "native", "timer", "attach_cpu",
                  "cpu_mark", "start_mono_ns", "hz", "interval_ns", "max_depth", "owner", "session", "target", "closed",
                  "denied")
+    coro: Any
+    timer: Any
+    cpu_mark: Optional[int]
+    session: Optional["Session"]
+    target: Optional["TicketTarget"]
 
     def __init__(self, thread_id: int, task: Any, hz: int, max_depth: int, owner: LightOwner) -> None:
         """``hz`` within 1..MAX_HZ (the validated config's).  (Positional arguments: one
         ticket is made per request, and keywords cost more.)"""
         self.thread_id = thread_id
-        # (the request's own thread registers it: the calling thread's kernel id)
-        self.native_id = threading.get_native_id() if thread_id == threading.get_ident() else native_id_of(thread_id)
+        self.native_id = 0  # the thread's kernel id, set when it is registered (learn_native_id)
         self.task = task
-        self.coro: Any = None  # the task's coroutine while registered (keeps its frame's memory ours)
-        self.frame_addr = 0  # the task's outermost coroutine frame (its samples hold it)
-        self.native = False  # registered with its thread's CPU timer
-        self.timer: Any = None  # that timer (the sampler's record of the thread)
-        self.attach_cpu = 0  # a thread ticket: the thread's CPU when registered
-        self.cpu_mark: Optional[int] = None  # no CPU timer: the thread's CPU when registered
-        self.start_mono_ns = time.monotonic_ns()
+        # None: coro, the task's coroutine while registered (keeps its frame's memory
+        # ours); timer, its thread's CPU timer (the sampler's record of the thread);
+        # cpu_mark, the thread's CPU when registered if it has no timer; session, and
+        # target, its session's (made with the session)
+        self.coro = self.timer = self.cpu_mark = self.session = self.target = None
+        # 0: frame_addr, the task's outermost coroutine frame (its samples hold it);
+        # attach_cpu, a thread ticket's thread CPU when registered
+        self.frame_addr = self.attach_cpu = 0
+        # False: native, registered with its thread's CPU timer; closed, the request
+        # ended (no session is made any more); denied, the budgets said no at its
+        # first sample (its samples are skipped)
+        self.native = self.closed = self.denied = False
+        self.start_mono_ns = _monotonic_ns()
         self.hz = hz
         self.interval_ns = 1_000_000_000 // hz
         self.max_depth = max_depth
         self.owner: Optional[LightOwner] = owner
-        self.session: Optional[Session] = None
-        self.target: Optional[TicketTarget] = None  # its session's target, made with the session
-        self.closed = False  # the request ended: no session is made any more
-        self.denied = False  # the budgets said no at its first sample: its samples are skipped
+
+    def learn_native_id(self) -> int:
+        """The kernel's id of the ticket's thread (asked once, by the registration when
+        no timer record of the thread tells it; the request's own thread registers it)."""
+        ident = self.thread_id
+        nid = self.native_id = threading.get_native_id() if ident == threading.get_ident() else native_id_of(ident)
+        return nid
 
     def make_target(self) -> "TicketTarget":
         """The target of the ticket's session (made with it, at its first sample)."""

@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import types
 from typing import Any, Awaitable, Callable, MutableMapping, Optional
 
 from .._safety import LogOnce
@@ -79,6 +80,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _TRACEPARENT = b"traceparent"
 _get_ident = threading.get_ident
 _asyncio_current_task = asyncio.current_task
+# Before Python 3.12 ``asyncio.current_task`` is a Python function that does exactly
+# ``_current_tasks.get(loop)``: every request asks it once or twice, so these two C
+# calls are made in place instead (None where it is written in C, or absent).
+_get_running_loop = asyncio.events._get_running_loop
+_TASKS_BY_LOOP: Optional[dict[Any, Any]] = (
+    getattr(asyncio.tasks, "_current_tasks", None) if isinstance(asyncio.current_task, types.FunctionType) else None)
 
 
 class ProfilingMiddleware:
@@ -139,13 +146,11 @@ class ProfilingMiddleware:
             return
         handle: Optional[ASGIRequest] = None
         try:
-            wanted = self._header
-            value = traceparent = None
-            for name, raw in scope.get("headers") or ():
-                if name == wanted:
-                    value = raw
-                elif name == _TRACEPARENT:
-                    traceparent = raw
+            # one C call instead of a Python loop over every header (the last of
+            # repeated names wins, as it did); a malformed list raises: unprofiled
+            headers = dict(scope.get("headers") or ())
+            value = headers.get(self._header)
+            traceparent = headers.get(_TRACEPARENT)
             tp = traceparent.decode("latin-1") if traceparent else None
             verdict, span = rp.screen(value.decode("latin-1") if value is not None else None, tp)
             if verdict:
@@ -214,10 +219,13 @@ class ASGIRequest(RequestHandle):
         self.scope = scope
         self._send = send
         self.thread_id = _get_ident()
-        try:
-            self.task = _asyncio_current_task()
-        except RuntimeError:  # not running on asyncio
-            pass
+        if _TASKS_BY_LOOP is not None:
+            self.task = _TASKS_BY_LOOP.get(_get_running_loop())
+        else:
+            try:
+                self.task = _asyncio_current_task()
+            except RuntimeError:  # not running on asyncio
+                pass
 
     def describe(self) -> RequestInfo:
         scope = self.scope
@@ -246,8 +254,11 @@ class ASGIRequest(RequestHandle):
                 if self.status is None:
                     if message.get("type") == "http.response.start":
                         self.status = message.get("status")  # (body messages: one attribute check)
-                        if self.light is not None:
-                            self._follow_sending_task()
+                        if self.light is not None and self.task is not None:
+                            task = _TASKS_BY_LOOP.get(_get_running_loop()) if _TASKS_BY_LOOP is not None \
+                                else _current_task()
+                            if task is not self.task:
+                                self._follow_sending_task(task)
                 elif (self.light is not None or session is not None) and not message.get("more_body", False) \
                         and message.get("type") == "http.response.body":
                     # a request profiled by chance ends here, as _profiled_message ends a
@@ -261,11 +272,11 @@ class ASGIRequest(RequestHandle):
                                    "the response is unchanged")
         return self._send(message)
 
-    def _follow_sending_task(self) -> None:
-        """A request profiled by chance whose response is sent by another task (e.g.
-        Starlette's StreamingResponse produces the body in a child task): that task is
-        sampled for it too, in its session (made now if no sample made it yet)."""
-        task = _current_task()
+    def _follow_sending_task(self, task: Any) -> None:
+        """A request profiled by chance whose response is sent by another task,
+        ``task`` (e.g. Starlette's StreamingResponse produces the body in a child
+        task): that task is sampled for it too, in its session (made now if no sample
+        made it yet)."""
         if task is None or task is self.task or self.light is None:
             return
         session = self.light.session_for_sample()

@@ -271,7 +271,7 @@ class RequestHandle(TailTicket):
             self.light = rp.profiler.light_enter(self, self.thread_id or threading.get_ident(), self.task)
             if self.light is not None:
                 self.decision = _LIGHT
-                late.started(self, profiled=True)  # (the outcome arms routes; no watchdog, no recorder)
+                late.started_sampled(self)  # (the outcome arms routes; no watchdog, no recorder)
                 self._hop_token = _follow_hops(_ref(self))  # work it hands to a thread pool: bind_hop
                 return True
         self._open_full(entry, verdict)

@@ -126,6 +126,12 @@ class LateTriggers:
             return True
         return False
 
+    def started_sampled(self, request: ProfilableRequest) -> None:
+        """``started(request, profiled=True)`` for a request chosen by chance alone (the
+        light path, once per such request): only its outcome is looked at, to arm routes."""
+        if self.enabled:
+            request.tail_t0 = self.clock()
+
     def started(self, request: ProfilableRequest, profiled: Optional[bool] = None) -> None:
         """After a full entry decision: start the flight recorder and/or watch.
         ``profiled``: the request is being sampled (default: it has a session), so it
