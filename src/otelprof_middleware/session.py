@@ -93,7 +93,7 @@ class LightTicket:
 
     __slots__ = ("thread_id", "native_id", "task", "coro", "frame_addr", "native", "timer", "attach_cpu",
                  "cpu_mark", "start_mono_ns", "hz", "interval_ns", "max_depth", "owner", "session", "target", "closed",
-                 "denied")
+                 "denied", "asked")
     coro: Any
     timer: Any
     cpu_mark: Optional[int]
@@ -117,7 +117,7 @@ class LightTicket:
         # False: native, registered with its thread's CPU timer; closed, the request
         # ended (no session is made any more); denied, the budgets said no at its
         # first sample (its samples are skipped)
-        self.native = self.closed = self.denied = False
+        self.native = self.closed = self.denied = self.asked = False
         self.start_mono_ns = _monotonic_ns()
         self.hz = hz
         self.interval_ns = 1_000_000_000 // hz
@@ -153,6 +153,7 @@ class LightTicket:
         if session is not None or self.denied or self.closed:
             return session
         with _TICKETS.lock:  # the sampler thread and the request's own thread may both get here
+            self.asked = True  # (before looking at closed: see close)
             if self.session is None and not self.denied and not self.closed and self.owner is not None:
                 try:
                     self.session = self.owner.light_session(self)
@@ -161,11 +162,18 @@ class LightTicket:
             return self.session
 
     def close(self) -> Optional["Session"]:
-        """The request ended: no session is made after this; returns the one made, if any."""
-        with _TICKETS.lock:
-            self.closed = True
-            self.owner = None
-            return self.session
+        """The request ended: no session is made after this; returns the one made, if any.
+
+        Without the lock unless a sample asked for the session: ``closed`` is set before
+        ``asked`` is read here, and :meth:`session_for_sample` sets ``asked`` before it
+        reads ``closed`` (both under the GIL, in that order), so either it sees the
+        request closed and makes no session, or this sees it asked and waits for it."""
+        self.closed = True
+        if self.asked:
+            with _TICKETS.lock:
+                pass
+        self.owner = None
+        return self.session
 
 
 class _TicketLock:
