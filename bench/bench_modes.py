@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_modes.py [--rounds 3] [--duration 5] [--connections 8] [--stacks asgi,wsgi]
     .venv/bin/python bench/bench_modes.py --micro     # in-process cost per request, no server
     .venv/bin/python bench/bench_modes.py --thread-cpu --modes none,agg --duration 5   # where it goes
+    .venv/bin/python bench/bench_modes.py --instructions [--modes none,p0,agg]   # callgrind: the request path
     cd bench && ../.venv/bin/python bench_modes.py --rounds 30 --duration 1 --stacks asgi --endpoints /fast \
         --modes none,p0,agg     # many short paired rounds: a steadier ratio on a noisy machine
 
@@ -26,6 +27,17 @@ timer at 100 Hz left running on the serving thread (what interrupting that threa
 costs by itself); a ``-posix`` suffix (``agg-posix``, ``timer-posix``, ...) uses POSIX
 CPU timers instead of perf counters (cheaper here, less exact where code releases the
 GIL: see "CPU attribution under GIL releases" in bench/README.md).
+
+``--instructions`` counts instead of timing (needs ``valgrind``): each configuration's
+app is called in process (FastAPI: an asyncio task per request, as uvicorn does;
+Flask: its WSGI callable, body iterated and closed) under ``valgrind --tool=callgrind
+--separate-threads=yes``, twice (100 and 1,100 requests after a warm-up), and the
+serving thread's instructions per request are the difference / 1,000.  The same on a
+busy machine as on a quiet one (hash seed fixed), so it is the number to compare a
+change to the request path with.  It counts the request path only: ``sample_hz`` is 1
+there (valgrind runs the code ~50 times slower, so timers and ticks would fire ~50
+times as often per request), so ``agg`` is a request chosen by chance with its ticket,
+without its samples, and ``cont`` is left out.
 
 Profiles go to the ``none`` exporter (built, not written), so the numbers are the
 middleware + sampler + profile building cost.  Servers are started once and stay up;
@@ -78,14 +90,15 @@ if BASE == "timer":  # no middleware: a CPU timer at 100 Hz left running on the 
 
 
 def otelprof_options(mode):
+    hz = int(os.environ.get("BENCH_SAMPLE_HZ", "100"))  # (--instructions: 1, so that no sample falls in)
     lifted = {"max_profiles_per_minute": 1_000_000, "max_concurrent_profiles": 64, "max_overhead": 1.0,
               "cpu_trigger": False}
     if mode == "p0":
-        return {"exporter": "none", "probability": 0.0, "sample_hz": 100, **lifted}
+        return {"exporter": "none", "probability": 0.0, "sample_hz": hz, **lifted}
     if mode == "p100":
-        return {"exporter": "none", "probability": 1.0, "sample_hz": 100, **lifted}
+        return {"exporter": "none", "probability": 1.0, "sample_hz": hz, **lifted}
     if mode == "agg":
-        return {"exporter": "none", "probability": 1.0, "sample_hz": 100, "min_samples": 1000,
+        return {"exporter": "none", "probability": 1.0, "sample_hz": hz, "min_samples": 1000,
                 "aggregate_window": 10, **lifted}
     return {"exporter": "none", "probability": 0.0, "continuous_hz": 100, "slow_promotion": False,
             "slow_route_arming": False, "error_profile_duration": 0, "cpu_trigger": False}
@@ -236,6 +249,107 @@ def micro(repeat: int = 5, number: int = 3000) -> None:
     asyncio.run(go())
 
 
+def _instructions_child(stack: str, mode: str, number: int) -> None:
+    """Under callgrind: build the app as its server would, warm up, serve ``number`` requests."""
+    import asyncio
+
+    os.environ.update(BENCH_MODE=mode, BENCH_LOOPS="1", BENCH_SAMPLE_HZ="1")
+    import logging
+
+    logging.disable(logging.WARNING)  # (the exporter's start-up line)
+    ns: dict = {"__name__": "__main__"}  # (Flask finds its root path from the module's name)
+    exec(compile(textwrap.dedent(FASTAPI_APP if stack == "asgi" else FLASK_APP), f"bench_modes_{stack}", "exec"), ns)
+    app = ns["app"]
+    headers = [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk"), (b"accept", b"*/*")]
+    if stack == "wsgi":
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/fast", "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+                   "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+                   "HTTP_HOST": "127.0.0.1:8000", "HTTP_USER_AGENT": "wrk", "HTTP_ACCEPT": "*/*",
+                   "wsgi.input": None, "wsgi.errors": sys.stderr, "wsgi.multithread": False,
+                   "wsgi.multiprocess": False, "wsgi.run_once": False, "wsgi.version": (1, 0)}
+
+        def start_response(status: str, headers: list, exc_info: object = None) -> None:
+            pass
+
+        import io
+
+        for _ in range(200 + number):
+            env = dict(environ)
+            env["wsgi.input"] = io.BytesIO(b"")
+            body = app(env, start_response)
+            for _chunk in body:
+                pass
+            getattr(body, "close", lambda: None)()
+        return
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "path": "/fast",
+             "raw_path": b"/fast", "query_string": b"", "scheme": "http", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8000)}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        pass
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(200 + number):
+            await loop.create_task(app(dict(scope), receive, send))
+
+    asyncio.run(serve())
+
+
+def instructions(stacks: list[str], modes: list[str]) -> None:
+    """The serving thread's instructions per ``/fast`` request of each configuration."""
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is required (apt-get install -y valgrind)")
+    modes = [m for m in modes if m != "cont"]
+    out = tempfile.mkdtemp(prefix="bench-modes-cg-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTELPROF_", "OTEL_"))}
+    env["PYTHONHASHSEED"] = "0"
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def count(stack: str, mode: str, number: int) -> subprocess.Popen:
+        cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+               f"--callgrind-out-file={out}/{stack}.{mode}.{number}", sys.executable,
+               os.path.join(here, "bench_modes.py"), "--instructions-child", stack, mode, str(number)]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def total(path: str) -> int:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(("summary:", "totals:")):
+                    return int(line.split()[1])
+        raise RuntimeError(f"no total in {path}")
+
+    started = time.monotonic()
+    per: dict[tuple[str, str], float] = {}
+    try:
+        for stack in stacks:
+            for mode in modes:
+                procs = [count(stack, mode, n) for n in (100, 1100)]  # (two cores: side by side)
+                for p in procs:
+                    _out, err = p.communicate()
+                    if p.returncode != 0:
+                        sys.exit(f"{stack}/{mode} failed under valgrind:\n{err.decode()[-2000:]}")
+                # thread 1 (file suffix -01) is the serving thread
+                per[(stack, mode)] = (total(f"{out}/{stack}.{mode}.1100-01") - total(f"{out}/{stack}.{mode}.100-01")) / 1000
+                print(f"{stack} {mode}: {per[(stack, mode)]:,.0f} instructions per request", flush=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    print(f"\ntotal time {time.monotonic() - started:.0f}s; callgrind, serving thread only, 1,000 requests to /fast "
+          "(100 vs 1,100 after 200 of warm-up), sample_hz=1, PYTHONHASHSEED=0\n")
+    print("| stack | config | instructions per request | vs none | added by the middleware |")
+    print("|---|---|---:|---:|---:|")
+    for stack in stacks:
+        base = per.get((stack, "none"))
+        for mode in modes:
+            n = per[(stack, mode)]
+            ratio = f"{n / base:.3f}x" if base else "-"
+            added = f"{n - base:+,.0f}" if base else "-"
+            print(f"| {stack} | {mode} | {n:,.0f} | {ratio} | {added} |")
+
+
 def _server_threads(pid: int) -> dict[tuple[int, int], tuple[int, int, int]]:
     """(pid, tid) -> (CPU ticks, voluntary, involuntary context switches) of the
     server's process and its children (gunicorn's worker)."""
@@ -322,7 +436,19 @@ def main() -> int:
     ap.add_argument("--endpoints", default=",".join(ENDPOINTS), help="e.g. /fast")
     ap.add_argument("--thread-cpu", action="store_true",
                     help="CPU per request of each server thread on /fast, one configuration at a time")
+    ap.add_argument("--instructions", action="store_true",
+                    help="instructions per request of the serving thread, under callgrind (the request path only)")
+    ap.add_argument("--instructions-child", nargs=3, metavar=("STACK", "MODE", "N"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.instructions_child:
+        stack, mode, number = args.instructions_child
+        _instructions_child(stack, mode, int(number))
+        return 0
+    if args.instructions:
+        given = [m for m in args.modes.split(",") if m]
+        instructions([s for s in args.stacks.split(",") if s],
+                     given if args.modes != ",".join(MODES) else ["none", "p0", "agg"])
+        return 0
     if args.micro:
         micro()
         return 0
