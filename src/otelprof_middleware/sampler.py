@@ -80,16 +80,18 @@ __all__ = ["Sampler", "Schedule", "get_sampler"]
 #: this long (seconds) before it sleeps until woken: requests that follow each other
 #: then start their sessions without waking it.
 LINGER_SECONDS = 1.0
-#: The sampler thread's rate while only light work is registered (requests profiled by
-#: chance, whose samples go into per-route aggregates), when their ``sample_hz`` is
-#: higher.  Their CPU samples come from the threads' CPU timers at ``sample_hz`` all
-#: the same; the ticks add wall time where they wait (each tick stands for the time
-#: since the previous one, so the totals do not change, they vary more per request)
-#: and collect the timers' samples of long requests.  Every tick takes the GIL from
-#: the serving thread: at 100 Hz they cost a trivial endpoint under uvicorn ~2-3 % of
-#: its throughput (bench/README.md).
-LIGHT_TICK_HZ = 25
-_LIGHT_TICK_NS = 1_000_000_000 // LIGHT_TICK_HZ
+#: The most often the sampler thread ticks for work whose CPU samples come from the
+#: threads' CPU timers, which run at their own rate all the same: requests profiled by
+#: chance (light tickets and sessions, aggregated per route) and the continuous mode
+#: with the native sampler.  Their ticks only add wall time where threads wait (each
+#: stands for the time since the previous one, so the totals do not change; they vary
+#: more per request and per stack), mark new threads for the continuous mode and collect
+#: the timers' samples of long requests.  Every tick takes the GIL from the serving
+#: thread: at 100 Hz they cost a trivial endpoint under uvicorn ~2-3 % of its throughput
+#: (bench/README.md).  Regular sessions (and the continuous mode without the native
+#: sampler, whose ticks are its CPU samples) tick at their rate.
+WALL_TICK_HZ = 25
+_WALL_TICK_NS = 1_000_000_000 // WALL_TICK_HZ
 #: the most wall one light tick stands for (a tick held back by a thread that kept
 #: the GIL stands for the time since the previous one, up to this)
 MAX_LIGHT_WALL_NS = 1_000_000_000
@@ -235,7 +237,7 @@ class Sampler:
         self._sessions: tuple[Session, ...] = ()  # copy-on-write: ticks iterate a snapshot
         self._thread: Optional[threading.Thread] = None
         self._hz = 0  # the highest rate of the active sessions and tickets
-        self._tick_hz = 0  # the rate of the current loop (LIGHT_TICK_HZ at most for light work only)
+        self._tick_hz = 0  # the rate of the current loop (WALL_TICK_HZ at most without regular sessions)
         self._asleep = False  # the thread waits for a session with no timeout (or the parked timers' one)
         self._stopping = False
         self._timers: Optional[native_sampler.CpuTimers] = None
@@ -576,7 +578,8 @@ class Sampler:
                      + [t.hz for t in self._light.all_tickets()]
                      + ([continuous.hz] if continuous is not None else []), default=1)
             # (after the tick: it may have ended a boost)
-            tick_hz = hz if sessions or continuous is not None else min(hz, LIGHT_TICK_HZ)
+            tick_hz = hz if sessions or (continuous is not None and not self._continuous_timed(continuous)) \
+                else min(hz, WALL_TICK_HZ)
             interval = 1.0 / tick_hz
             next_tick += interval
             now = time.monotonic()
@@ -626,6 +629,12 @@ class Sampler:
         if timers is not None:
             timers.retune(lambda s: schedules[s].interval_ns if s in schedules else s.interval_ns)
 
+    def _continuous_timed(self, sink: "ContinuousSink") -> bool:
+        """True when the continuous mode's CPU comes from the threads' CPU timers (its
+        ticks then only add wall time: at most WALL_TICK_HZ)."""
+        timers = self._timers
+        return sink.native and timers is not None and not timers.broken
+
     def _sample_continuous(self, now_ns: int, frames: "_Frames", cpu_now: dict[int, Optional[int]]) -> None:
         """One continuous tick, if due: every thread but this one, its stack read once
         this tick (shared with the sessions sampled in it).
@@ -639,6 +648,8 @@ class Sampler:
         sink = self._continuous
         if sink is None or now_ns < self._cont_due_ns:
             return
+        # (the threads' timers run at this rate; the loop may tick slower, at WALL_TICK_HZ:
+        # each tick's wall is then the time since the previous one)
         interval = int(1e9 / sink.hz)
         self._cont_due_ns = max(self._cont_due_ns + interval, now_ns - interval)
         wall = now_ns - self._cont_last_ns
@@ -719,7 +730,7 @@ class Sampler:
         if not intervals:
             light.last_tick_ns = 0
             return
-        interval = max(min(intervals), _LIGHT_TICK_NS)  # (at most LIGHT_TICK_HZ, whatever ticks faster)
+        interval = max(min(intervals), _WALL_TICK_NS)  # (at most WALL_TICK_HZ, whatever ticks faster)
         if now_ns < light.due_ns:
             return
         last = light.last_tick_ns
