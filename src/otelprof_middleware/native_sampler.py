@@ -342,17 +342,11 @@ class CpuTimers:
                 th.continuous and th.interval_ns < ticket.interval_ns)) or self.broken \
                 or th.thread is None or th.thread is not threading._active.get(ident):  # type: ignore[attr-defined]
             th = None  # (another thread now has this identifier, or no Thread object tells)
-        task = ticket.task
-        if task is not None:
-            offset = self._coro_frame_offset
-            if offset is not None and offset >= 0:  # (_note_task_frame's common case, in place)
-                coro = ticket.coro = task.get_coro()
-                key = ticket.frame_addr = id(coro) + offset
-            else:
-                self._note_task_frame(ticket)
-                key = ticket.frame_addr
-                if not key:
-                    return None
+        if ticket.task is not None:
+            self._note_task_frame(ticket)
+            key = ticket.frame_addr
+            if not key:
+                return None
         else:
             key = 0
             ticket.attach_cpu = time.thread_time_ns()  # (its wall ticks start here too: make_target)
@@ -380,13 +374,7 @@ class CpuTimers:
         th = ticket.timer
         if th is None or not ticket.native:
             return
-        try:
-            pending = self.lib.pending(th.handle)  # (_drain_pending, in place: once per request)
-        except ValueError:  # stopped under us (interpreter exit)
-            pending = 0
-        if pending:
-            with th.lock:
-                self._drain(th)
+        self._drain_pending(th)
         key = ticket.frame_addr if ticket.task is not None else 0
         if th.tickets.get(key) is ticket:
             del th.tickets[key]

@@ -667,7 +667,7 @@ class Sampler:
         me = threading.get_ident()
         marks = self._cont_cpu
         seen: dict[int, int] = {}
-        timers = self._timers if sink.native and self._timers is not None and not self._timers.broken else None
+        timers = self._timers if self._continuous_timed(sink) else None
         timed: set[int] = set()
         source = ""
         for th in threading.enumerate():

@@ -106,8 +106,6 @@ class EntryDecider:
         self.header_trust = cfg.header_trust
         self._header_log = LogOnce()
         self._excluded = [re.compile(p) for p in cfg.excluded_urls]
-        #: True when ``excluded_urls`` lists patterns (a decision then needs the URL)
-        self.has_exclusions = bool(self._excluded)
         self.header_limiter = WindowLimiter(cfg.max_header_profiles_per_minute, clock=clock)
         shares = default_shares(cfg.max_profiles_per_minute)
         shares.update(trigger_limits)
@@ -168,6 +166,11 @@ class EntryDecider:
         self._unselected = _WATCH if value and self.config.enabled else _SKIP
 
     # ------------------------------------------------------------------ pieces
+    @property
+    def has_exclusions(self) -> bool:
+        """True when ``excluded_urls`` lists patterns (a decision then needs the URL)."""
+        return bool(self._excluded)
+
     def excluded(self, info: RequestInfo) -> bool:
         if not self._excluded:
             return False
