@@ -91,38 +91,32 @@ class LightTicket:
     (a :class:`TicketTarget`).  The ticket itself is kept small: one is made for
     every such request, a session and its target only for those a sample fell in."""
 
-    __slots__ = ("thread_id", "native_id", "task", "coro", "frame_addr", "native", "timer", "attach_cpu",
-                 "cpu_mark", "start_mono_ns", "hz", "interval_ns", "max_depth", "owner", "session", "target", "closed",
-                 "denied", "asked")
-    coro: Any
-    timer: Any
-    cpu_mark: Optional[int]
-    session: Optional["Session"]
-    target: Optional["TicketTarget"]
+    # What a ticket starts with, as class attributes: a ticket is made for every such
+    # request, and its constructor sets only what differs (no __slots__ for that reason).
+    native_id = 0  # the thread's kernel id, set when it is registered (learn_native_id)
+    coro: Any = None  # the task's coroutine while registered (keeps its frame's memory ours)
+    timer: Any = None  # its thread's CPU timer (the sampler's record of the thread)
+    cpu_mark: Optional[int] = None  # the thread's CPU when registered, if it has no timer
+    session: Optional["Session"] = None  # its session, made at its first sample ...
+    target: Optional["TicketTarget"] = None  # ... with its target
+    frame_addr = 0  # the task's outermost coroutine frame (its samples hold it)
+    attach_cpu = 0  # a thread ticket's thread CPU when registered
+    native = False  # registered with its thread's CPU timer
+    closed = False  # the request ended (no session is made any more)
+    denied = False  # the budgets said no at its first sample (its samples are skipped)
+    asked = False  # a sample asked for its session (close takes the lock then)
+    owner: Optional[LightOwner] = None
 
     def __init__(self, thread_id: int, task: Any, hz: int, max_depth: int, owner: LightOwner) -> None:
         """``hz`` within 1..MAX_HZ (the validated config's).  (Positional arguments: one
         ticket is made per request, and keywords cost more.)"""
         self.thread_id = thread_id
-        self.native_id = 0  # the thread's kernel id, set when it is registered (learn_native_id)
         self.task = task
-        # None: coro, the task's coroutine while registered (keeps its frame's memory
-        # ours); timer, its thread's CPU timer (the sampler's record of the thread);
-        # cpu_mark, the thread's CPU when registered if it has no timer; session, and
-        # target, its session's (made with the session)
-        self.coro = self.timer = self.cpu_mark = self.session = self.target = None
-        # 0: frame_addr, the task's outermost coroutine frame (its samples hold it);
-        # attach_cpu, a thread ticket's thread CPU when registered
-        self.frame_addr = self.attach_cpu = 0
-        # False: native, registered with its thread's CPU timer; closed, the request
-        # ended (no session is made any more); denied, the budgets said no at its
-        # first sample (its samples are skipped)
-        self.native = self.closed = self.denied = self.asked = False
         self.start_mono_ns = _monotonic_ns()
         self.hz = hz
         self.interval_ns = 1_000_000_000 // hz
         self.max_depth = max_depth
-        self.owner: Optional[LightOwner] = owner
+        self.owner = owner
 
     def learn_native_id(self) -> int:
         """The kernel's id of the ticket's thread (asked once, by the registration when

@@ -211,6 +211,7 @@ class ASGIRequest(RequestHandle):
     ``send``, the tasks sending for it."""
 
     _attached: Optional[list[Any]] = None  # tasks attached to the profile (the request's own first)
+    loop: Any = None  # the running event loop (only where the running task is looked up in place)
     #: ``route_of(scope) -> template or None`` for routers other than Starlette's
     route_of: Optional[Callable[[Scope], Optional[str]]] = None
 
@@ -220,7 +221,10 @@ class ASGIRequest(RequestHandle):
         self._send = send
         self.thread_id = _get_ident()
         if _TASKS_BY_LOOP is not None:
-            self.task = _TASKS_BY_LOOP.get(_get_running_loop())
+            # (the loop is kept for send: on 3.11 each lookup of the running loop is a
+            # getpid system call)
+            loop = self.loop = _get_running_loop()
+            self.task = _TASKS_BY_LOOP.get(loop)
         else:
             try:
                 self.task = _asyncio_current_task()
@@ -255,8 +259,7 @@ class ASGIRequest(RequestHandle):
                     if message.get("type") == "http.response.start":
                         self.status = message.get("status")  # (body messages: one attribute check)
                         if self.light is not None and self.task is not None:
-                            task = _TASKS_BY_LOOP.get(_get_running_loop()) if _TASKS_BY_LOOP is not None \
-                                else _current_task()
+                            task = _TASKS_BY_LOOP.get(self.loop) if _TASKS_BY_LOOP is not None else _current_task()
                             if task is not self.task:
                                 self._follow_sending_task(task)
                 elif (self.light is not None or session is not None) and not message.get("more_body", False) \
