@@ -84,6 +84,15 @@ def test_short_sampled_requests_go_into_one_profile_per_route_with_their_own_lin
         assert sum(x.cpu_ns for x in mine) == s.stacks.ticks * 1_000_000
         assert sum(x.wall_ns for x in mine) == s.stacks.ticks * 2_000_000
     assert agg.sample_count == sum(1 + i % 4 for i in range(6))
+    # the requests' stacks are interned once for the whole window (one interner for all its
+    # parts): each frame is one location, and every sample still stands on its own frame
+    assert len(set(agg.locations)) == len(agg.locations) == 2
+    leaf = {name: 0 for name in ("code_a", "code_b")}
+    for x in agg.samples:
+        (loc,) = agg.stacks[x.stack_index]
+        leaf[agg.functions[agg.locations[loc].function_index].name] += x.count
+    assert leaf == {"code_a": sum((1 + i % 4 + 1) // 2 for i in range(6)),
+                    "code_b": sum((1 + i % 4) // 2 for i in range(6))}
     assert by_name["GET /b"].sample_count == 6 and by_name["GET /b"].attributes["otelprof.requests"] == 3
     assert none.aggregate_id is None and long.aggregate_id is None and kept.aggregate_id is None
     st = profiler.stats()

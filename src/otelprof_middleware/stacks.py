@@ -333,12 +333,14 @@ class StackTable:
         top = max(ranked)[1] if ranked else ""
         return StackSummary(samples, cpu, wall, top)
 
-    def fill(self, profile: Profile, *, builder: Optional[ProfileBuilder] = None,
+    def fill(self, profile: Profile, *, interner: Optional["StackInterner"] = None,
              link: Optional[SpanLink] = None) -> Profile:
         """Intern everything into ``profile`` (runs on the export worker).  Window
-        profiles fill one profile from many tables: they pass one ``builder`` for all,
+        profiles fill one profile from many tables (one per request): they pass one
+        ``interner`` for all (its builder's, whose caches the requests' stacks share),
         and each table's span as the ``link`` of its samples."""
-        interner = StackInterner(builder if builder is not None else ProfileBuilder(profile))
+        if interner is None:
+            interner = StackInterner(ProfileBuilder(profile))
         for (thread_name, _ids, lastis), (count, cpu, wall, codes) in self._snapshot():
             interner.builder.add(interner.stack(codes, lastis), thread_name, count, cpu, wall, link=link)
         return profile
@@ -349,12 +351,14 @@ class StackInterner:
     frames folded, offsets made line numbers, markers named.  Shared by every
     table that fills a profile (the CPU/wall table, the allocation and lock tables)."""
 
-    __slots__ = ("builder", "_fn", "_line", "_own", "_waits")
+    __slots__ = ("builder", "_fn", "_loc", "_own", "_waits")
 
     def __init__(self, builder: ProfileBuilder) -> None:
         self.builder = builder
         self._fn: dict[int, int] = {}
-        self._line: dict[tuple[int, int], int] = {}
+        #: ``(id(code), offset) -> location index``: a frame seen before costs one lookup
+        #: (a window profile interns the same stacks for every request in it)
+        self._loc: dict[tuple[int, int], int] = {}
         self._own: dict[int, bool] = {}
         self._waits = _asyncio_wait_markers()
 
@@ -362,7 +366,7 @@ class StackInterner:
         b = self.builder
         if FOLD_OWN_FRAMES:
             codes, lastis = _fold(codes, lastis, self._own)
-        fn_cache, line_cache = self._fn, self._line
+        fn_cache, loc_cache = self._fn, self._loc
         locs = []
         if codes and self._waits:
             wait = self._waits.get(id(codes[0]))
@@ -377,11 +381,12 @@ class StackInterner:
             if marker is not None:
                 locs.append(b.location(b.function(marker), 0))
                 continue
-            cached = fn_cache.get(id(code))
-            if cached is None:
-                cached = fn_cache[id(code)] = b.function(qualname(code), code.co_filename, code.co_firstlineno)
-            line = line_cache.get((id(code), lasti))
-            if line is None:
-                line = line_cache[(id(code), lasti)] = line_of(code, lasti)
-            locs.append(b.location(cached, line))
+            key = (id(code), lasti)
+            loc = loc_cache.get(key)
+            if loc is None:
+                fn = fn_cache.get(key[0])
+                if fn is None:
+                    fn = fn_cache[key[0]] = b.function(qualname(code), code.co_filename, code.co_firstlineno)
+                loc = loc_cache[key] = b.location(fn, line_of(code, lasti))
+            locs.append(loc)
         return b.stack(locs)

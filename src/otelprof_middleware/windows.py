@@ -43,7 +43,7 @@ from typing import Any, Callable, Optional
 from ._safety import Firewall, at_fork_reinit
 from .export.priority import Priority, priority_of
 from .profile import AttributeValue, Profile, ProfileBuilder, SpanLink, clean_text, new_profile_id
-from .stacks import StackTable
+from .stacks import StackInterner, StackTable
 
 __all__ = ["WindowProfile", "ShortRequestAggregator", "WindowTimer", "ContinuousRecorder", "SpanRegistry"]
 
@@ -116,9 +116,11 @@ class WindowProfile:
                           duration_ns=max(0, end - self.start_mono_ns), period_ns=self.period_ns,
                           attributes=attrs, triggers=self.triggers, profile_id=self.profile_id,
                           truncated=self.truncated)
-        builder = ProfileBuilder(profile)
+        # one interner for every part: the requests of a window mostly share their
+        # stacks, and each frame's function and line are worked out once, not per request
+        interner = StackInterner(ProfileBuilder(profile))
         for link, table in list(self.parts):
-            table.fill(profile, builder=builder, link=link)
+            table.fill(profile, interner=interner, link=link)
         return profile
 
 
