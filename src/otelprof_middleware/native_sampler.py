@@ -342,11 +342,17 @@ class CpuTimers:
                 th.continuous and th.interval_ns < ticket.interval_ns)) or self.broken \
                 or th.thread is None or th.thread is not threading._active.get(ident):  # type: ignore[attr-defined]
             th = None  # (another thread now has this identifier, or no Thread object tells)
-        if ticket.task is not None:
-            self._note_task_frame(ticket)
-            key = ticket.frame_addr
-            if not key:
-                return None
+        task = ticket.task
+        if task is not None:
+            offset = self._coro_frame_offset
+            if offset is not None and offset >= 0:  # (what _note_task_frame does, without its call)
+                coro = ticket.coro = task.get_coro()
+                key = ticket.frame_addr = id(coro) + offset
+            else:
+                self._note_task_frame(ticket)
+                key = ticket.frame_addr
+                if not key:
+                    return None
         else:
             key = 0
             ticket.attach_cpu = time.thread_time_ns()  # (its wall ticks start here too: make_target)
@@ -375,7 +381,7 @@ class CpuTimers:
         if th is None or not ticket.native:
             return
         self._drain_pending(th)
-        key = ticket.frame_addr if ticket.task is not None else 0
+        key = ticket.frame_addr  # (0 for a thread's own ticket: its key)
         if th.tickets.get(key) is ticket:
             del th.tickets[key]
         ticket.native = False
