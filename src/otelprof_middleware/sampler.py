@@ -939,7 +939,7 @@ class _WhereNow:
     have woken by the end of the drains), and a thread found between states is read
     again after this one gives up its core for a moment (:meth:`_state`).  Before both,
     requests that block their loop in ``time.sleep`` showed 0.52-0.68 of their wall in
-    ``test_asgi_requests_wall_adds_up_to_their_durations`` on a busy day (0.72-0.91 with
+    ``test_asgi_requests_wall_adds_up_to_their_durations`` on a busy day (0.72-0.97 with
     them).  A thread whose state cannot be read counts as running: its wall time is then
     only what its CPU samples carry, never invented."""
 
