@@ -342,17 +342,11 @@ class CpuTimers:
                 th.continuous and th.interval_ns < ticket.interval_ns)) or self.broken \
                 or th.thread is None or th.thread is not threading._active.get(ident):  # type: ignore[attr-defined]
             th = None  # (another thread now has this identifier, or no Thread object tells)
-        task = ticket.task
-        if task is not None:
-            offset = self._coro_frame_offset
-            if offset is not None and offset >= 0:  # (what _note_task_frame does, without its call)
-                coro = ticket.coro = task.get_coro()
-                key = ticket.frame_addr = id(coro) + offset
-            else:
-                self._note_task_frame(ticket)
-                key = ticket.frame_addr
-                if not key:
-                    return None
+        if ticket.task is not None:
+            self._note_task_frame(ticket)
+            key = ticket.frame_addr
+            if not key:
+                return None
         else:
             key = 0
             ticket.attach_cpu = time.thread_time_ns()  # (its wall ticks start here too: make_target)

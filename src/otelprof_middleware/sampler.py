@@ -39,6 +39,7 @@ session's span for its targets, else the span registry's.
 
 from __future__ import annotations
 
+import functools
 import gc
 import sys
 import threading
@@ -96,23 +97,18 @@ _WALL_TICK_NS = 1_000_000_000 // WALL_TICK_HZ
 #: the GIL stands for the time since the previous one, up to this)
 MAX_LIGHT_WALL_NS = 1_000_000_000
 
-_yield_cpu: list[Optional[Callable[[], Any]]] = []  # (looked up once, at the first light tick that needs it)
 
-
+@functools.lru_cache(maxsize=None)  # (looked up once, at the first light tick that needs it)
 def _gil_keeping_yield() -> Optional[Callable[[], Any]]:
     """``sched_yield()`` called with the GIL kept (ctypes' PyDLL does not let it go):
     a thread that this one's wake-up pushed off its core right after it let the GIL go
     gets that core back and goes on into the call it was making."""
-    if not _yield_cpu:
-        fn: Optional[Callable[[], Any]] = None
-        try:
-            import ctypes
+    try:
+        import ctypes
 
-            fn = ctypes.PyDLL(None).sched_yield
-        except Exception:  # (no libc symbols to look up: the first read stands)
-            fn = None
-        _yield_cpu.append(fn)
-    return _yield_cpu[0]
+        return ctypes.PyDLL(None).sched_yield  # type: ignore[no-any-return]
+    except Exception:  # (no libc symbols to look up: the first read stands)
+        return None
 
 
 class Schedule:
@@ -623,10 +619,11 @@ class Sampler:
         light = self._light
         where: Optional[_WhereNow] = None
         if light.sessions or light.any_tickets():
-            # where light requests' threads are, read first: by the end of the drains below
-            # a thread that was blocked when the tick began may have woken up
             where = _WhereNow(timers.lib if timers is not None else None, light.cpu_marks)
-            where.read(light)
+            if now_ns >= light.due_ns:  # (a light tick is due: see _sample_light)
+                # where light requests' threads are, read first: by the end of the drains
+                # below a thread that was blocked when the tick began may have woken up
+                where.read(light)
         if timers is not None:
             timers.drain_all()  # CPU samples first: the wall samples below subtract them
         profiletypes.drain()  # allocation samples, if a profile type asks for them
@@ -958,11 +955,11 @@ class _WhereNow:
         """Read the state (and CPU clock) of every thread a light request occupies now,
         at the start of the tick."""
         for ticket in light.all_tickets():
-            if ticket.native_id:
+            if ticket.native and ticket.native_id:  # (only those whose share is asked: off_cpu)
                 self._read(ticket.thread_id, ticket.native_id)
         for session in list(light.sessions):
             for target in session.targets:
-                if target.native_id:
+                if target.native and target.native_id:  # (see _sample_light_session)
                     self._read(target.thread_id, target.native_id)
 
     def _read(self, ident: int, native_id: int) -> int:
