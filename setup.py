@@ -11,7 +11,7 @@ import sys
 
 from setuptools import Extension, setup
 
-SOURCES = ["module.c", "safe_read.c", "code_registry.c", "frames.c", "cpu_sampler.c", "alloc_hook.c", "lock_wrap.c"]
+SOURCES = ["module.c", "safe_read.c", "code_registry.c", "frames.c", "cpu_sampler.c", "thread_state.c", "alloc_hook.c", "lock_wrap.c"]
 
 
 def _native_wanted() -> bool:

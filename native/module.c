@@ -9,6 +9,7 @@
 
 static PyMethodDef *const parts[] = {
     otp_cpu_sampler_methods,
+    otp_thread_state_methods,
     otp_alloc_hook_methods,
     otp_lock_wrap_methods,
 };

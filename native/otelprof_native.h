@@ -7,6 +7,7 @@
  *   code_registry.c  code objects we hold a strong reference to (address -> code)
  *   frames.c         the CPython-version-specific frame walk and code validation
  *   cpu_sampler.c    per-thread CPU timers, the SIGPROF handler, ring buffers, drain
+ *   thread_state.c   what a thread does now (/proc), read by a watcher thread at the tick's moment
  *   alloc_hook.c     the object allocator hook: Poisson-sampled allocations of profiled threads
  *   lock_wrap.c      ProfiledLock, the `lock` profile type's lock wrapper (any platform)
  *
@@ -122,6 +123,7 @@ int otp_alloc_hook_init(PyObject *module);
 #endif /* OTP_HAVE_CPU_SAMPLER */
 
 extern PyMethodDef otp_cpu_sampler_methods[];
+extern PyMethodDef otp_thread_state_methods[];
 extern PyMethodDef otp_alloc_hook_methods[];
 
 /* ------------------------------------------------------------------ lock_wrap.c (any platform) */

@@ -92,6 +92,8 @@ LINGER_SECONDS = 1.0
 #: (bench/README.md).  Regular sessions (and the continuous mode without the native
 #: sampler, whose ticks are its CPU samples) tick at their rate.
 WALL_TICK_HZ = 25
+_WATCH_MAX = 32  # threads the watcher reads per light tick (native/thread_state.c: OTP_WATCH_MAX)
+_WATCH_FORGET_NS = 2_000_000_000  # a thread no light tick found a request on for this long is not watched
 _WALL_TICK_NS = 1_000_000_000 // WALL_TICK_HZ
 #: the most wall one light tick stands for (a tick held back by a thread that kept
 #: the GIL stands for the time since the previous one, up to this)
@@ -203,7 +205,9 @@ class LightSessions:
         self.tickets: set[LightTicket] = set()
         self.last_tick_ns = 0
         self.due_ns = 0
-        self.cpu_marks: dict[int, int] = {}  # native thread id -> its CPU at the last light tick (_WhereNow)
+        # native thread id -> its CPU clock, and its time on and waiting for a CPU, at the
+        # last light tick (_WhereNow)
+        self.cpu_marks: dict[int, tuple[int, int, int]] = {}
 
     def any_tickets(self) -> bool:
         """Requests registered by a ticket alive now (with a CPU timer or not)."""
@@ -269,6 +273,10 @@ class Sampler:
         self._cont_last_ns = 0
         self._cont_cpu: dict[int, int] = {}  # thread id -> its CPU clock at the last continuous tick
         self._light = LightSessions(self)
+        # the threads whose states the watcher reads at the next light tick's moment
+        # (native id -> when a light tick last found a request on it; see _watch_next)
+        self._watch_ids: dict[int, int] = {}
+        self._watch_deadline = 0  # the moment asked of the watcher (monotonic ns; 0: none)
 
     # ---------------------------------------------------------------- sessions
     def register(self, session: Session) -> None:
@@ -601,6 +609,8 @@ class Sampler:
             if delay <= 0:  # fell behind (GIL contention): don't try to catch up
                 next_tick = now
                 delay = interval * 0.1
+            if self._watch_ids:
+                self._watch_next(next_tick)
             with cond:
                 self._hz, self._tick_hz = hz, tick_hz
                 if not self._stopping:
@@ -618,12 +628,22 @@ class Sampler:
         timers = self._timers
         light = self._light
         where: Optional[_WhereNow] = None
+        light_now = now_ns
         if light.sessions or light.any_tickets():
             where = _WhereNow(timers.lib if timers is not None else None, light.cpu_marks)
-            if now_ns >= light.due_ns:  # (a light tick is due: see _sample_light)
-                # where light requests' threads are, read first: by the end of the drains
-                # below a thread that was blocked when the tick began may have woken up
+            if self._watch_deadline:
+                # the states the watcher read at the moment this tick was due, before this
+                # thread waited for the GIL: the light tick is taken at that moment
+                light_now = where.watched(self._watch_deadline, now_ns)
+                self._watch_deadline = 0
+            if light_now >= light.due_ns:  # (a light tick is due: see _sample_light)
+                # where light requests' threads are, read first (those the watcher did
+                # not): by the end of the drains below a thread that was blocked when the
+                # tick began may have woken up
                 where.read(light)
+                self._note_watched(where, now_ns)
+        elif self._watch_deadline:
+            self._watch_deadline = 0
         if timers is not None:
             timers.drain_all()  # CPU samples first: the wall samples below subtract them
         profiletypes.drain()  # allocation samples, if a profile type asks for them
@@ -642,7 +662,7 @@ class Sampler:
                 continue
             self._sample(session, schedule.interval_ns, frames, wall, cpu_now)
         if where is not None:
-            self._sample_light(now_ns, frames, cpu_now, where)
+            self._sample_light(now_ns, frames, cpu_now, where, light_now)
         else:
             light.last_tick_ns = 0  # (the next light tick is the first after a pause)
         if self._continuous is not None:
@@ -650,6 +670,42 @@ class Sampler:
         self.stack_reads += frames.reads
         if timers is not None:
             timers.retune(lambda s: schedules[s].interval_ns if s in schedules else s.interval_ns)
+
+    def _watch_next(self, at: float) -> None:
+        """Ask the watcher (native ``watch_at``) to read the states of the threads
+        light requests were found on lately at ``at``, this thread's next wake, when a
+        light tick is due then.  This thread takes its tick once it holds the GIL,
+        which it gets when a loop lets it go: often just as a blocked request wakes up
+        and waits for the GIL, where /proc would read it running (see
+        native/thread_state.c)."""
+        self._watch_deadline = 0
+        timers = self._timers
+        lib = timers.lib if timers is not None else None
+        if lib is None or not hasattr(lib, "watch_at"):
+            self._watch_ids.clear()
+            return
+        at_ns = int(at * 1e9)
+        if at_ns < self._light.due_ns:
+            return
+        try:
+            if lib.watch_at(at_ns, list(self._watch_ids)[-_WATCH_MAX:]):
+                self._watch_deadline = at_ns
+        except Exception:  # (the tick then reads the states itself)
+            self._watch_ids.clear()
+
+    def _note_watched(self, where: "_WhereNow", now_ns: int) -> None:
+        """Remember the threads this light tick found requests on (for the watcher),
+        forgetting those not seen for WATCH_FORGET_NS."""
+        ids = self._watch_ids
+        for native_id in where.read_ids():
+            ids.pop(native_id, None)
+            ids[native_id] = now_ns  # (most recent last)
+        if ids:
+            oldest = next(iter(ids))
+            if now_ns - ids[oldest] > _WATCH_FORGET_NS:
+                for native_id, seen in list(ids.items()):
+                    if now_ns - seen > _WATCH_FORGET_NS:
+                        del ids[native_id]
 
     def _continuous_timed(self, sink: "ContinuousSink") -> bool:
         """True when the continuous mode's CPU comes from the threads' CPU timers (its
@@ -743,10 +799,18 @@ class Sampler:
         sink.record(_thread_name(th.ident), codes, lastis, cpu_ns, cpu_ns, link)
 
     def _sample_light(self, now_ns: int, frames: "_Frames", cpu_now: dict[int, Optional[int]],
-                      where: "_WhereNow") -> None:
+                      where: "_WhereNow", at_ns: Optional[int] = None) -> None:
         """The shared light tick, if due: a wall sample for every light session whose
         request is off CPU now, worth the time since the previous light tick (see
-        :class:`LightSessions`, and :meth:`_sample_light_session` for what counts)."""
+        :class:`LightSessions`, and :meth:`_sample_light_session` for what counts).
+
+        ``at_ns``: when the threads' states were read, if before ``now_ns`` (by the
+        watcher, at the moment the tick was due); the tick stands for that moment.  The
+        requests it finds are those of ``now_ns``: one that blocked its loop at that
+        moment may have ended since, and the one the loop runs now is billed in its
+        place (the totals per route stay right; a loop found idle bills nobody)."""
+        if at_ns is None:
+            at_ns = now_ns
         light = self._light
         tickets = light.all_tickets()
         intervals = [s.interval_ns for s in list(light.sessions)] + [t.interval_ns for t in tickets]
@@ -754,14 +818,14 @@ class Sampler:
             light.last_tick_ns = 0
             return
         interval = max(min(intervals), _WALL_TICK_NS)  # (at most WALL_TICK_HZ, whatever ticks faster)
-        if now_ns < light.due_ns:
+        if at_ns < light.due_ns:
             return
         last = light.last_tick_ns
         # the time since the previous light tick (a late tick, e.g. after the loop thread
         # kept the GIL, stands for all of it); one interval for the first after a pause
-        wall = now_ns - last if last and now_ns - last <= MAX_LIGHT_WALL_NS else interval
-        light.last_tick_ns = now_ns
-        light.due_ns = max(light.due_ns + interval, now_ns - interval // 2)
+        wall = at_ns - last if last and 0 < at_ns - last <= MAX_LIGHT_WALL_NS else interval
+        light.last_tick_ns = at_ns
+        light.due_ns = max(light.due_ns + interval, at_ns - interval // 2)
         where.wall = wall
         for ticket in tickets:  # a request off CPU at this tick and not sampled yet: its session now
             if ticket.session is None and now_ns >= ticket.start_mono_ns and where.off_cpu(ticket):
@@ -922,70 +986,110 @@ def _off_cpu(target: Target, wall: int, cpu_now: dict[int, Optional[int]]) -> in
 
 
 class _WhereNow:
-    """How much of a light tick's wall a request spent off CPU, its threads' states
-    read once per tick, first thing (``thread_blocked``: a few /proc reads each,
-    without letting the GIL go).
+    """How much of a light tick's wall a request spent off CPU, from its threads'
+    states at the tick's moment (``thread_state``: a few /proc reads each).
 
-    A thread blocked in the kernel (I/O, a sleep, a lock, an event) is off CPU: 1.  One
-    that runs is not: 0 (its CPU samples carry that time).  One that waits for the GIL
-    (which this thread holds during the tick) is most often one the tick just stopped,
-    but may be one your other threads keep from running: a thread target gets the share
-    of the interval since the previous light tick it did not run (its CPU clock); the
-    task a loop thread is running gets 0 (the loop was running it).  The states are
-    read before the tick drains the CPU timers (a thread blocked when the tick began may
-    have woken by the end of the drains), and a thread found between states is read
-    again after this one gives up its core for a moment (:meth:`_state`).  Before both,
-    requests that block their loop in ``time.sleep`` showed 0.52-0.68 of their wall in
-    ``test_asgi_requests_wall_adds_up_to_their_durations`` on a busy day (0.72-0.97 with
-    them).  A thread whose state cannot be read counts as running: its wall time is then
-    only what its CPU samples carry, never invented."""
+    The moment is the one the tick was due at: the watcher (native/thread_state.c), a
+    thread that never takes the GIL, reads the states then (:meth:`watched`).  This
+    thread only ticks once it holds the GIL, which it gets when a loop lets it go: read
+    then, a request that had blocked its loop for 2 ms had often woken and was waiting
+    for the GIL, so its wait was lost (0.52-0.91 of the truth in
+    ``test_asgi_requests_wall_adds_up_to_their_durations``, with the machine's load;
+    0.84-1.03 with the watcher, also with two busy processes on the 2 cores).  Threads
+    the watcher was not asked about are read at the start of the tick (:meth:`read`).
 
-    __slots__ = ("_lib", "_states", "_before", "marks", "wall")
+    A thread blocked in the kernel (I/O, a sleep, a lock, an event) is off CPU: 1.  A
+    loop in ``epoll_wait`` has nothing to run: 0 for the task it runs by the time of the
+    tick (it was not waiting then), 1 for a thread target.  One that waits for the GIL
+    is most often one the tick just stopped, but may be one your other threads keep
+    from running: a thread target gets the share of the interval since the previous
+    light tick it did not run (its CPU clock); the task a loop thread is running gets 0
+    (the loop was running it).  One that runs or is runnable gets the share of the
+    interval it spent waiting for a CPU (its schedstat): its CPU samples carry only the
+    time it ran, so on a machine whose cores other processes keep busy a CPU-bound
+    request showed ~0.6 of its wall without it.  A thread whose state cannot be read
+    counts as running: its wall time is then only what its CPU samples carry, never
+    invented."""
 
-    def __init__(self, lib: Any, marks_before: dict[int, int]) -> None:
-        self._lib = lib if lib is not None and hasattr(lib, "thread_blocked") else None
+    __slots__ = ("_lib", "_states", "_before", "_asked", "marks", "wall")
+
+    def __init__(self, lib: Any, marks_before: dict[int, tuple[int, int, int]]) -> None:
+        self._lib = lib if lib is not None and hasattr(lib, "thread_state") else None
         if self._lib is not None and hasattr(self._lib, "learn_gil") and not _GIL_LEARNT:
             _learn_gil(self._lib)
-        self._states: dict[int, int] = {}
-        self._before = marks_before  # native id -> the thread's CPU at the previous light tick
-        self.marks: dict[int, int] = {}  # the same, now (for the next tick)
+        self._states: dict[int, tuple[int, int, int]] = {}  # native id -> (state, run ns, wait ns)
+        self._asked: list[int] = []
+        # native id -> (CPU clock, schedstat run, schedstat wait) at the previous light tick
+        self._before = marks_before
+        self.marks: dict[int, tuple[int, int, int]] = {}  # the same, now (for the next tick)
         self.wall = 0  # the light tick's wall (set when it is due)
 
+    def watched(self, deadline_ns: int, now_ns: int) -> int:
+        """Take the watcher's reading asked for ``deadline_ns``: the states it read
+        then become this tick's, and the moment it read them is returned (``now_ns``
+        when there is no such reading: the tick came early, or the watcher is late;
+        the tick then reads the states itself)."""
+        lib = self._lib
+        reading = lib.watched(deadline_ns) if lib is not None and hasattr(lib, "watched") else None
+        if reading is None:
+            return now_ns
+        at, states = reading
+        self._states.update(states)
+        return min(at, now_ns)
+
+    def read_ids(self) -> Iterable[int]:
+        """The native ids of the threads :meth:`read` found light requests on."""
+        return self._asked
+
     def read(self, light: "LightSessions") -> None:
-        """Read the state (and CPU clock) of every thread a light request occupies now,
-        at the start of the tick."""
+        """Read the state (and clocks) of every thread a light request occupies now,
+        at the start of the tick (the watcher's reading, where there is one)."""
+        asked = self._asked
         for ticket in light.all_tickets():
             if ticket.native and ticket.native_id:  # (only those whose share is asked: off_cpu)
                 self._read(ticket.thread_id, ticket.native_id)
+                asked.append(ticket.native_id)
         for session in list(light.sessions):
             for target in session.targets:
                 if target.native and target.native_id:  # (see _sample_light_session)
                     self._read(target.thread_id, target.native_id)
+                    asked.append(target.native_id)
 
-    def _read(self, ident: int, native_id: int) -> int:
-        state = self._states.get(native_id)
-        if state is None:
-            state = self._states[native_id] = self._state(native_id)
+    def _read(self, ident: int, native_id: int) -> tuple[int, int, int]:
+        reading = self._states.get(native_id)
+        if reading is None:
+            reading = self._states[native_id] = self._state(native_id)
+        if native_id not in self.marks:
             cpu = thread_cpu_ns(ident, native_id)
             if cpu is not None:
-                self.marks[native_id] = cpu
-        return state
+                self.marks[native_id] = (cpu, reading[1], reading[2])
+        return reading
 
     def share(self, ident: int, native_id: int, of_task: bool) -> float:
         """The share of this tick's wall the thread (``of_task``: the task its loop is
         running) spent off CPU."""
-        state = self._read(ident, native_id)
+        state, run, wait = self._read(ident, native_id)
         if state == 1:
             return 1.0
+        if state == 3:  # in epoll_wait: a loop with nothing to run (no task of it waits there)
+            return 0.0 if of_task else 1.0
+        before = self._before.get(native_id)
+        if before is None:
+            return 0.0
+        if state == 0:  # runs, or waits for a CPU: the share it waited since the previous tick
+            ran, waited = run - before[1], wait - before[2]
+            if run < 0 or before[1] < 0 or waited <= 0 or ran < 0:
+                return 0.0
+            return waited / (ran + waited)
         if state != 2 or of_task:
             return 0.0
-        now, before = self.marks.get(native_id), self._before.get(native_id)
-        if now is None or before is None or self.wall <= 0:
+        now = self.marks.get(native_id)
+        if now is None or self.wall <= 0:
             return 0.0
-        return max(0.0, 1.0 - (now - before) / self.wall)
+        return max(0.0, 1.0 - (now[0] - before[0]) / self.wall)
 
-    def _state(self, native_id: int) -> int:
-        """``thread_blocked``, read again after giving up the core for a moment when the
+    def _state(self, native_id: int) -> tuple[int, int, int]:
+        """``thread_state``, read again after giving up the core for a moment when the
         first read finds the thread between states (running, or in no wait yet): a tick
         tends to start just as a thread lets the GIL go to block, and this thread's
         wake-up may have pushed it off its core right there, where /proc reads it
@@ -994,14 +1098,14 @@ class _WhereNow:
         or go on running C code (0)."""
         lib = self._lib
         if lib is None:
-            return -1
-        state = lib.thread_blocked(native_id)
-        if state == 0 or state == -1:
+            return (-1, -1, -1)
+        reading = lib.thread_state(native_id)
+        if reading[0] == 0 or reading[0] == -1:
             settle = _gil_keeping_yield()
             if settle is not None:
                 settle()
-                state = lib.thread_blocked(native_id)
-        return state
+                reading = lib.thread_state(native_id)
+        return reading
 
     def off_cpu(self, ticket: LightTicket) -> bool:
         """The ticket's request is off CPU now, at least in part: its task waits (not
