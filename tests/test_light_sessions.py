@@ -609,8 +609,9 @@ def test_asgi_requests_wall_adds_up_when_other_processes_keep_the_cores_busy(
         profiler_factory: Any, workload: str) -> None:
     """As above, with one busy process per core beside the server: a request then also
     waits for a CPU, which its CPU samples do not carry.  A tick that finds its thread
-    runnable gives it the share of the interval the thread spent waiting for a CPU
-    (schedstat): without it CPU-bound requests showed 0.58-0.64 of their wall here.
+    runnable gives it the interval with the probability of the share the thread spent
+    waiting for a CPU (schedstat): without it CPU-bound requests showed 0.58-0.64 of
+    their wall here (0.79-1.02 with it).
     Requests that block their loop stay right although the sampler thread gets the GIL
     late (the watcher reads their state at the tick's moment: 0.60-0.80 before it)."""
     from otelprof_middleware.asgi import ProfilingMiddleware

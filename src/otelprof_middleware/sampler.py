@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import random
 import sys
 import threading
 import time
@@ -1004,14 +1005,14 @@ class _WhereNow:
     is most often one the tick just stopped, but may be one your other threads keep
     from running: a thread target gets the share of the interval since the previous
     light tick it did not run (its CPU clock); the task a loop thread is running gets 0
-    (the loop was running it).  One that runs or is runnable gets the share of the
-    interval it spent waiting for a CPU (its schedstat): its CPU samples carry only the
-    time it ran, so on a machine whose cores other processes keep busy a CPU-bound
-    request showed ~0.6 of its wall without it.  A thread whose state cannot be read
+    (the loop was running it).  One that runs or is runnable gets the whole interval
+    with the probability of the share of it the thread spent waiting for a CPU (its
+    schedstat): its CPU samples carry only the time it ran, so on a machine whose cores
+    other processes keep busy a CPU-bound request showed ~0.6 of its wall without it.  A thread whose state cannot be read
     counts as running: its wall time is then only what its CPU samples carry, never
     invented."""
 
-    __slots__ = ("_lib", "_states", "_before", "_asked", "marks", "wall")
+    __slots__ = ("_lib", "_states", "_before", "_asked", "_drawn", "marks", "wall")
 
     def __init__(self, lib: Any, marks_before: dict[int, tuple[int, int, int]]) -> None:
         self._lib = lib if lib is not None and hasattr(lib, "thread_state") else None
@@ -1019,6 +1020,7 @@ class _WhereNow:
             _learn_gil(self._lib)
         self._states: dict[int, tuple[int, int, int]] = {}  # native id -> (state, run ns, wait ns)
         self._asked: list[int] = []
+        self._drawn: dict[int, float] = {}  # native id -> a runnable thread's share, drawn (share)
         # native id -> (CPU clock, schedstat run, schedstat wait) at the previous light tick
         self._before = marks_before
         self.marks: dict[int, tuple[int, int, int]] = {}  # the same, now (for the next tick)
@@ -1076,11 +1078,17 @@ class _WhereNow:
         before = self._before.get(native_id)
         if before is None:
             return 0.0
-        if state == 0:  # runs, or waits for a CPU: the share it waited since the previous tick
-            ran, waited = run - before[1], wait - before[2]
-            if run < 0 or before[1] < 0 or waited <= 0 or ran < 0:
-                return 0.0
-            return waited / (ran + waited)
+        if state == 0:
+            # runs, or waits for a CPU: the whole tick with the probability of the share of
+            # the interval it waited for one (a share of it each time would make a session
+            # for nearly every running request on a busy server: 2.5 % of throughput)
+            # (drawn once per thread and tick: the ticket and its session ask alike)
+            drawn = self._drawn.get(native_id)
+            if drawn is None:
+                ran, waited = run - before[1], wait - before[2]
+                drawn = self._drawn[native_id] = 1.0 if run >= 0 and before[1] >= 0 and ran >= 0 and waited > 0 \
+                    and _random() * (ran + waited) < waited else 0.0
+            return drawn
         if state != 2 or of_task:
             return 0.0
         now = self.marks.get(native_id)
@@ -1120,6 +1128,7 @@ class _WhereNow:
 
 
 _GIL_LEARNT = False
+_random = random.Random().random
 
 
 def _learn_gil(lib: Any) -> None:
