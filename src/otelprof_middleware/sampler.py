@@ -1032,18 +1032,20 @@ class _WhereNow:
 
     A thread blocked in the kernel (I/O, a sleep, a lock, an event) is off CPU: 1.  A
     loop in ``epoll_wait`` has nothing to run: 0 for the task it runs by the time of the
-    tick (it was not waiting then), 1 for a thread target.  One that waits for the GIL
-    is most often one the tick just stopped, but may be one your other threads keep
-    from running: a thread target gets the share of the interval since the previous
-    light tick it did not run (its CPU clock); the task a loop thread is running gets 0
-    (the loop was running it).  One that runs or is runnable gets the whole interval
-    with the probability of the share of it the thread spent waiting for a CPU (its
-    schedstat): its CPU samples carry only the time it ran, so on a machine whose cores
-    other processes keep busy a CPU-bound request showed ~0.6 of its wall without it.  A thread whose state cannot be read
-    counts as running: its wall time is then only what its CPU samples carry, never
-    invented."""
+    tick (it was not waiting then), 1 for a thread target.  One the watcher finds
+    waiting for the GIL is kept off CPU by another thread (this one did not hold the GIL
+    then): 1, for the task its loop runs too.  One found waiting for the GIL at the
+    start of the tick is most often one the tick just stopped, but may be one your
+    other threads keep from running: a thread target gets the share of the interval
+    since the previous light tick it did not run (its CPU clock); the task a loop
+    thread is running gets 0 (the loop was running it).  One that runs or is runnable
+    gets the whole interval with the probability of the share of it the thread spent
+    waiting for a CPU (its schedstat): its CPU samples carry only the time it ran, so
+    on a machine whose cores other processes keep busy a CPU-bound request showed ~0.6
+    of its wall without it.  A thread whose state cannot be read counts as running: its
+    wall time is then only what its CPU samples carry, never invented."""
 
-    __slots__ = ("_lib", "_states", "_before", "_asked", "_drawn", "marks", "wall")
+    __slots__ = ("_lib", "_states", "_before", "_asked", "_drawn", "_watched", "marks", "wall")
 
     def __init__(self, lib: Any, marks_before: dict[int, tuple[int, int, int]]) -> None:
         self._lib = lib if lib is not None and hasattr(lib, "thread_state") else None
@@ -1052,6 +1054,7 @@ class _WhereNow:
         self._states: dict[int, tuple[int, int, int]] = {}  # native id -> (state, run ns, wait ns)
         self._asked: list[int] = []
         self._drawn: dict[int, float] = {}  # native id -> a runnable thread's share, drawn (share)
+        self._watched: Any = ()  # the native ids the watcher read (at the tick's moment)
         # native id -> (CPU clock, schedstat run, schedstat wait) at the previous light tick
         self._before = marks_before
         self.marks: dict[int, tuple[int, int, int]] = {}  # the same, now (for the next tick)
@@ -1068,6 +1071,7 @@ class _WhereNow:
             return now_ns
         at, states = reading
         self._states.update(states)
+        self._watched = states.keys()
         return min(at, now_ns)
 
     def read_ids(self) -> Iterable[int]:
@@ -1106,6 +1110,10 @@ class _WhereNow:
             return 1.0
         if state == 3:  # in epoll_wait: a loop with nothing to run (no task of it waits there)
             return 0.0 if of_task else 1.0
+        if state == 2 and native_id in self._watched:
+            # waiting for the GIL at the tick's moment, which this thread did not hold then
+            # (it waited for its tick without it): another thread keeps it off CPU
+            return 1.0
         before = self._before.get(native_id)
         if before is None:
             return 0.0
