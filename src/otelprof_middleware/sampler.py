@@ -1120,7 +1120,7 @@ class _WhereNow:
         if state == 0:
             # runs, or waits for a CPU: the whole tick with the probability of the share of
             # the interval it waited for one (a share of it each time would make a session
-            # for nearly every running request on a busy server: 2.5 % of throughput)
+            # for nearly every running request on a busy server: 2.5 points of throughput)
             # (drawn once per thread and tick: the ticket and its session ask alike)
             drawn = self._drawn.get(native_id)
             if drawn is None:
@@ -1172,7 +1172,7 @@ _random = random.Random().random
 
 def _learn_gil(lib: Any) -> None:
     """Once per process: where a thread waiting for the GIL sleeps (``learn_gil``,
-    called with the GIL held), so that ``thread_blocked`` tells a GIL wait from a wait
+    called with the GIL held), so that ``thread_state`` tells a GIL wait from a wait
     for a lock or an event."""
     global _GIL_LEARNT
     _GIL_LEARNT = True
