@@ -594,18 +594,10 @@ def _wall_ns(profile: Any) -> int:
     return sum(s.wall_ns for s in profile.samples)
 
 
-@needs_native
-@pytest.mark.parametrize("workload", ["cpu", "await", "blocking"])
-def test_asgi_requests_wall_adds_up_to_their_durations(profiler_factory: Any, cpu_timer: str, workload: str) -> None:
-    """The aggregate's wall time is the requests' real duration, however it is spent:
-    burning CPU (2 ms: the CPU samples carry it, a tick finds the request running and
-    adds nothing; counting both once gave 1.9 times the truth), awaiting (3 ms asleep
-    in ``asyncio.sleep``: the ticks find it suspended) or blocking the loop (2 ms in
-    ``time.sleep``: a tick finds its thread blocked in the kernel).  Two requests at a
-    time on one loop for ~2.5 s; within the statistical error of ~60 light ticks (25 Hz)."""
-    from otelprof_middleware.asgi import ProfilingMiddleware
-
-    profiler, exp = make(profiler_factory)
+def _workload_app(workload: str) -> Any:
+    """An ASGI app whose requests burn 2 ms of CPU (``cpu``), burn 0.3 ms then await
+    3 ms in ``asyncio.sleep`` (``await``), or block the loop 2 ms in ``time.sleep``
+    (``blocking``)."""
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if workload == "cpu":
@@ -618,9 +610,14 @@ def test_asgi_requests_wall_adds_up_to_their_durations(profiler_factory: Any, cp
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    mw = ProfilingMiddleware(app, profiler=profiler)
+    return app
+
+
+async def _requests_for(mw: Any, seconds: float, clients: int) -> int:
+    """``clients`` clients sending requests back to back for ``seconds``: the sum of
+    the requests' durations (ns)."""
     durations = 0
-    end = time.monotonic() + 2.5
+    end = time.monotonic() + seconds
 
     async def client(k: int) -> None:
         # (back to back: a request that never suspends keeps the loop, so a tick comes
@@ -633,10 +630,24 @@ def test_asgi_requests_wall_adds_up_to_their_durations(profiler_factory: Any, cp
             durations += time.monotonic_ns() - t0
             i += 1
 
-    async def main() -> None:
-        await asyncio.gather(client(0), client(1))
+    await asyncio.gather(*(client(k) for k in range(clients)))
+    return durations
 
-    asyncio.run(main())
+
+@needs_native
+@pytest.mark.parametrize("workload", ["cpu", "await", "blocking"])
+def test_asgi_requests_wall_adds_up_to_their_durations(profiler_factory: Any, cpu_timer: str, workload: str) -> None:
+    """The aggregate's wall time is the requests' real duration, however it is spent:
+    burning CPU (2 ms: the CPU samples carry it, a tick finds the request running and
+    adds nothing; counting both once gave 1.9 times the truth), awaiting (3 ms asleep
+    in ``asyncio.sleep``: the ticks find it suspended) or blocking the loop (2 ms in
+    ``time.sleep``: a tick finds its thread blocked in the kernel).  Two requests at a
+    time on one loop for ~2.5 s; within the statistical error of ~60 light ticks (25 Hz)."""
+    from otelprof_middleware.asgi import ProfilingMiddleware
+
+    profiler, exp = make(profiler_factory)
+    mw = ProfilingMiddleware(_workload_app(workload), profiler=profiler)
+    durations = asyncio.run(_requests_for(mw, 2.5, clients=2))
     assert profiler.force_flush(10)
     (agg,) = exp.by_name("GET /w")
     wall = _wall_ns(agg)
@@ -658,33 +669,12 @@ def test_asgi_requests_wall_adds_up_when_other_processes_keep_the_cores_busy(
     from otelprof_middleware.asgi import ProfilingMiddleware
 
     profiler, exp = make(profiler_factory)
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if workload == "cpu":
-            light_burn(0.002)
-        else:
-            time.sleep(0.002)
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    mw = ProfilingMiddleware(app, profiler=profiler)
-    durations = 0
+    mw = ProfilingMiddleware(_workload_app(workload), profiler=profiler)
     spinners = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 30\nwhile time.time() < end: pass"])
                 for _ in range(os.cpu_count() or 2)]
     try:
         time.sleep(0.2)
-        end = time.monotonic() + 2.5
-
-        async def main() -> None:
-            nonlocal durations
-            i = 0
-            while time.monotonic() < end:
-                t0 = time.monotonic_ns()
-                await mw(_scope("/w", i), _receive, _send)
-                durations += time.monotonic_ns() - t0
-                i += 1
-
-        asyncio.run(main())
+        durations = asyncio.run(_requests_for(mw, 2.5, clients=1))
     finally:
         for spinner in spinners:
             spinner.kill()
