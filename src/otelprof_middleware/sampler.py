@@ -831,18 +831,16 @@ class Sampler:
         sink.record(_thread_name(th.ident), codes, lastis, cpu_ns, cpu_ns, link)
 
     def _sample_light(self, now_ns: int, frames: "_Frames", cpu_now: dict[int, Optional[int]],
-                      where: "_WhereNow", at_ns: Optional[int] = None) -> None:
+                      where: "_WhereNow", at_ns: int) -> None:
         """The shared light tick, if due: a wall sample for every light session whose
         request is off CPU now, worth the time since the previous light tick (see
         :class:`LightSessions`, and :meth:`_sample_light_session` for what counts).
 
-        ``at_ns``: when the threads' states were read, if before ``now_ns`` (by the
-        watcher, at the moment the tick was due); the tick stands for that moment.  The
+        ``at_ns``: when the threads' states were read (by the watcher, at the moment
+        the tick was due; else ``now_ns``); the tick stands for that moment.  The
         requests it finds are those of ``now_ns``: one that blocked its loop at that
         moment may have ended since, and the one the loop runs now is billed in its
         place (the totals per route stay right; a loop found idle bills nobody)."""
-        if at_ns is None:
-            at_ns = now_ns
         light = self._light
         tickets = light.all_tickets()
         intervals = [s.interval_ns for s in list(light.sessions)] + [t.interval_ns for t in tickets]
@@ -1066,7 +1064,7 @@ class _WhereNow:
         when there is no such reading: the tick came early, or the watcher is late;
         the tick then reads the states itself)."""
         lib = self._lib
-        reading = lib.watched(deadline_ns) if lib is not None and hasattr(lib, "watched") else None
+        reading = lib.watched(deadline_ns) if lib is not None else None  # (watch_at came with it)
         if reading is None:
             return now_ns
         at, states = reading
